@@ -1,0 +1,98 @@
+"""The `scratchlm` command line: a thin argparse front with one subcommand per stage.
+
+Each stage's command module (in `scratchlm/commands/`) adds its parsers through `register` and
+calls one library function; no stage logic lives here. User-caused errors (`ScratchLMError`)
+end in one line on stderr and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from scratchlm import __version__
+from scratchlm.errors import ScratchLMError
+
+# Command groups: `scratchlm data prepare`, `scratchlm tokenizer train`, ...
+GROUPS = {
+    "data": "prepare, tokenize and inspect datasets",
+    "tokenizer": "train, import, use and inspect BPE tokenizers",
+    "export": "export a model to another ecosystem's format",
+    "import": "import a model from another ecosystem's format",
+}
+
+# Modules that each define `register(root, groups)`; order sets the order in --help.
+COMMAND_MODULES = [
+    "scratchlm.commands.data_prepare",
+    "scratchlm.commands.data_tokenize",
+    "scratchlm.commands.tokenizer",
+    "scratchlm.commands.interop",
+    "scratchlm.commands.pretrain",
+]
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
+    """The options every command shares: a TOML config file and `--set section.key=value`."""
+    if config_file:
+        parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable); values are TOML literals",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratchlm", description="Build a GPT-style language model from scratch."
+    )
+    parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    root = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups = {}
+    for name, help_text in GROUPS.items():
+        group_parser = root.add_parser(name, help=help_text)
+        groups[name] = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+        group_parser.set_defaults(func=_group_help(group_parser))
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(root, groups)
+    return parser
+
+
+def _group_help(group_parser: argparse.ArgumentParser):
+    def show(_args: argparse.Namespace) -> int:
+        group_parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result = args.func(args)
+    except ScratchLMError as e:
+        if args.debug:
+            raise
+        print(f"scratchlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scratchlm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

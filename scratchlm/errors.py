@@ -1,0 +1,36 @@
+"""Errors a user can cause and act on.
+
+Anything raised as a `ScratchLMError` is shown by the CLI as one line on stderr with exit code 2,
+with no traceback (unless `--debug`). Raise these for bad paths, bad config, corrupt or mismatched
+files and bad requests; let genuine bugs raise ordinary exceptions so they are loud.
+"""
+
+from __future__ import annotations
+
+
+class ScratchLMError(Exception):
+    """Base class: a problem the user caused and can fix. The message is the whole explanation."""
+
+
+class ConfigError(ScratchLMError):
+    """A config file, key, value or override is wrong."""
+
+
+class DataError(ScratchLMError):
+    """An input file or dataset is missing, unreadable or malformed."""
+
+
+class TokenizerError(ScratchLMError):
+    """A tokenizer file is corrupt/foreign, or an encode/decode request is invalid."""
+
+
+class ModelError(ScratchLMError):
+    """A model directory, config or weights file is missing, corrupt or mismatched."""
+
+
+class CheckpointError(ScratchLMError):
+    """A training checkpoint is missing, incomplete or does not match the run."""
+
+
+class TrainingStopped(ScratchLMError):
+    """Training stopped on purpose (e.g. too many rollbacks); the message is the diagnosis."""

@@ -1,0 +1,104 @@
+"""The config machinery: TOML + --set overrides, strict keys and types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from scratchlm.config import apply_overrides, from_dict, load_config, parse_value, to_dict
+from scratchlm.errors import ConfigError
+
+
+@dataclass
+class Train:
+    lr: float = 3e-4
+    steps: int = 10
+    precision: Literal["fp32", "bf16"] = "fp32"
+    tags: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Stage:
+    name: str = "run"
+    train: Train = field(default_factory=Train)
+
+    def validate(self) -> None:
+        if self.train.steps < 0:
+            raise ConfigError("train.steps must be >= 0")
+
+
+def test_defaults_file_and_overrides_layer_in_order(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('name = "file"\n[train]\nlr = 1e-3\nsteps = 5\n')
+    cfg = load_config(Stage, cfg_file, ["train.steps=7", "train.tags=['a','b']"], base={"name": "base"})
+    assert cfg.name == "file"
+    assert cfg.train.lr == 1e-3
+    assert cfg.train.steps == 7
+    assert cfg.train.tags == ["a", "b"]
+    assert cfg.train.precision == "fp32"
+
+
+def test_int_is_accepted_as_float_but_not_the_reverse():
+    assert from_dict(Train, {"lr": 1}).lr == 1.0
+    with pytest.raises(ConfigError, match="train.steps: expected an integer"):
+        from_dict(Stage, {"train": {"steps": 2.5}})
+
+
+def test_unknown_key_names_the_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(Stage, None, ["train.lrr=0.1"])
+    msg = str(e.value)
+    assert "train.lrr" in msg and "lr" in msg and "precision" in msg
+    assert "\n" not in msg
+
+
+def test_wrong_literal_and_wrong_type_are_errors():
+    with pytest.raises(ConfigError, match="'fp64' is not one of"):
+        load_config(Stage, None, ["train.precision=fp64"])
+    with pytest.raises(ConfigError, match="expected a table"):
+        load_config(Stage, None, ["train=3"])
+    with pytest.raises(ConfigError, match="expected a string"):
+        from_dict(Stage, {"name": 3})
+
+
+def test_optional_field_accepts_none_and_value():
+    assert load_config(Stage, None, ["train.seed=4"]).train.seed == 4
+    with pytest.raises(ConfigError):
+        load_config(Stage, None, ["train.seed=four"])
+
+
+def test_validate_hook_runs():
+    with pytest.raises(ConfigError, match="steps must be"):
+        load_config(Stage, None, ["train.steps=-1"])
+
+
+def test_bad_override_syntax_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(Stage, None, ["novalue"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(Stage, bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Stage, tmp_path / "missing.toml")
+
+
+def test_parse_value_reads_toml_literals_and_keeps_bare_words():
+    assert parse_value("3") == 3
+    assert parse_value("3e-4") == 3e-4
+    assert parse_value("true") is True
+    assert parse_value("hello") == "hello"
+    assert parse_value("[1, 2]") == [1, 2]
+
+
+def test_override_into_value_is_an_error():
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_to_dict_round_trips():
+    cfg = load_config(Stage, None, ["train.tags=['x']"])
+    assert from_dict(Stage, to_dict(cfg)) == cfg
