@@ -1,0 +1,194 @@
+"""Data parallelism on PyTorch's own engine: torchrun processes, DDP, and FSDP2 on CUDA.
+
+Every process runs the same training script; `torchrun` starts them and tells each one who it is
+through environment variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Run as a
+plain `python`/`scratchlm` command, the same code is a single process and nothing here talks to
+anybody.
+
+- DDP keeps a full copy of the model on every process and averages gradients during backward.
+  With gradient accumulation, gradients are only averaged on the last micro-step
+  (`sync_gradients(model, enabled=is_last)`), which saves one all-reduce per extra micro-step.
+- FSDP2 (`fully_shard`) shards parameters, gradients and optimizer state across processes, for
+  models that do not fit one GPU. Each transformer block is sharded on its own, then the root.
+- Backends: gloo on CPU, NCCL on CUDA.
+
+One machine, 8 processes (one per GPU; on CPU, pick a count that divides the cores):
+
+    torchrun --standalone --nproc_per_node=8 -m scratchlm pretrain --config configs/gpt2-124m.toml
+
+Several machines (run the same command on each; `--node_rank` differs, the rendezvous endpoint is
+one reachable host:port, typically node 0; torchrun's c10d rendezvous needs no extra service):
+
+    torchrun --nnodes=4 --nproc_per_node=8 --node_rank=$NODE_RANK \\
+        --rdzv_backend=c10d --rdzv_id=my-run --rdzv_endpoint=$HEAD_NODE:29500 \\
+        -m scratchlm pretrain --config configs/llama-1b.toml
+
+With `--rdzv_backend=c10d`, `--node_rank` may be left out and `--nnodes=MIN:MAX` makes the job
+elastic. All nodes must see the same tokens dir and config; only rank 0 writes logs and
+checkpoints, so the output dir should be on storage every node can read when resuming. Set
+`NCCL_SOCKET_IFNAME` (or `GLOO_SOCKET_IFNAME` on CPU) if the machines have several network
+interfaces and the wrong one is picked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from scratchlm.device import resolve_device
+from scratchlm.errors import ConfigError
+
+STRATEGIES = ("ddp", "fsdp", "none")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Who this process is in the job, and the device it computes on."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    is_main: bool
+    backend: str | None  # None when running as a single process
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(device_name: str = "auto") -> DistInfo:
+    """Join the torchrun job described by the environment, or describe a lone process.
+
+    On CUDA each process uses GPU `LOCAL_RANK`. Calling it again after the group is up is harmless.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = resolve_device(device_name)
+    if world_size <= 1:
+        return DistInfo(0, 0, 1, device, True, None)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) on this machine; "
+                "use --nproc_per_node at most the GPU count"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise ConfigError(f"multi-process training supports cpu and cuda devices, not {device.type}")
+    if not dist.is_initialized():
+        # Binding NCCL to our GPU up front lets it connect eagerly and makes barrier() use the right GPU.
+        extra = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **extra)
+    return DistInfo(rank, local_rank, world_size, device, rank == 0, backend)
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6 kept FSDP2 under _composable
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module:
+    """Make `model` data-parallel across the job; single-process runs get it back unchanged (DDP).
+
+    "fsdp" shards every child of every nn.ModuleList (the transformer blocks), then the root,
+    in place; it needs CUDA.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown parallel strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if strategy == "none":
+        return model
+    if strategy == "fsdp":
+        if info.device.type != "cuda":
+            raise ConfigError("FSDP (strategy fsdp) needs CUDA; use strategy ddp on CPU")
+        fully_shard = _fully_shard()
+        for module in list(model.modules()):
+            if isinstance(module, nn.ModuleList):
+                for block in module:
+                    fully_shard(block)
+        fully_shard(model)
+        return model
+    if info.world_size == 1:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside a DDP wrapper (FSDP2 shards in place, so it is returned as is)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True for a module sharded in place by FSDP2's `fully_shard`."""
+    return hasattr(model, "set_requires_gradient_sync") and hasattr(model, "reshard")
+
+
+@contextlib.contextmanager
+def sync_gradients(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Run the enclosed backward with (enabled) or without gradient averaging across processes.
+
+    Use `enabled=(micro_step == grad_accum - 1)`: earlier micro-steps only accumulate locally.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        with contextlib.nullcontext() if enabled else model.no_sync():
+            yield
+    elif is_sharded(model):
+        model.set_requires_gradient_sync(enabled)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def is_distributed() -> bool:
+    """True inside an initialized process group with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average `t` over all processes, in place, and return it (no-op for a single process)."""
+    if not is_distributed():
+        return t
+    if dist.get_backend() == "nccl" and not t.is_cuda:  # NCCL only moves GPU memory
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        t.copy_(on_gpu)
+    else:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t.div_(dist.get_world_size())
+    return t
+
+
+def barrier() -> None:
+    """Wait until every process gets here (no-op for a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group so the job exits cleanly."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,45 @@
+"""Atomic writes: a failure in the middle leaves the old state, never a half-written one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "a" / "f.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["f.json"]
+
+
+def test_atomic_directory_appears_only_on_success(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as tmp:
+            atomic_write_text(tmp / "part.txt", "half")
+            raise RuntimeError("crash in the middle")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+
+    with atomic_directory(final) as tmp:
+        atomic_write_text(tmp / "done.txt", "whole")
+    assert (final / "done.txt").read_text() == "whole"
+
+
+def test_atomic_directory_failure_keeps_previous_output(tmp_path):
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        atomic_write_text(tmp / "v1.txt", "1")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(final) as tmp:
+            atomic_write_text(tmp / "v2.txt", "2")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in final.iterdir()) == ["v1.txt"]
+    with atomic_directory(final) as tmp:
+        atomic_write_text(tmp / "v3.txt", "3")
+    assert sorted(p.name for p in final.iterdir()) == ["v3.txt"]

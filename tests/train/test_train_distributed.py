@@ -1,0 +1,222 @@
+"""Data parallelism: a real 2-process gloo job on CPU against single-process arithmetic."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+from scratchlm.errors import ConfigError
+from scratchlm.train.distributed import (
+    DistInfo,
+    _fully_shard,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    sync_gradients,
+    unwrap_model,
+    wrap_model,
+)
+from scratchlm.train.optim import build_optimizer
+
+WORLD, ACCUM = 2, 2
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def micro_batch(rank: int, micro_step: int):
+    g = torch.Generator().manual_seed(100 * rank + micro_step)
+    return torch.randn(4, 6, generator=g), torch.randn(4, 3, generator=g)
+
+
+def loss_of(model, x, y):
+    return ((model(x) - y) ** 2).mean() / ACCUM
+
+
+def launch(worker_fn, *args) -> None:
+    """Start WORLD processes like torchrun would; fork reuses the already-imported torch."""
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(worker_fn, args=(free_port(), *args), nprocs=WORLD, join=True, start_method=method)
+
+
+def torchrun_env(rank: int, port: int) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    torchrun_env(rank, port)
+    info = init_distributed("cpu")
+    model = wrap_model(make_model(), info, "ddp")
+    communications = []
+
+    def counting_allreduce(state, bucket):
+        communications.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    model.register_comm_hook(torch.distributed.group.WORLD, counting_allreduce)
+    record = {"info": (info.rank, info.world_size, info.backend, info.is_main)}
+    for micro_step in range(ACCUM):
+        last = micro_step == ACCUM - 1
+        with sync_gradients(model, enabled=last):
+            loss_of(model, *micro_batch(rank, micro_step)).backward()
+        record[f"comms_after_{micro_step}"] = len(communications)
+        record[f"grads_after_{micro_step}"] = [p.grad.clone() for p in model.parameters()]
+    value = torch.tensor([float(rank + 1)])
+    record["mean"] = all_reduce_mean(value).item()
+    barrier()
+    record["unwrapped"] = type(unwrap_model(model)).__name__
+    torch.save(record, os.path.join(out_dir, f"rank{rank}.pt"))
+    cleanup()
+
+
+@pytest.fixture(scope="module")
+def ddp_records(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp")
+    launch(worker, str(out_dir))
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def reference_grads():
+    """One process, all WORLD x ACCUM micro-batches accumulated, then averaged over ranks."""
+    model = make_model()
+    for rank in range(WORLD):
+        for micro_step in range(ACCUM):
+            loss_of(model, *micro_batch(rank, micro_step)).backward()
+    return [p.grad / WORLD for p in model.parameters()]
+
+
+def test_ranks_know_who_they_are(ddp_records):
+    assert [r["info"] for r in ddp_records] == [(0, 2, "gloo", True), (1, 2, "gloo", False)]
+    assert all(r["unwrapped"] == "Sequential" for r in ddp_records)
+
+
+def test_ddp_gradients_equal_single_process_average(ddp_records):
+    expected = reference_grads()
+    for record in ddp_records:
+        for got, want in zip(record[f"grads_after_{ACCUM - 1}"], expected):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_non_final_micro_steps_do_not_communicate(ddp_records):
+    for record in ddp_records:
+        assert record["comms_after_0"] == 0
+        assert record[f"comms_after_{ACCUM - 1}"] >= 1
+    # Without sync, each rank holds only its own local gradient after the first micro-step.
+    first = [r["grads_after_0"][0] for r in ddp_records]
+    assert not torch.allclose(first[0], first[1])
+
+
+def test_all_reduce_mean_averages_over_ranks(ddp_records):
+    assert [r["mean"] for r in ddp_records] == [1.5, 1.5]
+
+
+def test_single_process_is_a_no_op(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = init_distributed("cpu")
+    assert info == DistInfo(0, 0, 1, torch.device("cpu"), True, None)
+    model = make_model()
+    assert wrap_model(model, info, "ddp") is model
+    with sync_gradients(model, enabled=False):
+        pass
+    t = torch.tensor([3.0])
+    assert all_reduce_mean(t).item() == 3.0
+    barrier()
+
+
+def test_fsdp_on_cpu_and_unknown_strategy_are_config_errors():
+    info = DistInfo(0, 0, 1, torch.device("cpu"), True, None)
+    with pytest.raises(ConfigError, match="FSDP"):
+        wrap_model(make_model(), info, "fsdp")
+    with pytest.raises(ConfigError, match="unknown parallel strategy"):
+        wrap_model(make_model(), info, "zero3")
+
+
+def test_bad_torchrun_environment_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE"):
+        init_distributed("cpu")
+
+
+class BlockLM(nn.Module):
+    """Embedding, a ModuleList of blocks with hidden matrices, norm and head: what FSDP and Muon see."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8)) for _ in range(2)
+        )
+        self.norm = nn.LayerNorm(8)
+        self.lm_head = nn.Linear(8, 10, bias=False)
+
+    def forward(self, idx):
+        h = self.embed(idx)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.lm_head(self.norm(h))
+
+
+def lm_batch(seed: int):
+    x = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(seed))
+    return x, (x + 1) % 10
+
+
+def lm_loss(model, x, y):
+    return nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+
+def sharded_muon_worker(rank: int, port: int, out_dir: str) -> None:
+    torchrun_env(rank, port)
+    torch.distributed.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = BlockLM()
+    # wrap_model only offers FSDP on CUDA; torch's FSDP2 also runs on gloo, which lets this CPU test
+    # check that Muon orthogonalizes whole matrices and keeps only its shard.
+    fully_shard = _fully_shard()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    opt = build_optimizer(model, "muon", lr=1e-2, muon_lr=0.02)
+    for step in range(3):
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model, *lm_batch(10 * step + rank)).backward()
+        opt.step()
+    weights = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    if rank == 0:
+        torch.save(weights, os.path.join(out_dir, "sharded.pt"))
+    cleanup()
+
+
+def test_muon_on_fsdp2_shards_matches_one_process(tmp_path):
+    launch(sharded_muon_worker, str(tmp_path))
+    sharded = torch.load(tmp_path / "sharded.pt", weights_only=True)
+    torch.manual_seed(0)
+    model = BlockLM()
+    opt = build_optimizer(model, "muon", lr=1e-2, muon_lr=0.02)
+    for step in range(3):
+        opt.zero_grad(set_to_none=True)
+        sum(lm_loss(model, *lm_batch(10 * step + r)) / WORLD for r in range(WORLD)).backward()
+        opt.step()
+    for name, want in model.state_dict().items():
+        torch.testing.assert_close(sharded[name], want, rtol=1e-5, atol=1e-6, msg=name)
