@@ -1,0 +1,171 @@
+"""`scratchlm tokenizer train | import | encode | decode | stats`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scratchlm.cli import add_config_args
+from scratchlm.config import load_config
+from scratchlm.errors import TokenizerError
+from scratchlm.fsutil import atomic_directory
+
+
+def register(root, groups) -> None:
+    """Add the tokenizer commands to the `tokenizer` group."""
+    sub = groups["tokenizer"]
+
+    p = sub.add_parser("train", help="train a byte-level BPE tokenizer on documents")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="files, dirs, builtin:python-docs, hf:NAME or a prepared dir",
+    )
+    p.add_argument("--out", metavar="DIR", help="output directory (replaced as a whole)")
+    p.add_argument("--vocab-size", type=int, help="total ids: 256 bytes + merges + special tokens")
+    p.add_argument("--pattern", help="pre-tokenization: gpt4 (default), gpt2 or a regex")
+    p.add_argument("--special", action="append", metavar="TOKEN", help="extra special token (repeatable)")
+    p.add_argument("--min-frequency", type=int, help="stop when the best pair is rarer than this")
+    p.add_argument("--workers", type=int, help="word-counting processes (0 = all cores)")
+    p.add_argument("--split", choices=["train", "val", "all"], help="split of a prepared dir to read")
+    add_config_args(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "import", help="import a GPT-2 or Hugging Face tokenizer (or extend one with specials)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gpt2", nargs=2, metavar=("ENCODER_JSON", "VOCAB_BPE"), help="GPT-2's two files")
+    source.add_argument("--hf", metavar="FILE", help="a byte-level BPE tokenizer.json (or its directory)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced as a whole)")
+    p.add_argument("--special", action="append", metavar="TOKEN", help="add a special token (repeatable)")
+    p.add_argument("--tiktoken", metavar="FILE", help="also write tiktoken's rank file here")
+    add_config_args(p, config_file=False)
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("encode", help="print the ids of some text as JSON")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--text", help="text to encode (default: read stdin)")
+    p.add_argument("--allow-special", action="store_true", help="turn special-token text into control tokens")
+    p.add_argument("--plain-special", action="store_true", help="encode special-token text as plain text")
+    add_config_args(p, config_file=False)
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("decode", help="print the text of ids (arguments or a JSON list on stdin)")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("ids", nargs="*", help="token ids (default: a JSON list read from stdin)")
+    add_config_args(p, config_file=False)
+    p.set_defaults(func=_decode)
+
+    p = sub.add_parser("stats", help="bytes per token, most common tokens and unused merges on some input")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--top", type=int, default=20, help="how many common tokens to list")
+    p.add_argument("--json", action="store_true", help="print the stats as JSON")
+    add_config_args(p, config_file=False)
+    p.set_defaults(func=_stats)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    flags = {
+        "inputs": args.inputs or None,
+        "out": args.out,
+        "vocab_size": args.vocab_size,
+        "pattern": args.pattern,
+        "special_tokens": args.special,
+        "min_frequency": args.min_frequency,
+        "workers": args.workers,
+        "split": args.split,
+    }
+    base = {k: v for k, v in flags.items() if v is not None}
+    cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
+    tok = train_tokenizer(cfg)
+    print(f"saved {cfg.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:16]}", file=sys.stderr)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gpt2(*args.gpt2) if args.gpt2 else Tokenizer.from_hf(args.hf)
+    if args.special:  # new ids after the existing ones: every existing id keeps its meaning
+        tok = tok.add_special_tokens(args.special)
+    with atomic_directory(args.out) as tmp:
+        tok.save(tmp)
+    if args.tiktoken:
+        tok.export_tiktoken(args.tiktoken)
+    print(f"saved {args.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:16]}", file=sys.stderr)
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    text = args.text if args.text is not None else sys.stdin.read()
+    if args.allow_special:
+        ids = tok.encode(text, allowed_special="all")
+    elif args.plain_special:
+        ids = tok.encode_ordinary(text)
+    else:
+        ids = tok.encode(text)
+    print(json.dumps(ids))
+    return 0
+
+
+def _parse_ids(args: argparse.Namespace) -> list[int]:
+    raw = args.ids if args.ids else None
+    if raw is None:
+        try:
+            data = json.loads(sys.stdin.read() or "[]")
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"stdin: expected a JSON list of ids ({e})") from None
+    else:
+        data = [
+            part
+            for item in raw
+            for part in item.replace(",", " ").replace("[", " ").replace("]", " ").split()
+        ]
+    ids = []
+    for item in data if isinstance(data, list) else [data]:
+        try:
+            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+                raise ValueError
+            ids.append(int(item))
+        except (TypeError, ValueError):
+            raise TokenizerError(f"{item!r} is not a token id") from None
+    return ids
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    sys.stdout.write(tok.decode(_parse_ids(args)))
+    sys.stdout.write("\n")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from scratchlm.data.sources import iter_documents
+    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.stats import tokenizer_stats
+
+    tok = Tokenizer.load(args.tokenizer)
+    stats = tokenizer_stats(tok, (d.text for d in iter_documents(args.inputs)), top=args.top)
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False, indent=2))
+        return 0
+    print(f"documents        {stats['documents']}")
+    print(f"bytes            {stats['bytes']}")
+    print(f"tokens           {stats['tokens']}")
+    print(f"bytes per token  {stats['bytes_per_token']:.3f}")
+    print(f"unused merges    {stats['unused_merged_tokens']} of {stats['merged_tokens']}")
+    print("most common tokens:")
+    for row in stats["most_common"]:
+        print(f"  {row['id']:>7}  {row['count']:>10}  {json.dumps(row['token'], ensure_ascii=False)}")
+    return 0

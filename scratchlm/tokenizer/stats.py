@@ -1,0 +1,56 @@
+"""How well a tokenizer fits some text: bytes per token, most used tokens, tokens never used."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from scratchlm.tokenizer.tokenizer import Tokenizer
+
+BATCH = 256
+
+
+def tokenizer_stats(tok: Tokenizer, texts: Iterable[str], top: int = 20) -> dict[str, Any]:
+    """Encode `texts` (special-token text as plain text) and summarise the ids used."""
+    usage = np.zeros(tok.vocab_size, dtype=np.int64)
+    documents = total_bytes = 0
+    batch: list[str] = []
+
+    def flush() -> None:
+        for ids in tok.encode_batch(batch):
+            if ids:
+                usage[:] += np.bincount(np.asarray(ids, dtype=np.int64), minlength=tok.vocab_size)
+        batch.clear()
+
+    for text in texts:
+        documents += 1
+        total_bytes += len(text.encode("utf-8", errors="surrogatepass"))
+        batch.append(text)
+        if len(batch) >= BATCH:
+            flush()
+    flush()
+    tokens = int(usage.sum())
+    lengths = np.asarray(tok.token_bytes())
+    merged = lengths >= 2  # tokens that merges made (single bytes and specials excluded)
+    unused = int((merged & (usage == 0)).sum())
+    order = np.argsort(-usage, kind="stable")[:top]
+    return {
+        "documents": documents,
+        "bytes": total_bytes,
+        "tokens": tokens,
+        "bytes_per_token": total_bytes / tokens if tokens else 0.0,
+        "vocab_size": tok.vocab_size,
+        "merged_tokens": int(merged.sum()),
+        "unused_merged_tokens": unused,
+        "most_common": [
+            {
+                "id": int(i),
+                "token": tok.decode_bytes([int(i)]).decode("utf-8", "replace"),
+                "count": int(usage[i]),
+            }
+            for i in order
+            if usage[i] > 0
+        ],
+    }

@@ -1,0 +1,258 @@
+"""`Tokenizer`: a trained byte-level BPE with special tokens; encodes with tiktoken's engine.
+
+A tokenizer is its `ranks` (token bytes -> id; the id is also the merge priority), its
+`special_tokens` (text -> id, placed after the ordinary tokens) and its pre-tokenization
+`pattern`. Encoding and decoding run in tiktoken (Rust), built from exactly these three things;
+`scratchlm.tokenizer.reference` holds the pure-Python definition the tests compare it with.
+
+Special-token text inside ordinary text follows tiktoken's rule: `encode` raises unless the
+token is allowed (then it becomes the control token) or disallowed checks are switched off (then
+it is encoded as plain text); `encode_ordinary` always treats it as plain text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import tiktoken
+
+from scratchlm.errors import TokenizerError
+from scratchlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from scratchlm.tokenizer import formats
+from scratchlm.tokenizer.bpe import train_bpe
+from scratchlm.tokenizer.patterns import pattern_name, resolve_pattern
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+DEFAULT_SPECIAL_TOKENS = (EOT, PAD, IM_START, IM_END)
+
+MAX_VOCAB = 1_000_000  # the trainer holds a token as one character: ids must stay below 0x110000
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+
+
+def _special_list(extra: Sequence[str] | None) -> list[str]:
+    """The default specials followed by the user's own, without repeats."""
+    names = list(DEFAULT_SPECIAL_TOKENS)
+    for name in extra or ():
+        if not isinstance(name, str) or not name:
+            raise TokenizerError(f"special token {name!r} must be a non-empty string")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer. Build with `train`, `load`, `from_gpt2` or `from_hf`."""
+
+    def __init__(self, ranks: Mapping[bytes, int], special_tokens: Mapping[str, int], pattern: str) -> None:
+        formats.check_ranks(ranks, "tokenizer")
+        self.ranks: dict[bytes, int] = dict(ranks)
+        self.special_tokens: dict[str, int] = dict(special_tokens)
+        self.pattern: str = resolve_pattern(pattern)
+        taken = set(self.ranks.values())
+        for name, idx in self.special_tokens.items():
+            if idx in taken:
+                raise TokenizerError(f"special token {name!r} has id {idx}, already used by another token")
+            taken.add(idx)
+        if min(taken) < 0:
+            raise TokenizerError("token ids must not be negative")
+        self.vocab_size: int = max(taken) + 1
+        self._encoding = tiktoken.Encoding(
+            name="scratchlm",
+            pat_str=self.pattern,
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special_tokens,
+        )
+
+    # --- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        pattern: str = "gpt4",
+        special_tokens: Sequence[str] | None = None,
+        min_frequency: int = 2,
+        workers: int = 1,
+        show_progress: bool = True,
+    ) -> Tokenizer:
+        """Learn a BPE of `vocab_size` ids in all: 256 bytes + merges + special tokens.
+
+        `special_tokens` are added after the defaults (`<|endoftext|>`, `<|pad|>`,
+        `<|im_start|>`, `<|im_end|>`). The vocab is smaller when the data runs out of pairs
+        occurring at least `min_frequency` times.
+        """
+        names = _special_list(special_tokens)
+        regex_text = resolve_pattern(pattern)
+        if not isinstance(vocab_size, int) or vocab_size < 256 + len(names):
+            raise TokenizerError(
+                f"vocab size {vocab_size} is too small: it needs 256 byte tokens + {len(names)} special tokens"
+            )
+        if vocab_size > MAX_VOCAB:
+            raise TokenizerError(f"vocab size {vocab_size} is too large (at most {MAX_VOCAB})")
+        if min_frequency < 1:
+            raise TokenizerError(f"min_frequency must be at least 1, got {min_frequency}")
+        vocab, _merges = train_bpe(
+            texts,
+            vocab_size - 256 - len(names),
+            regex_text,
+            min_frequency=min_frequency,
+            workers=max(1, workers),
+            show_progress=show_progress,
+        )
+        ranks = {token: idx for idx, token in enumerate(vocab)}
+        specials = {name: len(vocab) + i for i, name in enumerate(names)}
+        return cls(ranks, specials, regex_text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load a tokenizer directory (or its `tokenizer.json`) written by `save` or by Hugging Face."""
+        path = Path(path)
+        if not path.exists():
+            raise TokenizerError(f"{path}: no such tokenizer file or directory")
+        file = path / TOKENIZER_FILE if path.is_dir() else path
+        if not file.exists():
+            raise TokenizerError(f"{path}: no {TOKENIZER_FILE} in this directory")
+        ranks, specials, pattern = formats.read_hf_tokenizer(file)
+        return cls(ranks, specials, pattern)
+
+    @classmethod
+    def from_hf(cls, tokenizer_json: str | Path) -> Tokenizer:
+        """Import a Hugging Face byte-level BPE `tokenizer.json` (or the directory holding it)."""
+        return cls.load(tokenizer_json)
+
+    @classmethod
+    def from_gpt2(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> Tokenizer:
+        """Import GPT-2's `encoder.json` + `vocab.bpe`: the same ids GPT-2 gives."""
+        ranks, specials = formats.read_gpt2(encoder_json, vocab_bpe)
+        return cls(ranks, specials, "gpt2")
+
+    def add_special_tokens(self, names: Sequence[str]) -> Tokenizer:
+        """A copy with more special tokens, given the next free ids; existing ids do not change."""
+        specials = dict(self.special_tokens)
+        next_id = self.vocab_size
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise TokenizerError(f"special token {name!r} must be a non-empty string")
+            if name not in specials:
+                specials[name] = next_id
+                next_id += 1
+        return Tokenizer(self.ranks, specials, self.pattern)
+
+    # --- files -------------------------------------------------------------------------------
+
+    def to_hf_json(self) -> bytes:
+        """The canonical `tokenizer.json` bytes (what `save` writes and `sha256` hashes)."""
+        return formats.canonical_json_bytes(
+            formats.hf_tokenizer_json(self.ranks, self.special_tokens, self.pattern)
+        )
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_hf_json()).hexdigest()
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `tokenizer.json` and `tokenizer_config.json` into `directory` (atomically each)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(directory / TOKENIZER_FILE, self.to_hf_json())
+        atomic_write_json(
+            directory / CONFIG_FILE, formats.tokenizer_config(self.special_tokens, pattern_name(self.pattern))
+        )
+        return directory
+
+    def export_tiktoken(self, path: str | Path) -> Path:
+        """Write tiktoken's rank file (`base64(token) rank` per line); specials are not in it."""
+        atomic_write_text(path, formats.tiktoken_rank_lines(self.ranks))
+        return Path(path)
+
+    # --- ids ---------------------------------------------------------------------------------
+
+    @property
+    def eot_id(self) -> int:
+        return self._special_id(EOT)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_tokens.get(PAD)
+
+    def _special_id(self, name: str) -> int:
+        try:
+            return self.special_tokens[name]
+        except KeyError:
+            raise TokenizerError(f"this tokenizer has no {name} token") from None
+
+    def token_bytes(self) -> list[int]:
+        """Byte length of every id (0 for special tokens and unused ids): for bits per byte."""
+        lengths = [0] * self.vocab_size
+        for token, idx in self.ranks.items():
+            lengths[idx] = len(token)
+        return lengths
+
+    def id_to_bytes(self, idx: int) -> bytes:
+        """The bytes of one token (a special token's UTF-8 text)."""
+        return self.decode_bytes([idx])
+
+    # --- encode / decode ---------------------------------------------------------------------
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        """Encode text. Special-token text is an error unless allowed (then a control token) or
+        removed from `disallowed_special` (then plain text)."""
+        try:
+            return self._encoding.encode(
+                text, allowed_special=allowed_special, disallowed_special=disallowed_special
+            )
+        except ValueError as e:
+            raise TokenizerError(str(e).splitlines()[0]) from None
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode text with special-token text treated as plain text."""
+        return self._encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+        """`encode_ordinary` of many texts on several threads (tiktoken releases the GIL)."""
+        return self._encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The exact bytes of a sequence of ids (special tokens give their text)."""
+        ids = list(ids)
+        if ids:
+            low, high = min(ids), max(ids)
+            if low < 0 or high >= self.vocab_size:
+                bad = low if low < 0 else high
+                raise TokenizerError(f"token id {bad} is out of range for a vocab of {self.vocab_size}")
+        try:
+            return self._encoding.decode_bytes(ids)
+        except (KeyError, TypeError, OverflowError):
+            bad = next((i for i in ids if not isinstance(i, int) or i not in self._valid_ids), ids[0])
+            raise TokenizerError(f"token id {bad!r} is not in this tokenizer") from None
+
+    @cached_property
+    def _valid_ids(self) -> set[int]:
+        return set(self.ranks.values()) | set(self.special_tokens.values())
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Text of a sequence of ids; bytes that are not valid UTF-8 become U+FFFD by default."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, pattern={pattern_name(self.pattern)!r}, "
+            f"special_tokens={json.dumps(self.special_tokens)})"
+        )

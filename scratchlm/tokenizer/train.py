@@ -1,0 +1,57 @@
+"""The `tokenizer train` stage: read documents from any source, train a BPE, save it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from scratchlm.errors import ConfigError
+from scratchlm.fsutil import atomic_directory
+from scratchlm.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """What `scratchlm tokenizer train` needs; also a `[tokenizer]`-free TOML file's keys."""
+
+    inputs: list[str] = field(default_factory=list)  # anything `data prepare` reads, or a prepared dir
+    out: str = ""
+    vocab_size: int = 8192
+    pattern: str = "gpt4"  # gpt4 | gpt2 | a custom regex
+    special_tokens: list[str] = field(default_factory=list)  # added after the default four
+    min_frequency: int = 2
+    workers: int = 0  # word-counting processes; 0 = one per CPU core
+    split: Literal["train", "val", "all"] = "train"  # which split of a prepared dir to read
+    text_field: str = "text"  # JSON/JSONL/parquet field holding the text
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise ConfigError("tokenizer train: give at least one INPUT")
+        if not self.out:
+            raise ConfigError("tokenizer train: --out DIR is required")
+        if self.vocab_size < 257:
+            raise ConfigError(f"vocab_size {self.vocab_size} is too small (256 byte tokens + specials)")
+        if self.min_frequency < 1:
+            raise ConfigError(f"min_frequency must be at least 1, got {self.min_frequency}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 (all cores) or more, got {self.workers}")
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
+    """Train on the documents of `cfg.inputs` and save to `cfg.out`."""
+    from scratchlm.data.sources import SourceOptions, iter_documents
+
+    options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
+    texts = (doc.text for doc in iter_documents(cfg.inputs, options))
+    tok = Tokenizer.train(
+        texts,
+        cfg.vocab_size,
+        pattern=cfg.pattern,
+        special_tokens=cfg.special_tokens,
+        min_frequency=cfg.min_frequency,
+        workers=cfg.workers or (os.cpu_count() or 1),
+    )
+    with atomic_directory(cfg.out) as tmp:  # a crash never leaves a half-written tokenizer dir
+        tok.save(tmp)
+    return tok

@@ -1,0 +1,174 @@
+"""The BPE trainer: a merge sequence checked by hand, tie-breaking, and equality with naive BPE."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tok_testdata import MIXED, stdlib_text
+
+from scratchlm.errors import TokenizerError
+from scratchlm.tokenizer import GPT4_PATTERN, PATTERNS, Tokenizer
+from scratchlm.tokenizer.bpe import count_words, learn_merges
+
+WORDS = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
+TEXT = " ".join(w for w, n in WORDS.items() for _ in range(n))
+
+
+def test_worked_example_merges_by_hand():
+    # Pair counts: ug 20, pu 17, un 16, hu 15, ... -> ug; then un 16 -> un; h+ug 15; p+un 12;
+    # then a tie at 5 between (hug, s) and (p, ug): b"hug" < b"p", so hugs comes first; pug; bun (4).
+    tok = Tokenizer.train([TEXT], 1000, pattern=r"[a-z]+| ", show_progress=False)
+    new_tokens = sorted((i, t) for t, i in tok.ranks.items() if i >= 256)
+    assert [t for _, t in new_tokens] == [b"ug", b"un", b"hug", b"pun", b"hugs", b"pug", b"bun"]
+    assert tok.vocab_size == 256 + 7 + 4  # ran out of pairs before 1000
+    assert tok.encode_ordinary("hugs bun hun") == [260, 32, 262, 32, 104, 257]
+    assert tok.eot_id == 263 and tok.pad_id == 264
+
+
+def test_min_frequency_stops_early():
+    tok = Tokenizer.train([TEXT], 1000, pattern=r"[a-z]+| ", min_frequency=5, show_progress=False)
+    assert b"bun" not in tok.ranks and b"pug" in tok.ranks
+    assert tok.vocab_size == 256 + 6 + 4
+
+
+def naive_bpe(word_counts: dict[str, int], steps: int) -> list[bytes]:
+    """Recount every pair at every step: slow, obviously right."""
+    words = {tuple(bytes([b]) for b in w.encode()): n for w, n in word_counts.items()}
+    made = []
+    for _ in range(steps):
+        pairs: Counter = Counter()
+        for w, n in words.items():
+            for p in zip(w, w[1:]):
+                pairs[p] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p[0], p[1]))
+        if pairs[best] < 2:
+            break
+        made.append(best[0] + best[1])
+        merged = {}
+        for w, n in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + n
+        words = merged
+    return made
+
+
+def test_incremental_counts_match_naive_bpe(corpus):
+    rng = random.Random(0)
+    # Short words over a small alphabet force many overlapping pairs and repeated symbols (aaa).
+    texts = [" ".join("".join(rng.choice("aab c") for _ in range(rng.randint(1, 9))) for _ in range(300))]
+    texts.append(corpus[0])
+    counts = count_words(texts, GPT4_PATTERN, show_progress=False)
+    vocab, merges = learn_merges(counts, 150, show_progress=False)
+    assert vocab[256:] == naive_bpe(counts, 150)
+    assert all(vocab[a] + vocab[b] in vocab for a, b in merges)
+
+
+def test_workers_and_chunking_do_not_change_the_result(corpus):
+    one = count_words(corpus, GPT4_PATTERN, workers=1, show_progress=False)
+    two = count_words(corpus, GPT4_PATTERN, workers=2, chunk_chars=20_000, show_progress=False)
+    assert one == two
+    a = Tokenizer.train(corpus[:8], 400, workers=1, show_progress=False)
+    b = Tokenizer.train(corpus[:8], 400, workers=2, show_progress=False)
+    assert a.ranks == b.ranks and a.sha256 == b.sha256
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_cutting_long_documents_changes_no_word(corpus, pattern):
+    regex_text = PATTERNS[pattern]
+    # One long document with every kind of line ending and indentation the cut points must respect.
+    doc = "".join(corpus[:6]) + "\n".join(MIXED) + "  \n\n\tx\r\n y \n\n\n'll\n123\n"
+    whole = Counter(regex.findall(regex_text, doc))
+    assert count_words([doc], regex_text, chunk_chars=500, show_progress=False) == whole
+    assert count_words([doc], regex_text, workers=2, chunk_chars=3000, show_progress=False) == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from("ab1 :\n\t\r's\u00a0"), max_size=80),
+    pattern=st.sampled_from(["gpt2", "gpt4"]),
+)
+def test_cut_points_are_word_boundaries(text, pattern):
+    regex_text = PATTERNS[pattern]
+    whole = Counter(regex.findall(regex_text, text))
+    assert count_words([text], regex_text, chunk_chars=3, show_progress=False) == whole
+
+
+def test_training_is_deterministic(corpus):
+    first = Tokenizer.train(corpus[:5], 500, show_progress=False)
+    second = Tokenizer.train(list(reversed(corpus[:5])), 500, show_progress=False)
+    assert first.ranks == second.ranks
+
+
+def test_user_special_tokens_follow_the_defaults():
+    tok = Tokenizer.train(
+        [TEXT], 300, pattern=r"[a-z]+| ", special_tokens=["<|tool|>", "<|pad|>"], show_progress=False
+    )
+    names = sorted(tok.special_tokens, key=tok.special_tokens.get)
+    assert names == ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<|tool|>"]
+    assert tok.vocab_size == 263 + 5
+
+
+@pytest.mark.parametrize("vocab_size", [0, 255, 259])
+def test_vocab_too_small_is_a_clear_error(vocab_size):
+    with pytest.raises(TokenizerError, match="too small"):
+        Tokenizer.train(["abc"], vocab_size, show_progress=False)
+
+
+def test_bad_patterns_are_clear_errors():
+    with pytest.raises(TokenizerError, match="not a valid regex"):
+        Tokenizer.train(["abc"], 300, pattern="([a-z", show_progress=False)
+    with pytest.raises(TokenizerError, match="empty string"):
+        Tokenizer.train(["abc"], 300, pattern="a*", show_progress=False)
+    with pytest.raises(TokenizerError, match="tiktoken"):  # valid for `regex`, not for tiktoken
+        Tokenizer.train(["abc"], 300, pattern=r"\X|\s", show_progress=False)
+
+
+def test_gpt2_pattern_preset(corpus):
+    tok = Tokenizer.train(corpus[:3], 300, pattern="gpt2", show_progress=False)
+    # GPT-2's pattern glues the space to the following word; gpt4 glues it to punctuation too.
+    assert tok.pattern.startswith("'s|'t")
+    assert tok.decode(tok.encode("x = 1  # ok\n")) == "x = 1  # ok\n"
+
+
+def test_compresses_like_hugging_face_trainer(corpus, tok):
+    """Same data, pattern, vocab and specials as Hugging Face's Rust trainer: bytes/token within 1%."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=tok.vocab_size,
+        min_frequency=2,
+        special_tokens=list(tok.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(corpus, trainer)
+    assert hf.get_vocab_size() == tok.vocab_size
+    trained_on = len("".join(corpus[: -len(MIXED)]))
+    held_out = stdlib_text(trained_on + 100_000)[trained_on:]  # the files after the training ones
+    assert len(held_out) > 20_000
+    ours = len(tok.encode_ordinary(held_out))
+    theirs = len(hf.encode(held_out, add_special_tokens=False).ids)
+    assert abs(ours / theirs - 1) < 0.01

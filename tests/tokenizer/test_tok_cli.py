@@ -1,0 +1,179 @@
+"""The `scratchlm tokenizer ...` commands, end to end through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tok_testdata import MIXED, stdlib_text, write_gpt2_pair
+
+from scratchlm.cli import main
+from scratchlm.tokenizer import Tokenizer
+
+
+@pytest.fixture
+def docs(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    text = stdlib_text(120_000)
+    for i in range(0, len(text), 20_000):
+        (folder / f"doc{i:07d}.txt").write_text(text[i : i + 20_000])
+    (folder / "mixed.txt").write_text("\n".join(MIXED))
+    return folder
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_encode_decode_stats(capsys, docs, tmp_path):
+    out_dir = tmp_path / "tok"
+    code, _, err = run(
+        capsys,
+        "tokenizer",
+        "train",
+        str(docs),
+        "--vocab-size",
+        "600",
+        "--out",
+        str(out_dir),
+        "--special",
+        "<|tool|>",
+        "--workers",
+        "1",
+    )
+    assert code == 0, err
+    tok = Tokenizer.load(out_dir)
+    assert tok.vocab_size == 600 and tok.special_tokens["<|tool|>"] == 599
+
+    code, out, _ = run(
+        capsys,
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        str(out_dir),
+        "--text",
+        "héllo<|tool|>",
+        "--allow-special",
+    )
+    ids = json.loads(out)
+    assert ids == tok.encode("héllo<|tool|>", allowed_special="all") and ids[-1] == 599
+
+    code, out, _ = run(capsys, "tokenizer", "decode", "--tokenizer", str(out_dir), *map(str, ids))
+    assert code == 0 and out == "héllo<|tool|>\n"
+
+    code, out, _ = run(
+        capsys, "tokenizer", "stats", "--tokenizer", str(out_dir), str(docs), "--json", "--top", "3"
+    )
+    stats = json.loads(out)
+    assert code == 0 and stats["documents"] == len(list(docs.iterdir()))
+    assert (
+        stats["bytes_per_token"] == pytest.approx(stats["bytes"] / stats["tokens"])
+        and stats["bytes_per_token"] > 2
+    )
+    assert len(stats["most_common"]) == 3 and stats["unused_merged_tokens"] < stats["merged_tokens"]
+
+
+def test_config_file_and_overrides(capsys, docs, tmp_path):
+    config = tmp_path / "tok.toml"
+    config.write_text(f'inputs = ["{docs}"]\nvocab_size = 300\npattern = "gpt2"\nworkers = 1\n')
+    out_dir = tmp_path / "tok"
+    code, _, err = run(
+        capsys,
+        "tokenizer",
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(out_dir),
+        "--set",
+        "vocab_size=280",
+    )
+    assert code == 0, err
+    tok = Tokenizer.load(out_dir)
+    assert tok.vocab_size == 280 and tok.pattern.startswith("'s|'t")
+
+
+def test_import_gpt2_and_export_tiktoken(capsys, tmp_path):
+    enc, bpe = write_gpt2_pair(tmp_path)
+    code, _, err = run(
+        capsys,
+        "tokenizer",
+        "import",
+        "--gpt2",
+        str(enc),
+        str(bpe),
+        "--out",
+        str(tmp_path / "g"),
+        "--tiktoken",
+        str(tmp_path / "g.tiktoken"),
+    )
+    assert code == 0, err
+    code, out, _ = run(
+        capsys, "tokenizer", "encode", "--tokenizer", str(tmp_path / "g"), "--text", "lower low new"
+    )
+    assert json.loads(out) == [263, 259, 262]
+    assert len((tmp_path / "g.tiktoken").read_text().splitlines()) == 264
+
+
+def test_user_errors_are_one_line(capsys, docs, tmp_path):
+    code, _, err = run(
+        capsys, "tokenizer", "train", str(docs), "--vocab-size", "100", "--out", str(tmp_path / "t")
+    )
+    assert code == 2 and err.count("\n") == 1 and "too small" in err
+    small = Tokenizer.train(["abc abc"], 300, show_progress=False)
+    small.save(tmp_path / "t")
+    code, _, err = run(capsys, "tokenizer", "decode", "--tokenizer", str(tmp_path / "t"), "12345")
+    assert code == 2 and "out of range" in err
+    code, _, err = run(
+        capsys, "tokenizer", "encode", "--tokenizer", str(tmp_path / "t"), "--text", "<|endoftext|>"
+    )
+    assert code == 2 and "disallowed special token" in err
+    code, out, _ = run(
+        capsys,
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        str(tmp_path / "t"),
+        "--text",
+        "<|endoftext|>",
+        "--plain-special",
+    )
+    assert code == 0 and small.eot_id not in json.loads(out)
+    code, _, err = run(
+        capsys, "tokenizer", "import", "--hf", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")
+    )
+    assert code == 2 and "no such tokenizer file" in err
+
+
+def test_extend_a_tokenizer_with_special_tokens(capsys, tmp_path):
+    base = Tokenizer.train(["abc abd abe"] * 5, 300, pattern="gpt2", show_progress=False)
+    base.save(tmp_path / "base")
+    code, _, err = run(
+        capsys, "tokenizer", "import", "--hf", str(tmp_path / "base"), "--special", "<|tool|>",
+        "--out", str(tmp_path / "more"),
+    )  # fmt: skip
+    assert code == 0, err
+    more = Tokenizer.load(tmp_path / "more")
+    assert more.special_tokens == {**base.special_tokens, "<|tool|>": base.vocab_size}
+    assert more.ranks == base.ranks and more.pattern == base.pattern
+
+
+def test_train_reads_the_train_split_of_a_prepared_dir(capsys, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    prepared = tmp_path / "prepared"
+    for split, text in [("train", "hello world " * 50), ("val", "VALIDATION " * 50)]:
+        (prepared / split).mkdir(parents=True)
+        table = pa.table({"text": [text], "source": [split]})
+        pq.write_table(table, prepared / split / "part-00000.parquet")
+    (prepared / "stats.json").write_text("{}")
+    code, _, err = run(
+        capsys, "tokenizer", "train", str(prepared), "--vocab-size", "270", "--out", str(tmp_path / "t")
+    )
+    assert code == 0, err
+    learned = {t for t, i in Tokenizer.load(tmp_path / "t").ranks.items() if i >= 256}
+    assert b" worl" in learned and not any(b"VAL" in t or b"ION" in t for t in learned)
