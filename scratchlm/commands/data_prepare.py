@@ -1,0 +1,84 @@
+"""`scratchlm data prepare INPUT... --out DIR`: parse flags into `PrepareConfig`, call `prepare`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from scratchlm.cli import add_config_args
+from scratchlm.config import load_config
+
+
+def register(root, groups) -> None:
+    p = groups["data"].add_parser(
+        "prepare",
+        help="clean, quality-filter, deduplicate and split a corpus into parquet shards",
+        description=(
+            "Read INPUTs (.txt .jsonl .json .parquet files, optionally .gz/.zst; directories; "
+            "builtin:python-docs; hf:NAME), clean, quality-filter and deduplicate them, and write "
+            "DIR/train/*.parquet, DIR/val/*.parquet and DIR/stats.json."
+        ),
+    )
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="files, directories, builtin:python-docs or hf:NAME"
+    )
+    p.add_argument("--out", metavar="DIR", help="output directory (replaced atomically at the end)")
+    p.add_argument("--val-fraction", type=float, help="share of documents for validation (default 0.01)")
+    p.add_argument(
+        "--text-field", help="JSON key / parquet or dataset column holding the text (default: text)"
+    )
+    p.add_argument(
+        "--separator", help=r"split .txt files into documents on this string (\n and \t understood)"
+    )
+    p.add_argument(
+        "--include", action="append", metavar="GLOB", help="only read matching files in directories"
+    )
+    p.add_argument("--exclude", action="append", metavar="GLOB", help="skip matching files in directories")
+    p.add_argument("--skip-bad-records", action="store_true", default=None, help="count and skip bad records")
+    p.add_argument("--workers", type=int, help="processes for per-document work (0 = auto, 1 = none)")
+    p.add_argument("--no-filters", action="store_true", help="turn every quality filter off")
+    p.add_argument("--no-dedup", action="store_true", help="turn exact and near-duplicate removal off")
+    add_config_args(p)
+    p.set_defaults(func=_prepare)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, as the nested dict `load_config` merges."""
+    base: dict[str, Any] = {}
+    source: dict[str, Any] = {}
+    if args.inputs:
+        base["inputs"] = list(args.inputs)
+    for key in ("out", "val_fraction", "workers"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    if args.text_field is not None:
+        source["text_field"] = args.text_field
+    if args.separator is not None:
+        source["separator"] = args.separator.replace("\\n", "\n").replace("\\t", "\t")
+    for key in ("include", "exclude"):
+        if getattr(args, key):
+            source[key] = list(getattr(args, key))
+    if args.skip_bad_records:
+        source["skip_bad_records"] = True
+    if source:
+        base["source"] = source
+    if args.no_filters:
+        base["filters"] = {"enabled": False}
+    if args.no_dedup:
+        base["dedup"] = {"exact": False, "near": False}
+    return base
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from scratchlm.data.prepare import PrepareConfig, prepare
+
+    config = load_config(PrepareConfig, args.config, args.overrides, base=_flags(args))
+    stats = prepare(config)
+    removed = ", ".join(f"{reason} {count}" for reason, count in stats["removed"].items()) or "none"
+    print(
+        f"prepared {stats['documents_out']:,} of {stats['documents_in']:,} documents "
+        f"({stats['bytes_in'] / 1e6:.1f} MB in, {stats['bytes_out'] / 1e6:.1f} MB out) "
+        f"into {config.out} in {stats['seconds']:.1f} s"
+    )
+    print(f"removed: {removed}")
+    return 0

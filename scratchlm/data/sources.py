@@ -1,0 +1,372 @@
+"""Where documents come from: files, directories, prepared datasets, the built-in corpus, `datasets`.
+
+`iter_documents` turns a list of inputs into one ordered stream of `Document`s. It streams: a
+JSONL, parquet or separated text file is read piece by piece, so a corpus larger than memory
+flows through (only a whole-file `.json` or a `.txt` without a separator is read at once).
+Problems a user can fix (missing path, a line that is not JSON, a missing field) raise
+`DataError` naming the file and line, or are counted and skipped with `skip_bad_records`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from scratchlm.errors import DataError
+
+BUILTIN_PREFIX = "builtin:"
+HF_PREFIX = "hf:"
+FORMATS = (".txt", ".jsonl", ".json", ".parquet")
+COMPRESSIONS = (".gz", ".zst")
+DEFAULT_INCLUDE = tuple(f"*{fmt}{comp}" for fmt in FORMATS for comp in ("", *COMPRESSIONS))
+_TEXT_CHUNK = 1 << 20
+
+
+@dataclass
+class Document:
+    """One document: its text and where it came from (a path, `builtin:...` or `hf:...`).
+
+    `invalid_utf8` is set when the bytes read were not valid UTF-8 and were repaired with U+FFFD.
+    """
+
+    text: str
+    source: str
+    invalid_utf8: bool = False
+
+
+@dataclass
+class SourceOptions:
+    """How inputs are read. `text_field` names the JSON key and the parquet/`datasets` column."""
+
+    text_field: str = "text"
+    separator: str | None = None  # split .txt files on this string; None = one document per file
+    include: list[str] = field(default_factory=list)  # globs for files inside directories
+    exclude: list[str] = field(default_factory=list)
+    skip_bad_records: bool = False  # count and skip bad JSON lines / missing fields instead of failing
+    split: Literal["train", "val", "all"] = "train"  # which split of a prepared directory to read
+    hf_split: str = "train"  # which split of a `hf:NAME` dataset to read
+
+
+@dataclass
+class SourceStats:
+    """Counts that reading produces besides documents (records skipped with `skip_bad_records`)."""
+
+    bad_records: int = 0
+    bad_record_messages: list[str] = field(default_factory=list)
+
+    def add_bad(self, message: str, keep: int = 5) -> None:
+        self.bad_records += 1
+        if len(self.bad_record_messages) < keep:
+            self.bad_record_messages.append(message)
+
+
+def iter_documents(
+    inputs: Sequence[str], options: SourceOptions | None = None, stats: SourceStats | None = None
+) -> Iterator[Document]:
+    """Yield the documents of every input, in input order (directories in sorted path order)."""
+    options = options or SourceOptions()
+    stats = stats if stats is not None else SourceStats()
+    if not inputs:
+        raise DataError("no inputs given: name at least one file, directory, builtin:NAME or hf:NAME")
+    for spec in inputs:
+        yield from _iter_input(str(spec), options, stats)
+
+
+def _iter_input(spec: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    if spec.startswith(BUILTIN_PREFIX):
+        from scratchlm.data.builtin import iter_builtin
+
+        yield from iter_builtin(spec[len(BUILTIN_PREFIX) :])
+        return
+    if spec.startswith(HF_PREFIX):
+        yield from _iter_hf(spec[len(HF_PREFIX) :], options, stats)
+        return
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"{spec}: no such file or directory")
+    if path.is_dir():
+        if is_prepared_dir(path):
+            yield from _iter_prepared(path, options)
+        else:
+            yield from _iter_directory(path, options, stats)
+        return
+    if _format_of(path) is None:
+        raise DataError(
+            f"{spec}: unsupported file type; supported: {', '.join(FORMATS)} (optionally .gz or .zst)"
+        )
+    yield from _iter_file(path, options, stats)
+
+
+def is_prepared_dir(path: Path) -> bool:
+    """A `data prepare` output: `stats.json` beside a `train/` directory."""
+    return (path / "stats.json").is_file() and (path / "train").is_dir()
+
+
+def _format_of(path: Path) -> str | None:
+    name = path.name.lower()
+    for comp in COMPRESSIONS:
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+    for fmt in FORMATS:
+        if name.endswith(fmt):
+            return fmt
+    return None
+
+
+def _compression_of(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((comp for comp in COMPRESSIONS if name.endswith(comp)), None)
+
+
+def _matches(rel: str, patterns: Iterable[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    """Every matching file below `root`, recursively, in sorted order; hidden entries are skipped."""
+    include = options.include or list(DEFAULT_INCLUDE)
+    found = False
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if not _matches(rel, include) or _matches(rel, options.exclude):
+                continue
+            found = True
+            yield from _iter_file(path, options, stats)
+    if not found:
+        raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing .gz and .zst transparently."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    compression = _compression_of(path)
+    if compression == ".gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == ".zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return raw
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    """UTF-8 text and whether invalid bytes had to be replaced."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True
+
+
+def _iter_file(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    fmt = _format_of(path) or ".txt"  # files picked by an explicit include glob are read as text
+    try:
+        if fmt == ".jsonl":
+            yield from _iter_jsonl(path, options, stats)
+        elif fmt == ".json":
+            yield from _iter_json(path, options, stats)
+        elif fmt == ".parquet":
+            yield from _iter_parquet(path, options, stats)
+        else:
+            yield from _iter_txt(path, options)
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError) as e:  # corrupt archives, truncated files
+        raise DataError(f"{path}: cannot read: {e}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("zstandard"):
+            raise DataError(f"{path}: cannot read: {e}") from None
+        raise
+
+
+def _iter_txt(path: Path, options: SourceOptions) -> Iterator[Document]:
+    source = str(path)
+    with _open_binary(path) as f:
+        if not options.separator:
+            text, bad = _decode(f.read())
+            yield Document(text, source, bad)
+            return
+        sep = options.separator.encode("utf-8")
+        pending = b""
+        while True:
+            chunk = f.read(_TEXT_CHUNK)
+            if not chunk:
+                break
+            pieces = (pending + chunk).split(sep)
+            pending = pieces.pop()
+            for piece in pieces:
+                text, bad = _decode(piece)
+                yield Document(text, source, bad)
+        text, bad = _decode(pending)
+        yield Document(text, source, bad)
+
+
+def _text_of_record(record: object, path: Path, where: str, options: SourceOptions, stats: SourceStats):
+    """The text field of one JSON record, or None (counted) when bad and skipping is on."""
+    key = options.text_field
+    if isinstance(record, dict) and isinstance(record.get(key), str):
+        return record[key]
+    if isinstance(record, dict) and key in record:
+        problem = f"field '{key}' is {type(record[key]).__name__}, not a string"
+    elif isinstance(record, dict):
+        shown = ", ".join(list(record)[:8]) or "none"
+        problem = f"no field '{key}' (keys: {shown}); choose one with --text-field"
+    else:
+        problem = f"expected a JSON object with field '{key}', got {type(record).__name__}"
+    message = f"{path}:{where}: {problem}"
+    if not options.skip_bad_records:
+        raise DataError(message)
+    stats.add_bad(message)
+    return None
+
+
+def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    source = str(path)
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            line, bad = _decode(raw)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                message = f"{path}:{lineno}: not valid JSON ({e.msg})"
+                if not options.skip_bad_records:
+                    raise DataError(message) from None
+                stats.add_bad(message)
+                continue
+            text = _text_of_record(record, path, str(lineno), options, stats)
+            if text is not None:
+                yield Document(text, source, bad)
+
+
+def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    """A whole JSON file: a list of objects (or strings), or one object."""
+    source = str(path)
+    with _open_binary(path) as f:
+        data, bad = _decode(f.read())
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    records = value if isinstance(value, list) else [value]
+    for i, record in enumerate(records):
+        if isinstance(record, str):
+            yield Document(record, source, bad)
+            continue
+        text = _text_of_record(record, path, f"item {i}", options, stats)
+        if text is not None:
+            yield Document(text, source, bad)
+
+
+def _iter_parquet(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    source = str(path)
+    if _compression_of(path):
+        with _open_binary(path) as f:
+            handle: object = io.BytesIO(f.read())
+    else:
+        handle = str(path)
+    try:
+        pf = pq.ParquetFile(handle)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet bytes
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    column = options.text_field
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise DataError(
+            f"{path}: no column '{column}' (columns: {', '.join(names)}); choose one with --text-field"
+        )
+    yield from _iter_text_column(
+        pf.iter_batches(columns=[column], batch_size=1024), path, source, column, options, stats
+    )
+
+
+def _iter_text_column(batches, path, source, column, options, stats) -> Iterator[Document]:
+    row = 0
+    for batch in batches:
+        for value in batch.column(0).to_pylist():
+            row += 1
+            if isinstance(value, str):
+                yield Document(value, source)
+                continue
+            message = f"{path}: row {row}: column '{column}' is {type(value).__name__}, not a string"
+            if not options.skip_bad_records:
+                raise DataError(message)
+            stats.add_bad(message)
+
+
+def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
+    """The texts of a `data prepare` output, split by split, part by part, row by row."""
+    import pyarrow.parquet as pq
+
+    splits = ["train", "val"] if options.split == "all" else [options.split]
+    for split in splits:
+        for part in sorted((path / split).glob("*.parquet")):
+            try:
+                pf = pq.ParquetFile(part)
+                for batch in pf.iter_batches(columns=["text", "source"], batch_size=1024):
+                    texts = batch.column(0).to_pylist()
+                    sources = batch.column(1).to_pylist()
+                    for text, source in zip(texts, sources):
+                        yield Document(text, source or str(part))
+            except Exception as e:
+                raise DataError(f"{part}: not a readable prepared parquet file ({e})") from None
+
+
+def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+    """A `datasets` dataset: a directory saved with `save_to_disk`, or anything `load_dataset` takes."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("hf:NAME inputs need the `datasets` package: pip install 'scratchlm[hf]'") from None
+    if not name:
+        raise DataError("hf: needs a dataset name, e.g. hf:roneneldan/TinyStories")
+    local = Path(name)
+    try:
+        if local.is_dir() and (
+            (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()
+        ):
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                if options.hf_split not in ds:
+                    raise DataError(f"hf:{name}: no split '{options.hf_split}' (splits: {', '.join(ds)})")
+                ds = ds[options.hf_split]
+        else:
+            ds = datasets.load_dataset(name, split=options.hf_split, streaming=True)
+    except DataError:
+        raise
+    except Exception as e:  # not found, offline, bad split: the library's message says which
+        raise DataError(f"hf:{name}: cannot load dataset ({type(e).__name__}: {e})") from None
+    columns = ds.column_names
+    column = options.text_field
+    if columns is not None and column not in columns:
+        raise DataError(
+            f"hf:{name}: no column '{column}' (columns: {', '.join(columns)}); choose one with --text-field"
+        )
+    source = f"{HF_PREFIX}{name}"
+    for row, record in enumerate(ds, 1):
+        value = record.get(column)
+        if isinstance(value, str):
+            yield Document(value, source)
+            continue
+        message = f"{source}: row {row}: column '{column}' is {type(value).__name__}, not a string"
+        if not options.skip_bad_records:
+            raise DataError(message)
+        stats.add_bad(message)

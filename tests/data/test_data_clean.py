@@ -1,0 +1,59 @@
+"""Cleaning: invalid UTF-8 repaired and reported, NFC, control characters, whitespace."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratchlm.data.clean import CleanConfig, clean_text
+
+
+def test_nfc_joins_combining_marks():
+    text, repaired = clean_text("Cafe\u0301 cre\u0300me")
+    assert text == "Caf\u00e9 cr\u00e8me"
+    assert not repaired
+
+
+def test_control_characters_removed_but_newline_and_tab_kept():
+    text, _ = clean_text("a\x00b\x07c\td\x1be\x7ff\x85g\nh")
+    assert text == "abc\tdefg\nh"
+
+
+def test_crlf_and_cr_become_newlines():
+    assert clean_text("one\r\ntwo\rthree")[0] == "one\ntwo\nthree"
+
+
+def test_whitespace_normalized_but_indentation_kept():
+    raw = "  \n\ntitle\u00a0here   \n\n\n\n    indented code\t\n\u3000end  \n\n"
+    assert clean_text(raw)[0] == "title here\n\n    indented code\n end"
+
+
+def test_whitespace_normalization_can_be_switched_off():
+    raw = "a  \n\n\n\nb"
+    assert clean_text(raw, CleanConfig(normalize_whitespace=False))[0] == raw
+
+
+def test_lone_surrogates_are_repaired_and_reported():
+    text, repaired = clean_text("bad \udc80 byte")
+    assert text == "bad \ufffd byte"
+    assert repaired
+    text.encode("utf-8")
+
+
+# Any code point, plus the troublemakers: lone surrogates, CR, combining marks, odd spaces.
+_TRICKY = st.sampled_from(
+    ["\udc80", "\ud800", "\r", "\r\n", "\u0301", "\u00a0", "\u3000", "\n\n\n", " ", "\t", "\x00"]
+)
+_ANY_TEXT = st.lists(st.one_of(st.characters(), _TRICKY), max_size=120).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ANY_TEXT)
+def test_cleaning_never_crashes_and_is_stable(raw):
+    text, _ = clean_text(raw)
+    text.encode("utf-8")  # always valid UTF-8
+    assert unicodedata.is_normalized("NFC", text)
+    assert "\r" not in text and "\x00" not in text
+    assert clean_text(text)[0] == text  # cleaning clean text changes nothing

@@ -1,0 +1,238 @@
+"""`data prepare` end to end: outputs, stats, split stability, atomic output, config and CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from scratchlm.cli import main
+from scratchlm.config import load_config
+from scratchlm.data.prepare import PrepareConfig, prepare
+from scratchlm.errors import ConfigError, DataError
+
+STATS_KEYS = {
+    "documents_in",
+    "documents_out",
+    "bytes_in",
+    "bytes_out",
+    "removed",
+    "invalid_utf8_documents",
+    "seconds",
+}
+_SYLLABLES = ["ka", "lo", "mi", "ren", "sta", "vor", "pel", "tun", "dra", "neh", "sol", "bri"]
+_GLUE = ["the", "of", "and", "to", "with", "that", "a", "in"]
+
+
+def prose(rng: random.Random, n_words: int = 120) -> str:
+    """Distinct English-shaped documents that pass the default quality rules."""
+    words = []
+    for i in range(n_words):
+        words.append(
+            rng.choice(_GLUE) if i % 3 == 1 else "".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3)))
+        )
+    sentences = [" ".join(words[i : i + 10]).capitalize() + "." for i in range(0, n_words, 10)]
+    return "\n".join(" ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3))
+
+
+def near_copy(text: str) -> str:
+    words = text.split(" ")
+    words[len(words) // 2] = "altered"
+    return " ".join(words)
+
+
+def make_corpus(root: Path, n: int = 40, seed: int = 0) -> tuple[Path, list[str]]:
+    rng = random.Random(seed)
+    docs = [prose(rng) for _ in range(n)]
+    records = docs + [docs[0], near_copy(docs[1]), "This is too short to keep with the rest.", "   \n\t  "]
+    corpus = root / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "a.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in records), encoding="utf-8"
+    )
+    (corpus / "b.txt").write_bytes(prose(rng).encode() + b" caf\xe9 latin-1 byte")
+    return corpus, docs
+
+
+def read_split(out: Path, split: str) -> list[dict]:
+    rows = []
+    for part in sorted((out / split).glob("*.parquet")):
+        rows.extend(pq.read_table(part).to_pylist())
+    return rows
+
+
+def run(inputs, out, **kwargs) -> dict:
+    return prepare(
+        PrepareConfig(
+            inputs=[str(i) for i in inputs], out=str(out), workers=kwargs.pop("workers", 1), **kwargs
+        )
+    )
+
+
+def test_prepare_writes_shards_stats_and_examples(tmp_path):
+    corpus, docs = make_corpus(tmp_path)
+    out = tmp_path / "out"
+    stats = run([corpus], out, val_fraction=0.2)
+    assert set(stats) == STATS_KEYS
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert stats["documents_in"] == 45
+    assert stats["documents_out"] == 41
+    assert stats["removed"] == {
+        "empty": 1,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+        "quality:word_count": 1,
+    }
+    assert stats["documents_in"] == stats["documents_out"] + sum(stats["removed"].values())
+    assert stats["invalid_utf8_documents"] == 1
+    train, val = read_split(out, "train"), read_split(out, "val")
+    assert len(train) + len(val) == 41 and len(val) > 0 and len(train) > len(val)
+    assert set(train[0]) == {"text", "source"}
+    assert {r["text"] for r in train + val} >= set(docs)
+    assert stats["bytes_out"] == sum(len(r["text"].encode()) for r in train + val)
+    assert any("\ufffd" in r["text"] for r in train + val)
+    examples = [json.loads(line) for line in (out / "removed_examples.jsonl").read_text().splitlines()]
+    assert {e["reason"] for e in examples} == set(stats["removed"])
+    assert all(e["source"].endswith("a.jsonl") for e in examples)
+
+
+def test_split_is_stable_across_runs_workers_and_neighbours(tmp_path):
+    corpus, docs = make_corpus(tmp_path, n=60)
+    first, second, parallel = tmp_path / "first", tmp_path / "second", tmp_path / "parallel"
+    run([corpus], first, val_fraction=0.3)
+    run([corpus], second, val_fraction=0.3)
+    run([corpus], parallel, val_fraction=0.3, workers=2, batch_bytes=2000)
+    for split in ("train", "val"):
+        assert read_split(first, split) == read_split(second, split) == read_split(parallel, split)
+    val_texts = {r["text"] for r in read_split(first, "val")}
+    assert 6 <= len(val_texts) <= 30
+    # A document's split depends on its text alone, not on what else is in the corpus.
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[::2]))
+    run([subset], tmp_path / "sub", val_fraction=0.3)
+    assert {r["text"] for r in read_split(tmp_path / "sub", "val")} == val_texts & set(docs[::2])
+
+
+def test_val_fraction_zero_still_writes_an_empty_val_split(tmp_path):
+    corpus, _ = make_corpus(tmp_path, n=5)
+    run([corpus], tmp_path / "out", val_fraction=0.0)
+    assert read_split(tmp_path / "out", "val") == []
+    assert pq.read_schema(tmp_path / "out" / "val" / "part-00000.parquet").names == ["text", "source"]
+
+
+def test_failed_run_leaves_no_output_and_keeps_the_old_one(tmp_path):
+    corpus, _ = make_corpus(tmp_path)
+    (corpus / "c.jsonl").write_text('{"text": "fine"}\n{broken\n')
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"c\.jsonl:2"):
+        run([corpus], out)
+    assert not out.exists()
+    run([corpus / "a.jsonl"], out)
+    before = (out / "stats.json").read_text()
+    with pytest.raises(DataError):
+        run([corpus], out)
+    assert (out / "stats.json").read_text() == before  # the previous result is untouched
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_prepared_dataset(tmp_path):
+    corpus, _ = make_corpus(tmp_path)
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        run([corpus], out)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_skip_bad_records_counts_them(tmp_path):
+    corpus, _ = make_corpus(tmp_path)
+    (corpus / "c.jsonl").write_text('{"text": "fine"}\n{broken\n{"body": 1}\n')
+    config = PrepareConfig(inputs=[str(corpus)], out=str(tmp_path / "out"), workers=1)
+    config.source.skip_bad_records = True
+    stats = prepare(config)
+    assert stats["removed"]["bad_record"] == 2
+    assert stats["documents_in"] == stats["documents_out"] + sum(stats["removed"].values())
+
+
+def test_no_documents_is_an_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no documents"):
+        run([empty], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_file_flags_and_overrides(tmp_path):
+    toml = tmp_path / "prepare.toml"
+    toml.write_text("val_fraction = 0.1\n[filters.word_count]\nmin = 5\n[dedup]\nnear = false\n")
+    config = load_config(
+        PrepareConfig, toml, ["dedup.threshold=0.9", "source.text_field=body"], base={"out": "x"}
+    )
+    assert config.val_fraction == 0.1 and config.filters.word_count.min == 5
+    assert not config.dedup.near and config.dedup.threshold == 0.9 and config.source.text_field == "body"
+    assert config.out == "x"
+    with pytest.raises(ConfigError, match="valid keys in \\[filters.word_count\\]: enabled, min, max"):
+        load_config(PrepareConfig, None, ["filters.word_count.minimum=5"])
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config(PrepareConfig, None, ["val_fraction=1.5"])
+
+
+def test_cli_prepare_and_its_errors(tmp_path, capsys):
+    corpus, _ = make_corpus(tmp_path)
+    out = tmp_path / "out"
+    code = main(["data", "prepare", str(corpus / "a.jsonl"), "--out", str(out), "--val-fraction", "0",
+                 "--no-dedup", "--set", "filters.word_count.min=3"])  # fmt: skip
+    assert code == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["documents_out"] == 43 and stats["removed"] == {"empty": 1}
+    assert "prepared 43 of 44 documents" in capsys.readouterr().out
+    assert main(["data", "prepare", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("scratchlm: error: ") and "missing.jsonl: no such file" in err and err.count("\n") == 1
+    )
+
+
+def test_cli_separator_include_and_text_field(tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "docs.md").write_text("first part\n\nsecond part\n\nthird")
+    (corpus / "other.txt").write_text("ignored")
+    (corpus / "rows.jsonl").write_text('{"body": "from json"}\n')
+    out = tmp_path / "out"
+    code = main(["data", "prepare", str(corpus), "--out", str(out), "--separator", r"\n\n", "--include", "*.md",
+                 "--include", "*.jsonl", "--text-field", "body", "--no-filters", "--val-fraction", "0"])  # fmt: skip
+    assert code == 0
+    assert [r["text"] for r in read_split(out, "train")] == [
+        "first part",
+        "second part",
+        "third",
+        "from json",
+    ]
+
+
+def test_main_job_on_the_builtin_corpus(tmp_path):
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", "builtin:python-docs", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["documents_out"] > 800 and stats["bytes_out"] > 800_000
+    assert stats["removed"]["quality:word_count"] > 0
+
+
+def test_prepared_directory_is_an_input_for_later_stages(tmp_path):
+    from scratchlm.data.sources import SourceOptions, iter_documents
+
+    corpus, _ = make_corpus(tmp_path)
+    out = tmp_path / "out"
+    run([corpus], out, val_fraction=0.2)
+    train = [d.text for d in iter_documents([str(out)])]
+    val = [d.text for d in iter_documents([str(out)], SourceOptions(split="val"))]
+    assert train == [r["text"] for r in read_split(out, "train")]
+    assert val == [r["text"] for r in read_split(out, "val")]
+    # Preparing a prepared directory again changes nothing in its text.
+    stats = run([out], tmp_path / "again", val_fraction=0.0)
+    assert stats["documents_out"] == len(train) and stats["removed"] == {}

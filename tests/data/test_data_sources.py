@@ -1,0 +1,169 @@
+"""Sources: every input kind yields its documents in order; every bad input is one clear error."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from scratchlm.data.sources import SourceOptions, SourceStats, iter_documents
+from scratchlm.errors import DataError
+
+
+def texts(inputs, **options) -> list[str]:
+    return [d.text for d in iter_documents([str(i) for i in inputs], SourceOptions(**options))]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_txt_is_one_document_or_split_on_a_separator(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("first doc\n\nsecond doc\n\nthird", encoding="utf-8")
+    assert texts([path]) == ["first doc\n\nsecond doc\n\nthird"]
+    assert texts([path], separator="\n\n") == ["first doc", "second doc", "third"]
+
+
+def test_separator_split_streams_across_read_chunks(tmp_path, monkeypatch):
+    import scratchlm.data.sources as sources
+
+    monkeypatch.setattr(sources, "_TEXT_CHUNK", 7)
+    path = tmp_path / "a.txt"
+    path.write_text("alpha<|sep|>beta gamma<|sep|>delta", encoding="utf-8")
+    assert texts([path], separator="<|sep|>") == ["alpha", "beta gamma", "delta"]
+
+
+def test_jsonl_json_and_parquet_with_configurable_field(tmp_path):
+    jsonl = write_jsonl(tmp_path / "a.jsonl", [{"body": "one"}, {"body": "two"}])
+    js = tmp_path / "b.json"
+    js.write_text(json.dumps([{"body": "three"}, {"body": "four"}]), encoding="utf-8")
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"body": ["five", "six"], "id": [1, 2]}), parquet)
+    assert texts([jsonl, js, parquet], text_field="body") == ["one", "two", "three", "four", "five", "six"]
+
+
+def test_compressed_files(tmp_path):
+    gz = tmp_path / "a.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"text": "from gzip"}\n{"text": "again"}\n'))
+    zst = tmp_path / "b.txt.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(b"from zstd"))
+    assert texts([gz, zst]) == ["from gzip", "again", "from zstd"]
+
+
+def test_directories_recursive_sorted_with_include_and_exclude(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("b")
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "sub" / "c.txt").write_text("c")
+    (tmp_path / "sub" / "skip.txt").write_text("skip")
+    (tmp_path / "notes.md").write_text("markdown")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    assert texts([tmp_path]) == ["a", "b", "c", "skip"]
+    assert texts([tmp_path], exclude=["skip*"]) == ["a", "b", "c"]
+    assert texts([tmp_path], include=["*.md", "sub/*"]) == ["markdown", "c", "skip"]
+
+
+def test_invalid_utf8_is_replaced_and_flagged(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good \xff\xfe bytes")
+    (doc,) = iter_documents([str(path)])
+    assert doc.text == "good \ufffd\ufffd bytes"
+    assert doc.invalid_utf8
+
+
+def test_prepared_directory_reads_its_splits(tmp_path):
+    out = tmp_path / "prepared"
+    for split, rows in (("train", ["t1", "t2"]), ("val", ["v1"])):
+        (out / split).mkdir(parents=True)
+        pq.write_table(
+            pa.table({"text": rows, "source": ["s"] * len(rows)}), out / split / "part-00000.parquet"
+        )
+    (out / "stats.json").write_text("{}")
+    assert texts([out]) == ["t1", "t2"]
+    assert texts([out], split="val") == ["v1"]
+    assert texts([out], split="all") == ["t1", "t2", "v1"]
+
+
+def test_hf_dataset_saved_to_disk_and_local_data_files(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"content": ["hf one", "hf two"]}).save_to_disk(str(saved))
+    files = tmp_path / "files"
+    files.mkdir()
+    write_jsonl(files / "train.jsonl", [{"content": "local one"}, {"content": "local two"}])
+    assert texts([f"hf:{saved}", f"hf:{files}"], text_field="content") == [
+        "hf one",
+        "hf two",
+        "local one",
+        "local two",
+    ]
+    with pytest.raises(DataError, match="no column 'text'"):
+        texts([f"hf:{saved}"])
+
+
+def test_bad_jsonl_lines_name_file_and_line_or_are_counted(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": "ok"}])
+    with open(path, "a") as f:
+        f.write("{not json\n")
+        f.write(json.dumps({"body": "no text field"}) + "\n")
+        f.write(json.dumps({"text": 3}) + "\n")
+        f.write(json.dumps({"text": "last"}) + "\n")
+    with pytest.raises(DataError, match=r"a\.jsonl:2: not valid JSON"):
+        texts([path])
+    stats = SourceStats()
+    docs = list(iter_documents([str(path)], SourceOptions(skip_bad_records=True), stats))
+    assert [d.text for d in docs] == ["ok", "last"]
+    assert stats.bad_records == 3
+    assert "a.jsonl:3: no field 'text'" in stats.bad_record_messages[1]
+    assert "a.jsonl:4: field 'text' is int" in stats.bad_record_messages[2]
+
+
+def test_missing_field_error_names_line(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": "ok"}, {"content": "x"}])
+    with pytest.raises(DataError, match=r"a\.jsonl:2: no field 'text' \(keys: content\)"):
+        texts([path])
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("broken.jsonl.gz", b"not gzip at all", "cannot read"),
+        ("broken.txt.zst", b"not zstd at all", "cannot read"),
+        ("broken.parquet", b"not parquet", "not a readable parquet file"),
+        ("broken.json", b"[1, 2", "not valid JSON"),
+        ("data.bin", b"\x00\x01", "unsupported file type"),
+    ],
+)
+def test_unreadable_files_give_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        texts([path])
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_path_empty_directory_and_no_inputs(tmp_path):
+    with pytest.raises(DataError, match="no such file or directory"):
+        texts([tmp_path / "missing.txt"])
+    with pytest.raises(DataError, match="no files matching"):
+        texts([tmp_path])
+    with pytest.raises(DataError, match="no inputs"):
+        texts([])
+    with pytest.raises(DataError, match="unknown built-in corpus"):
+        texts(["builtin:nope"])
+
+
+def test_parquet_missing_column_lists_columns(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"body": ["x"]}), path)
+    with pytest.raises(DataError, match=r"no column 'text' \(columns: body\)"):
+        texts([path])
