@@ -1,0 +1,203 @@
+"""Forward + backward training throughput of scratchlm's GPT beside transformers' own classes.
+
+For each shape (tiny, ~10M parameters, GPT-2 124M) and each family (GPT-2 style vs
+`GPT2LMHeadModel`, Llama style with GQA vs `LlamaForCausalLM`) the same step — logits, fp32
+cross-entropy outside the model, backward — is timed in fp32 and under bf16 autocast, eager and
+with `torch.compile` (by default for the 10M shape only: compiling is slow on small CPUs), in
+one process on the same machine. Prints a Markdown table and writes it
+to benchmarks/results/model.md.
+
+    python benchmarks/model.py                       # ~6 minutes on 2 CPU cores
+    python benchmarks/model.py --threads 1           # steadier on a machine shared with other jobs
+    python benchmarks/model.py --sizes tiny --compile-sizes tiny
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Sibling scripts (e.g. benchmarks/tokenize.py) must not shadow standard-library modules.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from scratchlm.model import GPT, ModelConfig  # noqa: E402
+
+
+@dataclass
+class Shape:
+    name: str
+    vocab: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    seq_len: int
+    batch: int
+    steps: int
+
+
+SHAPES = {
+    "tiny": Shape("tiny", 512, 2, 4, 64, 128, 8, 20),
+    "10m": Shape("10m", 8192, 6, 8, 256, 256, 4, 8),
+    "124m": Shape("124m", 50257, 12, 12, 768, 256, 1, 3),
+}
+
+
+def our_config(shape: Shape, family: str) -> ModelConfig:
+    common = dict(
+        vocab_size=shape.vocab, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model,
+        max_seq_len=max(shape.seq_len, 1024 if family == "gpt2" else shape.seq_len),
+    )
+    if family == "gpt2":
+        return ModelConfig(**common, d_ff=4 * shape.d_model, pos="learned", norm="layernorm", mlp="gelu",
+                           bias=True, tie_embeddings=True)
+    return ModelConfig(**common, n_kv_head=shape.n_head // 2, d_ff=8 * shape.d_model // 3 // 64 * 64,
+                       pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+
+
+def hf_model(cfg: ModelConfig, family: str) -> torch.nn.Module:
+    import transformers
+
+    if family == "gpt2":
+        hf_cfg = transformers.GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, n_inner=cfg.d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            use_cache=False,
+        )
+        cls = transformers.GPT2LMHeadModel
+    else:
+        hf_cfg = transformers.LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+            max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=False, use_cache=False,
+        )
+        cls = transformers.LlamaForCausalLM
+    hf_cfg._attn_implementation = "sdpa"
+    return cls(hf_cfg)
+
+
+def make_step(model, logits_of, shape: Shape, bf16: bool, compiled: bool):
+    """One training step (forward, fp32 cross-entropy, backward) as a closure."""
+    model.train()
+    fn = torch.compile(logits_of) if compiled else logits_of
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=g)
+    y = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=g)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = fn(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+
+    return step
+
+
+def compare(ours, theirs, shape: Shape, warmup: int) -> tuple[float, float, float]:
+    """(our tokens/s, their tokens/s, speedup), timed in alternation so that load from other
+    processes on a shared machine hits both alike: throughputs are medians over the rounds, the
+    speedup is the median of the per-round ratios (robust to slow drifts in background load)."""
+    for step in (ours, theirs):
+        for _ in range(warmup):
+            step()
+    ours_t, theirs_t = [], []
+    for _ in range(shape.steps):
+        for step, times in ((ours, ours_t), (theirs, theirs_t)):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    tokens = shape.batch * shape.seq_len
+    speedup = statistics.median(t / o for o, t in zip(ours_t, theirs_t))
+    return tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t), speedup
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--families", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
+    parser.add_argument(
+        "--compile-sizes", nargs="*", default=["10m"], choices=list(SHAPES),
+        help="shapes that also get torch.compile rows (each costs ~1 min of compiling on 2 cores)",
+    )
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.md"))
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
+    rows = []
+    dtypes = [False] if args.no_bf16 else [False, True]
+    for size in args.sizes:
+        shape = SHAPES[size]
+        for family in args.families:
+            cfg = our_config(shape, family)
+            ours = GPT(cfg)
+            theirs = hf_model(cfg, family)
+            assert sum(p.numel() for p in theirs.parameters()) == cfg.num_params(), "shapes differ"
+            compiles = [False, True] if size in args.compile_sizes else [False]
+            for bf16, compiled in [(b, c) for c in compiles for b in dtypes]:
+                torch._dynamo.reset()
+                started = time.perf_counter()
+                a, b, speedup = compare(
+                    make_step(ours, ours, shape, bf16, compiled),
+                    make_step(theirs, lambda x, m=theirs: m(input_ids=x).logits, shape, bf16, compiled),
+                    shape, warmup=2 if compiled else 1,
+                )
+                row = (size, family, f"{cfg.num_params() / 1e6:.1f}M", "bf16" if bf16 else "fp32",
+                       "yes" if compiled else "no", f"{a:,.0f}", f"{b:,.0f}", f"{speedup:.2f}×")
+                rows.append(row)
+                print(" | ".join(row), f"({time.perf_counter() - started:.0f} s)", flush=True)
+            del ours, theirs
+
+    header = ("shape", "family", "params", "dtype", "compile", "scratchlm tok/s", "transformers tok/s", "speedup")
+    lines = [
+        "# Model forward+backward throughput (CPU)",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}",
+        f"- 1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} "
+        "(the machine is shared; above nproc, other processes were competing for the cores)",
+        f"- torch {torch.__version__}, transformers {__import__('transformers').__version__}",
+        "- step = logits + fp32 cross-entropy + backward; ours and theirs alternate step by step; tok/s = "
+        "median over steps, speedup = median of per-step time ratios; batch×seq: "
+        + ", ".join(f"{s}: {SHAPES[s].batch}×{SHAPES[s].seq_len}" for s in args.sizes),
+        "- target: scratchlm ≥ 1.2× transformers for the same shape and dtype",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

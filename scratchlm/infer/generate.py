@@ -1,0 +1,97 @@
+"""Autoregressive generation with the model's static KV cache.
+
+The prompt is run once (prefill), then each new token costs one single-position forward that
+reads the cached keys and values of everything before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from scratchlm.errors import ModelError
+from scratchlm.infer.sampling import sample_next
+from scratchlm.model.gpt import GPT
+from scratchlm.model.io import unwrap
+
+
+def _as_ids(prompt_ids: Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() == 2 and prompt_ids.shape[0] == 1:
+            prompt_ids = prompt_ids[0]
+        if prompt_ids.dim() != 1:
+            raise ModelError(f"generate takes one prompt (1-D ids), got shape {tuple(prompt_ids.shape)}")
+        return prompt_ids.tolist()
+    return [int(t) for t in prompt_ids]
+
+
+def stream_tokens(
+    model: GPT,
+    prompt_ids: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one at a time (for streaming output); see `generate`."""
+    ids = _as_ids(prompt_ids)
+    model = unwrap(model)  # decode eagerly: compiled or DDP wrappers add nothing here
+    cfg = model.cfg
+    if not ids:
+        raise ModelError("generate needs a prompt of at least one token")
+    if len(ids) > cfg.max_seq_len:
+        raise ModelError(f"prompt of {len(ids)} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
+    if max(ids) >= cfg.vocab_size or min(ids) < 0:
+        raise ModelError(f"prompt token ids must be in [0, {cfg.vocab_size}), got {min(ids)}..{max(ids)}")
+    # Positions are bounded by max_seq_len: generation stops there.
+    steps = max(0, min(max_new_tokens, cfg.max_seq_len - len(ids)))
+    if steps == 0:
+        return
+    device = model.tok_emb.weight.device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cache = model.new_cache(1, len(ids) + steps)
+            x = torch.tensor([ids], dtype=torch.long, device=device)
+            logits = model(x, cache, start_pos=0)[:, -1]
+            pos = len(ids)
+            for i in range(steps):
+                token = sample_next(logits, temperature, top_k, top_p, generator)
+                tok = int(token.item())
+                if eos_id is not None and tok == eos_id:
+                    return
+                yield tok
+                if i + 1 < steps:
+                    logits = model(token.view(1, 1), cache, start_pos=pos)[:, -1]
+                    pos += 1
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: GPT,
+    prompt_ids: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> list[int]:
+    """The new token ids that follow `prompt_ids` (the prompt itself is not included).
+
+    Greedy when `temperature` is 0; otherwise sampling, optionally restricted to the top-k /
+    top-p tokens, reproducible with `seed`. Stops after `max_new_tokens`, before `eos_id`
+    (which is not returned), or when the model's max_seq_len is reached.
+    """
+    return list(
+        stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
+    )

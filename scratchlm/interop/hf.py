@@ -1,0 +1,412 @@
+"""Move weights between scratchlm model directories and Hugging Face `transformers` checkpoints.
+
+Two families map one-to-one onto `ModelConfig`:
+- GPT-2 (`GPT2LMHeadModel`): learned positions, LayerNorm, tanh-GELU MLP, biases. Its Conv1D
+  layers store weights as (in, out), the transpose of `nn.Linear`.
+- Llama (`LlamaForCausalLM`): RoPE in the rotate-half layout, RMSNorm, SwiGLU, grouped-query
+  attention, no biases. Separate q/k/v and gate/up matrices are stacked into scratchlm's fused
+  `qkv` and `fc` matrices (and split again on export).
+
+Only config.json and safetensors files are read or written, so neither direction needs
+`transformers` installed, and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_file
+
+from scratchlm.errors import ConfigError, ModelError
+from scratchlm.fsutil import atomic_directory
+from scratchlm.model.config import ROPE_SCALING_KEYS, ModelConfig
+from scratchlm.model.io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    build_from_tensors,
+    load_model_config,
+    read_weights,
+    save_model,
+)
+
+# Tokenizer (and generation) files carried along in both directions when present.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "generation_config.json",
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class HFExportConfig:
+    """`scratchlm export hf`: a scratchlm model directory → a transformers directory."""
+
+    model: str = ""
+    out: str = ""
+    dtype: DtypeName = "auto"
+
+    def validate(self) -> None:
+        if not self.model or not self.out:
+            raise ConfigError("export hf needs both a model directory (--model) and an output directory (--out)")
+
+
+@dataclass
+class HFImportConfig:
+    """`scratchlm import hf`: a transformers directory → a scratchlm model directory."""
+
+    source: str = ""
+    out: str = ""
+    dtype: DtypeName = "auto"
+
+    def validate(self) -> None:
+        if not self.source or not self.out:
+            raise ConfigError("import hf needs a source directory and an output directory (--out)")
+
+
+# --- GPT-2 --------------------------------------------------------------------------------------
+
+GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in GPT2_TANH_GELUS:
+        raise ModelError(f"GPT-2 activation_function {act!r} is not supported (only {', '.join(GPT2_TANH_GELUS)})")
+    if hf.get("scale_attn_by_inverse_layer_idx", False) or not hf.get("scale_attn_weights", True):
+        raise ModelError("GPT-2 checkpoints with non-standard attention scaling are not supported")
+    if hf.get("add_cross_attention", False):
+        raise ModelError("GPT-2 checkpoints with cross-attention are not supported")
+    d = hf["n_embd"]
+    return _checked(
+        vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_kv_head=hf["n_head"],
+        d_model=d, d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"], pos="learned",
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True), init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def gpt2_config_from_ours(cfg: ModelConfig) -> dict[str, Any]:
+    _require(cfg, "GPT-2", pos="learned", norm="layernorm", mlp="gelu", bias=True, qk_norm=False,
+             logit_softcap=None, n_kv_head=cfg.n_head)
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.max_seq_len, "n_embd": cfg.d_model,
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.d_ff,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.norm_eps,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "initializer_range": cfg.init_std, "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": cfg.tie_embeddings, "use_cache": True,
+    }
+
+
+def gpt2_names(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
+    """(our name, HF name, transposed?) for every tensor; Conv1D weights are transposed."""
+    names = [("tok_emb.weight", "transformer.wte.weight", False), ("pos_emb.weight", "transformer.wpe.weight", False)]
+    for i in range(cfg.n_layer):
+        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
+        for a, b in [("norm1", "ln_1"), ("norm2", "ln_2")]:
+            names += [(f"{ours}{a}.weight", f"{hf}{b}.weight", False), (f"{ours}{a}.bias", f"{hf}{b}.bias", False)]
+        for a, b in [("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
+                     ("mlp.proj", "mlp.c_proj")]:
+            names += [(f"{ours}{a}.weight", f"{hf}{b}.weight", True), (f"{ours}{a}.bias", f"{hf}{b}.bias", False)]
+    names += [("norm_f.weight", "transformer.ln_f.weight", False), ("norm_f.bias", "transformer.ln_f.bias", False)]
+    if not cfg.tie_embeddings:
+        names.append(("lm_head.weight", "lm_head.weight", False))
+    return names
+
+
+def gpt2_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], source: str) -> Tensors:
+    # openai-community/gpt2 stores its tensors without the "transformer." prefix.
+    hf = {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in hf.items()}
+    return {ours: _take(hf, name, source, t) for ours, name, t in gpt2_names(cfg)}
+
+
+def gpt2_tensors_from_ours(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> Tensors:
+    return {name: _take(ours, o, "scratchlm model", t) for o, name, t in gpt2_names(cfg)}
+
+
+# --- Llama --------------------------------------------------------------------------------------
+
+HF_ROPE_KEYS = {"original_max_len": "original_max_position_embeddings"}  # ours → transformers
+
+
+def llama_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ModelError(f"Llama hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+    # transformers ≥ 5 writes rope_parameters; 4.x wrote rope_theta and rope_scaling.
+    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type not in ("default", "llama3"):
+        raise ModelError(f"Llama RoPE scaling {rope_type!r} is not supported (only none or 'llama3')")
+    scaling = None
+    if rope_type == "llama3":
+        try:
+            scaling = {key: float(rope[HF_ROPE_KEYS.get(key, key)]) for key in ROPE_SCALING_KEYS}
+        except KeyError as e:
+            raise ModelError(f"Llama 'llama3' RoPE scaling lacks the key {e}") from None
+    d, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, d // n_head):
+        raise ModelError(f"Llama head_dim {hf['head_dim']} ≠ hidden_size / num_attention_heads is not supported")
+    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
+        raise ModelError("Llama checkpoints with biases in attention but not the MLP (or vice versa) are not supported")
+    return _checked(
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, d_model=d, d_ff=hf["intermediate_size"],
+        max_seq_len=hf["max_position_embeddings"], pos="rope",
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), rope_scaling=scaling, norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=bool(hf.get("attention_bias", False)),
+        tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def llama_config_from_ours(cfg: ModelConfig) -> dict[str, Any]:
+    _require(cfg, "Llama", pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False, logit_softcap=None)
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling:
+        rope.update(rope_type="llama3", **{HF_ROPE_KEYS.get(k, k): v for k, v in cfg.rope_scaling.items()})
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+        # transformers ≥ 5 reads rope_parameters; 4.x reads rope_theta.
+        "rope_theta": cfg.rope_theta, "rope_parameters": rope,
+        "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling else None,
+        "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.dropout,
+        "initializer_range": cfg.init_std, "tie_word_embeddings": cfg.tie_embeddings, "use_cache": True,
+    }
+
+
+def llama_layer_parts(cfg: ModelConfig, i: int) -> dict[str, list[tuple[str, int]]]:
+    """Our fused tensors of layer i and the HF tensors stacked (along dim 0) to make each."""
+    hd, p = cfg.head_dim, f"model.layers.{i}."
+    q, kv = cfg.n_head * hd, cfg.n_kv_head * hd
+    parts = {
+        "norm1.weight": [(f"{p}input_layernorm.weight", cfg.d_model)],
+        "norm2.weight": [(f"{p}post_attention_layernorm.weight", cfg.d_model)],
+        "attn.qkv.weight": [(f"{p}self_attn.q_proj.weight", q), (f"{p}self_attn.k_proj.weight", kv),
+                            (f"{p}self_attn.v_proj.weight", kv)],
+        "attn.proj.weight": [(f"{p}self_attn.o_proj.weight", cfg.d_model)],
+        "mlp.fc.weight": [(f"{p}mlp.gate_proj.weight", cfg.d_ff), (f"{p}mlp.up_proj.weight", cfg.d_ff)],
+        "mlp.proj.weight": [(f"{p}mlp.down_proj.weight", cfg.d_model)],
+    }
+    if cfg.bias:
+        for name in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"):
+            parts[f"{name}.bias"] = [(hf.replace(".weight", ".bias"), n) for hf, n in parts[f"{name}.weight"]]
+    return {f"blocks.{i}.{k}": v for k, v in parts.items()}
+
+
+def llama_top_level(cfg: ModelConfig) -> list[tuple[str, str]]:
+    names = [("tok_emb.weight", "model.embed_tokens.weight"), ("norm_f.weight", "model.norm.weight")]
+    if not cfg.tie_embeddings:
+        names.append(("lm_head.weight", "lm_head.weight"))
+    return names
+
+
+def llama_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], source: str) -> Tensors:
+    out = {ours: _take(hf, name, source) for ours, name in llama_top_level(cfg)}
+    for i in range(cfg.n_layer):
+        for ours, parts in llama_layer_parts(cfg, i).items():
+            out[ours] = torch.cat([_take(hf, name, source) for name, _ in parts], dim=0)
+    return out
+
+
+def llama_tensors_from_ours(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> Tensors:
+    out = {name: _take(ours, o, "scratchlm model") for o, name in llama_top_level(cfg)}
+    for i in range(cfg.n_layer):
+        for fused, parts in llama_layer_parts(cfg, i).items():
+            pieces = _take(ours, fused, "scratchlm model").split([n for _, n in parts], dim=0)
+            out.update({name: piece for (name, _), piece in zip(parts, pieces)})
+    return out
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    config_to_ours: Callable[[Mapping[str, Any]], ModelConfig]
+    config_from_ours: Callable[[ModelConfig], dict[str, Any]]
+    tensors_to_ours: Callable[[ModelConfig, Mapping[str, torch.Tensor], str], Tensors]
+    tensors_from_ours: Callable[[ModelConfig, Mapping[str, torch.Tensor]], Tensors]
+
+
+FAMILIES = {
+    "gpt2": Family(gpt2_config_to_ours, gpt2_config_from_ours, gpt2_tensors_to_ours, gpt2_tensors_from_ours),
+    "llama": Family(llama_config_to_ours, llama_config_from_ours, llama_tensors_to_ours, llama_tensors_from_ours),
+}
+
+
+def _checked(**fields: Any) -> ModelConfig:
+    try:
+        cfg = ModelConfig(**fields)
+        cfg.validate()
+    except (ConfigError, TypeError) as e:
+        raise ModelError(f"the Hugging Face config does not describe a valid model: {e}") from None
+    return cfg
+
+
+def _require(cfg: ModelConfig, family: str, **wanted: Any) -> None:
+    for name, value in wanted.items():
+        if getattr(cfg, name) != value:
+            raise ModelError(
+                f"cannot export to {family}: it needs model.{name} = {value!r}, this model has {getattr(cfg, name)!r}"
+            )
+
+
+def _take(tensors: Mapping[str, torch.Tensor], name: str, source: str, transpose: bool = False) -> torch.Tensor:
+    if name not in tensors:
+        raise ModelError(f"{source}: missing tensor '{name}'")
+    t = tensors[name]
+    return t.t().contiguous() if transpose else t
+
+
+def family_of(cfg: ModelConfig) -> str:
+    """The Hugging Face family a config exports to: GPT-2 for learned positions, else Llama."""
+    return "gpt2" if cfg.pos == "learned" else "llama"
+
+
+def _cast(tensors: Tensors, dtype: DtypeName) -> Tensors:
+    if dtype == "auto":
+        return tensors
+    return {k: v.to(DTYPES[dtype]) for k, v in tensors.items()}
+
+
+# --- in-memory conversion -----------------------------------------------------------------------
+
+
+def config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
+    """The `ModelConfig` equivalent to a transformers config dict (GPT-2 or Llama)."""
+    kind = hf_config.get("model_type")
+    if kind not in FAMILIES:
+        raise ModelError(f"unsupported Hugging Face model_type {kind!r}; supported: {', '.join(FAMILIES)}")
+    try:
+        return FAMILIES[kind].config_to_ours(hf_config)
+    except KeyError as e:
+        raise ModelError(f"Hugging Face {kind} config lacks the key {e}") from None
+
+
+def tensors_from_hf(
+    cfg: ModelConfig, hf_config: Mapping[str, Any], hf_tensors: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> Tensors:
+    """scratchlm-named tensors from a transformers state dict of the family in `hf_config`."""
+    return FAMILIES[hf_config["model_type"]].tensors_to_ours(cfg, hf_tensors, source)
+
+
+def hf_from_ours(cfg: ModelConfig, tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], Tensors]:
+    """(config.json dict, transformers-named tensors) for a scratchlm model's tensors."""
+    family = FAMILIES[family_of(cfg)]
+    hf_config = family.config_from_ours(cfg)
+    out = family.tensors_from_ours(cfg, tensors)
+    hf_config["dtype"] = hf_config["torch_dtype"] = str(next(iter(out.values())).dtype).removeprefix("torch.")
+    return hf_config, out
+
+
+# --- reading a transformers directory -----------------------------------------------------------
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise ModelError(f"not a Hugging Face model directory (no {CONFIG_FILE}): {directory}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelError(f"{path}: not a Hugging Face config (no model_type)")
+    return data
+
+
+def read_hf_tensors(directory: Path) -> Tensors:
+    """All tensors of a single-file or sharded safetensors checkpoint."""
+    single = directory / WEIGHTS_FILE
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return read_weights(single)
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            raise ModelError(f"{index}: not a valid safetensors index: {e}") from None
+        tensors: Tensors = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(read_weights(directory / shard))
+        return tensors
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+        raise ModelError(
+            f"{directory} has only pickle weights (.bin/.pt); scratchlm loads safetensors only "
+            "(convert them with transformers' save_pretrained(..., safe_serialization=True))"
+        )
+    raise ModelError(f"no {WEIGHTS_FILE} (or sharded index) in {directory}")
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+            copied.append(name)
+    return copied
+
+
+def eos_id_from_tokenizer(directory: Path) -> int | None:
+    """The id of `<|endoftext|>` in a tokenizer.json, so transformers' generate stops there."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    for token in added:
+        if isinstance(token, dict) and token.get("content") == "<|endoftext|>":
+            return token.get("id")
+    return None
+
+
+# --- the two commands ---------------------------------------------------------------------------
+
+
+def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: DtypeName = "auto") -> Path:
+    """Convert a transformers GPT-2/Llama directory into a scratchlm model directory."""
+    source = Path(source)
+    hf_config = read_hf_config(source)
+    cfg = config_from_hf(hf_config)
+    tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
+    model = build_from_tensors(cfg, tensors, str(source))  # checks every name and shape
+    extra = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
+    return save_model(model, out, extra_files=extra)
+
+
+def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: DtypeName = "auto") -> Path:
+    """Convert a scratchlm model directory into one `AutoModelForCausalLM.from_pretrained` loads."""
+    model_dir = Path(model_dir)
+    cfg = load_model_config(model_dir)
+    ours = read_weights(model_dir / WEIGHTS_FILE)
+    build_from_tensors(cfg, ours, str(model_dir / WEIGHTS_FILE))  # checks every name and shape
+    hf_config, tensors = hf_from_ours(cfg, _cast(ours, dtype))
+    eos = eos_id_from_tokenizer(model_dir)
+    hf_config.update(bos_token_id=eos, eos_token_id=eos, pad_token_id=None)
+    with atomic_directory(out) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        copy_tokenizer_files(model_dir, tmp)
+    return Path(out)

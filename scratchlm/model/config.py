@@ -1,0 +1,212 @@
+"""`ModelConfig`: one dataclass whose fields select every architecture the model file supports.
+
+GPT-2 (learned positions, LayerNorm, GELU, biases, tied embeddings) and Llama (RoPE, RMSNorm,
+SwiGLU, grouped-query attention, no biases) are two settings of the same fields, so a user can
+read one model file and move between the two families, or mix them, by editing a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from scratchlm.errors import ConfigError
+
+ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")
+
+
+@dataclass
+class ModelConfig:
+    """The shape and the architectural choices of a decoder-only transformer.
+
+    `n_kv_head` picks the attention flavour: equal to `n_head` is multi-head attention, 1 is
+    multi-query attention, anything between is grouped-query attention. `n_kv_head` and `d_ff`
+    may be left out (None): they default to `n_head` and to the usual width for the chosen MLP.
+    `rope_scaling` (optional) is Llama 3.1's long-context rescaling of the RoPE frequencies,
+    a table with the keys of `ROPE_SCALING_KEYS`.
+    """
+
+    vocab_size: int = 512
+    n_layer: int = 2
+    n_head: int = 4
+    n_kv_head: int | None = None
+    d_model: int = 64
+    d_ff: int | None = None
+    max_seq_len: int = 256
+    pos: Literal["learned", "rope"] = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, float] | None = None
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu", "relu2"] = "swiglu"
+    qk_norm: bool = False
+    bias: bool = False
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    logit_softcap: float | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.d_ff is None:
+            self.d_ff = default_d_ff(self.d_model, self.mlp)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def validate(self) -> None:
+        """Raise ConfigError with one line naming the first inconsistent field."""
+        positive = ["vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len"]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})"
+            )
+        if self.pos not in ("learned", "rope"):
+            raise ConfigError(f"model.pos must be 'learned' or 'rope', got {self.pos!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ConfigError(f"model.norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.mlp not in ("gelu", "swiglu", "relu2"):
+            raise ConfigError(f"model.mlp must be 'gelu', 'swiglu' or 'relu2', got {self.mlp!r}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(f"model.pos = 'rope' needs an even head size, got {self.head_dim}")
+        if self.pos == "rope" and self.rope_theta <= 0:
+            raise ConfigError(f"model.rope_theta must be positive, got {self.rope_theta}")
+        if self.rope_scaling is not None:
+            self._validate_rope_scaling()
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ConfigError(f"model.logit_softcap must be positive or unset, got {self.logit_softcap}")
+        if self.init_std <= 0:
+            raise ConfigError(f"model.init_std must be positive, got {self.init_std}")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"model.norm_eps must be positive, got {self.norm_eps}")
+
+    def _validate_rope_scaling(self) -> None:
+        scaling = self.rope_scaling
+        if self.pos != "rope":
+            raise ConfigError("model.rope_scaling needs model.pos = 'rope'")
+        if set(scaling) != set(ROPE_SCALING_KEYS):
+            raise ConfigError(f"model.rope_scaling needs exactly the keys {', '.join(ROPE_SCALING_KEYS)}")
+        if any(not isinstance(v, (int, float)) or v <= 0 for v in scaling.values()):
+            raise ConfigError(f"model.rope_scaling values must be positive numbers, got {scaling}")
+        if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+            raise ConfigError("model.rope_scaling.high_freq_factor must exceed low_freq_factor")
+
+    def replace(self, **changes) -> ModelConfig:
+        """A validated copy with some fields changed (e.g. `vocab_size` from a tokenizer)."""
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    # --- sizes -------------------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count in closed form (equal to the module's count; tested).
+
+        `non_embedding=True` leaves out the token and position embeddings and an untied output
+        head, as in the scaling-law papers, so the number does not depend on tying.
+        """
+        d, L, hd = self.d_model, self.n_layer, self.head_dim
+        b = 1 if self.bias else 0
+        norm = d * (2 if self.norm == "layernorm" and self.bias else 1)
+        qkv = d * (self.n_head + 2 * self.n_kv_head) * hd + b * (self.n_head + 2 * self.n_kv_head) * hd
+        attn_out = self.n_head * hd * d + b * d
+        qk_norm = 0
+        if self.qk_norm:
+            qk_norm = 2 * hd * (2 if self.norm == "layernorm" and self.bias else 1)
+        n_in = 2 * self.d_ff if self.mlp == "swiglu" else self.d_ff
+        mlp = d * n_in + b * n_in + self.d_ff * d + b * d
+        per_layer = 2 * norm + qkv + attn_out + qk_norm + mlp
+        body = L * per_layer + norm  # + the final norm
+        if non_embedding:
+            return body
+        token_emb = self.vocab_size * d
+        pos_emb = self.max_seq_len * d if self.pos == "learned" else 0
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return body + token_emb + pos_emb + head
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·H·Q·T.
+
+        N counts the parameters that take part in matrix multiplies: the non-embedding ones
+        plus the output head (an embedding lookup is free, the head's matmul is not). The
+        second term is attention's score and weighted-sum matmuls over a context of T tokens
+        (`seq_len`, default `max_seq_len`), with H·Q = n_head · head_dim.
+        """
+        T = self.max_seq_len if seq_len is None else seq_len
+        n_matmul = self.num_params(non_embedding=True) + self.vocab_size * self.d_model
+        return 6.0 * n_matmul + 12.0 * self.n_layer * self.n_head * self.head_dim * T
+
+    def kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_value: int = 2) -> int:
+        """Memory for a KV cache of `seq_len` tokens: keys and values, every layer."""
+        return 2 * self.n_layer * batch_size * self.n_kv_head * seq_len * self.head_dim * bytes_per_value
+
+
+def default_d_ff(d_model: int, mlp: str) -> int:
+    """4·d for GELU/ReLU² MLPs; for SwiGLU, 2/3 of that (same parameters), rounded up to 64."""
+    if mlp == "swiglu":
+        hidden = int(8 * d_model / 3)
+        return 64 * ((hidden + 63) // 64)
+    return 4 * d_model
+
+
+def _gpt2(n_layer: int, n_head: int, d_model: int) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=50257, n_layer=n_layer, n_head=n_head, d_model=d_model, d_ff=4 * d_model,
+        max_seq_len=1024, pos="learned", norm="layernorm", mlp="gelu", bias=True,
+        tie_embeddings=True,
+    )
+
+
+def _llama(
+    n_layer: int, n_head: int, n_kv_head: int, d_model: int, d_ff: int, *, vocab_size: int = 32000,
+    max_seq_len: int = 4096, rope_theta: float = 10000.0, tie: bool = False,
+) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, d_model=d_model,
+        d_ff=d_ff, max_seq_len=max_seq_len, pos="rope", rope_theta=rope_theta, norm="rmsnorm",
+        mlp="swiglu", bias=False, tie_embeddings=tie,
+    )
+
+
+# Named shapes. GPT-2 sizes are OpenAI's; llama-7b/13b/70b are Llama 2's published shapes and
+# llama-1b is Llama 3.2 1B's (without its long-context RoPE rescaling). The small llama-* sizes
+# are this project's Llama-style recipes for laptops and single GPUs.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=192, max_seq_len=256,
+    ),
+    "gpt2-124m": _gpt2(12, 12, 768),
+    "gpt2-medium": _gpt2(24, 16, 1024),
+    "gpt2-large": _gpt2(36, 20, 1280),
+    "gpt2-xl": _gpt2(48, 25, 1600),
+    "llama-10m": _llama(6, 8, 4, 256, 704, vocab_size=8192, max_seq_len=1024, tie=True),
+    "llama-60m": _llama(8, 8, 4, 512, 1408, vocab_size=32768, max_seq_len=1024, tie=True),
+    "llama-125m": _llama(12, 12, 4, 768, 2048, vocab_size=32768, max_seq_len=2048, tie=True),
+    "llama-350m": _llama(24, 16, 4, 1024, 2816, vocab_size=32768, max_seq_len=2048, tie=True),
+    "llama-1b": _llama(
+        16, 32, 8, 2048, 8192, vocab_size=128256, max_seq_len=8192, rope_theta=500000.0, tie=True
+    ),
+    "llama-7b": _llama(32, 32, 32, 4096, 11008),
+    "llama-13b": _llama(40, 40, 40, 5120, 13824),
+    "llama-70b": _llama(80, 64, 8, 8192, 28672),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of a named preset (callers may change it freely)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

@@ -1,0 +1,310 @@
+"""The GPT model, top to bottom: tokens → embeddings → N transformer blocks → norm → logits.
+
+    idx (B, T) ─ token embedding (+ learned positions) ─┬─ Block ─ ... ─ Block ─ norm ─ head ─ logits
+                                                         │
+    Block:   x = x + Attention(norm(x))                  causal self-attention, RoPE on q and k,
+             x = x + MLP(norm(x))                        grouped-query heads, KV cache for decoding
+
+Every variant is chosen by `ModelConfig`; nothing here knows about training, parallelism,
+precision or compilation — those are applied from outside. The loss is computed by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchlm.errors import ModelError
+from scratchlm.model.config import ModelConfig
+
+# --- the KV cache -------------------------------------------------------------------------------
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated once for `max_len` positions.
+
+    Decoding writes the new token's keys/values at `start_pos` and attends over the prefix, so
+    generating one token costs one token's compute. Shape per tensor:
+    (n_layer, batch, n_kv_head, max_len, head_dim) — MQA/GQA shrink it by n_head / n_kv_head.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_frequencies(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """Rotation speed of each pair of dimensions: theta^(-2i/d), optionally rescaled.
+
+    Llama 3.1's rescaling (`cfg.rope_scaling`) slows the slow rotations (wavelengths longer than
+    original_max_len / low_freq_factor) by `factor`, keeps the fast ones (shorter than
+    original_max_len / high_freq_factor), and blends linearly in between, so a model trained on
+    short contexts stretches to long ones.
+    """
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
+    scaling = cfg.rope_scaling
+    if not scaling:
+        return inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_len"]
+    wavelength = 2 * math.pi / inv_freq
+    blend = (original / wavelength - low) / (high - low)
+    blended = (1 - blend) * inv_freq / factor + blend * inv_freq
+    slowed = torch.where(wavelength > original / low, inv_freq / factor, blended)
+    return torch.where(wavelength < original / high, inv_freq, slowed)
+
+
+def rope_tables(cfg: ModelConfig, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin of every (position, frequency) pair, shape (max_seq_len, head_dim).
+
+    Dimension i is paired with i + d/2 (the rotate-half convention, the one Hugging Face's
+    Llama weights are stored for), so both tables repeat the d/2 angles twice; the sin table's
+    first half is negated so that `apply_rope` needs no negation of its own.
+    """
+    inv_freq = rope_frequencies(cfg, device)
+    positions = torch.arange(cfg.max_seq_len, dtype=torch.int64, device=device).float()
+    angles = torch.outer(positions, inv_freq)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)
+    signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
+    return cos, signed_sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x1, x2) = (x[i], x[i + d/2]) by its position's angle a:
+    (x1·cos a − x2·sin a, x2·cos a + x1·sin a). Swapping the halves is a roll by d/2."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+class Attention(nn.Module):
+    """Causal self-attention with n_head query heads sharing n_kv_head key/value heads."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.dropout = cfg.dropout
+        # One matmul makes q, k and v: rows [q heads | k heads | v heads].
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        start_pos: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, KV, hd = self.n_head, self.n_kv_head, self.head_dim
+        qk, v = self.qkv(x).view(B, T, H + 2 * KV, hd).split([H + KV, KV], dim=2)
+        if self.q_norm is not None:
+            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
+        if rope is not None:  # queries and keys rotate together: one set of elementwise ops
+            cos, sin = rope[0].to(qk.dtype), rope[1].to(qk.dtype)  # no-ops unless under autocast
+            qk = apply_rope(qk, cos[:, None], sin[:, None])
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, hd)
+        v = v.transpose(1, 2)
+
+        # Causal mask: query i (at absolute position start_pos + i) sees keys 0..start_pos + i.
+        mask, is_causal = None, True
+        if cache is not None:
+            cache_k, cache_v = cache
+            end = start_pos + T
+            cache_k[:B, :, start_pos:end] = k
+            cache_v[:B, :, start_pos:end] = v
+            k, v = cache_k[:B, :, :end], cache_v[:B, :, :end]
+            if start_pos > 0:  # SDPA's is_causal aligns the mask top-left; shift it by start_pos
+                is_causal = False
+                if T > 1:
+                    mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            enable_gqa=KV != H,  # K/V heads are shared by groups of query heads, not copied
+        )
+        y = y.transpose(1, 2).reshape(B, T, H * hd)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU (tanh form, as GPT-2), ReLU², or SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        # SwiGLU's gate and up projections share one matmul: rows [gate | up].
+        n_in = 2 * cfg.d_ff if cfg.mlp == "swiglu" else cfg.d_ff
+        self.fc = nn.Linear(cfg.d_model, n_in, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        else:
+            h = F.relu(h).square()
+        return self.proj(h)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each added to the residual stream."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = make_norm(cfg, cfg.d_model)
+        self.attn = Attention(cfg)
+        self.norm2 = make_norm(cfg, cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, x, rope, cache, start_pos: int) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), rope, cache, start_pos))
+        x = x + self.dropout(self.mlp(self.norm2(x)))
+        return x
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model: `forward(idx) -> logits`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        self.emb_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        self.reset_rope()
+        self.reset_parameters()
+
+    def tie_weights(self) -> None:
+        """Share one matrix between the token embedding and the output head, if configured."""
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def reset_rope(self) -> None:
+        """(Re)compute the RoPE cos/sin tables; derived from the config, so never saved."""
+        if self.cfg.pos != "rope":
+            self.rope_cos = self.rope_sin = None
+            return
+        device = self.tok_emb.weight.device
+        device = None if device.type == "meta" else device
+        cos, sin = rope_tables(self.cfg, device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights, zero biases, unit norms; the projections that write into
+        the residual stream get std / sqrt(2·n_layer) so its variance does not grow with depth."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        residual_std = std / math.sqrt(2 * self.cfg.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # shared (tied) tensors count once
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """A zeroed KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len)."""
+        cfg = self.cfg
+        max_len = cfg.max_seq_len if max_len is None else max_len
+        if max_len > cfg.max_seq_len:
+            raise ModelError(f"KV cache length {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        weight = self.tok_emb.weight
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
+        return KVCache(
+            k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype)
+        )
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids `idx` (B, T) at positions start_pos.. .
+
+        With a `cache`, keys/values of these tokens are stored at start_pos.. and attention also
+        sees the cached prefix; without one, `start_pos` must be 0.
+        """
+        B, T = idx.shape
+        end = start_pos + T
+        if end > self.cfg.max_seq_len:
+            raise ModelError(f"sequence of {end} positions exceeds the model's max_seq_len {self.cfg.max_seq_len}")
+        if cache is None and start_pos != 0:
+            raise ModelError("start_pos > 0 needs a KV cache holding the earlier positions")
+        if cache is not None and (end > cache.max_len or B > cache.batch_size):
+            raise ModelError(
+                f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {B} up to position {end}"
+            )
+
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start_pos, end, device=idx.device))
+        x = self.emb_dropout(x)
+
+        rope = None
+        if self.rope_cos is not None:
+            rope = (self.rope_cos[start_pos:end], self.rope_sin[start_pos:end])
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x = block(x, rope, layer_cache, start_pos)
+
+        logits = self.lm_head(self.norm_f(x))
+        if self.cfg.logit_softcap is not None:
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits

@@ -1,0 +1,181 @@
+"""The model directory: `model.safetensors` (weights) + `config.json` (the `ModelConfig`).
+
+Weights are safetensors, so loading never unpickles anything. A missing, extra or mis-shaped
+tensor is one `ModelError` naming it. Saving goes through a temp directory renamed into place,
+so an interrupted save never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from scratchlm.config import from_dict, to_dict
+from scratchlm.errors import ConfigError, ModelError
+from scratchlm.fsutil import atomic_directory, atomic_write_json
+from scratchlm.model.config import ModelConfig
+from scratchlm.model.gpt import GPT
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+ExtraFiles = Mapping[str, "str | os.PathLike | bytes"] | Iterable["str | os.PathLike"]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain GPT inside torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def weights_for_saving(model: GPT, state_dict: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, the tied output head left out (it *is* the token embedding)."""
+    model = unwrap(model)
+    sd = dict(model.state_dict() if state_dict is None else state_dict)
+    if model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def save_model(
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    extra_files: ExtraFiles | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write `model.safetensors` + `config.json` (and `extra_files`) as one atomic directory.
+
+    `extra_files` is either a mapping {name in the directory: source path or bytes} or a list
+    of paths copied under their own names (e.g. tokenizer.json). `state_dict` replaces the
+    module's own (e.g. a full state dict gathered from a sharded model).
+    """
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, state_dict)
+        _write_extra_files(tmp, extra_files)
+    return Path(directory)
+
+
+def write_model_files(
+    model: torch.nn.Module, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Write `model.safetensors` + `config.json` into an existing directory, for callers that
+    assemble a larger directory atomically themselves (e.g. a training checkpoint)."""
+    model = unwrap(model)
+    if not isinstance(model, GPT):
+        raise TypeError(f"expected a scratchlm GPT, got {type(model).__name__}")
+    directory = Path(directory)
+    save_file(weights_for_saving(model, state_dict), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    atomic_write_json(directory / CONFIG_FILE, to_dict(model.cfg))
+
+
+def _write_extra_files(directory: Path, extra_files: ExtraFiles | None) -> None:
+    if extra_files is None:
+        return
+    items = extra_files.items() if isinstance(extra_files, Mapping) else ((Path(p).name, p) for p in extra_files)
+    for name, source in items:
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            target.write_bytes(source)
+        elif not Path(source).is_file():
+            raise ModelError(f"extra file to save with the model not found: {source}")
+        else:
+            shutil.copyfile(source, target)
+
+
+def load_model_config(directory: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` stored in a model directory's config.json."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelError(f"not a model directory (no {CONFIG_FILE}): {directory}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    if "model_type" in data:
+        raise ModelError(
+            f"{directory} holds a Hugging Face '{data['model_type']}' model; "
+            f"convert it first with `scratchlm import hf {directory} --out DIR`"
+        )
+    try:
+        return from_dict(ModelConfig, data)
+    except ConfigError as e:
+        raise ModelError(f"{path}: {e}") from None
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on CPU, with a clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable safetensors file: {e}") from None
+
+
+def load_state_into(model: GPT, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `model`, checking every name and shape first."""
+    model = unwrap(model)
+    expected = expected_shapes(model)
+    for name in tensors:
+        if name not in expected and not (name == "lm_head.weight" and model.cfg.tie_embeddings):
+            raise ModelError(f"{source}: unexpected tensor '{name}' (not part of this model's config)")
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ModelError(f"{source}: missing tensor '{name}'")
+        if tuple(tensors[name].shape) != shape:
+            raise ModelError(
+                f"{source}: tensor '{name}' has shape {tuple(tensors[name].shape)}, the config needs {shape}"
+            )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in expected:
+            params[name].copy_(tensors[name])
+
+
+def expected_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
+    names = dict(model.named_parameters())  # a tied head appears once, as tok_emb.weight
+    return {name: tuple(p.shape) for name, p in names.items()}
+
+
+def load_model(
+    directory: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> GPT:
+    """The GPT saved in `directory`, on `device`, in `dtype` (default: the file's dtype)."""
+    cfg = load_model_config(directory)
+    tensors = read_weights(Path(directory) / WEIGHTS_FILE)
+    return build_from_tensors(cfg, tensors, f"{Path(directory) / WEIGHTS_FILE}", device, dtype)
+
+
+def build_from_tensors(
+    cfg: ModelConfig,
+    tensors: Mapping[str, torch.Tensor],
+    source: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> GPT:
+    """A GPT holding exactly `tensors`, allocated once (built on the meta device, no init)."""
+    if dtype is None:
+        dtype = tensors["tok_emb.weight"].dtype if "tok_emb.weight" in tensors else torch.float32
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives every parameter its own storage
+    model.to(dtype)
+    load_state_into(model, tensors, source)
+    model.reset_rope()
+    model.eval()
+    return model

@@ -1,0 +1,77 @@
+"""Sampling rules and KV-cached generation."""
+
+import pytest
+import torch
+
+from scratchlm.errors import ModelError
+from scratchlm.infer import filter_logits, generate, sample_next, stream_tokens
+from scratchlm.model import GPT, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=24)
+    m = GPT(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.3).add_(1.0 if p.dim() == 1 else 0.0)
+    return m
+
+
+def greedy_without_cache(model, prompt, n):
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+def test_greedy_generation_equals_repeated_full_forwards(model):
+    prompt = [3, 1, 4, 1, 5]
+    assert generate(model, prompt, 10, temperature=0) == greedy_without_cache(model, prompt, 10)
+    assert generate(model, torch.tensor([prompt]), 10, temperature=0) == greedy_without_cache(model, prompt, 10)
+
+
+def test_sampling_is_reproducible_with_a_seed(model):
+    a = generate(model, [1, 2], 15, temperature=1.0, seed=7)
+    assert a == generate(model, [1, 2], 15, temperature=1.0, seed=7)
+    assert len({tuple(generate(model, [1, 2], 15, seed=s)) for s in range(4)}) > 1
+    assert generate(model, [1, 2], 8, top_k=1, seed=3) == generate(model, [1, 2], 8, temperature=0)
+
+
+def test_stops_before_eos_and_at_max_seq_len(model):
+    first = generate(model, [5], 1, temperature=0)[0]
+    assert generate(model, [5], 10, temperature=0, eos_id=first) == []
+    assert len(generate(model, list(range(20)), 100, temperature=0)) == 4  # 24 positions in all
+    assert list(stream_tokens(model, [1] * 24, 5)) == []
+
+
+def test_generate_restores_training_mode(model):
+    model.train()
+    generate(model, [1], 2)
+    assert model.training
+    model.eval()
+
+
+def test_bad_prompts_are_clear_errors(model):
+    with pytest.raises(ModelError, match="at least one token"):
+        generate(model, [], 3)
+    with pytest.raises(ModelError, match="exceeds the model's max_seq_len"):
+        generate(model, [1] * 25, 3)
+    with pytest.raises(ModelError, match=r"\[0, 40\)"):
+        generate(model, [40], 3)
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.05, 0.3, 0.15]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, True, False, True]]
+    # 0.5 + 0.3 = 0.8 < 0.85, so 0.15 is needed as well; 0.05 is not
+    assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, True, False, False]]
+    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.01)).sum() == 3  # the top token always stays
+    g = torch.Generator().manual_seed(0)
+    draws = [int(sample_next(logits, 1.0, top_p=0.85, generator=g)) for _ in range(300)]
+    assert 1 not in draws and {0, 2, 3} <= set(draws)
+    with pytest.raises(ValueError, match="top_p"):
+        sample_next(logits, 1.0, top_p=0.0)

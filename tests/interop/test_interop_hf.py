@@ -1,0 +1,179 @@
+"""Parity with Hugging Face transformers: import and export GPT-2 and Llama (GQA) checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from scratchlm.cli import main
+from scratchlm.errors import ModelError
+from scratchlm.infer import generate
+from scratchlm.interop.hf import config_from_hf, export_hf, import_hf
+from scratchlm.model import GPT, ModelConfig, load_model, save_model
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 96
+
+
+def hf_gpt2():
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=48, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def hf_llama(rope=None):
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=48, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0, rope_parameters=rope or {"rope_type": "default", "rope_theta": 500.0},
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def scrambled(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Weights (gains included) far from init, so any mapping mistake moves the logits."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2).add_(1.0 if p.dim() == 1 else 0.0)
+    return model.eval()
+
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,  # head_dim 8: one fast, one blended and two slowed pairs
+}
+FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama, "llama3-rope": lambda: hf_llama(LLAMA3_ROPE)}
+IDS = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+
+
+def hf_greedy(hf, prompt, n):
+    ids = torch.tensor([prompt])
+    out = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_matches_transformers_logits_and_greedy_generation(tmp_path, family):
+    hf = scrambled(FAMILIES[family](), seed=1)
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    ours = load_model(tmp_path / "ours")
+    assert (tmp_path / "ours" / "tokenizer.json").is_file()
+    if family.startswith("llama"):
+        assert ours.cfg.n_kv_head == 2 and ours.cfg.rope_theta == 500.0 and not ours.cfg.tie_embeddings
+        assert (ours.cfg.rope_scaling is not None) == (family == "llama3-rope")
+    with torch.no_grad():
+        expected = hf(IDS).logits
+    got = ours(IDS)
+    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
+    assert (got - expected).abs().max() <= 1e-4
+    prompt = IDS[0, :5].tolist()
+    assert generate(ours, prompt, 12, temperature=0) == hf_greedy(hf, prompt, 12)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "llama3-rope"])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, family):
+    arch = (
+        dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
+        if family == "gpt2"
+        else dict(pos="rope", rope_theta=300.0, norm="rmsnorm", mlp="swiglu", n_kv_head=2, tie_embeddings=False)
+    )
+    if family == "llama3-rope":
+        arch["rope_scaling"] = {"factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0, "original_max_len": 32}
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=48, **arch)
+    ours = scrambled(GPT(cfg), seed=2)
+    save_model(ours, tmp_path / "ours")
+    export_hf(tmp_path / "ours", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if family == "gpt2" else "LlamaForCausalLM")
+    with torch.no_grad():
+        expected = hf(IDS).logits
+    got = ours(IDS)
+    assert got.abs().max() > 1.0
+    assert (got - expected).abs().max() <= 1e-4
+    prompt = IDS[1, :4].tolist()
+    assert generate(ours, prompt, 12, temperature=0) == hf_greedy(hf, prompt, 12)
+
+
+def test_round_trip_through_transformers_is_exact(tmp_path):
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=4, n_kv_head=1, d_model=32, max_seq_len=16)
+    save_model(scrambled(GPT(cfg), seed=3), tmp_path / "a")
+    export_hf(tmp_path / "a", tmp_path / "hf", dtype="bfloat16")
+    import_hf(tmp_path / "hf", tmp_path / "b")
+    a, b = load_model(tmp_path / "a"), load_model(tmp_path / "b")
+    assert b.tok_emb.weight.dtype == torch.bfloat16 and b.cfg == a.cfg
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p.to(torch.bfloat16), q), name
+
+
+def test_cli_export_and_import(tmp_path, capsys):
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)
+    tokenizer = json.dumps({"added_tokens": [{"id": 5, "content": "<|endoftext|>", "special": True}]})
+    save_model(GPT(cfg), tmp_path / "m", extra_files={"tokenizer.json": tokenizer.encode()})
+    assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["model_type"] == "llama" and hf_config["eos_token_id"] == 5
+    assert (tmp_path / "hf" / "tokenizer.json").read_text() == tokenizer
+    assert main(["import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert load_model(tmp_path / "back").cfg == cfg
+    assert main(["import", "hf", str(tmp_path / "m"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a Hugging Face config" in capsys.readouterr().err
+
+
+def test_unexportable_and_unsupported_models_are_clear_errors(tmp_path):
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16, qk_norm=True)
+    save_model(GPT(cfg), tmp_path / "m")
+    with pytest.raises(ModelError, match="needs model.qk_norm = False"):
+        export_hf(tmp_path / "m", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(ModelError, match="RoPE scaling 'yarn'"):
+        config_from_hf({**hf_llama().config.to_dict(), "rope_parameters": {"rope_type": "yarn"}})
+    with pytest.raises(ModelError, match="lacks the key 'factor'"):
+        config_from_hf({**hf_llama().config.to_dict(), "rope_parameters": {"rope_type": "llama3"}})
+    with pytest.raises(ModelError, match="unsupported Hugging Face model_type 'bert'"):
+        config_from_hf({"model_type": "bert"})
+
+
+def test_hf_checkpoint_with_wrong_shapes_or_only_pickles(tmp_path):
+    hf = hf_gpt2()
+    hf.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["n_positions"] = 64
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="'pos_emb.weight' has shape"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    (tmp_path / "hf" / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="safetensors only"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sharded_checkpoint_imports(tmp_path):
+    hf = scrambled(hf_llama(), seed=4)
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    with torch.no_grad():
+        assert (load_model(tmp_path / "ours")(IDS) - hf(IDS).logits).abs().max() <= 1e-4
+
+
+def test_gpt2_checkpoint_without_the_transformer_prefix(tmp_path):
+    """openai-community/gpt2 stores `h.0.attn.c_attn.weight`, not `transformer.h.0...`, plus mask buffers."""
+    from safetensors.torch import load_file, save_file
+
+    hf = scrambled(hf_gpt2(), seed=5)
+    hf.save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(weights).items()}
+    tensors["h.0.attn.bias"] = torch.ones(1, 1, 48, 48)
+    save_file(tensors, weights)
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    with torch.no_grad():
+        assert (load_model(tmp_path / "ours")(IDS) - hf(IDS).logits).abs().max() <= 1e-4

@@ -1,0 +1,108 @@
+"""ModelConfig: validation, presets, closed-form parameter counts and FLOPs."""
+
+import pytest
+
+from scratchlm.config import from_dict, to_dict
+from scratchlm.errors import ConfigError
+from scratchlm.model import GPT, PRESETS, ModelConfig, get_preset
+
+VARIANTS = [
+    dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),
+    dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=2),
+    dict(pos="rope", norm="layernorm", mlp="relu2", bias=False, qk_norm=True, n_kv_head=1),
+    dict(pos="learned", norm="layernorm", mlp="swiglu", bias=True, qk_norm=True, tie_embeddings=False),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_closed_form_param_count_matches_the_module(variant):
+    cfg = ModelConfig(vocab_size=97, n_layer=3, n_head=4, d_model=32, d_ff=48, max_seq_len=40, **variant)
+    model = GPT(cfg)
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+    embeddings = model.tok_emb.weight.numel()
+    embeddings += model.pos_emb.weight.numel() if model.pos_emb is not None else 0
+    embeddings += 0 if cfg.tie_embeddings else model.lm_head.weight.numel()
+    assert cfg.num_params(non_embedding=True) == cfg.num_params() - embeddings
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_valid(name):
+    cfg = get_preset(name)
+    cfg.validate()
+    assert cfg.num_params() > cfg.num_params(non_embedding=True) > 0
+
+
+def test_published_parameter_counts():
+    assert get_preset("gpt2-124m").num_params() == 124_439_808
+    assert get_preset("gpt2-medium").num_params() == 354_823_168
+    assert get_preset("gpt2-xl").num_params() == 1_557_611_200
+    assert round(get_preset("llama-7b").num_params() / 1e9, 2) == 6.74
+    assert round(get_preset("llama-13b").num_params() / 1e9, 1) == 13.0
+    assert round(get_preset("llama-70b").num_params() / 1e9, 1) == 69.0
+    assert round(get_preset("llama-1b").num_params() / 1e9, 2) == 1.24
+
+
+def test_flops_per_token_is_the_palm_formula():
+    cfg = get_preset("gpt2-124m")
+    n = cfg.num_params(non_embedding=True) + cfg.vocab_size * cfg.d_model
+    assert cfg.flops_per_token(1024) == 6 * n + 12 * 12 * 768 * 1024
+    assert cfg.flops_per_token() == cfg.flops_per_token(cfg.max_seq_len)
+    assert cfg.flops_per_token(2048) - cfg.flops_per_token(1024) == 12 * 12 * 768 * 1024
+
+
+def test_kv_cache_bytes_shrink_with_fewer_kv_heads():
+    mha = get_preset("llama-7b")
+    gqa = get_preset("llama-70b")
+    assert mha.kv_cache_bytes(1, 4096) == 2 * 32 * 32 * 4096 * 128 * 2
+    assert gqa.kv_cache_bytes(1, 4096) == 2 * 80 * 8 * 4096 * 128 * 2
+
+
+def test_defaults_fill_kv_heads_and_width():
+    cfg = ModelConfig(n_head=8, d_model=256, mlp="gelu")
+    assert cfg.n_kv_head == 8 and cfg.d_ff == 1024
+    swiglu = ModelConfig(n_head=8, d_model=256, mlp="swiglu")
+    assert swiglu.d_ff % 64 == 0 and 640 <= swiglu.d_ff <= 704
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(n_head=5, d_model=64), "must divide model.d_model"),
+        (dict(n_head=4, n_kv_head=3), "n_kv_head (3) must divide model.n_head (4)"),
+        (dict(vocab_size=0), "vocab_size must be a positive integer"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(logit_softcap=-1.0), "logit_softcap"),
+        (dict(pos="rope", n_head=4, d_model=20), "even head size"),
+    ],
+)
+def test_validation_names_the_field(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ModelConfig(**changes).validate()
+
+
+def test_config_round_trips_through_the_config_machinery():
+    cfg = get_preset("llama-10m")
+    assert from_dict(ModelConfig, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown config key 'n_heads'"):
+        from_dict(ModelConfig, {"n_heads": 4})
+    with pytest.raises(ConfigError, match="pos"):
+        from_dict(ModelConfig, {"pos": "alibi"})
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="gpt2-124m"):
+        get_preset("gpt5")
+    a = get_preset("tiny")
+    a.n_layer = 7
+    assert get_preset("tiny").n_layer == 2  # presets are copies
+
+
+def test_rope_scaling_is_validated():
+    good = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_len": 8192}
+    ModelConfig(rope_scaling=good).validate()
+    with pytest.raises(ConfigError, match="needs exactly the keys"):
+        ModelConfig(rope_scaling={"factor": 8.0}).validate()
+    with pytest.raises(ConfigError, match="high_freq_factor must exceed"):
+        ModelConfig(rope_scaling={**good, "high_freq_factor": 1.0}).validate()
+    with pytest.raises(ConfigError, match="needs model.pos = 'rope'"):
+        ModelConfig(pos="learned", rope_scaling=good).validate()

@@ -1,0 +1,110 @@
+"""The model directory: safetensors + config.json, exact round trips, clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from scratchlm.errors import ModelError
+from scratchlm.model import GPT, ModelConfig, load_model, load_model_config, save_model
+
+
+def small(**changes) -> ModelConfig:
+    base = dict(vocab_size=50, n_layer=2, n_head=2, d_model=16, d_ff=32, max_seq_len=24)
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_round_trip_is_exact(tmp_path, tie):
+    torch.manual_seed(0)
+    model = GPT(small(tie_embeddings=tie, n_kv_head=1)).eval()
+    save_model(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg == model.cfg
+    assert (loaded.lm_head.weight is loaded.tok_emb.weight) == tie
+    idx = torch.randint(0, 50, (2, 10))
+    assert torch.equal(loaded(idx), model(idx))
+    # a tied head is stored once
+    assert ("lm_head.weight" in load_file(tmp_path / "m" / "model.safetensors")) == (not tie)
+
+
+def test_load_in_another_dtype_and_extra_files(tmp_path):
+    model = GPT(small())
+    (tmp_path / "tokenizer.json").write_text("{}")
+    save_model(model, tmp_path / "m", extra_files=[tmp_path / "tokenizer.json"])
+    save_model(model, tmp_path / "n", extra_files={"notes/readme.txt": b"hi"})
+    assert (tmp_path / "m" / "tokenizer.json").read_text() == "{}"
+    assert (tmp_path / "n" / "notes" / "readme.txt").read_bytes() == b"hi"
+    loaded = load_model(tmp_path / "m", dtype=torch.bfloat16)
+    assert loaded.tok_emb.weight.dtype == torch.bfloat16
+    assert loaded(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 50)
+
+
+def test_save_unwraps_compile_style_wrappers(tmp_path):
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    model = GPT(small())
+    save_model(Wrapper(model), tmp_path / "m")
+    assert load_model_config(tmp_path / "m") == model.cfg
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    save_model(GPT(small()), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["d_ff"] = 48
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"tensor 'blocks\.0\.mlp\.fc\.weight' has shape \(64, 16\)"):
+        load_model(tmp_path / "m")
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    save_model(GPT(small()), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["blocks.1.attn.proj.weight"]
+    save_file(tensors, weights)
+    with pytest.raises(ModelError, match="missing tensor 'blocks.1.attn.proj.weight'"):
+        load_model(tmp_path / "m")
+    tensors["blocks.1.attn.proj.weight"] = torch.zeros(16, 16)
+    tensors["blocks.1.attn.extra"] = torch.zeros(2)
+    save_file(tensors, weights)
+    with pytest.raises(ModelError, match="unexpected tensor 'blocks.1.attn.extra'"):
+        load_model(tmp_path / "m")
+
+
+def test_bad_directories_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelError, match="not a model directory"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ModelError, match="scratchlm import hf"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"n_layers": 2}))
+    with pytest.raises(ModelError, match="unknown config key 'n_layers'"):
+        load_model(tmp_path)
+    save_model(GPT(small()), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x80\x04 not safetensors")
+    with pytest.raises(ModelError, match="not a readable safetensors file"):
+        load_model(tmp_path / "m")
+
+
+def test_failed_save_leaves_no_directory(tmp_path):
+    with pytest.raises(ModelError, match="extra file"):
+        save_model(GPT(small()), tmp_path / "m", extra_files=[tmp_path / "absent.json"])
+    assert not (tmp_path / "m").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_model_files_into_a_directory_being_assembled(tmp_path):
+    from scratchlm.model import write_model_files
+
+    (tmp_path / "train_state.json").write_text("{}")
+    model = GPT(small())
+    write_model_files(model, tmp_path)
+    assert (tmp_path / "train_state.json").read_text() == "{}"
+    assert torch.equal(load_model(tmp_path).tok_emb.weight, model.tok_emb.weight)
