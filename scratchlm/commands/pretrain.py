@@ -1,0 +1,71 @@
+"""`scratchlm pretrain` and `scratchlm sweep-lr`: parse into a `PretrainConfig`, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scratchlm.cli import add_config_args
+from scratchlm.errors import ConfigError
+
+
+def register(root, groups) -> None:
+    """Add `pretrain` and `sweep-lr`."""
+    pre = root.add_parser(
+        "pretrain",
+        help="pretrain a GPT on a tokens dir (launch with torchrun for several processes)",
+        description=(
+            "Pretrain a GPT on a tokens dir. Several processes: "
+            "torchrun --nproc_per_node=N -m scratchlm pretrain --config FILE"
+        ),
+    )
+    add_config_args(pre)
+    pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    pre.set_defaults(func=run_pretrain)
+
+    sweep = root.add_parser(
+        "sweep-lr",
+        help="short pretraining runs over a grid of learning rates; reports the best",
+        description="Train a few hundred steps per learning rate and rank them by validation loss.",
+    )
+    add_config_args(sweep)
+    sweep.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3", metavar="LR,LR,...", help="the grid")
+    sweep.add_argument("--steps", type=int, default=200, metavar="N", help="steps per learning rate")
+    sweep.set_defaults(func=run_sweep)
+
+
+def _config(args: argparse.Namespace):
+    from scratchlm.train.config import load_pretrain_config
+
+    return load_pretrain_config(args.config, args.overrides)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from scratchlm.train.trainer import train
+
+    summary = train(_config(args), resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from scratchlm.train.sweep import sweep_lr
+
+    try:
+        lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--lrs expects comma-separated numbers, got {args.lrs!r}") from None
+    if not lrs or args.steps < 1:
+        raise ConfigError("--lrs needs at least one value and --steps must be positive")
+    report = sweep_lr(_config(args), lrs, args.steps)
+    print(f"{'lr':>10}  {'val_loss':>10}  {'val_bpb':>8}", file=sys.stdout)
+    for r in report["results"]:
+        val = "diverged" if r["diverged"] else f"{r['val_loss']:.4f}"
+        bpb = "-" if r["val_bpb"] is None else f"{r['val_bpb']:.4f}"
+        print(f"{r['lr']:>10.2e}  {val:>10}  {bpb:>8}")
+    if report["best_lr"] is None:
+        print("every learning rate diverged; try smaller values", file=sys.stderr)
+        return 1
+    print(f"best learning rate: {report['best_lr']:g}")
+    return 0

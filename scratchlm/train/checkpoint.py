@@ -1,0 +1,177 @@
+"""Training checkpoints: complete step directories, a `latest` pointer, pruning.
+
+A checkpoint is `checkpoints/step-000123/` holding `model.safetensors` + `config.json` (a model
+dir any stage can load), the tokenizer files, `optimizer.pt` (tensors and numbers only, read back
+with `weights_only=True`), `rng.pt` (per-rank RNG states) and `train_state.json` (step, tokens,
+data position, schedule, monitor, resolved config). The directory is built under a temporary
+name and renamed into place; only then is `latest` rewritten, so a process killed at any moment
+leaves `latest` naming a whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scratchlm.errors import CheckpointError
+from scratchlm.fsutil import atomic_directory, atomic_write_text
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+REQUIRED_FILES = ("model.safetensors", "config.json", "train_state.json", "optimizer.pt", "rng.pt")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's python, numpy, torch CPU and CUDA generator states, as tensors and ints."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python_version": py_version,
+        "python_state": torch.tensor(py_state, dtype=torch.int64),
+        "python_gauss": py_gauss,
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(
+        (state["python_version"], tuple(int(v) for v in state["python_state"].tolist()), state["python_gauss"])
+    )
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    ckpt_root: str | Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    model_config: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    train_state: dict[str, Any],
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Write one complete checkpoint directory, then point `latest` at it. Returns its path.
+
+    `weights` are CPU tensors as `scratchlm.model.io.weights_for_saving` gives them, so the
+    directory loads with `load_model` like any model dir.
+    """
+    from safetensors.torch import save_file
+
+    root = Path(ckpt_root)
+    final = root / step_dir_name(step)
+    with atomic_directory(final) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_dir is not None:
+            for src in sorted(Path(tokenizer_dir).glob("*.json")):
+                shutil.copyfile(src, tmp / src.name)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save({f"rank{r}": s for r, s in enumerate(rng_states)}, tmp / "rng.pt")
+        # Written last: a step dir with a train_state.json has every other file.
+        (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(root / "latest", final.name + "\n")
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
+    """Complete step directories, oldest first (temporary and partial dirs are ignored)."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and is_complete(p):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_latest(ckpt_root: str | Path) -> Path | None:
+    """The checkpoint `latest` names, or the newest complete one when the pointer is missing or stale."""
+    root = Path(ckpt_root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if STEP_DIR.match(candidate.name) and is_complete(candidate):
+            return candidate
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dir: `model` (tensors), `optimizer`, `rng` (per rank) and `train_state`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not is_complete(path):
+        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    try:
+        train_state = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
+        model = load_file(str(path / "model.safetensors"))
+        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
+    return {"model": model, "optimizer": optimizer, "rng": rng, "train_state": train_state, "path": path}
+
+
+def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and the best (lowest val loss) one."""
+    found = list_checkpoints(ckpt_root)
+    keep = {p for _, p in found[-keep_last:]}
+    best = best_checkpoint(ckpt_root)
+    if best is not None:
+        keep.add(best)
+        atomic_write_text(Path(ckpt_root) / "best", best.name + "\n")
+    removed = []
+    for _, p in found:
+        if p not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def best_checkpoint(ckpt_root: str | Path) -> Path | None:
+    """The complete checkpoint with the lowest recorded validation loss, if any has one."""
+    best, best_loss = None, float("inf")
+    for _, p in list_checkpoints(ckpt_root):
+        try:
+            val = json.loads((p / "train_state.json").read_text(encoding="utf-8")).get("val_loss")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if val is not None and val < best_loss:
+            best, best_loss = p, val
+    return best

@@ -1,0 +1,157 @@
+"""`PretrainConfig`: every setting of a pretraining run, one TOML section per concern.
+
+The `[model]` section is a free table on purpose: it holds `preset` plus any field of
+`scratchlm.model.ModelConfig`, and is checked against that dataclass when the model is built, so
+a new model field needs no change here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scratchlm.config import from_dict, load_config
+from scratchlm.errors import ConfigError
+
+
+@dataclass
+class DataSection:
+    tokens: str = ""  # a tokens dir made by `scratchlm data tokenize`
+    mode: Literal["random", "sequential", "document"] = "random"
+
+
+@dataclass
+class TrainSection:
+    out: str = "runs/pretrain"
+    seed: int = 1337
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Budgets: the run stops at whichever comes first; 0 means "no limit" (one must be set).
+    max_steps: int = 0
+    max_tokens: int = 0
+    max_seconds: float = 0.0
+    # Batch: micro_batch x seq_len x grad_accum x world_size = batch_tokens.
+    batch_tokens: int = 16384
+    micro_batch: int = 16
+    seq_len: int = 256
+    # Optimizer and schedule.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2  # the decay share of a warmup-stable-decay schedule
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 turns clipping off
+    muon_lr: float = 0.02
+    z_loss: float = 0.0  # weight of the z-loss (log of the softmax normaliser, squared)
+    compile: bool = False
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # Evaluation and samples.
+    eval_every: int = 250  # 0: only at the end
+    eval_batches: int = 20
+    eval_batch_size: int = 0  # 0: the micro batch
+    sample_every: int = 0  # 0: a sample with every evaluation
+    sample_tokens: int = 64
+    sample_prompt: str = "\n"
+    sample_temperature: float = 0.8
+    sample_top_k: int = 50
+    # Checkpoints.
+    checkpoint_every: int = 1000  # steps; 0: only at the end (and on signals)
+    checkpoint_minutes: float = 0.0  # also every N minutes of wall clock; 0: off
+    keep_last: int = 3
+    # Logging.
+    log_every: int = 10
+    tensorboard: bool = True  # write TensorBoard events when the package is installed
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        if self.max_steps <= 0 and self.max_tokens <= 0 and self.max_seconds <= 0:
+            raise ConfigError("[train] needs a budget: set max_steps, max_tokens or max_seconds")
+        for name in ("batch_tokens", "micro_batch", "seq_len", "log_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0 or self.z_loss < 0 or self.warmup_steps < 0:
+            raise ConfigError("train.grad_clip, train.z_loss and train.warmup_steps must be >= 0")
+
+
+@dataclass
+class MonitorSection:
+    window: int = 50  # steps in the rolling mean/std of loss and gradient norm
+    min_history: int = 20  # steps seen before spikes are judged
+    loss_threshold: float = 6.0  # a spike: loss above mean + threshold * std
+    grad_threshold: float = 12.0  # ... or gradient norm above mean + threshold * std
+    response: Literal["skip", "rollback"] = "skip"
+    rollback_skip_batches: int = 20  # batches skipped after a rollback (PaLM skipped 200-500)
+    max_rollbacks: int = 3  # then stop with a diagnosis
+    max_consecutive_spikes: int = 10  # more in a row is a lasting shift: re-baseline and train on
+    max_nonfinite: int = 5  # consecutive non-finite steps before stopping
+    low_mfu: float = 0.01  # diagnose throughput below this model-FLOPs utilisation
+    repetition_threshold: float = 0.5  # diagnose samples whose distinct 4-gram share is below
+
+
+@dataclass
+class DebugSection:
+    inject_nan_at_step: int = -1  # make the loss of this batch NaN (tests the guard)
+    inject_spike_at_step: int = -1  # multiply the loss of this batch (tests spike handling)
+    spike_factor: float = 50.0
+
+
+@dataclass
+class PretrainConfig:
+    data: DataSection = field(default_factory=DataSection)
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    train: TrainSection = field(default_factory=TrainSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
+    debug: DebugSection = field(default_factory=DebugSection)
+
+    def validate(self) -> None:
+        if not self.data.tokens:
+            raise ConfigError("[data] tokens is required: the tokens dir made by `scratchlm data tokenize`")
+
+
+def load_pretrain_config(
+    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
+) -> PretrainConfig:
+    """Defaults ← TOML file ← `--set` overrides, type-checked."""
+    return load_config(PretrainConfig, path, overrides)
+
+
+def build_model_config(section: dict[str, Any], vocab_size: int, seq_len: int):
+    """The `ModelConfig` named by `[model]`: a preset, then field overrides.
+
+    The vocabulary comes from the tokens' `meta.json` unless `[model] vocab_size` is set (it may
+    be larger, e.g. padded to a multiple of 64, never smaller). Widths that derive from others
+    (`d_ff`, `n_kv_head`) follow an overridden `d_model`/`mlp`/`n_head` unless given too.
+    """
+    from scratchlm.model import ModelConfig, get_preset
+
+    user = dict(section)
+    preset = user.pop("preset", None)
+    fields: dict[str, Any] = {}
+    if preset is not None:
+        base = get_preset(str(preset))
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        if ("d_model" in user or "mlp" in user) and "d_ff" not in user:
+            fields.pop("d_ff", None)
+        if "n_head" in user and "n_kv_head" not in user and fields.get("n_kv_head") == fields.get("n_head"):
+            fields.pop("n_kv_head", None)
+    fields.update(user)
+    if user.get("vocab_size") in (None, 0):
+        fields["vocab_size"] = vocab_size
+    elif int(user["vocab_size"]) < vocab_size:
+        raise ConfigError(
+            f"model.vocab_size = {user['vocab_size']} is smaller than the tokenizer's {vocab_size} tokens"
+        )
+    cfg = from_dict(ModelConfig, fields, "model")
+    if cfg.max_seq_len < seq_len:
+        raise ConfigError(f"train.seq_len = {seq_len} exceeds model.max_seq_len = {cfg.max_seq_len}")
+    return cfg

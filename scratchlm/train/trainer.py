@@ -1,0 +1,636 @@
+"""The pretraining loop: `train(config) -> summary`.
+
+One optimizer step = `grad_accum` micro-batches on each of `world_size` processes, together
+`train.batch_tokens` tokens. Every step is judged by the stability monitor before its update
+reaches the weights. The batch of a step is a pure function of (seed, data position, rank), and
+checkpoints hold the data position, optimizer, schedule, monitor and RNG states, so a resumed run
+continues exactly where the interrupted one was.
+
+Step anatomy: set the LR from the schedule → forward/backward each micro-batch under autocast
+(gradient sync only on the last) → global gradient norm (clipped) → monitor verdict → apply,
+skip, or roll back → log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scratchlm.config import to_dict
+from scratchlm.data.loader import Batcher, TokenDataset, check_tokenizer_match, validation_batches
+from scratchlm.device import autocast, resolve_precision
+from scratchlm.errors import CheckpointError, ConfigError, DataError, TrainingStopped
+from scratchlm.eval.bpb import evaluate_loss
+from scratchlm.fsutil import atomic_write_json
+from scratchlm.progress import progress
+from scratchlm.train import checkpoint as ckpt
+from scratchlm.train import diagnosis
+from scratchlm.train.config import PretrainConfig, build_model_config
+from scratchlm.train.distributed import (
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    sync_gradients,
+    wrap_model,
+)
+from scratchlm.train.metrics import MetricsLogger
+from scratchlm.train.mfu import mfu, peak_flops_per_s
+from scratchlm.train.monitor import StabilityMonitor, inject_fault, z_loss
+from scratchlm.train.optim import build_optimizer
+from scratchlm.train.schedule import lr_factor
+
+# Steps left out of throughput judgements while caches, allocators and compilers warm up.
+WARMUP_STEPS_FOR_SPEED = 5
+
+
+@dataclass
+class TrainState:
+    """Everything about the run's position that is not a tensor (saved in train_state.json)."""
+
+    step: int = 0  # optimizer updates applied
+    data_step: int = 0  # next position in the batch stream (skipped batches advance it too)
+    tokens: int = 0  # tokens the applied updates trained on
+    elapsed_s: float = 0.0  # wall clock used by the run, summed over resumes
+    rollbacks: int = 0
+    skipped_batches: int = 0
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    last_val_step: int = -1
+
+
+def train(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or, with `resume`, continue) a pretraining run; returns a summary dict."""
+    run = PretrainRun(config, resume)
+    try:
+        return run.fit()
+    finally:
+        run.close()
+
+
+class PretrainRun:
+    """The state and steps of one pretraining run (one object per process)."""
+
+    def __init__(self, config: PretrainConfig, resume: bool = False) -> None:
+        self.config = config
+        tc = config.train
+        self.tc = tc
+        self.dist = init_distributed(tc.device)
+        self.device = self.dist.device
+        self.precision = resolve_precision(self.device, tc.precision)
+        self.out = Path(tc.out)
+        self.ckpt_root = self.out / "checkpoints"
+        self.log = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
+        self._stop_signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self.diagnoses: list[str] = []
+        self._last_bpb: float | None = None
+        self._diagnosed: set[str] = set()
+        try:
+            self._open_data()
+            self._check_batch_geometry()
+            self._build_model()
+            self.state = TrainState()
+            self.monitor = StabilityMonitor(config.monitor)
+            self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
+            self._start_or_resume(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- setup -----------------------------------------------------------------------------
+
+    def _open_data(self) -> None:
+        from scratchlm.tokenizer import Tokenizer
+
+        tokens_dir = Path(self.config.data.tokens)
+        self.train_data = TokenDataset.open(tokens_dir, "train")
+        self.val_data = TokenDataset.open(tokens_dir, "val")
+        self.meta = self.train_data.meta
+        self.tokenizer_dir = tokens_dir / "tokenizer"
+        if not (self.tokenizer_dir / "tokenizer.json").is_file():
+            raise DataError(
+                f"{tokens_dir}: no tokenizer/tokenizer.json inside; re-run `scratchlm data tokenize`, "
+                "which copies the tokenizer next to the tokens"
+            )
+        self.tokenizer = Tokenizer.load(self.tokenizer_dir)
+        check_tokenizer_match(self.meta, self.tokenizer.sha256)
+        self.token_bytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.int64)
+
+    def _check_batch_geometry(self) -> None:
+        tc = self.tc
+        per_micro = tc.micro_batch * tc.seq_len * self.dist.world_size
+        if tc.batch_tokens % per_micro:
+            raise ConfigError(
+                f"train.batch_tokens = {tc.batch_tokens} must be a multiple of micro_batch × seq_len × "
+                f"processes = {tc.micro_batch} × {tc.seq_len} × {self.dist.world_size} = {per_micro}"
+            )
+        self.grad_accum = tc.batch_tokens // per_micro
+        self.batcher = Batcher(self.train_data, tc.seq_len, tc.micro_batch, tc.seed, self.config.data.mode)
+        eval_bs = tc.eval_batch_size or tc.micro_batch
+        self.val_batches = validation_batches(self.val_data, tc.seq_len, eval_bs, max(1, tc.eval_batches), seed=0)
+
+    def _build_model(self) -> None:
+        from scratchlm.model import GPT
+
+        tc = self.tc
+        self.model_cfg = build_model_config(self.config.model, int(self.meta["vocab_size"]), tc.seq_len)
+        _seed_everything(tc.seed)
+        self.model = GPT(self.model_cfg).to(self.device)
+        torch.manual_seed(tc.seed + self.dist.rank)  # per-rank stream for dropout
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        strategy = tc.strategy if self.dist.world_size > 1 else "none"
+        self.wrapped = wrap_model(self.model, self.dist, strategy)
+        self.sharded = strategy == "fsdp"
+        self.forward = torch.compile(self.wrapped) if tc.compile else self.wrapped
+        self.optimizer = build_optimizer(
+            self.model,
+            tc.optimizer,
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
+            betas=(tc.beta1, tc.beta2),
+            muon_lr=tc.muon_lr,
+        )
+        self.flops_per_token = self.model_cfg.flops_per_token(tc.seq_len)
+        dtype = self.precision.autocast_dtype or torch.float32
+        self.peak_flops = peak_flops_per_s(self.device, dtype)
+
+    def _start_or_resume(self, resume: bool) -> None:
+        latest = ckpt.find_latest(self.ckpt_root)
+        if resume and latest is not None:
+            self._restore(ckpt.load_checkpoint(latest), resumed=True)
+            self.log.event("resume", self.state.step, checkpoint=latest.name, data_step=self.state.data_step)
+            self.log.say(f"resumed from {latest} at step {self.state.step}")
+            return
+        if latest is not None:
+            raise ConfigError(
+                f"{self.ckpt_root} already holds checkpoints; pass --resume to continue that run "
+                "or choose another train.out"
+            )
+        if resume:
+            self.log.say(f"no checkpoint in {self.ckpt_root}; starting a fresh run")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "run_config.json", to_dict(self.config))
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        tc = self.tc
+        self._install_signal_handlers()
+        session_start = time.perf_counter()
+        base_elapsed = self.state.elapsed_s
+        last_ckpt_time = time.perf_counter()
+        last_ckpt_step = self.state.step
+        log_time, log_tokens = time.perf_counter(), self.state.tokens
+        step_time_total, session_tokens, session_steps = 0.0, 0, 0
+        losses: list[float] = []
+        stopped: str | None = None
+        last_row: dict[str, Any] = {}
+        bar_options: dict[str, Any] = {} if tc.progress_bar and self.dist.is_main else {"disable": True}
+        bar = progress(total=tc.max_steps or None, initial=self.state.step, desc="pretrain", unit="step", **bar_options)
+        try:
+            while True:
+                elapsed, stop_now = self._agree_max(
+                    base_elapsed + time.perf_counter() - session_start, float(self._stop_signal or 0)
+                )
+                self.state.elapsed_s = elapsed
+                if stop_now:
+                    stopped = signal.Signals(int(stop_now)).name
+                    break
+                if self._budget_spent():
+                    break
+                t0 = time.perf_counter()
+                outcome = self._step()
+                dt = time.perf_counter() - t0
+                if outcome["applied"]:
+                    session_steps += 1
+                    losses.append(outcome["loss"])
+                    if session_steps > WARMUP_STEPS_FOR_SPEED:
+                        step_time_total += dt
+                        session_tokens += tc.batch_tokens
+                    bar.update(1)
+                step = self.state.step
+                if outcome["applied"] and (step % tc.log_every == 0 or step == 1):
+                    now = time.perf_counter()
+                    tps = (self.state.tokens - log_tokens) / max(now - log_time, 1e-9)
+                    log_time, log_tokens = now, self.state.tokens
+                    last_row = self._log_train_row(outcome, tps, base_elapsed + now - session_start)
+                    bar.set_postfix(
+                        loss=f"{outcome['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{last_row['mfu']:.1%}"
+                    )
+                    if session_steps > WARMUP_STEPS_FOR_SPEED + tc.log_every:
+                        self._diagnose_speed(last_row["mfu"])
+                if not outcome["applied"]:
+                    continue
+                if tc.eval_every and step % tc.eval_every == 0:
+                    self._evaluate(step, losses)
+                minutes_due = tc.checkpoint_minutes and (
+                    time.perf_counter() - last_ckpt_time >= 60 * tc.checkpoint_minutes
+                )
+                if tc.checkpoint_minutes:
+                    minutes_due = self._agree_max(float(bool(minutes_due)))[0]
+                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due:
+                    self._save("interval")
+                    last_ckpt_time, last_ckpt_step = time.perf_counter(), step
+        finally:
+            bar.close()
+            self._restore_signal_handlers()
+        self.state.elapsed_s = base_elapsed + time.perf_counter() - session_start
+        if stopped is None and self.state.last_val_step != self.state.step:
+            self._evaluate(self.state.step, losses, final=True)
+        if stopped is None:
+            found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
+            if found:
+                self._diagnose("loss_not_decreasing", found)
+        if self.state.step != last_ckpt_step or stopped or not ckpt.find_latest(self.ckpt_root):
+            self._save("signal" if stopped else "final")
+        if stopped:
+            self.log.say(f"stopped by {stopped} at step {self.state.step}; continue with --resume")
+        tokens_per_s = session_tokens / step_time_total if step_time_total > 0 else 0.0
+        return {
+            "steps": self.state.step,
+            "tokens": self.state.tokens,
+            "elapsed_s": self.state.elapsed_s,
+            "final_loss": losses[-1] if losses else None,
+            "val_loss": self.state.last_val_loss,
+            "val_bpb": self._last_bpb,
+            "best_val_loss": self.state.best_val_loss,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self._mfu(tokens_per_s),
+            "precision": self.precision.name,
+            "world_size": self.dist.world_size,
+            "skipped_batches": self.state.skipped_batches,
+            "rollbacks": self.state.rollbacks,
+            "stopped": stopped,
+            "diagnoses": list(self.diagnoses),
+            "checkpoint": str(ckpt.find_latest(self.ckpt_root)),
+            "out": str(self.out),
+        }
+
+    def _budget_spent(self) -> bool:
+        tc, st = self.tc, self.state
+        return (
+            (tc.max_steps > 0 and st.step >= tc.max_steps)
+            or (tc.max_tokens > 0 and st.tokens >= tc.max_tokens)
+            or (tc.max_seconds > 0 and st.elapsed_s >= tc.max_seconds)
+        )
+
+    def _progress(self) -> float:
+        """The share of the budget used: whichever budget is nearest its end drives the decay."""
+        tc, st = self.tc, self.state
+        shares = [0.0]
+        if tc.max_steps > 0:
+            shares.append(st.step / tc.max_steps)
+        if tc.max_tokens > 0:
+            shares.append(st.tokens / tc.max_tokens)
+        if tc.max_seconds > 0:
+            shares.append(st.elapsed_s / tc.max_seconds)
+        return min(1.0, max(shares))
+
+    def _step(self) -> dict[str, Any]:
+        """One optimizer step's worth of micro-batches, judged before it touches the weights."""
+        tc, st = self.tc, self.state
+        factor = lr_factor(st.step, tc.warmup_steps, self._progress(), tc.schedule, tc.min_lr_ratio, tc.decay_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        self.model.train()
+        data_step = st.data_step
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        for micro in range(self.grad_accum):
+            x, y = self.batcher.batch(
+                data_step, micro, self.dist.rank, self.dist.world_size, self.grad_accum, device=self.device
+            )
+            with sync_gradients(self.wrapped, micro == self.grad_accum - 1):
+                with autocast(self.device, self.precision):
+                    logits = self.forward(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                loss = inject_fault(loss, data_step, self.config.debug)
+                objective = loss + tc.z_loss * z_loss(logits) if tc.z_loss > 0 else loss
+                objective = objective / self.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(objective).backward()
+                else:
+                    objective.backward()
+            loss_sum += loss.detach()
+        mean_loss = loss_sum / self.grad_accum
+        if self.dist.world_size > 1:
+            mean_loss = all_reduce_mean(mean_loss)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self._clip_gradients()
+        loss_value, norm_value = float(mean_loss), float(grad_norm)
+        verdict = self.monitor.judge(loss_value, norm_value)
+        outcome = {"applied": False, "loss": loss_value, "grad_norm": norm_value, "lr": tc.lr * factor}
+        if verdict.kind == "nonfinite":
+            self._skip_batch("nan_skip", verdict.detail)
+            if self.scaler is not None and math.isfinite(loss_value):
+                self.scaler.update()  # fp16 overflow: the scaler lowers its scale and we move on
+                return outcome
+            self._diagnose(
+                "nonfinite",
+                diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr),
+            )
+            if self.monitor.consecutive_nonfinite >= self.config.monitor.max_nonfinite:
+                raise TrainingStopped(
+                    f"{self.monitor.consecutive_nonfinite} non-finite steps in a row at step {st.step}: "
+                    + self.diagnoses[-1]
+                )
+            return outcome
+        if verdict.kind == "spike":
+            if self.config.monitor.response == "rollback":
+                self._rollback(data_step, verdict.detail)
+            else:
+                self._skip_batch("spike", {**verdict.detail, "action": "skip"})
+            return outcome
+        if verdict.kind == "shift":
+            self.log.event("spike", st.step, data_step=data_step, action="rebaseline", **verdict.detail)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.monitor.accept(loss_value, norm_value)
+        st.step += 1
+        st.data_step += 1
+        st.tokens += tc.batch_tokens
+        outcome["applied"] = True
+        return outcome
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Global gradient norm (before clipping); clips to train.grad_clip when it is set."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
+            norm = norm.full_tensor()
+        return norm
+
+    def _skip_batch(self, event: str, detail: dict[str, Any]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.log.event(event, self.state.step, data_step=self.state.data_step, **detail)
+        self.state.data_step += 1
+        self.state.skipped_batches += 1
+
+    def _rollback(self, spike_data_step: int, detail: dict[str, Any]) -> None:
+        """Back to the last good checkpoint, then past the batches that led into the spike."""
+        mc = self.config.monitor
+        latest = ckpt.find_latest(self.ckpt_root)
+        if latest is None:
+            self._skip_batch("spike", {**detail, "action": "skip", "why": "no checkpoint to roll back to"})
+            return
+        if self.state.rollbacks >= mc.max_rollbacks:
+            message = (
+                f"loss spikes kept coming back after {self.state.rollbacks} rollbacks (last at step "
+                f"{self.state.step}, loss {detail['loss']:.4f} vs mean {detail['loss_mean']:.4f}): the run is "
+                "unstable. Lower the learning rate, clip gradients harder (train.grad_clip), add z-loss "
+                "(train.z_loss = 1e-4) or use bf16 instead of fp16."
+            )
+            self._diagnose("instability", message)
+            raise TrainingStopped(message)
+        from_step = self.state.step
+        self.optimizer.zero_grad(set_to_none=True)
+        self._restore(ckpt.load_checkpoint(latest), resumed=False)
+        self.state.rollbacks += 1
+        resume_at = max(self.state.data_step + mc.rollback_skip_batches, spike_data_step + 1)
+        skipped = resume_at - self.state.data_step
+        self.state.data_step = resume_at
+        self.state.skipped_batches += skipped
+        self.log.event("spike", from_step, data_step=spike_data_step, action="rollback", **detail)
+        self.log.event("rollback", from_step, to_step=self.state.step, checkpoint=latest.name, skipped_batches=skipped)
+        self.log.say(f"loss spike at step {from_step}: rolled back to {latest.name}, skipping {skipped} batches")
+
+    # --- evaluation, logging, diagnosis ----------------------------------------------------
+
+    def _log_train_row(self, outcome: dict[str, Any], tokens_per_s: float, elapsed: float) -> dict[str, Any]:
+        row = {
+            "step": self.state.step,
+            "loss": outcome["loss"],
+            "lr": outcome["lr"],
+            "grad_norm": outcome["grad_norm"],
+            "tokens": self.state.tokens,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self._mfu(tokens_per_s),
+            "precision": self.precision.name,
+            "world_size": self.dist.world_size,
+            "elapsed_s": elapsed,
+        }
+        self.log.log(row)
+        return row
+
+    def _mfu(self, tokens_per_s: float) -> float:
+        if not self.peak_flops:
+            return 0.0
+        return mfu(self.flops_per_token, tokens_per_s / self.dist.world_size, self.peak_flops)
+
+    def _evaluate(self, step: int, losses: list[float], final: bool = False) -> None:
+        result = evaluate_loss(self.model, self.val_batches, self.token_bytes, self.precision, self.device)
+        self.model.train()
+        val_loss, val_bpb = float(result["val_loss"]), float(result["val_bpb"])
+        st = self.state
+        st.last_val_loss, st.last_val_step, self._last_bpb = val_loss, step, val_bpb
+        if math.isfinite(val_loss) and (st.best_val_loss is None or val_loss < st.best_val_loss):
+            st.best_val_loss = val_loss
+        row: dict[str, Any] = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb}
+        every = self.tc.sample_every or self.tc.eval_every
+        if self.tc.sample_tokens > 0 and (final or not every or step % every == 0):
+            ids = self._sample(step)
+            row["sample"] = self.tokenizer.decode(ids)
+            found = diagnosis.repetitive_sample(
+                ids, self.config.monitor.repetition_threshold, self.model_cfg.num_params()
+            )
+            if found:
+                self._diagnose("repetitive_samples", found)
+        self.log.log(row)
+        if len(losses) >= 50:
+            found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
+            if found:
+                self._diagnose("loss_not_decreasing", found)
+
+    def _sample(self, step: int) -> list[int]:
+        """A short continuation of `train.sample_prompt`, drawn without disturbing training RNG."""
+        from scratchlm.infer import generate
+
+        tc = self.tc
+        prompt = self.tokenizer.encode_ordinary(tc.sample_prompt) or [self.tokenizer.eot_id]
+        room = self.model_cfg.max_seq_len - len(prompt)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            ids = generate(
+                self.model,
+                prompt,
+                max_new_tokens=max(0, min(tc.sample_tokens, room)),
+                temperature=tc.sample_temperature,
+                top_k=tc.sample_top_k or None,
+                seed=tc.seed + step,
+            )
+        self.model.train()
+        return [int(i) for i in ids]
+
+    def _diagnose_speed(self, mfu_value: float) -> None:
+        if "low_throughput" in self._diagnosed or not self.peak_flops:
+            return
+        found = diagnosis.low_throughput(mfu_value, self.config.monitor.low_mfu, self.device, self.dist.world_size)
+        if found:
+            self._diagnose("low_throughput", found)
+        else:
+            self._diagnosed.add("low_throughput")  # judged once, when the run is warm
+
+    def _diagnose(self, kind: str, message: str) -> None:
+        """Say it once per run, in words, and log it as a `diagnosis` event."""
+        if kind in self._diagnosed:
+            return
+        self._diagnosed.add(kind)
+        self.diagnoses.append(message)
+        self.log.event("diagnosis", self.state.step, kind=kind, message=message)
+        self.log.say(f"diagnosis: {message}")
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def _save(self, reason: str) -> None:
+        weights, optim_state = self._full_states()
+        rng_states = self._gather(ckpt.capture_rng())
+        if self.dist.is_main:
+            from scratchlm.model.io import weights_for_saving
+
+            st = self.state
+            train_state = {
+                **asdict(st),
+                "val_loss": st.last_val_loss if st.last_val_step == st.step else None,
+                "monitor": self.monitor.state_dict(),
+                "schedule": {"kind": self.tc.schedule, "progress": self._progress()},
+                "world_size": self.dist.world_size,
+                "grad_accum": self.grad_accum,
+                "tokenizer_sha256": self.tokenizer.sha256,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "model_config": to_dict(self.model_cfg),
+                "config": to_dict(self.config),
+                "reason": reason,
+            }
+            path = ckpt.save_checkpoint(
+                self.ckpt_root,
+                st.step,
+                weights_for_saving(self.model, weights),
+                to_dict(self.model_cfg),
+                optim_state,
+                rng_states,
+                train_state,
+                tokenizer_dir=self.tokenizer_dir,
+            )
+            ckpt.prune_checkpoints(self.ckpt_root, self.tc.keep_last)
+            self.log.event("checkpoint", st.step, path=str(path), reason=reason)
+        barrier()
+
+    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Whole (unsharded) model and optimizer state; with FSDP every rank takes part."""
+        if not self.sharded:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (
+            get_model_state_dict(self.model, options=options),
+            get_optimizer_state_dict(self.model, self.optimizer, options=options),
+        )
+
+    def _gather(self, obj: Any) -> list[Any]:
+        if self.dist.world_size == 1:
+            return [obj]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def _restore(self, loaded: dict[str, Any], resumed: bool) -> None:
+        """Put weights, optimizer, RNG, monitor and position back as a checkpoint holds them."""
+        saved = loaded["train_state"]
+        if saved.get("model_config") != to_dict(self.model_cfg):
+            raise CheckpointError(
+                f"{loaded['path']}: the checkpoint's model config differs from this run's [model] section"
+            )
+        if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
+            raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
+        tensors = loaded["model"]
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            if self.model_cfg.tie_embeddings:
+                tensors = {**tensors, "lm_head.weight": tensors["tok_emb.weight"]}
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, tensors, options=options)
+            set_optimizer_state_dict(self.model, self.optimizer, loaded["optimizer"], options=options)
+        else:
+            from scratchlm.model.io import load_state_into
+
+            load_state_into(self.model, tensors, str(loaded["path"]))
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        rng = loaded["rng"].get(f"rank{self.dist.rank}")
+        if rng is not None:
+            ckpt.restore_rng(rng)
+        else:  # a different number of processes than when it was saved
+            _seed_everything(self.tc.seed + 1000 * saved["step"] + self.dist.rank)
+        self.monitor.load_state_dict(saved.get("monitor", {}))
+        before = self.state
+        self.state = TrainState(**{k: saved[k] for k in asdict(TrainState()) if k in saved})
+        if not resumed:  # a rollback keeps the clock and the counts of what went wrong
+            self.state.elapsed_s = before.elapsed_s
+            self.state.rollbacks = before.rollbacks
+            self.state.skipped_batches = before.skipped_batches
+
+    # --- processes and signals -------------------------------------------------------------
+
+    def _agree_max(self, *values: float) -> list[float]:
+        """The largest of each value over all processes, so every rank takes the same decision."""
+        if self.dist.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.tolist()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop_signal is not None:  # a second signal: stop right away
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+    def close(self) -> None:
+        self.log.close()
+        if self.dist.world_size > 1:
+            cleanup()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

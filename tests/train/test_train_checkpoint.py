@@ -1,0 +1,118 @@
+"""Checkpoint directories: complete or invisible, `latest` always names a whole one, pruning
+keeps the newest and the best, and RNG/optimizer state round-trips without unpickling."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scratchlm.errors import CheckpointError
+from scratchlm.train import checkpoint as ckpt
+
+
+def adamw_state() -> dict:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    opt.param_groups[0]["params"][0].grad = torch.ones(2)
+    opt.step()
+    return opt.state_dict()
+
+
+def save_step(root: Path, step: int, val_loss: float | None = None, optimizer_state: dict | None = None) -> Path:
+    weights = {"w": torch.full((2, 2), float(step))}
+    # A plain stand-in for optimizer state keeps the subprocess test free of torch.optim's imports.
+    optimizer_state = optimizer_state or {"state": {0: {"exp_avg": torch.zeros(2)}}, "param_groups": []}
+    return ckpt.save_checkpoint(
+        root,
+        step,
+        weights,
+        {"n_layer": 1},
+        optimizer_state,
+        [ckpt.capture_rng()],
+        {"step": step, "val_loss": val_loss},
+    )
+
+
+def test_roundtrip_restores_rng_and_optimizer_with_weights_only(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = save_step(tmp_path, 5, optimizer_state=adamw_state())
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    loaded = ckpt.load_checkpoint(path)
+    ckpt.restore_rng(loaded["rng"]["rank0"])
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(3), expected[2])
+    assert loaded["train_state"]["step"] == 5
+    assert torch.equal(loaded["model"]["w"], torch.full((2, 2), 5.0))
+    assert loaded["optimizer"]["state"][0]["exp_avg"].shape == (2,)
+    assert loaded["optimizer"]["param_groups"][0]["lr"] == 0.1
+    # optimizer.pt and rng.pt load under weights_only=True: nothing in them needs unpickling code
+    torch.load(path / "optimizer.pt", weights_only=True)
+    torch.load(path / "rng.pt", weights_only=True)
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_train_checkpoint import save_step
+from pathlib import Path
+root = Path(sys.argv[1])
+save_step(root, 1)
+real_save = torch.save
+def die_midway(obj, f, *a, **k):
+    real_save(obj, f, *a, **k)        # optimizer.pt lands, the rest never does
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = die_midway
+save_step(root, 2)
+"""
+
+
+def test_process_killed_while_saving_leaves_latest_on_the_previous_checkpoint(tmp_path):
+    root = tmp_path / "checkpoints"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(root), str(Path(__file__).parent)], capture_output=True
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    partial = [p for p in root.iterdir() if p.name.startswith(".step-000002")]
+    assert partial, "the interrupted save should have left its temp dir behind"
+    assert (partial[0] / "model.safetensors").is_file()
+    assert (root / "latest").read_text().strip() == "step-000001"
+    assert ckpt.find_latest(root).name == "step-000001"
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [1]
+
+
+def test_stale_or_missing_pointer_falls_back_to_newest_complete(tmp_path):
+    root = tmp_path / "checkpoints"
+    save_step(root, 1)
+    save_step(root, 2)
+    broken = root / "step-000003"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"half")
+    (root / "latest").write_text("step-000003\n")
+    assert ckpt.find_latest(root).name == "step-000002"
+    (root / "latest").unlink()
+    assert ckpt.find_latest(root).name == "step-000002"
+    with pytest.raises(CheckpointError, match="incomplete"):
+        ckpt.load_checkpoint(broken)
+    assert ckpt.find_latest(tmp_path / "nothing") is None
+
+
+def test_prune_keeps_last_k_and_the_best(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, val in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 2.5), (5, None)]:
+        save_step(root, step, val)
+    ckpt.prune_checkpoints(root, keep_last=2)
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [2, 4, 5]
+    assert (root / "best").read_text().strip() == "step-000002"
+    assert json.loads((root / "step-000002" / "train_state.json").read_text())["val_loss"] == 1.0

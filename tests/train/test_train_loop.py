@@ -1,0 +1,95 @@
+"""The pretraining loop end to end on a tiny model: it learns, logs, evaluates and saves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses
+
+from scratchlm.errors import ConfigError, DataError
+from scratchlm.train.trainer import train
+
+TRAIN_KEYS = {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s"}
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    return build_tokens_dir(tmp_path_factory.mktemp("loop-data"))
+
+
+def test_run_learns_logs_evaluates_and_saves_a_model_dir(tokens, tmp_path):
+    from scratchlm.model import load_model
+
+    out = tmp_path / "run"
+    summary = train(tiny_config(tokens, out, train={"max_steps": 30, "eval_every": 15}))
+    rows = read_rows(out)
+    train_rows = [r for r in rows if "loss" in r and "event" not in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 31))
+    assert all(TRAIN_KEYS <= set(r) for r in train_rows)
+    assert train_rows[-1]["tokens"] == 30 * 128
+    losses = [r["loss"] for r in train_rows]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [15, 30]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert 0 < evals[-1]["val_bpb"] < 8 and isinstance(evals[-1]["sample"], str)
+    assert not events(rows, "spike") and not events(rows, "nan_skip")
+    assert summary["steps"] == 30 and summary["val_loss"] == evals[-1]["val_loss"]
+    # The final checkpoint is a model dir any stage can load, tokenizer included.
+    ckpt = out / "checkpoints" / "step-000030"
+    assert (out / "checkpoints" / "latest").read_text().strip() == ckpt.name
+    assert (ckpt / "tokenizer.json").is_file() and (ckpt / "tokenizer_config.json").is_file()
+    model = load_model(ckpt)
+    x = torch.randint(0, model.cfg.vocab_size, (1, 8))
+    assert torch.isfinite(model(x)).all()
+    state = json.loads((ckpt / "train_state.json").read_text())
+    assert state["step"] == 30 and state["data_step"] == 30 and state["tokens"] == 30 * 128
+
+
+def test_accumulation_is_the_same_step_as_one_big_micro_batch(tokens, tmp_path):
+    split = train(tiny_config(tokens, tmp_path / "a", train={"max_steps": 4, "micro_batch": 4}))
+    whole = train(tiny_config(tokens, tmp_path / "b", train={"max_steps": 4, "micro_batch": 8}))
+    a, b = train_losses(read_rows(tmp_path / "a")), train_losses(read_rows(tmp_path / "b"))
+    assert a.keys() == b.keys() == {1, 2, 3, 4}
+    for step in a:
+        assert a[step] == pytest.approx(b[step], abs=1e-5)
+    assert split["tokens"] == whole["tokens"] == 4 * 128
+
+
+def test_token_budget_and_wall_clock_budget_finish_the_decay(tokens, tmp_path):
+    by_tokens = train(tiny_config(tokens, tmp_path / "t", train={"max_steps": 0, "max_tokens": 640}))
+    assert by_tokens["steps"] == 5
+    cfg = tiny_config(
+        tokens, tmp_path / "s", train={"max_steps": 0, "max_seconds": 1.5, "min_lr_ratio": 0.1, "warmup_steps": 1}
+    )
+    timed = train(cfg)
+    rows = [r for r in read_rows(tmp_path / "s") if "lr" in r]
+    assert timed["steps"] > 5 and timed["elapsed_s"] < 4
+    assert rows[-1]["lr"] < 0.25 * cfg.train.lr  # the cosine reached its floor as time ran out
+
+
+def test_bad_settings_are_one_line_errors(tokens, tmp_path):
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        train(tiny_config(tokens, tmp_path / "a", train={"batch_tokens": 100}))
+    with pytest.raises(ConfigError, match="model.n_heads"):
+        train(tiny_config(tokens, tmp_path / "b", model={"n_heads": 3}))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train(tiny_config(tokens, tmp_path / "c", model={"vocab_size": 100}))
+    out = tmp_path / "d"
+    train(tiny_config(tokens, out, train={"max_steps": 1}))
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(tokens, out, train={"max_steps": 1}))
+
+
+def test_tokens_from_another_tokenizer_are_refused(tokens, tmp_path):
+    import shutil
+
+    other = tmp_path / "tokens"
+    shutil.copytree(tokens, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer_sha256"] = "0" * 64
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="tokenizer"):
+        train(tiny_config(other, tmp_path / "run"))

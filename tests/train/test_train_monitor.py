@@ -1,0 +1,115 @@
+"""The stability monitor on real runs: a NaN never reaches the weights, a spike is skipped or
+rolled back, and too many rollbacks stop the run with a diagnosis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses
+
+from scratchlm.errors import TrainingStopped
+from scratchlm.train.config import MonitorSection
+from scratchlm.train.monitor import RollingStats, StabilityMonitor, z_loss
+from scratchlm.train.trainer import train
+
+MONITOR = {"window": 20, "min_history": 5}
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    return build_tokens_dir(tmp_path_factory.mktemp("monitor-data"))
+
+
+def test_rolling_stats_and_verdicts():
+    stats = RollingStats(3)
+    for v in (1.0, 2.0, 3.0, 4.0):
+        stats.push(v)
+    assert stats.mean() == 3.0 and stats.std() == 1.0
+    mon = StabilityMonitor(MonitorSection(min_history=3))
+    assert mon.judge(float("nan"), 1.0).kind == "nonfinite"
+    assert mon.judge(1.0, float("inf")).kind == "nonfinite"
+    for loss in (2.0, 2.01, 1.99, 2.0):
+        assert mon.judge(loss, 1.0).ok
+        mon.accept(loss, 1.0)
+    assert mon.judge(2.05, 1.1).ok  # ordinary noise
+    assert mon.judge(4.0, 1.0).kind == "spike"
+    assert mon.judge(2.03, 50.0).kind == "spike"  # gradient blow-up with the loss turning up
+    assert mon.judge(1.9, 50.0).ok  # a larger gradient while the loss keeps falling is no spike
+    restored = StabilityMonitor(MonitorSection(min_history=3))
+    restored.load_state_dict(mon.state_dict())
+    assert restored.judge(4.0, 1.0).kind == "spike"
+
+
+def test_a_lasting_level_change_is_not_skipped_forever():
+    mon = StabilityMonitor(MonitorSection(min_history=3, max_consecutive_spikes=2))
+    for loss in (2.0, 2.01, 1.99):
+        mon.accept(loss, 1.0)
+    assert [mon.judge(4.0, 1.0).kind for _ in range(3)] == ["spike", "spike", "shift"]
+    mon.accept(4.0, 1.0)
+    assert len(mon.loss) == 1 and mon.judge(4.1, 1.0).ok  # measured from the new level
+
+
+def test_z_loss_of_uniform_logits_is_log_vocab_squared():
+    logits = torch.zeros(2, 3, 10)
+    assert z_loss(logits).item() == pytest.approx(math.log(10) ** 2)
+
+
+def test_injected_nan_is_skipped_and_never_reaches_the_weights(tokens, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(tokens, out, train={"max_steps": 10}, debug={"inject_nan_at_step": 4}))
+    rows = read_rows(out)
+    skips = events(rows, "nan_skip")
+    assert len(skips) == 1 and skips[0]["data_step"] == 4 and skips[0]["loss"] == "nan"
+    assert summary["steps"] == 10 and summary["skipped_batches"] == 1
+    assert all(math.isfinite(v) for v in train_losses(rows).values())
+    weights = load_file(str(out / "checkpoints" / "step-000010" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_injected_spike_is_skipped(tokens, tmp_path):
+    out = tmp_path / "run"
+    summary = train(
+        tiny_config(tokens, out, train={"max_steps": 12}, monitor=MONITOR, debug={"inject_spike_at_step": 8})
+    )
+    spikes = events(read_rows(out), "spike")
+    assert len(spikes) == 1 and spikes[0]["action"] == "skip" and spikes[0]["data_step"] == 8
+    assert summary["steps"] == 12 and summary["skipped_batches"] == 1 and summary["rollbacks"] == 0
+
+
+def test_injected_spike_rolls_back_to_last_good_checkpoint_and_completes(tokens, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        tokens,
+        out,
+        train={"max_steps": 14, "checkpoint_every": 4},
+        monitor={**MONITOR, "response": "rollback", "rollback_skip_batches": 3},
+        debug={"inject_spike_at_step": 10},
+    )
+    summary = train(cfg)
+    rows = read_rows(out)
+    (rollback,) = events(rows, "rollback")
+    assert rollback["step"] == 10 and rollback["to_step"] == 8 and rollback["checkpoint"] == "step-000008"
+    # Batches 8 and 9 were trained on since the checkpoint, batch 10 spiked: all three are skipped.
+    assert rollback["skipped_batches"] == 3
+    assert summary["steps"] == 14 and summary["rollbacks"] == 1
+    steps_after = [r["step"] for r in rows[rows.index(rollback) :] if "loss" in r and "event" not in r]
+    assert steps_after == list(range(9, 15))  # steps 9.. are redone from the checkpoint
+    assert all(math.isfinite(v) and v < 20 for v in train_losses(rows).values())
+
+
+def test_too_many_rollbacks_stop_with_a_diagnosis(tokens, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        tokens,
+        out,
+        train={"max_steps": 14, "checkpoint_every": 4},
+        monitor={**MONITOR, "response": "rollback", "max_rollbacks": 0},
+        debug={"inject_spike_at_step": 10},
+    )
+    with pytest.raises(TrainingStopped, match="spikes"):
+        train(cfg)
+    diag = events(read_rows(out), "diagnosis")
+    assert diag and diag[-1]["kind"] == "instability"

@@ -1,0 +1,126 @@
+"""Exact resumption: a run killed with SIGKILL (or stopped by SIGTERM) and resumed from `latest`
+produces, on CPU in fp32, bit-for-bit the losses and weights of a run never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses, write_toml
+
+from scratchlm.train.checkpoint import find_latest
+from scratchlm.train.trainer import train
+
+STEPS = 40
+# The child trains with the same thread count as this process, so float sums are ordered alike.
+CHILD = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+from scratchlm.train.config import load_pretrain_config
+from scratchlm.train.trainer import train
+print(train(load_pretrain_config(sys.argv[1]))["stopped"], flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    return build_tokens_dir(tmp_path_factory.mktemp("resume-data"))
+
+
+def run_config(tokens: Path, out: Path):
+    # Wide enough that a step takes a few milliseconds, so the kill lands mid-run.
+    return tiny_config(
+        tokens,
+        out,
+        model={"n_layer": 2, "d_model": 64, "d_ff": 128},
+        train={"max_steps": STEPS, "checkpoint_every": 3, "keep_last": 2, "eval_every": 10},
+    )
+
+
+def start_child(cfg, tmp_path: Path) -> subprocess.Popen:
+    toml = write_toml(cfg, tmp_path / f"{Path(cfg.train.out).name}.toml")
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(toml), str(torch.get_num_threads())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(ckpt_root: Path, min_step: int, child: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = find_latest(ckpt_root)
+        if latest is not None and int(latest.name.split("-")[1]) >= min_step:
+            return
+        if child.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted: {child.communicate()}")
+        time.sleep(0.005)
+    pytest.fail("no checkpoint appeared in time")
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoints" / f"step-{STEPS:06d}" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(tokens, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(run_config(tokens, out))
+    return out
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    rows = read_rows(out)
+    resumed = train_losses(rows, after_event="resume")
+    expected = train_losses(read_rows(reference))
+    assert resumed, "the resumed run logged no steps"
+    assert max(resumed) == STEPS
+    for step, loss in resumed.items():
+        assert loss == expected[step], f"step {step}: {loss!r} != {expected[step]!r}"
+    ref_vals = {r["step"]: r["val_loss"] for r in read_rows(reference) if "val_loss" in r}
+    for r in rows[[i for i, r in enumerate(rows) if r.get("event") == "resume"][-1] :]:
+        if "val_loss" in r:
+            assert r["val_loss"] == ref_vals[r["step"]]
+    ref_w, got_w = final_weights(reference), final_weights(out)
+    assert ref_w.keys() == got_w.keys()
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+
+
+def test_sigkill_mid_run_then_resume_is_bitwise_identical(tokens, reference, tmp_path):
+    out = tmp_path / "killed"
+    cfg = run_config(tokens, out)
+    child = start_child(cfg, tmp_path)
+    wait_for_checkpoint(out / "checkpoints", 6, child)
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = find_latest(out / "checkpoints")
+    assert killed_at is not None and int(killed_at.name.split("-")[1]) < STEPS
+    summary = train(cfg, resume=True)
+    assert summary["steps"] == STEPS
+    assert events(read_rows(out), "resume")[-1]["checkpoint"] == killed_at.name
+    assert_same_run(out, reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_matches(tokens, reference, tmp_path):
+    out = tmp_path / "terminated"
+    cfg = run_config(tokens, out)
+    child = start_child(cfg, tmp_path)
+    wait_for_checkpoint(out / "checkpoints", 3, child)
+    os.kill(child.pid, signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert stdout.strip().splitlines()[-1] == "SIGTERM"
+    rows = read_rows(out)
+    saved = [e for e in events(rows, "checkpoint") if e["reason"] == "signal"]
+    assert saved and find_latest(out / "checkpoints").name == f"step-{saved[-1]['step']:06d}"
+    train(cfg, resume=True)
+    assert_same_run(out, reference)
