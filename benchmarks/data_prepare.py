@@ -11,24 +11,19 @@ datasketch's MinHashLSH on the same shingles, in the same run.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import re
+import resource
+import sysconfig
+import tempfile
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-
-# Scripts beside this one (e.g. tokenize.py) must not shadow standard-library modules.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import gzip  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import sysconfig  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 
 MIN_DOC_CHARS = 200
 MAX_DOC_CHARS = 16_000  # long files (changelogs) are cut at blank lines into web-page-sized documents

@@ -12,19 +12,12 @@ Target: >= 45% MFU on an H100.
 
 from __future__ import annotations
 
+import argparse
+import json
+import random
 import sys
+import tempfile
 from pathlib import Path
-
-# Run as a script, this folder comes first on sys.path, where a sibling benchmark named like a
-# standard module (tokenize.py) would shadow it: put the repository there instead.
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import tempfile  # noqa: E402
 
 SHAPES = {
     "124m": {"model": {"preset": "gpt2-124m", "vocab_size": 50304}, "seq_len": 1024, "micro_batch": 16},

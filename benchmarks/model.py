@@ -14,25 +14,19 @@ to benchmarks/results/model.md.
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
-import sys
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
-# Sibling scripts (e.g. benchmarks/tokenize.py) must not shadow standard-library modules.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from scratchlm.model import GPT, ModelConfig  # noqa: E402
+from scratchlm.model import GPT, ModelConfig
 
 
 @dataclass

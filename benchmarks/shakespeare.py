@@ -16,21 +16,16 @@ context-64 character-level GPT trained in fp32 for 2,000 AdamW steps at batch 12
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, where a sibling benchmark named like a
-# standard module (tokenize.py) would shadow it: put the repository there instead.
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 REFERENCE_BPB = 2.72
 TARGET_BPB = 2.35

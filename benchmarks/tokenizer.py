@@ -14,24 +14,18 @@ Targets (issue 3): training time <= 1.5x Hugging Face's; bytes per token within 
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import os
+import platform
+import resource
+import subprocess
 import sys
-
-# Running a file puts its folder first on sys.path, where `benchmarks/tokenize.py` would shadow the
-# standard library's `tokenize` (imported by logging, linecache, ...): drop that entry first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sysconfig  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 

@@ -33,6 +33,7 @@ from scratchlm.model.io import (
     build_from_tensors,
     load_model_config,
     read_weights,
+    resolve_model_dir,
     save_model,
 )
 
@@ -398,7 +399,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: DtypeNam
 
 def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: DtypeName = "auto") -> Path:
     """Convert a scratchlm model directory into one `AutoModelForCausalLM.from_pretrained` loads."""
-    model_dir = Path(model_dir)
+    model_dir = resolve_model_dir(model_dir)
     cfg = load_model_config(model_dir)
     ours = read_weights(model_dir / WEIGHTS_FILE)
     build_from_tensors(cfg, ours, str(model_dir / WEIGHTS_FILE))  # checks every name and shape

@@ -93,8 +93,32 @@ def _write_extra_files(directory: Path, extra_files: ExtraFiles | None) -> None:
             shutil.copyfile(source, target)
 
 
+POINTER_NAMES = ("latest", "best")
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model directory a user means by `path`.
+
+    Accepts a model directory itself, a training checkpoint pointer file (`checkpoints/latest` or
+    `checkpoints/best`, which hold the name of a sibling step directory), a `checkpoints/` folder
+    or a run folder (both resolved through their `latest` pointer).
+    """
+    p = Path(path)
+    if p.is_file() and p.name in POINTER_NAMES:
+        target = p.parent / p.read_text(encoding="utf-8").strip()
+        if not target.is_dir():
+            raise ModelError(f"{p} points to {target.name}, which does not exist")
+        return target
+    if p.is_dir() and not (p / CONFIG_FILE).is_file():
+        for pointer in (p / "latest", p / "checkpoints" / "latest"):
+            if pointer.is_file():
+                return resolve_model_dir(pointer)
+    return p
+
+
 def load_model_config(directory: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` stored in a model directory's config.json."""
+    directory = resolve_model_dir(directory)
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"not a model directory (no {CONFIG_FILE}): {directory}")
@@ -155,6 +179,7 @@ def load_model(
     directory: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> GPT:
     """The GPT saved in `directory`, on `device`, in `dtype` (default: the file's dtype)."""
+    directory = resolve_model_dir(directory)
     cfg = load_model_config(directory)
     tensors = read_weights(Path(directory) / WEIGHTS_FILE)
     return build_from_tensors(cfg, tensors, f"{Path(directory) / WEIGHTS_FILE}", device, dtype)

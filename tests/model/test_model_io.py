@@ -108,3 +108,19 @@ def test_write_model_files_into_a_directory_being_assembled(tmp_path):
     write_model_files(model, tmp_path)
     assert (tmp_path / "train_state.json").read_text() == "{}"
     assert torch.equal(load_model(tmp_path).tok_emb.weight, model.tok_emb.weight)
+
+
+def test_checkpoint_pointers_and_run_dirs_resolve_to_the_model_dir(tmp_path):
+    from scratchlm.model.io import resolve_model_dir
+
+    step = tmp_path / "run" / "checkpoints" / "step-000010"
+    step.mkdir(parents=True)
+    (step / "config.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000010\n")
+    assert resolve_model_dir(tmp_path / "run" / "checkpoints" / "latest") == step
+    assert resolve_model_dir(tmp_path / "run" / "checkpoints") == step
+    assert resolve_model_dir(tmp_path / "run") == step
+    assert resolve_model_dir(step) == step
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000099\n")
+    with pytest.raises(ModelError, match="step-000099"):
+        resolve_model_dir(tmp_path / "run" / "checkpoints" / "latest")

@@ -1,0 +1,148 @@
+"""Look inside a tokens dir: what was tokenized, how long the documents are, what the ids say.
+
+A quick way to catch a wrong tokenizer or a broken input before spending compute on training:
+token and document counts, bytes per token, a document-length histogram, the most frequent
+tokens and a decoded sample, all read from the memory-mapped files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scratchlm.data.loader import TokenDataset, check_tokenizer_match, read_meta
+from scratchlm.errors import ConfigError, DataError, TokenizerError
+from scratchlm.tokenizer import Tokenizer
+
+SCAN_CHUNK = 1 << 24  # tokens counted per step, so memory stays flat on any dataset size
+
+
+@dataclass
+class InspectConfig:
+    path: str = ""  # the tokens dir
+    split: str = "all"  # "train", "val" or "all"
+    sample_chars: int = 400  # how much of the first document to decode and show
+    top_tokens: int = 10  # how many of the most frequent tokens to list
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("inspect: 'path' (a tokens dir) is required")
+        if self.sample_chars < 0 or self.top_tokens < 0:
+            raise ConfigError("inspect: sample_chars and top_tokens must be >= 0")
+
+
+def length_histogram(lengths: np.ndarray) -> list[tuple[int, int, int]]:
+    """Counts of document lengths in power-of-two buckets: (low, high inclusive, count)."""
+    if not lengths.size:
+        return []
+    buckets = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    counts = np.bincount(buckets)
+    return [(1 << b, (1 << (b + 1)) - 1, int(c)) for b, c in enumerate(counts) if c]
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), SCAN_CHUNK):
+        chunk = np.asarray(tokens[start : start + SCAN_CHUNK])
+        counts += np.bincount(chunk, minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def _split_report(ds: TokenDataset, tokenizer: Tokenizer | None, config: InspectConfig) -> dict[str, Any]:
+    lengths = ds.document_lengths()
+    recorded_bytes = int(ds.meta["splits"][ds.split].get("bytes", 0))
+    report: dict[str, Any] = {
+        "tokens": len(ds),
+        "documents": ds.num_documents,
+        "bytes": recorded_bytes,
+        "bytes_per_token": recorded_bytes / len(ds) if len(ds) and recorded_bytes else None,
+        "document_tokens": None,
+        "histogram": length_histogram(lengths),
+    }
+    if lengths.size:
+        report["document_tokens"] = {
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+        }
+    vocab_size = int(ds.meta["vocab_size"])
+    counts = token_counts(ds.tokens, vocab_size)
+    if int(counts.sum()) != len(ds):
+        raise DataError(f"{ds.path}/{ds.split}.bin: holds ids >= vocab_size {vocab_size}")
+    report["distinct_tokens"] = int(np.count_nonzero(counts))
+    top = np.argsort(-counts, kind="stable")[: config.top_tokens]
+    report["top_tokens"] = [
+        {"id": int(i), "count": int(counts[i]), "text": tokenizer.decode([int(i)]) if tokenizer else None}
+        for i in top
+        if counts[i]
+    ]
+    if tokenizer is not None and ds.num_documents and config.sample_chars:
+        report["sample"] = tokenizer.decode(ds.document(0).tolist())[: config.sample_chars]
+    return report
+
+
+def inspect_tokens(config: InspectConfig) -> dict[str, Any]:
+    """Everything `scratchlm data inspect` shows, as a JSON-ready dict."""
+    config.validate()
+    path = Path(config.path)
+    meta = read_meta(path)
+    splits = list(meta["splits"]) if config.split == "all" else [config.split]
+    tokenizer = None
+    tokenizer_note = None
+    try:
+        tokenizer = Tokenizer.load(path / "tokenizer")
+        check_tokenizer_match(meta, tokenizer.sha256)
+    except (TokenizerError, DataError) as e:
+        tokenizer, tokenizer_note = None, f"tokenizer copy unusable, ids not decoded: {e}"
+    return {
+        "path": str(path),
+        "dtype": meta["dtype"],
+        "vocab_size": meta["vocab_size"],
+        "eot_id": meta["eot_id"],
+        "tokenizer_sha256": meta["tokenizer_sha256"],
+        "tokenizer_note": tokenizer_note,
+        "splits": {s: _split_report(TokenDataset.open(path, s), tokenizer, config) for s in splits},
+    }
+
+
+def format_report(info: dict[str, Any]) -> str:
+    """The inspection as text for a terminal."""
+    lines = [
+        f"tokens dir  {info['path']}",
+        f"dtype {info['dtype']}  vocab {info['vocab_size']}  eot id {info['eot_id']}  "
+        f"tokenizer sha256 {info['tokenizer_sha256'][:16]}…",
+    ]
+    if info["tokenizer_note"]:
+        lines.append(f"note: {info['tokenizer_note']}")
+    for name, s in info["splits"].items():
+        lines.append("")
+        bpt = f"  {s['bytes_per_token']:.2f} bytes/token" if s["bytes_per_token"] else ""
+        lines.append(f"[{name}]  {s['tokens']:,} tokens  {s['documents']:,} documents{bpt}")
+        if s["document_tokens"]:
+            d = s["document_tokens"]
+            lines.append(
+                f"document tokens: min {d['min']}  median {d['median']:g}  mean {d['mean']:.1f}  max {d['max']}"
+            )
+        if s["histogram"]:
+            widest = max(c for _, _, c in s["histogram"])
+            for low, high, count in s["histogram"]:
+                bar = "#" * max(1, round(40 * count / widest))
+                lines.append(f"  {low:>7}-{high:<7} {count:>10,}  {bar}")
+        lines.append(f"distinct token ids: {s['distinct_tokens']:,} of {info['vocab_size']:,}")
+        if s["top_tokens"]:
+            shown = ", ".join(
+                f"{t['id']} {t['text']!r} ×{t['count']:,}" if t["text"] is not None else f"{t['id']} ×{t['count']:,}"
+                for t in s["top_tokens"]
+            )
+            lines.append(f"most frequent: {shown}")
+        if s.get("sample") is not None:
+            lines.append("first document:")
+            lines.extend("  | " + line for line in s["sample"].splitlines() or [""])
+    return "\n".join(lines)
+
+
+__all__ = ["InspectConfig", "format_report", "inspect_tokens", "length_histogram", "token_counts"]

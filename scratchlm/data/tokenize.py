@@ -1,0 +1,433 @@
+"""Tokenize a corpus once into memory-mapped files, so training never re-tokenizes.
+
+Output (a "tokens dir"): `train.bin`/`val.bin` hold every document's token ids followed by
+`<|endoftext|>`, back to back (uint16 when the vocab fits, else uint32); `train.idx`/`val.idx`
+hold each document's int64 start offset; `meta.json` records dtype, vocab size, the tokenizer's
+sha256, the end-of-text id and per-split counts; `tokenizer/` is a copy of the tokenizer, so the
+dir is self-contained.
+
+Documents stream through in chunks: worker processes encode chunks while this process reads the
+next ones and writes finished ones in input order, so memory stays constant and the bytes are
+the same for any worker count. A new dataset is built in a temp dir renamed into place at the
+end; `--append` moves `meta.json` aside while it grows the files and rolls back if interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scratchlm.data.sources import SourceOptions, is_prepared_dir, iter_documents
+from scratchlm.errors import ConfigError, DataError, ScratchLMError
+from scratchlm.fsutil import atomic_directory, atomic_write_json, fsync_dir
+from scratchlm.progress import progress
+from scratchlm.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+UINT16_MAX_VOCAB = 65536
+APPEND_MARKER = ".meta.json.appending"  # the previous meta.json while an append is in progress
+
+
+@dataclass
+class TokenizeConfig:
+    """What `scratchlm data tokenize` does; every field is also a TOML key."""
+
+    inputs: list[str] = field(default_factory=list)  # prepared dirs, or raw inputs `data prepare` takes
+    tokenizer: str = ""  # tokenizer dir (tokenizer.json + tokenizer_config.json)
+    out: str = ""  # tokens dir to write
+    workers: int = 0  # encoding processes; 0 = one per CPU core
+    append: bool = False  # add documents to an existing tokens dir instead of replacing it
+    val_every: int = 100  # raw inputs only: every N-th document goes to val (0 = no val split)
+    chunk_chars: int = 1 << 20  # text per work unit handed to a worker
+    text_field: str = "text"  # raw JSON/parquet inputs: the field holding the text
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise ConfigError("tokenize: give at least one input (a prepared dir or raw files)")
+        if not self.tokenizer:
+            raise ConfigError("tokenize: 'tokenizer' (a tokenizer dir) is required")
+        if not self.out:
+            raise ConfigError("tokenize: 'out' (the tokens dir to write) is required")
+        if self.workers < 0:
+            raise ConfigError(f"tokenize: workers must be >= 0, got {self.workers}")
+        if self.val_every < 0:
+            raise ConfigError(f"tokenize: val_every must be >= 0, got {self.val_every}")
+        if self.chunk_chars < 1:
+            raise ConfigError(f"tokenize: chunk_chars must be >= 1, got {self.chunk_chars}")
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= UINT16_MAX_VOCAB else "uint32"
+
+
+# --- reading documents ---------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """A work unit: consecutive documents and, for each, whether it belongs to the val split.
+
+    From a prepared dir the texts stay an Arrow string array: it travels to a worker as a few
+    buffers, and the worker (not this process) turns it into Python strings.
+    """
+
+    texts: list[str] | pa.Array
+    is_val: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _parquet_error(path: Path, error: Exception) -> DataError:
+    return DataError(f"{path}: not a readable prepared parquet file ({error})")
+
+
+def _prepared_files(dirs: Sequence[Path]) -> list[tuple[Path, bool]]:
+    """Every part of every prepared dir: train parts first, then val, each in name order."""
+    return [
+        (path, split == "val") for split in SPLITS for d in dirs for path in sorted((d / split).glob("*.parquet"))
+    ]
+
+
+def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> Iterator[Chunk]:
+    for path, is_val in files:
+        pending: list[pa.Array] = []
+        size = 0
+        try:
+            parquet = pq.ParquetFile(path)
+            for batch in parquet.iter_batches(batch_size=64, columns=["text"]):
+                column = batch.column(0)
+                if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                    raise DataError(f"{path}: the 'text' column holds {column.type}, not strings")
+                if column.null_count:
+                    raise DataError(f"{path}: the 'text' column has null values")
+                pending.append(column)
+                size += column.nbytes
+                if size >= chunk_chars:
+                    texts = pa.concat_arrays(pending)  # one compact array: only its own bytes travel
+                    yield Chunk(texts, np.full(len(texts), is_val))
+                    pending, size = [], 0
+        except (pa.ArrowException, OSError) as e:
+            raise _parquet_error(path, e) from None
+        if pending:
+            texts = pa.concat_arrays(pending)
+            yield Chunk(texts, np.full(len(texts), is_val))
+
+
+def _raw_chunks(config: TokenizeConfig) -> Iterator[Chunk]:
+    documents = iter_documents(config.inputs, SourceOptions(text_field=config.text_field))
+    every = config.val_every
+    texts: list[str] = []
+    flags: list[bool] = []
+    size = 0
+    for i, doc in enumerate(documents):
+        texts.append(doc.text)
+        flags.append(every > 0 and i % every == every - 1)
+        size += len(doc.text)
+        if size >= config.chunk_chars:
+            yield Chunk(texts, np.array(flags, dtype=bool))
+            texts, flags, size = [], [], 0
+    if texts:
+        yield Chunk(texts, np.array(flags, dtype=bool))
+
+
+def read_chunks(config: TokenizeConfig) -> tuple[Iterator[Chunk], int | None]:
+    """The input documents in order, in chunks of about `chunk_chars`, and their count if known.
+
+    Prepared dirs keep their own train/val split; raw inputs send every `val_every`-th document
+    to val.
+    """
+    if all(Path(p).is_dir() and is_prepared_dir(Path(p)) for p in config.inputs):
+        files = _prepared_files([Path(p) for p in config.inputs])
+        total = 0
+        for path, _ in files:
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowException, OSError) as e:
+                raise _parquet_error(path, e) from None
+        return _prepared_chunks(files, config.chunk_chars), total
+    return _raw_chunks(config), None
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """A chunk's ids, each document followed by eot, plus per-document token and byte counts."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    nbytes: np.ndarray
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str] | pa.Array, dtype: str) -> Encoded:
+    """Encode documents as plain text (special-token strings stay text) and end each with eot."""
+    if isinstance(texts, pa.Array):
+        texts = texts.to_pylist()
+    encode = tokenizer.encode_ordinary  # one thread per process: parallelism comes from workers
+    ids = [encode(text) for text in texts]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+    total = int(lengths.sum())
+    tokens = np.empty(total, dtype=dtype)
+    is_eot = np.zeros(total, dtype=bool)
+    is_eot[np.cumsum(lengths) - 1] = True
+    tokens[is_eot] = tokenizer.eot_id
+    tokens[~is_eot] = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=total - len(ids))
+    nbytes = np.fromiter((len(t.encode("utf-8", "surrogatepass")) for t in texts), np.int64, len(texts))
+    return Encoded(tokens, lengths, nbytes)
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer: Tokenizer | str, dtype: str) -> None:
+    """A forked worker inherits the parent's tokenizer; a spawned one loads it from its dir."""
+    _worker_state["tokenizer"] = Tokenizer.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    _worker_state["dtype"] = dtype
+
+
+def _encode_in_worker(texts: list[str] | pa.Array) -> Encoded:
+    return encode_texts(_worker_state["tokenizer"], texts, _worker_state["dtype"])
+
+
+class ChunkEncoder:
+    """Encodes chunks in order, in this process (workers <= 1) or in `workers` processes.
+
+    Workers are forked on Linux: they start in milliseconds with the tokenizer already in
+    memory. They are started as soon as the encoder is made, before this process reads any input
+    or shows a progress bar, so no helper thread exists yet at fork time. Elsewhere they are
+    spawned and load the tokenizer from its dir.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, tokenizer_dir: str, dtype: str, workers: int):
+        self.tokenizer, self.dtype, self.workers = tokenizer, dtype, workers
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            fork = sys.platform.startswith("linux")
+            context = multiprocessing.get_context("fork" if fork else "spawn")
+            initargs = (tokenizer if fork else tokenizer_dir, dtype)
+            self._pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=initargs)
+            self._pool.submit(int).result()  # start the workers now
+
+    def __enter__(self) -> ChunkEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Encoded]]:
+        """Yield `(chunk, encoded)` in input order; at most two chunks per worker in flight."""
+        if self._pool is None:
+            for chunk in chunks:
+                yield chunk, encode_texts(self.tokenizer, chunk.texts, self.dtype)
+            return
+        pending: deque[tuple[Chunk, Future]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append((chunk, self._pool.submit(_encode_in_worker, chunk.texts)))
+                if len(pending) >= 2 * self.workers:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        except BrokenProcessPool:
+            raise ScratchLMError(
+                "a tokenize worker process died (killed or out of memory?); retry, or use workers=1"
+            ) from None
+
+
+def default_workers() -> int:
+    """The CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+class SplitWriter:
+    """Appends documents to `<split>.bin` and their start offsets to `<split>.idx`."""
+
+    def __init__(self, directory: Path, split: str, tokens: int = 0, documents: int = 0, append: bool = False):
+        mode = "ab" if append else "wb"
+        self.split = split
+        self.tokens = tokens
+        self.documents = documents
+        self.nbytes = 0
+        self._bin: BinaryIO = open(directory / f"{split}.bin", mode)
+        self._idx: BinaryIO = open(directory / f"{split}.idx", mode)
+
+    def write(self, tokens: np.ndarray, lengths: np.ndarray, nbytes: int) -> None:
+        if not lengths.size:
+            return
+        starts = self.tokens + np.concatenate(([0], np.cumsum(lengths[:-1])))
+        self._bin.write(tokens.tobytes())
+        self._idx.write(starts.astype(np.int64).tobytes())
+        self.tokens += int(tokens.size)
+        self.documents += int(lengths.size)
+        self.nbytes += nbytes
+
+    def close(self, sync: bool = True) -> None:
+        for f in (self._bin, self._idx):
+            if sync and not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+            f.close()
+
+
+def route(encoded: Encoded, is_val: np.ndarray, writers: dict[str, SplitWriter]) -> None:
+    """Send each document of an encoded chunk to its split's writer, keeping order."""
+    if not is_val.any():
+        writers["train"].write(encoded.tokens, encoded.lengths, int(encoded.nbytes.sum()))
+        return
+    if is_val.all():
+        writers["val"].write(encoded.tokens, encoded.lengths, int(encoded.nbytes.sum()))
+        return
+    token_is_val = np.repeat(is_val, encoded.lengths)
+    writers["val"].write(encoded.tokens[token_is_val], encoded.lengths[is_val], int(encoded.nbytes[is_val].sum()))
+    writers["train"].write(
+        encoded.tokens[~token_is_val], encoded.lengths[~is_val], int(encoded.nbytes[~is_val].sum())
+    )
+
+
+def _stream_into(
+    config: TokenizeConfig, tokenizer: Tokenizer, dtype: str, writers: dict[str, SplitWriter]
+) -> None:
+    workers = config.workers or default_workers()
+    with ChunkEncoder(tokenizer, config.tokenizer, dtype, workers) as encoder:
+        chunks, total = read_chunks(config)
+        with progress(total=total, unit="doc", desc="tokenize") as bar:
+            for chunk, encoded in encoder.map(chunks):
+                route(encoded, chunk.is_val, writers)
+                bar.update(len(chunk))
+
+
+def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]]) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype,
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer_sha256": tokenizer.sha256,
+        "eot_id": tokenizer.eot_id,
+        "splits": splits,
+    }
+
+
+def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
+    return {
+        name: {"tokens": w.tokens, "documents": w.documents, "bytes": w.nbytes} for name, w in writers.items()
+    }
+
+
+def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").is_file())):
+        raise DataError(f"{out}: exists and is not a tokens dir; refusing to replace it")
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    with atomic_directory(out) as tmp:
+        writers = {split: SplitWriter(tmp, split) for split in SPLITS}
+        try:
+            _stream_into(config, tokenizer, dtype, writers)
+        except BaseException:
+            for w in writers.values():
+                w.close(sync=False)
+            raise
+        for w in writers.values():
+            w.close()
+        tokenizer.save(tmp / "tokenizer")
+        meta = _meta(tokenizer, dtype, _split_counts(writers))
+        atomic_write_json(tmp / "meta.json", meta)
+    return meta
+
+
+def _restore_interrupted_append(out: Path) -> None:
+    """Undo a half-finished append: cut the files back to what the old meta.json recorded."""
+    marker = out / APPEND_MARKER
+    if not marker.is_file():
+        return
+    if (out / "meta.json").is_file():  # the append finished; only the clean-up was missed
+        marker.unlink()
+        return
+    old = json.loads(marker.read_text(encoding="utf-8"))
+    itemsize = np.dtype(old["dtype"]).itemsize
+    for split, counts in old["splits"].items():
+        for suffix, size in ((".bin", counts["tokens"] * itemsize), (".idx", counts["documents"] * 8)):
+            path = out / f"{split}{suffix}"
+            if path.is_file() and path.stat().st_size > size:
+                os.truncate(path, size)
+    os.replace(marker, out / "meta.json")
+    fsync_dir(out)
+
+
+def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    # The loader's checks (meta keys, file sizes) guard the existing data. Imported here: the
+    # loader pulls in torch, which tokenizing does not otherwise need.
+    from scratchlm.data.loader import TokenDataset, check_tokenizer_match, read_meta
+
+    out = Path(config.out)
+    _restore_interrupted_append(out)
+    old = read_meta(out)
+    check_tokenizer_match(old, tokenizer.sha256)
+    counts = {}
+    for split in SPLITS:
+        if split in old["splits"]:
+            ds = TokenDataset.open(out, split)
+            counts[split] = (len(ds), ds.num_documents, int(old["splits"][split].get("bytes", 0)))
+            del ds
+        else:
+            counts[split] = (0, 0, 0)
+    os.replace(out / "meta.json", out / APPEND_MARKER)
+    fsync_dir(out)
+    writers = {}
+    try:
+        for split, (tokens, documents, nbytes) in counts.items():
+            writers[split] = SplitWriter(out, split, tokens, documents, append=True)
+            writers[split].nbytes = nbytes
+        _stream_into(config, tokenizer, old["dtype"], writers)
+    except BaseException:
+        for w in writers.values():
+            w.close(sync=False)
+        _restore_interrupted_append(out)
+        raise
+    for w in writers.values():
+        w.close()
+    meta = {**old, "splits": {**old["splits"], **_split_counts(writers)}}
+    atomic_write_json(out / "meta.json", meta)
+    (out / APPEND_MARKER).unlink()
+    fsync_dir(out)
+    return meta
+
+
+def tokenize_dataset(config: TokenizeConfig) -> dict[str, Any]:
+    """Tokenize `config.inputs` into the tokens dir `config.out`; returns its meta.json content."""
+    config.validate()
+    for p in config.inputs:
+        if not p.startswith(("builtin:", "hf:")) and not Path(p).exists():
+            raise DataError(f"input not found: {p}")
+    tokenizer = Tokenizer.load(config.tokenizer)
+    out = Path(config.out)
+    if config.append and ((out / "meta.json").is_file() or (out / APPEND_MARKER).is_file()):
+        return _append(config, tokenizer)
+    return _write_new(config, tokenizer)
+
+
+__all__ = ["TokenizeConfig", "dtype_for_vocab", "encode_texts", "tokenize_dataset"]

@@ -1,0 +1,64 @@
+"""`data inspect`: counts, length histogram and a decoded sample of a tokens dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokens_testdata import TRAIN_DOCS, VAL_DOCS, train_tiny_tokenizer, write_prepared_dir
+
+from scratchlm.cli import main
+from scratchlm.data.inspect import InspectConfig, inspect_tokens, length_histogram
+from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("inspect")
+    train_tiny_tokenizer(base / "tokenizer")
+    prepared = write_prepared_dir(base / "prepared", TRAIN_DOCS, VAL_DOCS)
+    cfg = TokenizeConfig(inputs=[str(prepared)], tokenizer=str(base / "tokenizer"), out=str(base / "tokens"), workers=1)
+    tokenize_dataset(cfg)
+    return base / "tokens"
+
+
+def test_length_histogram_uses_power_of_two_buckets() -> None:
+    assert length_histogram(np.array([1, 2, 3, 4, 7, 8, 100])) == [(1, 1, 1), (2, 3, 2), (4, 7, 2), (8, 15, 1), (64, 127, 1)]
+    assert length_histogram(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_inspect_reports_counts_histogram_and_sample(tokens_dir: Path) -> None:
+    info = inspect_tokens(InspectConfig(path=str(tokens_dir), sample_chars=20))
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    assert info["tokenizer_note"] is None
+    train = info["splits"]["train"]
+    assert train["tokens"] == meta["splits"]["train"]["tokens"]
+    assert train["documents"] == len(TRAIN_DOCS)
+    assert sum(c for _, _, c in train["histogram"]) == len(TRAIN_DOCS)
+    assert train["sample"] == TRAIN_DOCS[0][:20]
+    assert train["bytes_per_token"] == pytest.approx(sum(len(t.encode()) for t in TRAIN_DOCS) / train["tokens"])
+    # the end-of-text token closes every document, so it is counted once per document
+    eot = next(t for t in train["top_tokens"] if t["id"] == meta["eot_id"])
+    assert eot["count"] == len(TRAIN_DOCS)
+    assert train["document_tokens"]["min"] >= 2
+    assert info["splits"]["val"]["documents"] == len(VAL_DOCS)
+
+
+def test_cli_inspect_text_and_json(tokens_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "inspect", str(tokens_dir), "--split", "val"]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(VAL_DOCS)} documents" in text and "[val]" in text and "[train]" not in text
+    assert VAL_DOCS[0][:30] in text
+    assert main(["data", "inspect", str(tokens_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["splits"]) == {"train", "val"}
+
+
+def test_cli_inspect_errors_are_one_line(tmp_path: Path, tokens_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no meta.json" in err and err.count("\n") == 1
+    assert main(["data", "inspect", str(tokens_dir), "--split", "test"]) == 2
+    assert "no 'test' split" in capsys.readouterr().err

@@ -1,0 +1,190 @@
+"""`data tokenize`: ordered, parallel, self-contained and atomic tokens dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokens_testdata import TRAIN_DOCS, VAL_DOCS, train_tiny_tokenizer, write_prepared_dir
+
+from scratchlm.cli import main
+from scratchlm.data.loader import TokenDataset
+from scratchlm.data.tokenize import APPEND_MARKER, TokenizeConfig, dtype_for_vocab, tokenize_dataset
+from scratchlm.errors import DataError
+from scratchlm.tokenizer import Tokenizer
+
+FILES = ("train.bin", "train.idx", "val.bin", "val.idx", "meta.json")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tiny_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prepared_dir(tmp_path_factory.mktemp("prep") / "prepared", TRAIN_DOCS, VAL_DOCS)
+
+
+def run(inputs, tokenizer_dir: Path, out: Path, **kw) -> dict:
+    cfg = TokenizeConfig(inputs=[str(p) for p in inputs], tokenizer=str(tokenizer_dir), out=str(out), **kw)
+    return tokenize_dataset(cfg)
+
+
+def read_all(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in FILES}
+
+
+def test_one_and_two_workers_write_identical_bytes(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    run([prepared], tokenizer_dir, tmp_path / "w1", workers=1, chunk_chars=200)
+    run([prepared], tokenizer_dir, tmp_path / "w2", workers=2, chunk_chars=200)
+    one, two = read_all(tmp_path / "w1"), read_all(tmp_path / "w2")
+    assert one == two
+    assert len(one["train.idx"]) == 8 * len(TRAIN_DOCS)
+
+
+def test_documents_decode_back_between_offsets(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    meta = run([prepared], tokenizer_dir, tmp_path / "out", workers=1, chunk_chars=100)
+    tok = Tokenizer.load(tokenizer_dir)
+    for split, docs in (("train", TRAIN_DOCS), ("val", VAL_DOCS)):
+        ds = TokenDataset.open(tmp_path / "out", split)
+        assert ds.num_documents == len(docs) == meta["splits"][split]["documents"]
+        assert len(ds) == meta["splits"][split]["tokens"]
+        for i, text in enumerate(docs):
+            ids = ds.document(i).tolist()
+            assert ids[-1] == tok.eot_id
+            assert tok.eot_id not in ids[:-1]  # "<|endoftext|>" inside a text stays plain text
+            assert tok.decode(ids[:-1]) == text
+        assert meta["splits"][split]["bytes"] == sum(len(t.encode()) for t in docs)
+
+
+def test_meta_and_tokenizer_copy(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    meta = run([prepared], tokenizer_dir, tmp_path / "out", workers=1)
+    tok = Tokenizer.load(tokenizer_dir)
+    on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert on_disk == meta
+    assert meta["dtype"] == "uint16"
+    assert meta["vocab_size"] == tok.vocab_size and meta["eot_id"] == tok.eot_id
+    assert meta["tokenizer_sha256"] == tok.sha256
+    copy = Tokenizer.load(tmp_path / "out" / "tokenizer")
+    assert copy.sha256 == tok.sha256
+    assert (tmp_path / "out" / "tokenizer" / "tokenizer_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_dtype_follows_vocab_size() -> None:
+    assert dtype_for_vocab(50257) == "uint16"
+    assert dtype_for_vocab(65536) == "uint16"
+    assert dtype_for_vocab(65537) == "uint32"
+
+
+def test_raw_inputs_split_every_nth_document(tmp_path: Path, tokenizer_dir: Path) -> None:
+    lines = [{"text": f"record number {i} with some words"} for i in range(10)]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    meta = run([jsonl], tokenizer_dir, tmp_path / "out", workers=1, val_every=4)
+    assert meta["splits"]["train"]["documents"] == 8 and meta["splits"]["val"]["documents"] == 2
+    tok = Tokenizer.load(tokenizer_dir)
+    val = TokenDataset.open(tmp_path / "out", "val")
+    assert [tok.decode(val.document(i).tolist()[:-1]) for i in range(2)] == [lines[3]["text"], lines[7]["text"]]
+
+
+def test_append_equals_tokenizing_everything_at_once(tmp_path: Path, tokenizer_dir: Path) -> None:
+    a = write_prepared_dir(tmp_path / "a", TRAIN_DOCS[:20], VAL_DOCS[:2])
+    b = write_prepared_dir(tmp_path / "b", TRAIN_DOCS[20:], VAL_DOCS[2:])
+    run([a], tokenizer_dir, tmp_path / "grown", workers=1)
+    grown = run([b], tokenizer_dir, tmp_path / "grown", workers=2, append=True)
+    whole = run([a, b], tokenizer_dir, tmp_path / "whole", workers=1)
+    assert read_all(tmp_path / "grown") == read_all(tmp_path / "whole")
+    assert grown == whole
+    assert not (tmp_path / "grown" / APPEND_MARKER).exists()
+
+
+def test_append_refuses_another_tokenizer(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    run([prepared], tokenizer_dir, tmp_path / "out", workers=1)
+    other = tmp_path / "other-tok"
+    Tokenizer.train(["completely different text " * 50], vocab_size=280).save(other)
+    before = read_all(tmp_path / "out")
+    with pytest.raises(DataError, match="tokenizer sha256"):
+        run([prepared], other, tmp_path / "out", workers=1, append=True)
+    assert read_all(tmp_path / "out") == before
+
+
+def test_failed_run_leaves_no_meta_and_old_data_intact(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    broken = write_prepared_dir(tmp_path / "broken", TRAIN_DOCS, VAL_DOCS)
+    (broken / "train" / "part-00001.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="part-00001.parquet"):
+        run([broken], tokenizer_dir, tmp_path / "fresh", workers=2, chunk_chars=50)
+    assert not (tmp_path / "fresh").exists()
+    assert not list(tmp_path.glob(".fresh*"))
+    # a failure deep in the stream, while workers are busy with earlier chunks
+    jsonl = tmp_path / "late-error.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in TRAIN_DOCS) + "{broken json\n")
+    with pytest.raises(DataError, match=f"late-error.jsonl.*{len(TRAIN_DOCS) + 1}"):
+        run([jsonl], tokenizer_dir, tmp_path / "fresh", workers=2, chunk_chars=50)
+    assert not (tmp_path / "fresh").exists()
+    assert not list(tmp_path.glob(".fresh*"))
+    nulls = write_prepared_dir(tmp_path / "nulls", ["fine", "also fine"], [])
+    pq.write_table(pa.table({"text": ["ok", None], "source": ["a", "b"]}), nulls / "train" / "part-00001.parquet")
+    with pytest.raises(DataError, match="part-00001.parquet: the 'text' column has null values"):
+        run([nulls], tokenizer_dir, tmp_path / "fresh", workers=1)
+    assert not (tmp_path / "fresh").exists()
+    # a failed re-run keeps the previous complete dataset; a failed append rolls back
+    run([prepared], tokenizer_dir, tmp_path / "out", workers=1)
+    before = read_all(tmp_path / "out")
+    with pytest.raises(DataError):
+        run([broken], tokenizer_dir, tmp_path / "out", workers=1)
+    assert read_all(tmp_path / "out") == before
+    with pytest.raises(DataError):
+        run([broken], tokenizer_dir, tmp_path / "out", workers=1, append=True, chunk_chars=50)
+    assert read_all(tmp_path / "out") == before
+    assert not (tmp_path / "out" / APPEND_MARKER).exists()
+
+
+def test_append_after_a_crash_rolls_the_half_append_back(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    out = tmp_path / "out"
+    run([prepared], tokenizer_dir, out, workers=1)
+    before = read_all(out)
+    # what a killed append leaves: meta.json moved aside, files grown past the recorded sizes
+    os.replace(out / "meta.json", out / APPEND_MARKER)
+    with open(out / "train.bin", "ab") as f:
+        f.write(b"\x01\x00" * 7)
+    with pytest.raises(DataError, match="no meta.json"):
+        TokenDataset.open(out, "train")
+    extra = write_prepared_dir(tmp_path / "extra", ["one more"], [])
+    meta = run([extra], tokenizer_dir, out, workers=1, append=True)
+    assert meta["splits"]["train"]["documents"] == len(TRAIN_DOCS) + 1
+    after = read_all(out)
+    assert after["train.bin"].startswith(before["train.bin"]) and after["val.bin"] == before["val.bin"]
+    assert TokenDataset.open(out, "train").document(-1).size > 1
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_tokens_dir(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path
+) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a tokens dir"):
+        run([prepared], tokenizer_dir, precious, workers=1)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_tokenize(tmp_path: Path, prepared: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "tokens"
+    code = main(["data", "tokenize", str(prepared), "--tokenizer", str(tokenizer_dir), "--out", str(out),
+                 "--workers", "1", "--set", "chunk_chars=64"])
+    assert code == 0
+    assert f"{len(TRAIN_DOCS)} documents" in capsys.readouterr().err
+    assert np.fromfile(out / "train.idx", dtype=np.int64)[0] == 0
+    code = main(["data", "tokenize", str(tmp_path / "missing"), "--tokenizer", str(tokenizer_dir), "--out",
+                 str(tmp_path / "x")])
+    assert code == 2
+    assert "input not found" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+"""Test inputs for the tokenize/loader/inspect tests: a real prepared dir and a real tiny tokenizer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scratchlm.tokenizer import Tokenizer
+
+TRAIN_DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world! Bonjour le monde. Grüße aus Köln — naïve café.",
+    "def add(a, b):\n    return a + b\n",
+    "Emoji and CJK: 🙂🚀 漢字 かな 한국어",
+    "A document that mentions <|endoftext|> and <|im_start|> as plain text.",
+    "   leading and trailing spaces   \n\n\n",
+    "x",
+    "Numbers 1234567890 and 3.14159 and -42.",
+] + [f"Line {i}: the cat sat on the mat number {i * 7 % 13}." for i in range(40)]
+
+VAL_DOCS = [
+    "Validation text: the dog sat on the log.",
+    "Another held-out document with tabs\tand\ttabs.",
+    "¿Qué tal? Ça va bien.",
+]
+
+TOKENIZER_TEXT = " ".join(TRAIN_DOCS + VAL_DOCS) * 3
+
+
+def write_prepared_dir(
+    path: Path, train: Sequence[str], val: Sequence[str], rows_per_part: int = 20
+) -> Path:
+    """A `data prepare` output written directly with pyarrow: parts of `rows_per_part` rows."""
+    for split, docs in (("train", train), ("val", val)):
+        (path / split).mkdir(parents=True, exist_ok=True)
+        for part, start in enumerate(range(0, max(len(docs), 1), rows_per_part)):
+            rows = list(docs[start : start + rows_per_part])
+            table = pa.table({"text": rows, "source": ["test"] * len(rows)})
+            pq.write_table(table, path / split / f"part-{part:05d}.parquet")
+    (path / "stats.json").write_text(json.dumps({"documents_out": len(train) + len(val)}))
+    return path
+
+
+def train_tiny_tokenizer(path: Path, vocab_size: int = 320) -> Tokenizer:
+    tok = Tokenizer.train([TOKENIZER_TEXT], vocab_size=vocab_size)
+    tok.save(path)
+    return Tokenizer.load(path)
