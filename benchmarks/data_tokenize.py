@@ -245,7 +245,8 @@ def main() -> int:
         "on the first quarter of the corpus repeated k times: "
         + ", ".join(f"k={k}: {rss[k]:.0f} MB for {k * quarter_mb:.0f} MB of text" for k in RSS_COPIES)
         + f". The text grows {RSS_COPIES[-1] // RSS_COPIES[0]}-fold, peak memory by "
-        f"{rss[RSS_COPIES[-1]] - rss[RSS_COPIES[0]]:.0f} MB: documents stream through in 1 MB chunks, at most 2 "
+        f"{rss[RSS_COPIES[-1]] - rss[RSS_COPIES[0]]:.0f} MB: documents stream through in "
+        f"{TokenizeConfig().chunk_chars >> 10} KB chunks, at most 2 "
         "per worker in flight (the growth there is comes from parquet row groups reaching their full size and "
         "from allocator caches, and levels off).",
         "",
