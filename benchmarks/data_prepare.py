@@ -15,7 +15,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -24,6 +23,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from scratchlm.machine import cpu_model
 
 MIN_DOC_CHARS = 200
 MAX_DOC_CHARS = 16_000  # long files (changelogs) are cut at blank lines into web-page-sized documents
@@ -232,16 +233,6 @@ def quality(removed: list[bool], kinds: list[str], sims: list[float]) -> dict:
 
 
 # ---------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 NOTES = """Notes:

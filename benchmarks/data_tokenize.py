@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from scratchlm.data.loader import Batcher, TokenDataset
 from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
+from scratchlm.machine import cpu_model
 from scratchlm.model.config import get_preset
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer import Tokenizer
@@ -143,16 +144,6 @@ def loader_vs_step(tokens_dir: Path, vocab_size: int, seq_len: int, micro_batch:
         train_step(step)
     out["step"] = (time.perf_counter() - start) / steps
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from scratchlm.machine import cpu_model
 from scratchlm.model import GPT, ModelConfig
 
 
@@ -116,16 +116,6 @@ def compare(ours, theirs, shape: Shape, warmup: int) -> tuple[float, float, floa
     tokens = shape.batch * shape.seq_len
     speedup = statistics.median(t / o for o, t in zip(ours_t, theirs_t))
     return tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t), speedup
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

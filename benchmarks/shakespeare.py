@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from scratchlm.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,16 +129,6 @@ def run(args: argparse.Namespace) -> dict:
         char_tokens, char_info = build_tokens(text, work / "char", 256 + 4)
         result["reference"] = train_on(char_tokens, char_info, work / "char-run", None, REFERENCE_SETTINGS, args.seconds)
     return result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def print_table(result: dict, seconds: float) -> None:

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratchlm.machine import cpu_model
+
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -152,16 +154,6 @@ def run_child(kind: str, args: argparse.Namespace, out: Path) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
