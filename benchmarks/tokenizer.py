@@ -82,29 +82,13 @@ def train_ours(args: argparse.Namespace, out: Path) -> dict:
 
 
 def train_hf(args: argparse.Namespace, out: Path) -> dict:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from scratchlm.tokenizer import GPT4_PATTERN
+    from scratchlm.tokenizer.hf_reference import train_hf_reference
 
     train, _ = load_corpus(args.mb, args.heldout_mb)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=args.vocab_size,
-        min_frequency=2,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     cpu = cpu_seconds()
     start = time.perf_counter()
-    tok.train_from_iterator(train, trainer)
+    tok = train_hf_reference(train, args.vocab_size, SPECIALS, GPT4_PATTERN)
     seconds = time.perf_counter() - start
     cpu = cpu_seconds() - cpu
     tok.save(str(out / "tokenizer.json"))

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scratchlm.errors import ScratchLMError
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (a rename) to disk; a no-op where the OS does not allow it."""
@@ -78,3 +80,17 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = True) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json_object(path: str | os.PathLike, error: type[ScratchLMError]) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is one clear `error` naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON: {e}") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data

@@ -43,3 +43,24 @@ def test_atomic_directory_failure_keeps_previous_output(tmp_path):
     with atomic_directory(final) as tmp:
         atomic_write_text(tmp / "v3.txt", "3")
     assert sorted(p.name for p in final.iterdir()) == ["v3.txt"]
+
+
+def test_read_json_object_gives_one_clear_error_of_the_callers_kind(tmp_path):
+    from scratchlm.errors import DataError, ModelError
+    from scratchlm.fsutil import read_json_object
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": 1}')
+    assert read_json_object(good, DataError) == {"a": 1}
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ModelError, match="broken.json: not valid JSON"):
+        read_json_object(broken, ModelError)
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    with pytest.raises(DataError, match="list.json: expected a JSON object"):
+        read_json_object(listing, DataError)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="binary.json: not valid JSON"):
+        read_json_object(binary, DataError)

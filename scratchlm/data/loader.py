@@ -16,7 +16,6 @@ between ranks and accumulation, so 2 ranks x A accumulation steps see the same s
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from scratchlm.errors import DataError
+from scratchlm.fsutil import read_json_object
 
 Mode = Literal["random", "sequential", "document"]
 MODES: tuple[str, ...] = ("random", "sequential", "document")
@@ -44,12 +44,7 @@ def read_meta(tokens_dir: str | Path) -> dict[str, Any]:
             f"{tokens_dir}: no meta.json, so not a complete tokens dir "
             "(make one with `scratchlm data tokenize`; an interrupted run leaves none)"
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: expected a JSON object")
+    meta = read_json_object(path, DataError)
     for key in REQUIRED_META_KEYS:
         if key not in meta:
             raise DataError(f"{path}: missing key '{key}'")

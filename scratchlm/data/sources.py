@@ -293,23 +293,23 @@ def _iter_parquet(path: Path, options: SourceOptions, stats: SourceStats) -> Ite
         raise DataError(
             f"{path}: no column '{column}' (columns: {', '.join(names)}); choose one with --text-field"
         )
-    yield from _iter_text_column(
-        pf.iter_batches(columns=[column], batch_size=1024), path, source, column, options, stats
-    )
+    batches = pf.iter_batches(columns=[column], batch_size=1024)
+    values = (value for batch in batches for value in batch.column(0).to_pylist())
+    yield from _iter_text_values(values, source, column, options, stats)
 
 
-def _iter_text_column(batches, path, source, column, options, stats) -> Iterator[Document]:
-    row = 0
-    for batch in batches:
-        for value in batch.column(0).to_pylist():
-            row += 1
-            if isinstance(value, str):
-                yield Document(value, source)
-                continue
-            message = f"{path}: row {row}: column '{column}' is {type(value).__name__}, not a string"
-            if not options.skip_bad_records:
-                raise DataError(message)
-            stats.add_bad(message)
+def _iter_text_values(
+    values: Iterable[object], source: str, column: str, options: SourceOptions, stats: SourceStats
+) -> Iterator[Document]:
+    """Documents from a column's values; a non-string row is an error or, if asked, a counted skip."""
+    for row, value in enumerate(values, 1):
+        if isinstance(value, str):
+            yield Document(value, source)
+            continue
+        message = f"{source}: row {row}: column '{column}' is {type(value).__name__}, not a string"
+        if not options.skip_bad_records:
+            raise DataError(message)
+        stats.add_bad(message)
 
 
 def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
@@ -361,12 +361,4 @@ def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[
             f"hf:{name}: no column '{column}' (columns: {', '.join(columns)}); choose one with --text-field"
         )
     source = f"{HF_PREFIX}{name}"
-    for row, record in enumerate(ds, 1):
-        value = record.get(column)
-        if isinstance(value, str):
-            yield Document(value, source)
-            continue
-        message = f"{source}: row {row}: column '{column}' is {type(value).__name__}, not a string"
-        if not options.skip_bad_records:
-            raise DataError(message)
-        stats.add_bad(message)
+    yield from _iter_text_values((record.get(column) for record in ds), source, column, options, stats)

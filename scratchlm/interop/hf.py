@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from scratchlm.errors import ConfigError, ModelError
-from scratchlm.fsutil import atomic_directory
+from scratchlm.fsutil import atomic_directory, read_json_object
 from scratchlm.model.config import ROPE_SCALING_KEYS, ModelConfig
 from scratchlm.model.io import (
     CONFIG_FILE,
@@ -327,11 +327,8 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"not a Hugging Face model directory (no {CONFIG_FILE}): {directory}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict) or "model_type" not in data:
+    data = read_json_object(path, ModelError)
+    if "model_type" not in data:
         raise ModelError(f"{path}: not a Hugging Face config (no model_type)")
     return data
 

@@ -7,7 +7,6 @@ so an interrupted save never leaves a directory that looks complete.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from scratchlm.config import from_dict, to_dict
 from scratchlm.errors import ConfigError, ModelError
-from scratchlm.fsutil import atomic_directory, atomic_write_json
+from scratchlm.fsutil import atomic_directory, atomic_write_json, read_json_object
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 
@@ -122,12 +121,7 @@ def load_model_config(directory: str | os.PathLike) -> ModelConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"not a model directory (no {CONFIG_FILE}): {directory}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
+    data = read_json_object(path, ModelError)
     if "model_type" in data:
         raise ModelError(
             f"{directory} holds a Hugging Face '{data['model_type']}' model; "

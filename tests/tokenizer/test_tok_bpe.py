@@ -146,25 +146,9 @@ def test_gpt2_pattern_preset(corpus):
 
 def test_compresses_like_hugging_face_trainer(corpus, tok):
     """Same data, pattern, vocab and specials as Hugging Face's Rust trainer: bytes/token within 1%."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as HFTokenizer
+    from scratchlm.tokenizer.hf_reference import train_hf_reference
 
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=tok.vocab_size,
-        min_frequency=2,
-        special_tokens=list(tok.special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    hf.train_from_iterator(corpus, trainer)
+    hf = train_hf_reference(corpus, tok.vocab_size, list(tok.special_tokens), GPT4_PATTERN)
     assert hf.get_vocab_size() == tok.vocab_size
     trained_on = len("".join(corpus[: -len(MIXED)]))
     held_out = stdlib_text(trained_on + 100_000)[trained_on:]  # the files after the training ones
