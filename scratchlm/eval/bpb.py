@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.device import Precision, autocast
@@ -29,7 +28,8 @@ def evaluate_loss(
 ) -> dict[str, float]:
     """Mean loss in nats per target token (`val_loss`) and bits per byte (`val_bpb`) over `batches`.
 
-    `token_bytes[i]` is the UTF-8 length of token i. In a multi-process job every rank must call
+    `model(x, targets=y).loss` must be the mean cross-entropy of the batch, as `GPT` returns
+    it. `token_bytes[i]` is the UTF-8 length of token i. In a multi-process job every rank must call
     this; the sums are added across ranks, so ranks may evaluate the same or disjoint batches.
     The model's train/eval mode is restored afterwards.
     """
@@ -42,8 +42,8 @@ def evaluate_loss(
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             with autocast(device, precision):
-                logits = model(x)
-            nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                mean_nats = model(x, targets=y).loss  # fused head: no full logits tensor
+            nats = mean_nats * y.numel()
             totals[0] += nats.double().to(sums_on)
             totals[1] += y.numel()
             totals[2] += token_bytes[y].sum().to(sums_on)

@@ -6,7 +6,8 @@
              x = x + MLP(norm(x))                        grouped-query heads, KV cache for decoding
 
 Every variant is chosen by `ModelConfig`; nothing here knows about training, parallelism,
-precision or compilation — those are applied from outside. The loss is computed by the caller.
+precision or compilation — those are applied from outside. Given `targets`, forward returns
+the next-token loss through `model/loss.py`, which fuses the head's matmul with the softmax.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from scratchlm.errors import ModelError
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
 
 # --- the KV cache -------------------------------------------------------------------------------
 
@@ -251,6 +253,26 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
+    def _embed_tokens(self, idx: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
+        """Look up token embeddings, sending the table's gradient as sparse rows when a dense
+        gradient is certain to absorb them in place.
+
+        Only the rows of the tokens in the batch have a gradient, yet the dense form zero-fills
+        and adds a whole vocab × width matrix every step (for GPT-2 124M, 154 MB). The sparse rows
+        are added in place into (a) the head's dense gradient, when the table is tied to the head
+        and the head's loss is computed in this same call, or (b) a gradient buffer the caller
+        keeps between steps (`zero_grad(set_to_none=False)`). Otherwise, and under torch.compile
+        (which does not trace sparse gradients), the gradient is dense; the result is the same.
+        """
+        weight = self.tok_emb.weight
+        into_head = self.cfg.tie_embeddings and sparse_grad
+        into_buffer = weight.grad is not None and weight.grad.layout == torch.strided
+        sparse = (
+            (into_head or into_buffer) and torch.is_grad_enabled() and weight.requires_grad
+            and not torch.compiler.is_compiling()
+        )
+        return F.embedding(idx, weight, sparse=sparse)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared (tied) tensors count once
 
@@ -274,11 +296,22 @@ class GPT(nn.Module):
             k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype)
         )
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        *,
+        targets: torch.Tensor | None = None,
+        z_loss: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> torch.Tensor | HeadLoss:
         """Logits (B, T, vocab_size) for token ids `idx` (B, T) at positions start_pos.. .
 
         With a `cache`, keys/values of these tokens are stored at start_pos.. and attention also
-        sees the cached prefix; without one, `start_pos` must be 0.
+        sees the cached prefix; without one, `start_pos` must be 0. With `targets` (B, T), the
+        logits are never materialised whole: the result is a `HeadLoss` (mean cross-entropy over
+        targets other than `ignore_index`, plus `z_loss` times the z-loss in `objective`).
         """
         B, T = idx.shape
         end = start_pos + T
@@ -291,7 +324,7 @@ class GPT(nn.Module):
                 f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {B} up to position {end}"
             )
 
-        x = self.tok_emb(idx)
+        x = self._embed_tokens(idx, sparse_grad=targets is not None)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start_pos, end, device=idx.device))
         x = self.emb_dropout(x)
@@ -303,7 +336,13 @@ class GPT(nn.Module):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, rope, layer_cache, start_pos)
 
-        logits = self.lm_head(self.norm_f(x))
+        x = self.norm_f(x)
+        if targets is not None:
+            return head_cross_entropy(
+                x, self.lm_head.weight, targets,
+                softcap=self.cfg.logit_softcap, z_loss=z_loss, ignore_index=ignore_index,
+            )
+        logits = self.lm_head(x)
         if self.cfg.logit_softcap is not None:
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)

@@ -127,11 +127,6 @@ class StabilityMonitor:
         self.consecutive_spikes = int(state.get("consecutive_spikes", 0))
 
 
-def z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Mean squared log-normaliser of the softmax: keeps logits from drifting large (PaLM)."""
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
-
-
 def inject_fault(loss: torch.Tensor, data_step: int, debug: DebugSection) -> torch.Tensor:
     """Turn the loss of one chosen batch into NaN or a spike (keyed on the batch, not the step,
     so a batch skipped after a rollback is not faulted again)."""

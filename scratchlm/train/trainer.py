@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scratchlm.config import to_dict
 from scratchlm.data.loader import Batcher, TokenDataset, check_tokenizer_match, validation_batches
@@ -46,7 +45,7 @@ from scratchlm.train.distributed import (
 )
 from scratchlm.train.metrics import MetricsLogger
 from scratchlm.train.mfu import mfu, peak_flops_per_s
-from scratchlm.train.monitor import StabilityMonitor, inject_fault, z_loss
+from scratchlm.train.monitor import StabilityMonitor, inject_fault
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.schedule import lr_factor
 
@@ -315,11 +314,9 @@ class PretrainRun:
             )
             with sync_gradients(self.wrapped, micro == self.grad_accum - 1):
                 with autocast(self.device, self.precision):
-                    logits = self.forward(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                loss = inject_fault(loss, data_step, self.config.debug)
-                objective = loss + tc.z_loss * z_loss(logits) if tc.z_loss > 0 else loss
-                objective = objective / self.grad_accum
+                    out = self.forward(x, targets=y, z_loss=tc.z_loss)  # fused head + cross-entropy
+                loss = inject_fault(out.loss, data_step, self.config.debug)
+                objective = inject_fault(out.objective, data_step, self.config.debug) / self.grad_accum
                 if self.scaler is not None:
                     self.scaler.scale(objective).backward()
                 else:
@@ -362,13 +359,20 @@ class PretrainRun:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         self.monitor.accept(loss_value, norm_value)
         st.step += 1
         st.data_step += 1
         st.tokens += tc.batch_tokens
         outcome["applied"] = True
         return outcome
+
+    def _zero_grad(self) -> None:
+        """On CPU the gradient buffers are kept (zeroed) between steps: freeing and re-allocating
+        hundreds of MB each step costs page faults, and a kept buffer lets the model add its
+        token-embedding gradient as sparse rows in place (see GPT._embed_tokens). Accelerators
+        have caching allocators, so there they are freed to lower the peak memory."""
+        self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
 
     def _clip_gradients(self) -> torch.Tensor:
         """Global gradient norm (before clipping); clips to train.grad_clip when it is set."""
@@ -380,7 +384,7 @@ class PretrainRun:
         return norm
 
     def _skip_batch(self, event: str, detail: dict[str, Any]) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         self.log.event(event, self.state.step, data_step=self.state.data_step, **detail)
         self.state.data_step += 1
         self.state.skipped_batches += 1
@@ -402,7 +406,7 @@ class PretrainRun:
             self._diagnose("instability", message)
             raise TrainingStopped(message)
         from_step = self.state.step
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         self._restore(ckpt.load_checkpoint(latest), resumed=False)
         self.state.rollbacks += 1
         resume_at = max(self.state.data_step + mc.rollback_skip_batches, spike_data_step + 1)

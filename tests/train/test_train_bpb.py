@@ -4,10 +4,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.device import resolve_precision
 from scratchlm.eval.bpb import evaluate_loss
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.model.loss import HeadLoss
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision(CPU, "fp32")
@@ -20,8 +23,11 @@ class FixedDistribution(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.tensor(probs).log())
 
-    def forward(self, idx):
-        return self.logits.expand(*idx.shape, -1)
+    def forward(self, idx, targets):
+        """The model contract evaluate_loss relies on: a result whose `.loss` is the mean
+        cross-entropy of `targets` (GPT returns a HeadLoss)."""
+        logits = self.logits.expand(*idx.shape, -1)
+        return HeadLoss(objective=None, loss=F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
 
 
 def test_uniform_model_hand_computed():
@@ -62,7 +68,7 @@ def test_restores_training_mode_and_takes_no_gradients():
 
 def test_bf16_autocast_is_close_to_fp32():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(16, 8), nn.Linear(8, 16))
+    model = GPT(ModelConfig(vocab_size=16, n_layer=1, n_head=2, d_model=8, d_ff=16, max_seq_len=8))
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, 16, (2, 5), generator=g), torch.randint(0, 16, (2, 5), generator=g))]
     token_bytes = torch.randint(1, 4, (16,), generator=g)

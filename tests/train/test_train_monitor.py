@@ -12,7 +12,7 @@ from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config,
 
 from scratchlm.errors import TrainingStopped
 from scratchlm.train.config import MonitorSection
-from scratchlm.train.monitor import RollingStats, StabilityMonitor, z_loss
+from scratchlm.train.monitor import RollingStats, StabilityMonitor
 from scratchlm.train.trainer import train
 
 MONITOR = {"window": 20, "min_history": 5}
@@ -50,11 +50,6 @@ def test_a_lasting_level_change_is_not_skipped_forever():
     assert [mon.judge(4.0, 1.0).kind for _ in range(3)] == ["spike", "spike", "shift"]
     mon.accept(4.0, 1.0)
     assert len(mon.loss) == 1 and mon.judge(4.1, 1.0).ok  # measured from the new level
-
-
-def test_z_loss_of_uniform_logits_is_log_vocab_squared():
-    logits = torch.zeros(2, 3, 10)
-    assert z_loss(logits).item() == pytest.approx(math.log(10) ** 2)
 
 
 def test_injected_nan_is_skipped_and_never_reaches_the_weights(tokens, tmp_path):

@@ -1,0 +1,133 @@
+"""Next-token cross-entropy fused with the output head's matmul.
+
+Why fuse: the head turns N hidden states into N × vocab logits, by far the largest activation of
+a small model (256 tokens × 50,257 words is 51 MB in fp32). The textbook path — logits, a float32
+copy, log-softmax, then in backward a zero-filled gradient, the log-softmax backward and a cast
+back — allocates and streams several tensors of that size. Here the logits are made once in the
+compute dtype and each block of rows is turned, in place, from logits into d(loss)/d(logits)
+(softmax minus one-hot) while it is still small and warm in cache, in float32. The two matmuls
+of the backward then run right away, so backward only scales the stored gradients.
+
+The result equals `F.cross_entropy(logits.float(), targets, ignore_index=...)` (mean over the
+targets that are not ignored) up to float rounding, with the same matmul FLOPs: nothing is
+recomputed. Options: tanh soft-capping of the logits (Gemma 2) and the z-loss (PaLM), the mean
+squared log-normaliser, added with a weight to the objective.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens)
+_BLOCK_BYTES = 4 << 20  # float32 work block: small enough to stay in cache and reuse freed memory
+
+
+class HeadLoss(NamedTuple):
+    """`objective` is what to backpropagate (cross-entropy + z_loss · z); `loss` is the plain mean
+    cross-entropy, detached, for logging."""
+
+    objective: torch.Tensor
+    loss: torch.Tensor
+
+
+class _FusedHeadCrossEntropy(torch.autograd.Function):
+    """Forward returns (objective, loss) and, when gradients are wanted, also computes them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_objective, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if not _is_one(grad_objective):
+            # Scaling in place: these are ours alone, and a fresh copy of a vocab × width
+            # gradient would cost more than the scaling itself.
+            grad_hidden.mul_(grad_objective.to(grad_hidden.dtype))
+            grad_weight.mul_(grad_objective.to(grad_weight.dtype))
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _is_one(grad: torch.Tensor) -> bool:
+    """True when the incoming gradient is known to be exactly 1 without a device sync."""
+    if torch.compiler.is_compiling() or grad.device.type != "cpu":
+        return False
+    return float(grad) == 1.0
+
+
+def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype):
+    h = hidden.to(compute_dtype)
+    w = weight.to(compute_dtype)
+    # logits, then (block by block, in place) the gradient of the objective w.r.t. the logits
+    work = h @ w.t()
+    n_rows, vocab = work.shape
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0).unsqueeze(1)
+    inv_count = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
+    row_weight = valid.to(torch.float32) * inv_count  # each kept row's share of the mean
+    want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    ce_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    z_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    step = max(1, _BLOCK_BYTES // (4 * vocab))
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(start + step, n_rows))
+        block = work[rows]
+        z = block if block.dtype == torch.float32 else block.float()
+        capped = None
+        if softcap is not None:
+            capped = torch.tanh(z / softcap)
+            z = capped * softcap
+        lse = torch.logsumexp(z, dim=-1)
+        picked = z.gather(1, safe_targets[rows]).squeeze(1)
+        share = row_weight[rows]
+        ce_total += ((lse - picked) * share).sum()
+        if z_weight:
+            z_total += (lse.square() * share).sum()
+        if not want_grad:
+            continue
+        # d/dz [lse − z_t + z_weight · lse²] = softmax · (1 + 2 · z_weight · lse) − onehot(t)
+        probs = z.sub_(lse.unsqueeze(1)).exp_()  # z is the block itself only in fp32, uncapped
+        scale = share * (1.0 + 2.0 * z_weight * lse) if z_weight else share
+        probs.mul_(scale.unsqueeze(1))
+        probs.scatter_add_(1, safe_targets[rows], -share.unsqueeze(1))
+        if capped is not None:  # through softcap · tanh(x / softcap): times 1 − tanh²
+            probs.mul_(1.0 - capped.square())
+        if probs.data_ptr() != block.data_ptr():
+            block.copy_(probs)
+    loss = ce_total
+    objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()
+    if want_grad:
+        grad_hidden = (work @ w).to(hidden.dtype)
+        grad_weight = (work.t() @ h).to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+    ctx.mark_non_differentiable(loss)
+    return objective, loss
+
+
+def head_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> HeadLoss:
+    """Mean next-token cross-entropy of `hidden` (..., d) through the head `weight` (vocab, d).
+
+    Under autocast the matmuls run in the autocast dtype and the softmax in float32, like
+    autocast would run `F.linear` + `F.cross_entropy(logits.float())`. Rows whose target is
+    `ignore_index` count for nothing; if every row is ignored the loss is 0.
+    """
+    device_type = hidden.device.type
+    compute_dtype = weight.dtype
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    objective, loss = _FusedHeadCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+        softcap, float(z_loss), ignore_index, compute_dtype,
+    )
+    return HeadLoss(objective, loss)

@@ -1,0 +1,159 @@
+"""The fused head + cross-entropy gives the textbook loss and gradients, in every variant the
+model and trainer use, and the sparse token-embedding gradient always lands as a dense one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.model.loss import IGNORE_INDEX, head_cross_entropy
+
+VOCAB = 97
+
+
+def reference(hidden, weight, targets, softcap=None, z_loss=0.0):
+    """Logits materialised whole, then PyTorch's own cross-entropy (and z-loss on kept rows)."""
+    logits = (hidden @ weight.t()).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    loss = F.cross_entropy(flat, flat_targets, ignore_index=IGNORE_INDEX)
+    kept = flat_targets != IGNORE_INDEX
+    z = torch.logsumexp(flat[kept], dim=-1).square().mean()
+    return loss, loss + z_loss * z
+
+
+def leaves(*shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_loss_and_gradients_equal_the_materialised_cross_entropy(softcap, z_loss):
+    hidden, weight = leaves((3, 40, 16), (VOCAB, 16))
+    targets = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
+    targets[0, :7] = IGNORE_INDEX
+    ref_loss, ref_objective = reference(hidden, weight, targets, softcap, z_loss)
+    (0.5 * ref_objective).backward()  # an upstream factor, as with gradient accumulation
+    ref_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+
+    out = head_cross_entropy(hidden, weight, targets, softcap=softcap, z_loss=z_loss)
+    (0.5 * out.objective).backward()
+    assert out.loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert out.objective.item() == pytest.approx(ref_objective.item(), rel=1e-6)
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(hidden.grad, ref_grads[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_rows_are_processed_in_blocks_without_changing_the_result(monkeypatch):
+    """Block boundaries (here 7 rows of a 50-row batch) must not leak into the result."""
+    import scratchlm.model.loss as loss_module
+
+    hidden, weight = leaves((50, 8), (VOCAB, 8), seed=3)
+    targets = torch.randint(0, VOCAB, (50,))
+    whole = head_cross_entropy(hidden, weight, targets)
+    monkeypatch.setattr(loss_module, "_BLOCK_BYTES", 7 * 4 * VOCAB)
+    blocked = head_cross_entropy(hidden, weight, targets)
+    assert blocked.loss.item() == pytest.approx(whole.loss.item(), rel=1e-6)
+
+
+def test_bf16_autocast_matches_autocast_linear_then_float32_cross_entropy():
+    hidden, weight = leaves((4, 64, 32), (VOCAB, 32), seed=2)
+    targets = torch.randint(0, VOCAB, (4, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = F.linear(hidden, weight)
+        out = head_cross_entropy(hidden, weight, targets)
+    assert logits.dtype == torch.bfloat16
+    ref = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-3)
+    out.objective.backward()
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    ref_hidden, ref_weight = (g.detach() for g in torch.autograd.grad(ref, (hidden, weight)))
+    torch.testing.assert_close(hidden.grad, ref_hidden, rtol=0.05, atol=2e-4)
+    torch.testing.assert_close(weight.grad, ref_weight, rtol=0.05, atol=2e-4)
+
+
+def test_z_loss_of_a_uniform_softmax_is_log_vocab_squared():
+    hidden = torch.randn(2, 5, 8)
+    weight = torch.zeros(VOCAB, 8)  # every logit 0: the normaliser is log(VOCAB)
+    out = head_cross_entropy(hidden, weight, torch.zeros(2, 5, dtype=torch.long), z_loss=0.1)
+    assert out.loss.item() == pytest.approx(math.log(VOCAB))
+    assert (out.objective - out.loss).item() == pytest.approx(0.1 * math.log(VOCAB) ** 2)
+
+
+def test_all_rows_ignored_gives_zero_loss_and_zero_gradients():
+    hidden, weight = leaves((2, 6, 8), (VOCAB, 8))
+    out = head_cross_entropy(hidden, weight, torch.full((2, 6), IGNORE_INDEX))
+    out.objective.backward()
+    assert out.loss.item() == 0.0
+    assert hidden.grad.abs().sum() == 0 and weight.grad.abs().sum() == 0
+
+
+def test_without_grad_only_the_loss_is_computed():
+    hidden, weight = leaves((2, 6, 8), (VOCAB, 8))
+    targets = torch.randint(0, VOCAB, (2, 6))
+    with torch.no_grad():
+        out = head_cross_entropy(hidden, weight, targets)
+    assert out.loss.item() == pytest.approx(reference(hidden, weight, targets)[0].item(), rel=1e-6)
+    assert out.objective.grad_fn is None
+
+
+def model_pair(tie: bool, family: str) -> GPT:
+    extra = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False) if family == "llama" else {}
+    cfg = ModelConfig(
+        vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else 4, d_model=32,
+        d_ff=64, max_seq_len=32, tie_embeddings=tie, **extra,
+    )
+    torch.manual_seed(0)
+    return GPT(cfg)
+
+
+@pytest.mark.parametrize("tie,family", [(True, "gpt2"), (False, "llama")])
+@pytest.mark.parametrize("keep_buffers", [False, True])
+def test_model_loss_gradients_equal_logits_then_cross_entropy(tie, family, keep_buffers):
+    """Two accumulated backward passes, with gradients freed or kept (zeroed) between steps:
+    the sparse embedding path must leave exactly the dense reference gradient."""
+    model = model_pair(tie, family)
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randint(0, VOCAB, (2, 16), generator=g), torch.randint(0, VOCAB, (2, 16), generator=g))
+               for _ in range(2)]
+
+    def run(fused: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        if keep_buffers:  # a previous step's buffers, zeroed
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+        for x, y in batches:
+            if fused:
+                loss = model(x, targets=y).objective
+            else:
+                loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            (loss / 2).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref, fused = run(False), run(True)
+    emb = model.tok_emb.weight.grad
+    assert emb.layout == torch.strided and emb.count_nonzero() > 0
+    for name in ref:
+        torch.testing.assert_close(fused[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_model_loss_under_torch_compile_matches_eager():
+    model = model_pair(True, "gpt2")
+    x, y = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
+    eager = model(x, targets=y).objective
+    eager.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model)(x, targets=y).objective
+    compiled.backward()
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-4, atol=1e-6, msg=name)
