@@ -1,15 +1,18 @@
 """Forward + backward training throughput of scratchlm's GPT beside transformers' own classes.
 
 For each shape (tiny, ~10M parameters, GPT-2 124M) and each family (GPT-2 style vs
-`GPT2LMHeadModel`, Llama style with GQA vs `LlamaForCausalLM`) the same step — logits, fp32
-cross-entropy outside the model, backward — is timed in fp32 and under bf16 autocast, eager and
-with `torch.compile` (by default for the 10M shape only: compiling is slow on small CPUs), in
-one process on the same machine. Prints a Markdown table and writes it
-to benchmarks/results/model.md.
+`GPT2LMHeadModel`, Llama style with GQA vs `LlamaForCausalLM`) one training step is timed in
+fp32 and under bf16 autocast, eager and with `torch.compile` (by default for the 10M shape only:
+compiling is slow on small CPUs), in one process on the same machine. The step is each library's
+own training path: `model(x, targets=y).objective` for scratchlm (the fused head +
+cross-entropy), `model(input_ids=x, labels=y).loss` for transformers; then backward, then
+`zero_grad(set_to_none=False)` for both (gradient buffers kept between steps, as scratchlm's
+trainer does on CPU). Prints a Markdown table and writes it to benchmarks/results/model.md.
 
     python benchmarks/model.py                       # ~6 minutes on 2 CPU cores
     python benchmarks/model.py --threads 1           # steadier on a machine shared with other jobs
     python benchmarks/model.py --sizes tiny --compile-sizes tiny
+    python benchmarks/model.py --keep-host-memory   # malloc as train.keep_host_memory sets it
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from scratchlm.machine import cpu_model
 from scratchlm.model import GPT, ModelConfig
+from scratchlm.train.host_memory import keep_freed_memory
 
 
 @dataclass
@@ -81,21 +84,19 @@ def hf_model(cfg: ModelConfig, family: str) -> torch.nn.Module:
     return cls(hf_cfg)
 
 
-def make_step(model, logits_of, shape: Shape, bf16: bool, compiled: bool):
-    """One training step (forward, fp32 cross-entropy, backward) as a closure."""
+def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool):
+    """One training step (forward with the loss, backward, gradients zeroed) as a closure."""
     model.train()
-    fn = torch.compile(logits_of) if compiled else logits_of
+    fn = torch.compile(loss_of) if compiled else loss_of
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=g)
     y = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=g)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = fn(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+            loss = fn(x, y)
         loss.backward()
-        for p in model.parameters():
-            p.grad = None
+        model.zero_grad(set_to_none=False)
 
     return step
 
@@ -128,8 +129,15 @@ def main() -> None:
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--keep-host-memory", action="store_true",
+        help="first apply the trainer's opt-in malloc setting (train.keep_host_memory) to this process: both "
+        "implementations run under it",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.md"))
     args = parser.parse_args()
+    if args.keep_host_memory and not keep_freed_memory():
+        parser.error("--keep-host-memory needs Linux with glibc")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,8 +157,8 @@ def main() -> None:
                 torch._dynamo.reset()
                 started = time.perf_counter()
                 a, b, speedup = compare(
-                    make_step(ours, ours, shape, bf16, compiled),
-                    make_step(theirs, lambda x, m=theirs: m(input_ids=x).logits, shape, bf16, compiled),
+                    make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, compiled),
+                    make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, compiled),
                     shape, warmup=2 if compiled else 1,
                 )
                 row = (size, family, f"{cfg.num_params() / 1e6:.1f}M", "bf16" if bf16 else "fp32",
@@ -168,9 +176,12 @@ def main() -> None:
         f"- 1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} "
         "(the machine is shared; above nproc, other processes were competing for the cores)",
         f"- torch {torch.__version__}, transformers {__import__('transformers').__version__}",
-        "- step = logits + fp32 cross-entropy + backward; ours and theirs alternate step by step; tok/s = "
+        "- step = each library's own loss path (ours: fused head + cross-entropy; transformers: labels=) + "
+        "backward + zero_grad(set_to_none=False); ours and theirs alternate step by step; tok/s = "
         "median over steps, speedup = median of per-step time ratios; batch×seq: "
         + ", ".join(f"{s}: {SHAPES[s].batch}×{SHAPES[s].seq_len}" for s in args.sizes),
+        "- glibc malloc: " + ("freed memory kept in the process (`--keep-host-memory`, as `train.keep_host_memory = true` sets it)"
+                              if args.keep_host_memory else "defaults (large blocks returned to the kernel when freed)"),
         "- target: scratchlm ≥ 1.2× transformers for the same shape and dtype",
         "",
         "| " + " | ".join(header) + " |",

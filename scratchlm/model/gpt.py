@@ -128,8 +128,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
         if rope is not None:  # queries and keys rotate together: one set of elementwise ops
-            cos, sin = rope[0].to(qk.dtype), rope[1].to(qk.dtype)  # no-ops unless under autocast
-            qk = apply_rope(qk, cos[:, None], sin[:, None])
+            qk = apply_rope(qk, *rope)
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
         k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, hd)
         v = v.transpose(1, 2)
@@ -330,8 +329,9 @@ class GPT(nn.Module):
         x = self.emb_dropout(x)
 
         rope = None
-        if self.rope_cos is not None:
-            rope = (self.rope_cos[start_pos:end], self.rope_sin[start_pos:end])
+        if self.rope_cos is not None:  # (T, 1, head_dim), cast once for every layer under autocast
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            rope = tuple(t[start_pos:end, None].to(dtype) for t in (self.rope_cos, self.rope_sin))
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, rope, layer_cache, start_pos)

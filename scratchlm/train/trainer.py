@@ -43,6 +43,7 @@ from scratchlm.train.distributed import (
     sync_gradients,
     wrap_model,
 )
+from scratchlm.train.host_memory import keep_freed_memory
 from scratchlm.train.metrics import MetricsLogger
 from scratchlm.train.mfu import mfu, peak_flops_per_s
 from scratchlm.train.monitor import StabilityMonitor, inject_fault
@@ -87,6 +88,8 @@ class PretrainRun:
         self.dist = init_distributed(tc.device)
         self.device = self.dist.device
         self.precision = resolve_precision(self.device, tc.precision)
+        if self.device.type == "cpu" and tc.keep_host_memory:
+            keep_freed_memory()
         self.out = Path(tc.out)
         self.ckpt_root = self.out / "checkpoints"
         self.log = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
