@@ -58,10 +58,16 @@ def test_rows_are_processed_in_blocks_without_changing_the_result(monkeypatch):
 
     hidden, weight = leaves((50, 8), (VOCAB, 8), seed=3)
     targets = torch.randint(0, VOCAB, (50,))
-    whole = head_cross_entropy(hidden, weight, targets)
+    targets[10:20] = IGNORE_INDEX  # an ignored run that crosses a block boundary
+    whole = head_cross_entropy(hidden, weight, targets, z_loss=1e-2)
+    whole_grads = torch.autograd.grad(whole.objective, (hidden, weight))
     monkeypatch.setattr(loss_module, "_BLOCK_BYTES", 7 * 4 * VOCAB)
-    blocked = head_cross_entropy(hidden, weight, targets)
+    blocked = head_cross_entropy(hidden, weight, targets, z_loss=1e-2)
+    blocked_grads = torch.autograd.grad(blocked.objective, (hidden, weight))
     assert blocked.loss.item() == pytest.approx(whole.loss.item(), rel=1e-6)
+    assert blocked.objective.item() == pytest.approx(whole.objective.item(), rel=1e-6)
+    for got, want in zip(blocked_grads, whole_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 def test_bf16_autocast_matches_autocast_linear_then_float32_cross_entropy():
