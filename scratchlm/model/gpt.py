@@ -6,7 +6,8 @@
              x = x + MLP(norm(x))                        grouped-query heads, KV cache for decoding
 
 Every variant is chosen by `ModelConfig`; nothing here knows about training, parallelism,
-precision or compilation — those are applied from outside. Given `targets`, forward returns
+precision or compilation — those are applied from outside (`model/attention.py` only picks the
+faster SDPA kernel for the precision it is handed). Given `targets`, forward returns
 the next-token loss through `model/loss.py`, which fuses the head's matmul with the softmax.
 """
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ModelError
+from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
 
@@ -146,9 +148,9 @@ class Attention(nn.Module):
                 if T > 1:
                     mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
 
-        y = F.scaled_dot_product_attention(
+        y = attend(  # F.scaled_dot_product_attention, in the precision whose kernel is faster
             q, k, v,
-            attn_mask=mask,
+            mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
             enable_gqa=KV != H,  # K/V heads are shared by groups of query heads, not copied

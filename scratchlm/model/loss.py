@@ -80,7 +80,11 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
         if softcap is not None:
             capped = torch.tanh(z / softcap)
             z = capped * softcap
-        lse = torch.logsumexp(z, dim=-1)
+        # One fused softmax pass; the log-normaliser then comes from the largest probability,
+        # which is at least 1 / vocab and so never underflows (unlike the target's).
+        top, top_index = z.max(dim=-1, keepdim=True)
+        probs = torch.softmax(z, dim=-1)
+        lse = (top - probs.gather(1, top_index).log_()).squeeze(1)
         picked = z.gather(1, safe_targets[rows]).squeeze(1)
         share = row_weight[rows]
         ce_total += ((lse - picked) * share).sum()
@@ -89,14 +93,12 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
         if not want_grad:
             continue
         # d/dz [lse − z_t + z_weight · lse²] = softmax · (1 + 2 · z_weight · lse) − onehot(t)
-        probs = z.sub_(lse.unsqueeze(1)).exp_()  # z is the block itself only in fp32, uncapped
         scale = share * (1.0 + 2.0 * z_weight * lse) if z_weight else share
         probs.mul_(scale.unsqueeze(1))
         probs.scatter_add_(1, safe_targets[rows], -share.unsqueeze(1))
         if capped is not None:  # through softcap · tanh(x / softcap): times 1 − tanh²
             probs.mul_(1.0 - capped.square())
-        if probs.data_ptr() != block.data_ptr():
-            block.copy_(probs)
+        block.copy_(probs)
     loss = ce_total
     objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()
     if want_grad:

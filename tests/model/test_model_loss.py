@@ -52,6 +52,23 @@ def test_loss_and_gradients_equal_the_materialised_cross_entropy(softcap, z_loss
     torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-5, atol=1e-7)
 
 
+def test_targets_far_below_the_top_logit_give_the_exact_large_loss():
+    """The log-normaliser comes from the largest probability, so a target whose own probability
+    underflows float32 (here e^-300) still gets its true loss of about 300 nats, not inf."""
+    hidden = torch.zeros(4, 2)
+    hidden[:, 0] = 1.0
+    weight = torch.zeros(VOCAB, 2)
+    weight[0, 0], weight[1, 0] = 300.0, 150.0  # target logits: 0 (rows 0, 1), 150 (row 2), 300 (row 3)
+    targets = torch.tensor([5, 6, 1, 0])
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    out = head_cross_entropy(hidden, weight, targets, z_loss=1e-4)
+    ref_loss, ref_objective = reference(hidden, weight, targets, z_loss=1e-4)
+    assert math.isfinite(out.loss.item()) and out.loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx((300 + 300 + 150 + 0) / 4, rel=1e-6)
+    assert out.objective.item() == pytest.approx(ref_objective.item(), rel=1e-6)
+
+
 def test_rows_are_processed_in_blocks_without_changing_the_result(monkeypatch):
     """Block boundaries (here 7 rows of a 50-row batch) must not leak into the result."""
     import scratchlm.model.loss as loss_module
