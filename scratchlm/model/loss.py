@@ -81,10 +81,10 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
             capped = torch.tanh(z / softcap)
             z = capped * softcap
         # One fused softmax pass; the log-normaliser then comes from the largest probability,
-        # which is at least 1 / vocab and so never underflows (unlike the target's).
-        top, top_index = z.max(dim=-1, keepdim=True)
+        # exp(max − lse), which is at least 1 / vocab and so never underflows (unlike the
+        # target's). amax, not max: max also finds the index, and that costs more than softmax.
         probs = torch.softmax(z, dim=-1)
-        lse = (top - probs.gather(1, top_index).log_()).squeeze(1)
+        lse = z.amax(dim=-1) - probs.amax(dim=-1).log_()
         picked = z.gather(1, safe_targets[rows]).squeeze(1)
         share = row_weight[rows]
         ce_total += ((lse - picked) * share).sum()
