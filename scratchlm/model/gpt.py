@@ -24,6 +24,7 @@ from scratchlm.errors import ModelError
 from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
+from scratchlm.model.tied import GradientHandoff, tied_embedding
 
 # --- the KV cache -------------------------------------------------------------------------------
 
@@ -254,25 +255,24 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
-    def _embed_tokens(self, idx: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
-        """Look up token embeddings, sending the table's gradient as sparse rows when a dense
-        gradient is certain to absorb them in place.
+    def _embed_tokens(self, idx: torch.Tensor, with_loss: bool) -> tuple[torch.Tensor, GradientHandoff | None]:
+        """Look up token embeddings without a vocab × width temporary in the table's gradient.
 
-        Only the rows of the tokens in the batch have a gradient, yet the dense form zero-fills
-        and adds a whole vocab × width matrix every step (for GPT-2 124M, 154 MB). The sparse rows
-        are added in place into (a) the head's dense gradient, when the table is tied to the head
-        and the head's loss is computed in this same call, or (b) a gradient buffer the caller
-        keeps between steps (`zero_grad(set_to_none=False)`). Otherwise, and under torch.compile
-        (which does not trace sparse gradients), the gradient is dense; the result is the same.
+        Only the rows of the batch's tokens have a gradient, yet the dense form zero-fills and
+        adds a whole vocab × width matrix every step (for GPT-2 124M, 154 MB). So, when the head's
+        loss is computed in this same call, a table tied to the head adds its rows into the head's
+        gradient (`model/tied.py`, returned hand-off goes to the loss); an untied table sends
+        sparse rows when a gradient buffer kept between steps (`zero_grad(set_to_none=False)`)
+        will absorb them in place. Otherwise, and under torch.compile (which traces neither), the
+        gradient is dense. The `.grad` that results is the same in every case.
         """
         weight = self.tok_emb.weight
-        into_head = self.cfg.tie_embeddings and sparse_grad
+        training = torch.is_grad_enabled() and weight.requires_grad and not torch.compiler.is_compiling()
+        if training and with_loss and self.cfg.tie_embeddings:
+            handoff = GradientHandoff()
+            return tied_embedding(idx, weight, handoff), handoff
         into_buffer = weight.grad is not None and weight.grad.layout == torch.strided
-        sparse = (
-            (into_head or into_buffer) and torch.is_grad_enabled() and weight.requires_grad
-            and not torch.compiler.is_compiling()
-        )
-        return F.embedding(idx, weight, sparse=sparse)
+        return F.embedding(idx, weight, sparse=training and into_buffer and not self.cfg.tie_embeddings), None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared (tied) tensors count once
@@ -325,7 +325,7 @@ class GPT(nn.Module):
                 f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {B} up to position {end}"
             )
 
-        x = self._embed_tokens(idx, sparse_grad=targets is not None)
+        x, handoff = self._embed_tokens(idx, with_loss=targets is not None)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start_pos, end, device=idx.device))
         x = self.emb_dropout(x)
@@ -342,7 +342,7 @@ class GPT(nn.Module):
         if targets is not None:
             return head_cross_entropy(
                 x, self.lm_head.weight, targets,
-                softcap=self.cfg.logit_softcap, z_loss=z_loss, ignore_index=ignore_index,
+                softcap=self.cfg.logit_softcap, z_loss=z_loss, ignore_index=ignore_index, handoff=handoff,
             )
         logits = self.lm_head(x)
         if self.cfg.logit_softcap is not None:

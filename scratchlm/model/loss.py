@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import torch
 
+from scratchlm.model.tied import GradientHandoff
+
 IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens)
 _BLOCK_BYTES = 4 << 20  # float32 work block: small enough to stay in cache and reuse freed memory
 
@@ -36,7 +38,8 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
     """Forward returns (objective, loss) and, when gradients are wanted, also computes them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype):
+    def forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype, handoff):
+        ctx.handoff = handoff
         with torch.autocast(hidden.device.type, enabled=False):
             return _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype)
 
@@ -48,7 +51,10 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
             # gradient would cost more than the scaling itself.
             grad_hidden.mul_(grad_objective.to(grad_hidden.dtype))
             grad_weight.mul_(grad_objective.to(grad_weight.dtype))
-        return grad_hidden, grad_weight, None, None, None, None, None
+        if ctx.handoff is not None:  # a tied embedding's backward adds its rows and returns it
+            ctx.handoff.put(grad_weight)
+            grad_weight = None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def _is_one(grad: torch.Tensor) -> bool:
@@ -117,12 +123,14 @@ def head_cross_entropy(
     softcap: float | None = None,
     z_loss: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
+    handoff: GradientHandoff | None = None,
 ) -> HeadLoss:
     """Mean next-token cross-entropy of `hidden` (..., d) through the head `weight` (vocab, d).
 
     Under autocast the matmuls run in the autocast dtype and the softmax in float32, like
     autocast would run `F.linear` + `F.cross_entropy(logits.float())`. Rows whose target is
-    `ignore_index` count for nothing; if every row is ignored the loss is 0.
+    `ignore_index` count for nothing; if every row is ignored the loss is 0. With a `handoff`
+    (a tied embedding, `model/tied.py`), the weight's gradient goes to the embedding's backward.
     """
     device_type = hidden.device.type
     compute_dtype = weight.dtype
@@ -130,6 +138,6 @@ def head_cross_entropy(
         compute_dtype = torch.get_autocast_dtype(device_type)
     objective, loss = _FusedHeadCrossEntropy.apply(
         hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-        softcap, float(z_loss), ignore_index, compute_dtype,
+        softcap, float(z_loss), ignore_index, compute_dtype, handoff,
     )
     return HeadLoss(objective, loss)

@@ -373,7 +373,7 @@ class PretrainRun:
     def _zero_grad(self) -> None:
         """On CPU the gradient buffers are kept (zeroed) between steps: freeing and re-allocating
         hundreds of MB each step costs page faults, and a kept buffer lets the model add its
-        token-embedding gradient as sparse rows in place (see GPT._embed_tokens). Accelerators
+        (untied) token-embedding gradient as sparse rows in place (see GPT._embed_tokens). Accelerators
         have caching allocators, so there they are freed to lower the peak memory."""
         self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
 
