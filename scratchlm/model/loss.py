@@ -8,6 +8,11 @@ compute dtype and each block of rows is turned, in place, from logits into d(los
 (softmax minus one-hot) while it is still small and warm in cache, in float32. The two matmuls
 of the backward then run right away, so backward only scales the stored gradients.
 
+Under autocast the head's float32 table is cast to the compute dtype a slice of vocab rows at a
+time, each slice used while it is in cache, and the table's gradient is written back to float32
+slice by slice: neither a whole low-precision copy of the table nor a whole low-precision
+gradient is ever made (for GPT-2 124M, 77 MB each, fresh memory every step).
+
 The result equals `F.cross_entropy(logits.float(), targets, ignore_index=...)` (mean over the
 targets that are not ignored) up to float rounding, with the same matmul FLOPs: nothing is
 recomputed. Options: tanh soft-capping of the logits (Gemma 2) and the z-loss (PaLM), the mean
@@ -24,6 +29,7 @@ from scratchlm.model.tied import GradientHandoff
 
 IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens)
 _BLOCK_BYTES = 4 << 20  # float32 work block: small enough to stay in cache and reuse freed memory
+_CAST_SLICE_BYTES = 8 << 20  # compute-dtype copy of one slice of the table's rows
 
 
 class HeadLoss(NamedTuple):
@@ -64,12 +70,26 @@ def _is_one(grad: torch.Tensor) -> bool:
     return float(grad) == 1.0
 
 
+def _vocab_slices(weight: torch.Tensor, compute_dtype: torch.dtype) -> list[slice]:
+    """Row slices of the table to cast one at a time; the whole table when no cast is needed."""
+    vocab, width = weight.shape
+    if weight.dtype == compute_dtype:
+        return [slice(0, vocab)]
+    rows = max(1, _CAST_SLICE_BYTES // (width * torch.finfo(compute_dtype).bits // 8))
+    return [slice(start, min(start + rows, vocab)) for start in range(0, vocab, rows)]
+
+
 def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype):
     h = hidden.to(compute_dtype)
-    w = weight.to(compute_dtype)
+    n_rows, vocab = h.shape[0], weight.shape[0]
+    slices = _vocab_slices(weight, compute_dtype)
     # logits, then (block by block, in place) the gradient of the objective w.r.t. the logits
-    work = h @ w.t()
-    n_rows, vocab = work.shape
+    if len(slices) == 1:
+        work = h @ weight.to(compute_dtype).t()
+    else:
+        work = torch.empty(n_rows, vocab, dtype=compute_dtype, device=h.device)
+        for cols in slices:
+            torch.mm(h, weight[cols].to(compute_dtype).t(), out=work[:, cols])
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, 0).unsqueeze(1)
     inv_count = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
@@ -108,11 +128,25 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     loss = ce_total
     objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()
     if want_grad:
-        grad_hidden = (work @ w).to(hidden.dtype)
-        grad_weight = (work.t() @ h).to(weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices)
+        ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight)
     ctx.mark_non_differentiable(loss)
     return objective, loss
+
+
+def _matmul_grads(work, h, weight, slices) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(objective)/d(hidden) = G · W and d(objective)/d(W) = Gᵀ · h, for G = `work`, with the
+    table cast slice by slice as in the forward (accumulating the first in float32)."""
+    if len(slices) == 1:
+        w = weight.to(work.dtype)
+        return work @ w, (work.t() @ h).to(weight.dtype)
+    grad_hidden = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+    grad_weight = torch.empty_like(weight)
+    for cols in slices:
+        part = work[:, cols]
+        grad_hidden += part @ weight[cols].to(work.dtype)
+        grad_weight[cols] = part.t() @ h
+    return grad_hidden, grad_weight
 
 
 def head_cross_entropy(

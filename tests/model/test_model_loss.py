@@ -103,6 +103,36 @@ def test_bf16_autocast_matches_autocast_linear_then_float32_cross_entropy():
     torch.testing.assert_close(weight.grad, ref_weight, rtol=0.05, atol=2e-4)
 
 
+def test_bf16_table_cast_in_vocab_slices_gives_the_whole_table_result(monkeypatch):
+    """Under autocast the float32 table is cast and used a slice of rows at a time (here 10 rows
+    of 97, the last slice short): logits, loss and gradients must not depend on the slicing,
+    beyond the float32 accumulation of the hidden gradient's partial products."""
+    import scratchlm.model.loss as loss_module
+
+    hidden, weight = leaves((3, 20, 32), (VOCAB, 32), seed=4)
+    targets = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(6))
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head_cross_entropy(hidden, weight, targets, z_loss=1e-3)
+        return out, torch.autograd.grad(out.objective, (hidden, weight))
+
+    whole, whole_grads = run()
+    assert len(loss_module._vocab_slices(weight, torch.bfloat16)) == 1
+    monkeypatch.setattr(loss_module, "_CAST_SLICE_BYTES", 10 * 32 * 2)
+    assert len(loss_module._vocab_slices(weight, torch.bfloat16)) == 10
+    assert len(loss_module._vocab_slices(weight, torch.float32)) == 1  # nothing to cast
+    sliced, sliced_grads = run()
+    assert sliced.loss.item() == whole.loss.item()  # the logits are bit for bit the same
+    assert sliced.objective.item() == whole.objective.item()
+    assert torch.equal(sliced_grads[1], whole_grads[1])  # each row of Gᵀh is one slice's product
+    assert sliced_grads[0].dtype == torch.float32
+    # the whole-table product is rounded to bf16 once, the slices' partial products each time:
+    # both within bf16 rounding (2^-8) of the largest element
+    scale = whole_grads[0].abs().max().item()
+    torch.testing.assert_close(sliced_grads[0], whole_grads[0], rtol=0, atol=2**-8 * scale)
+
+
 def test_z_loss_of_a_uniform_softmax_is_log_vocab_squared():
     hidden = torch.randn(2, 5, 8)
     weight = torch.zeros(VOCAB, 8)  # every logit 0: the normaliser is log(VOCAB)
