@@ -55,8 +55,9 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         if not _is_one(grad_objective):
             # Scaling in place: these are ours alone, and a fresh copy of a vocab × width
             # gradient would cost more than the scaling itself.
-            grad_hidden.mul_(grad_objective.to(grad_hidden.dtype))
-            grad_weight.mul_(grad_objective.to(grad_weight.dtype))
+            for grad in (grad_hidden, grad_weight):
+                if grad is not None:
+                    grad.mul_(grad_objective.to(grad.dtype))
         if ctx.handoff is not None:  # a tied embedding's backward adds its rows and returns it
             ctx.handoff.put(grad_weight)
             grad_weight = None
@@ -128,24 +129,27 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     loss = ce_total
     objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()
     if want_grad:
-        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices)
-        ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight)
+        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight)
     ctx.mark_non_differentiable(loss)
     return objective, loss
 
 
-def _matmul_grads(work, h, weight, slices) -> tuple[torch.Tensor, torch.Tensor]:
-    """d(objective)/d(hidden) = G · W and d(objective)/d(W) = Gᵀ · h, for G = `work`, with the
-    table cast slice by slice as in the forward (accumulating the first in float32)."""
+def _matmul_grads(work, h, weight, slices, need_hidden: bool, need_weight: bool):
+    """d(objective)/d(hidden) = G · W and d(objective)/d(W) = Gᵀ · h, for G = `work`, each only
+    if wanted (a frozen head, as in LoRA, skips a third of the head's FLOPs), with the table cast
+    slice by slice as in the forward (accumulating the first in float32)."""
     if len(slices) == 1:
-        w = weight.to(work.dtype)
-        return work @ w, (work.t() @ h).to(weight.dtype)
-    grad_hidden = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
-    grad_weight = torch.empty_like(weight)
+        grad_hidden = work @ weight.to(work.dtype) if need_hidden else None
+        return grad_hidden, (work.t() @ h).to(weight.dtype) if need_weight else None
+    grad_hidden = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_hidden else None
+    grad_weight = torch.empty_like(weight) if need_weight else None
     for cols in slices:
         part = work[:, cols]
-        grad_hidden += part @ weight[cols].to(work.dtype)
-        grad_weight[cols] = part.t() @ h
+        if need_hidden:
+            grad_hidden += part @ weight[cols].to(work.dtype)
+        if need_weight:
+            grad_weight[cols] = part.t() @ h
     return grad_hidden, grad_weight
 
 

@@ -158,6 +158,35 @@ def test_without_grad_only_the_loss_is_computed():
     assert out.objective.grad_fn is None
 
 
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+def test_a_frozen_input_gets_no_gradient_and_its_matmul_is_skipped(frozen):
+    """A frozen head (LoRA, frozen embeddings) costs two matmuls, not three; the other gradient
+    is unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.mm.out):
+                CountMatmuls.count += 1
+            return func(*args, **(kwargs or {}))
+
+    hidden, weight = leaves((2, 6, 8), (VOCAB, 8), seed=8)
+    targets = torch.randint(0, VOCAB, (2, 6))
+    ref = torch.autograd.grad(reference(hidden, weight, targets)[0], (hidden, weight))
+    (hidden if frozen == "hidden" else weight).requires_grad_(False)
+    with CountMatmuls():
+        out = head_cross_entropy(hidden, weight, targets)
+    assert CountMatmuls.count == 2
+    out.objective.backward()
+    frozen_tensor, trained, expected = (
+        (weight, hidden, ref[0]) if frozen == "weight" else (hidden, weight, ref[1])
+    )
+    assert frozen_tensor.grad is None
+    torch.testing.assert_close(trained.grad, expected, rtol=1e-5, atol=1e-7)
+
+
 def model_pair(tie: bool, family: str) -> GPT:
     extra = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False) if family == "llama" else {}
     cfg = ModelConfig(
