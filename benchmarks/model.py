@@ -9,7 +9,7 @@ cross-entropy), `model(input_ids=x, labels=y).loss` for transformers; then backw
 `zero_grad(set_to_none=False)` for both (gradient buffers kept between steps, as scratchlm's
 trainer does on CPU). Prints a Markdown table and writes it to benchmarks/results/model.md.
 
-    python benchmarks/model.py                       # ~6 minutes on 2 CPU cores
+    python benchmarks/model.py                       # ~4 minutes on 2 CPU cores
     python benchmarks/model.py --threads 1           # steadier on a machine shared with other jobs
     python benchmarks/model.py --sizes tiny --compile-sizes tiny
     python benchmarks/model.py --keep-host-memory   # malloc as train.keep_host_memory sets it

@@ -85,12 +85,10 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     n_rows, vocab = h.shape[0], weight.shape[0]
     slices = _vocab_slices(weight, compute_dtype)
     # logits, then (block by block, in place) the gradient of the objective w.r.t. the logits
-    if len(slices) == 1:
-        work = h @ weight.to(compute_dtype).t()
-    else:
-        work = torch.empty(n_rows, vocab, dtype=compute_dtype, device=h.device)
-        for cols in slices:
-            torch.mm(h, weight[cols].to(compute_dtype).t(), out=work[:, cols])
+    work = torch.empty(n_rows, vocab, dtype=compute_dtype, device=h.device)
+    for cols in slices:
+        table_slice = weight[cols].to(compute_dtype)  # a no-op view when there is nothing to cast
+        torch.mm(h, table_slice.t(), out=work[:, cols])
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, 0).unsqueeze(1)
     inv_count = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
@@ -129,26 +127,31 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     loss = ce_total
     objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()
     if want_grad:
-        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices, *ctx.needs_input_grad[:2])
+        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices, table_slice, *ctx.needs_input_grad[:2])
         ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight)
     ctx.mark_non_differentiable(loss)
     return objective, loss
 
 
-def _matmul_grads(work, h, weight, slices, need_hidden: bool, need_weight: bool):
+def _matmul_grads(work, h, weight, slices, last_slice, need_hidden: bool, need_weight: bool):
     """d(objective)/d(hidden) = G · W and d(objective)/d(W) = Gᵀ · h, for G = `work`, each only
-    if wanted (a frozen head, as in LoRA, skips a third of the head's FLOPs), with the table cast
-    slice by slice as in the forward (accumulating the first in float32)."""
-    if len(slices) == 1:
-        grad_hidden = work @ weight.to(work.dtype) if need_hidden else None
-        return grad_hidden, (work.t() @ h).to(weight.dtype) if need_weight else None
+    if wanted (a frozen head, as in LoRA, skips a third of the head's FLOPs).
+
+    The table is cast slice by slice again, as in the forward: keeping every cast slice would be
+    the whole low-precision table again. Going backwards, the forward's last cast slice
+    (`last_slice`) is still at hand, so a table of one slice is cast once in all. d/dhidden is
+    accumulated in float32; d/dW is written into its rows in place, cast only if it must be.
+    """
     grad_hidden = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_hidden else None
     grad_weight = torch.empty_like(weight) if need_weight else None
-    for cols in slices:
+    for cols in reversed(slices):
+        table_slice = last_slice if cols is slices[-1] else weight[cols].to(work.dtype)
         part = work[:, cols]
         if need_hidden:
-            grad_hidden += part @ weight[cols].to(work.dtype)
-        if need_weight:
+            grad_hidden += part @ table_slice
+        if need_weight and grad_weight.dtype == work.dtype:
+            torch.mm(part.t(), h, out=grad_weight[cols])
+        elif need_weight:
             grad_weight[cols] = part.t() @ h
     return grad_hidden, grad_weight
 
