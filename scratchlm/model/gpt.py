@@ -6,8 +6,8 @@
              x = x + MLP(norm(x))                        grouped-query heads, KV cache for decoding
 
 Every variant is chosen by `ModelConfig`; nothing here knows about training, parallelism,
-precision or compilation — those are applied from outside (`model/attention.py` only picks the
-faster SDPA kernel for the precision it is handed). Given `targets`, forward returns
+precision or compilation — those are applied from outside (`model/attention.py` and
+`model/matmul.py` only pick the faster kernel for the precision they are handed). Given `targets`, forward returns
 the next-token loss through `model/loss.py`, which fuses the head's matmul with the softmax.
 """
 
@@ -24,6 +24,7 @@ from scratchlm.errors import ModelError
 from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
+from scratchlm.model.matmul import Linear
 from scratchlm.model.tied import GradientHandoff, tied_embedding
 
 # --- the KV cache -------------------------------------------------------------------------------
@@ -113,8 +114,8 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.dropout = cfg.dropout
         # One matmul makes q, k and v: rows [q heads | k heads | v heads].
-        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        self.qkv = Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.proj = Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
 
@@ -168,8 +169,8 @@ class MLP(nn.Module):
         self.kind = cfg.mlp
         # SwiGLU's gate and up projections share one matmul: rows [gate | up].
         n_in = 2 * cfg.d_ff if cfg.mlp == "swiglu" else cfg.d_ff
-        self.fc = nn.Linear(cfg.d_model, n_in, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.fc = Linear(cfg.d_model, n_in, bias=cfg.bias)
+        self.proj = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
@@ -215,7 +216,7 @@ class GPT(nn.Module):
         self.emb_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg, cfg.d_model)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.reset_rope()
         self.reset_parameters()

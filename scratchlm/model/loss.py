@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from scratchlm.model.matmul import linear
 from scratchlm.model.tied import GradientHandoff
 
 IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens)
@@ -85,10 +86,13 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     n_rows, vocab = h.shape[0], weight.shape[0]
     slices = _vocab_slices(weight, compute_dtype)
     # logits, then (block by block, in place) the gradient of the objective w.r.t. the logits
-    work = torch.empty(n_rows, vocab, dtype=compute_dtype, device=h.device)
+    work = None if len(slices) == 1 else torch.empty(n_rows, vocab, dtype=compute_dtype, device=h.device)
     for cols in slices:
         table_slice = weight[cols].to(compute_dtype)  # a no-op view when there is nothing to cast
-        torch.mm(h, table_slice.t(), out=work[:, cols])
+        if work is None:  # nothing to cast: one product makes all the logits
+            work = linear(h, table_slice)
+        else:
+            torch.mm(h, table_slice.t(), out=work[:, cols])
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, 0).unsqueeze(1)
     inv_count = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
@@ -142,13 +146,17 @@ def _matmul_grads(work, h, weight, slices, last_slice, need_hidden: bool, need_w
     (`last_slice`) is still at hand, so a table of one slice is cast once in all. d/dhidden is
     accumulated in float32; d/dW is written into its rows in place, cast only if it must be.
     """
-    grad_hidden = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_hidden else None
+    grad_hidden = None
     grad_weight = torch.empty_like(weight) if need_weight else None
     for cols in reversed(slices):
         table_slice = last_slice if cols is slices[-1] else weight[cols].to(work.dtype)
         part = work[:, cols]
         if need_hidden:
-            grad_hidden += part @ table_slice
+            product = linear(part, table_slice.t())  # G·W, written as a product with Wᵀ's transpose
+            if grad_hidden is None:
+                grad_hidden = product.float()  # accumulated in float32
+            else:
+                grad_hidden += product
         if need_weight and grad_weight.dtype == work.dtype:
             torch.mm(part.t(), h, out=grad_weight[cols])
         elif need_weight:

@@ -1,0 +1,118 @@
+"""Float32 CPU matmul kernels for the model's products: torch's own (MKL) beside oneDNN.
+
+Re-measures the rule in `scratchlm/model/matmul.py` on this machine: for every linear layer of
+the benchmark shapes of `benchmarks/model.py` (training: batch × sequence rows) and for decoding
+(one row), the three products of a linear layer are timed both ways, alternating:
+
+- forward `x·Wᵀ`: `F.linear` vs oneDNN (what `linear()` runs at ≥ 2^25 multiply-adds),
+- input gradient `G·W`: `torch.mm` vs oneDNN with W passed transposed (ditto),
+- weight gradient `Gᵀ·x`: `torch.mm` vs oneDNN with a transposed left operand (not used by
+  `linear()`: shown so the choice can be re-checked).
+
+Prints a Markdown table and writes benchmarks/results/matmul.md.
+
+    python benchmarks/matmul.py            # ~1 minute on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from scratchlm.machine import cpu_model
+from scratchlm.model.matmul import ONEDNN_MIN_MACS, onednn_available
+
+# (shape name, rows, in, out) for each distinct product of the benchmark models
+PRODUCTS = [
+    ("tiny gpt2 qkv", 1024, 64, 192), ("tiny gpt2 fc", 1024, 64, 256), ("tiny head", 1024, 64, 512),
+    ("10m llama qkv", 1024, 256, 512), ("10m proj", 1024, 256, 256), ("10m llama fc", 1024, 256, 1280),
+    ("10m llama down", 1024, 640, 256), ("10m gpt2 fc", 1024, 256, 1024), ("10m head", 1024, 256, 8192),
+    ("124m qkv", 256, 768, 2304), ("124m proj", 256, 768, 768), ("124m gpt2 fc", 256, 768, 3072),
+    ("124m gpt2 down", 256, 3072, 768), ("124m head", 256, 768, 50257),
+    ("decode 124m qkv", 1, 768, 2304), ("decode 124m fc", 1, 768, 3072), ("decode 124m head", 1, 768, 50257),
+]
+
+
+def timed_pair(first, second, rounds: int) -> tuple[float, float]:
+    """Median seconds of each, run alternately so background load hits both alike."""
+    for _ in range(2):
+        first(), second()
+    a, b = [], []
+    for _ in range(rounds):
+        for fn, times in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def product_pairs(dnn, x, w, grad):
+    """(oneDNN, torch) closures for x·Wᵀ, G·W and Gᵀ·x."""
+    return [
+        (lambda: dnn(x, w), lambda: F.linear(x, w)),
+        (lambda: dnn(grad, w.t()), lambda: torch.mm(grad, w)),
+        (lambda: dnn(grad.t(), x.t()), lambda: torch.mm(grad.t(), x)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matmul.md"))
+    args = parser.parse_args()
+    if not onednn_available():
+        parser.error("this PyTorch build has no oneDNN linear kernel")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    onednn = torch.ops.mkldnn._linear_pointwise.default
+
+    def dnn(a, w):
+        return onednn(a, w, None, "none", [], "")
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for name, m, k, n in PRODUCTS:
+        x, w, grad = (torch.randn(*s, generator=g) for s in ((m, k), (n, k), (m, n)))
+        rounds = args.rounds if m * k * n >= 1 << 20 else 10 * args.rounds
+        gflop = 2 * m * k * n / 1e9
+        cells = []
+        for ours, theirs in product_pairs(dnn, x, w, grad):
+            t_dnn, t_torch = timed_pair(ours, theirs, rounds)
+            cells += [f"{gflop / t_torch:.0f}", f"{gflop / t_dnn:.0f}", f"{t_torch / t_dnn:.2f}×"]
+        routed = "yes" if m * k * n >= ONEDNN_MIN_MACS else "no"
+        row = (name, f"{m}×{k}×{n}", routed, *cells)
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+
+    header = ("product", "rows×in×out", "linear() uses oneDNN",
+              "x·Wᵀ torch", "x·Wᵀ oneDNN", "speedup", "G·W torch", "G·W oneDNN", "speedup",
+              "Gᵀ·x torch", "Gᵀ·x oneDNN", "speedup")
+    lines = [
+        "# Float32 CPU matmul: torch (MKL) vs oneDNN, GFLOP/s",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}, "
+        f"torch {torch.__version__}",
+        f"- median of {args.rounds} alternating rounds (10× more below 2^20 multiply-adds); "
+        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^25)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

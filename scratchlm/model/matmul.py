@@ -1,0 +1,109 @@
+"""`F.linear` for the model, with large float32 CPU products run by oneDNN instead of MKL.
+
+Why: PyTorch's x86 build computes float32 matmuls with MKL's sgemm, and MKL does not pick its
+fast kernels on every CPU (on AMD's it does not). The same build also ships oneDNN, which
+PyTorch already uses for its bf16 matmuls and which picks its kernels by instruction set alone.
+Measured on a 2-core AMD EPYC (Zen 4), `benchmarks/matmul.py`: 1.1–1.4× faster for the
+model's training products and ~2× for decoding one token through GPT-2's head.
+
+Which products: `x·Wᵀ` (forward) and `G·W` (gradient of the input), whose left operand is
+row-major. The weight's gradient `Gᵀ·x` has a transposed left operand; there oneDNN was no
+faster, so it stays `torch.mm`. Small products stay `F.linear` too: a oneDNN call costs a few
+tens of microseconds more, which only pays from about 2^25 multiply-adds up.
+
+The result is the full float32 (IEEE) product, as `F.linear`'s; only the kernel differs.
+Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor) this is
+`F.linear` itself. The product is a registered custom op, so `torch.compile` keeps it too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ONEDNN_MIN_MACS = 1 << 25  # multiply-adds from which the oneDNN call was measured faster
+
+
+def _onednn_linear_kernel():
+    """PyTorch's oneDNN linear op, or None in builds without oneDNN (e.g. some ARM wheels)."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_KERNEL = _onednn_linear_kernel()
+_enabled = _KERNEL is not None
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has the oneDNN linear kernel."""
+    return _KERNEL is not None
+
+
+def set_onednn_matmul(enabled: bool) -> bool:
+    """Turn the oneDNN route on or off (for comparisons); returns the previous setting."""
+    global _enabled
+    previous = _enabled
+    _enabled = bool(enabled) and _KERNEL is not None
+    return previous
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when `linear(x, weight)` runs on oneDNN: a large plain float32 CPU product."""
+    if not _enabled or x.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    if type(x) not in (torch.Tensor, nn.Parameter) or type(weight) not in (torch.Tensor, nn.Parameter):
+        return False
+    return x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+
+
+@torch.library.custom_op("scratchlm::onednn_linear", mutates_args=())
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _KERNEL(x, weight, bias, "none", [], "")
+
+
+@_onednn_linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grad_x = grad_weight = grad_bias = None
+    rows = grad.reshape(-1, grad.shape[-1])
+    if ctx.needs_input_grad[0]:  # G·W: W passed transposed, as the "weight" of G·(Wᵀ)ᵀ
+        grad_x = _onednn_linear(grad, weight.t(), None)
+    if ctx.needs_input_grad[1]:  # Gᵀ·x: transposed left operand, where MKL is as fast
+        grad_weight = torch.mm(rows.t(), x.reshape(-1, x.shape[-1]))
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = rows.sum(0)
+    return grad_x, grad_weight, grad_bias
+
+
+_onednn_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`: x·Wᵀ + b, through the faster CPU kernel (see module doc)."""
+    if uses_onednn(x, weight):
+        return _onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, init and state dict) whose product is `linear` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

@@ -1,0 +1,181 @@
+"""linear(): F.linear, with large float32 CPU products run by oneDNN — same values, same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from scratchlm.model import GPT, ModelConfig, matmul
+from scratchlm.model.loss import head_cross_entropy
+from scratchlm.model.matmul import (
+    ONEDNN_MIN_MACS,
+    Linear,
+    linear,
+    onednn_available,
+    set_onednn_matmul,
+    uses_onednn,
+)
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN linear kernel")
+
+ONEDNN_OP = "scratchlm.onednn_linear.default"
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every op dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def onednn_off():
+    """Call inside a test to run the rest of it with the oneDNN route off."""
+    previous = set_onednn_matmul(True)
+    yield lambda: set_onednn_matmul(False)
+    set_onednn_matmul(previous)
+
+
+def operands(rows: int, width: int, out: int, bias: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, width, generator=g).requires_grad_()
+    w = torch.randn(out, width, generator=g).requires_grad_()
+    b = torch.randn(out, generator=g).requires_grad_() if bias else None
+    return x, w, b
+
+
+def grads_of(fn, x, w, b, grad_out):
+    for t in (x, w, b):
+        if t is not None:
+            t.grad = None
+    y = fn(x, w, b)
+    y.backward(grad_out)
+    return y.detach(), [None if t is None else t.grad.clone() for t in (x, w, b)]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("batch_shape", [(256,), (4, 64)])
+def test_large_float32_product_runs_on_onednn_and_equals_f_linear(bias, batch_shape):
+    x, w, b = operands(256, 128, 1024, bias)  # 256 · 128 · 1024 = 2^25 multiply-adds
+    x = x.detach().reshape(*batch_shape, 128).requires_grad_()
+    assert uses_onednn(x, w)
+    grad_out = torch.randn(*batch_shape, 1024, generator=torch.Generator().manual_seed(1))
+    with OpNames() as seen:
+        y, grads = grads_of(linear, x, w, b, grad_out)
+    assert ONEDNN_OP in seen.names
+    y_ref, grads_ref = grads_of(F.linear, x, w, b, grad_out)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want, name in zip(grads, grads_ref, ("x", "weight", "bias")):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=name)
+
+
+def test_only_large_plain_float32_cpu_products_take_the_onednn_route(onednn_off):
+    x, w, _ = operands(256, 128, 1024, False)
+    assert uses_onednn(x, w)
+    small_x = x[: ONEDNN_MIN_MACS // (128 * 1024) - 1]
+    assert not uses_onednn(small_x, w)  # a oneDNN call costs more than it saves here
+    assert not uses_onednn(x.bfloat16(), w.bfloat16())
+    assert not uses_onednn(x.double(), w.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn(x, w)  # autocast's own bf16 matmul decides
+        with OpNames() as seen:
+            y = linear(x, w)
+        assert y.dtype == torch.bfloat16 and ONEDNN_OP not in seen.names
+    with OpNames() as seen:
+        linear(small_x, w)
+    assert ONEDNN_OP not in seen.names
+    onednn_off()
+    assert not uses_onednn(x, w)
+
+
+def test_custom_op_registration_passes_torch_opcheck():
+    """Schema, fake (meta) kernel and autograd formula agree with the real kernel."""
+    x, w, b = operands(8, 16, 32, True)
+    torch.library.opcheck(matmul._onednn_linear, (x, w, b))
+    torch.library.opcheck(matmul._onednn_linear, (x, w, None))
+    torch.library.opcheck(matmul._onednn_linear, (x.detach(), w.detach().t().contiguous().t(), None))
+
+
+def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
+    ours, ref = Linear(128, 1024), torch.nn.Linear(128, 1024)
+    assert isinstance(ours, torch.nn.Linear)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(300, 128)
+    assert uses_onednn(x, ours.weight)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_head_loss_is_the_same_on_either_kernel(onednn_off):
+    """The loss's logits and input gradient go through linear(); both routes agree."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(256, 128, generator=g).requires_grad_()
+    table = (0.1 * torch.randn(1024, 128, generator=g)).requires_grad_()
+    targets = torch.randint(0, 1024, (256,), generator=g)
+
+    def run():
+        hidden.grad = table.grad = None
+        with OpNames() as seen:
+            out = head_cross_entropy(hidden, table, targets, z_loss=1e-3)
+            out.objective.backward()
+        return out.objective.detach(), hidden.grad.clone(), table.grad.clone(), seen.names
+
+    *on, names = run()
+    assert any("_linear_pointwise" in n or n == ONEDNN_OP for n in names)
+    onednn_off()
+    *off, names = run()
+    assert not any("_linear_pointwise" in n or n == ONEDNN_OP for n in names)
+    for got, want in zip(on, off):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_logits_and_gradients_are_the_same_on_either_kernel(onednn_off):
+    cfg = ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, d_model=128, d_ff=512, max_seq_len=128,
+                      pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x = torch.randint(0, 1024, (2, 128))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with OpNames() as seen:
+            logits = model(x)
+            logits.square().mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, seen.names
+
+    logits_on, grads_on, names = run()
+    assert names.count(ONEDNN_OP) >= 2 * cfg.n_layer  # the block's products at 256 × 128 × ≥ 512
+    onednn_off()
+    logits_off, grads_off, names = run()
+    assert ONEDNN_OP not in names
+    torch.testing.assert_close(logits_on, logits_off, rtol=1e-5, atol=1e-5)
+    for name in grads_off:
+        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_torch_compile_keeps_the_onednn_product_and_its_gradients():
+    x, w, b = operands(256, 128, 1024, True)
+    grad_out = torch.randn(256, 1024, generator=torch.Generator().manual_seed(1))
+    y_ref, grads_ref = grads_of(linear, x, w, b, grad_out)
+    from torch._inductor.compile_fx import compile_fx
+
+    traced: list[str] = []
+
+    def inductor_recording_ops(gm, example_inputs):
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return compile_fx(gm, example_inputs)
+
+    torch._dynamo.reset()
+    y, grads = grads_of(torch.compile(linear, backend=inductor_recording_ops, fullgraph=True), x, w, b, grad_out)
+    assert any("onednn_linear" in t for t in traced), traced
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
