@@ -4,7 +4,7 @@ Re-measures the rule in `scratchlm/model/matmul.py` on this machine: for every l
 the benchmark shapes of `benchmarks/model.py` (training: batch × sequence rows) and for decoding
 (one row), the three products of a linear layer are timed both ways, alternating:
 
-- forward `x·Wᵀ`: `F.linear` vs oneDNN (what `linear()` runs at ≥ 2^25 multiply-adds),
+- forward `x·Wᵀ`: `F.linear` vs oneDNN (what `linear()` runs for large products, column 3),
 - input gradient `G·W`: `torch.mm` vs oneDNN with W passed transposed (ditto),
 - weight gradient `Gᵀ·x`: `torch.mm` vs oneDNN with a transposed left operand (not used by
   `linear()`: shown so the choice can be re-checked).
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm.machine import cpu_model
-from scratchlm.model.matmul import ONEDNN_MIN_MACS, onednn_available
+from scratchlm.model.matmul import ONEDNN_MIN_MACS, ONEDNN_MIN_WEIGHT, onednn_available, uses_onednn
 
 # (shape name, rows, in, out) for each distinct product of the benchmark models
 PRODUCTS = [
@@ -87,7 +87,7 @@ def main() -> None:
         for ours, theirs in product_pairs(dnn, x, w, grad):
             t_dnn, t_torch = timed_pair(ours, theirs, rounds)
             cells += [f"{gflop / t_torch:.0f}", f"{gflop / t_dnn:.0f}", f"{t_torch / t_dnn:.2f}×"]
-        routed = "yes" if m * k * n >= ONEDNN_MIN_MACS else "no"
+        routed = "yes" if uses_onednn(x, w) else "no"
         row = (name, f"{m}×{k}×{n}", routed, *cells)
         rows.append(row)
         print(" | ".join(row), flush=True)
@@ -102,7 +102,8 @@ def main() -> None:
         f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}, "
         f"torch {torch.__version__}",
         f"- median of {args.rounds} alternating rounds (10× more below 2^20 multiply-adds); "
-        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^25)",
+        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^25) or "
+        f"{ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
