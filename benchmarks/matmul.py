@@ -9,14 +9,20 @@ the benchmark shapes of `benchmarks/model.py` (training: batch × sequence rows)
 - weight gradient `Gᵀ·x`: `torch.mm` vs oneDNN with a transposed left operand (not used by
   `linear()`: shown so the choice can be re-checked).
 
-Prints a Markdown table and writes benchmarks/results/matmul.md.
+A second table times what the route changes end to end, scratchlm against itself with the route
+on and off (alternating): one float32 training step of each `benchmarks/model.py` shape, and
+greedy decoding with GPT-2 124M.
 
-    python benchmarks/matmul.py            # ~1 minute on 2 CPU cores
+Prints Markdown tables and writes benchmarks/results/matmul.md.
+
+    python benchmarks/matmul.py            # ~3 minutes on 2 CPU cores
+    python benchmarks/matmul.py --no-model # the kernel table only (~1 minute)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import statistics
@@ -25,9 +31,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from model import SHAPES, compare, make_step, our_config  # benchmarks/model.py
 
+from scratchlm.infer.generate import generate
 from scratchlm.machine import cpu_model
-from scratchlm.model.matmul import ONEDNN_MIN_MACS, ONEDNN_MIN_WEIGHT, onednn_available, uses_onednn
+from scratchlm.model import GPT, get_preset
+from scratchlm.model.matmul import (
+    ONEDNN_MIN_MACS,
+    ONEDNN_MIN_WEIGHT,
+    onednn_available,
+    set_onednn_matmul,
+    uses_onednn,
+)
 
 # (shape name, rows, in, out) for each distinct product of the benchmark models
 PRODUCTS = [
@@ -62,10 +77,50 @@ def product_pairs(dnn, x, w, grad):
     ]
 
 
+def with_route(enabled: bool, fn):
+    """`fn` run with the oneDNN route set as given."""
+
+    def run():
+        set_onednn_matmul(enabled)
+        fn()
+
+    return run
+
+
+def model_rows(rounds: int) -> list[tuple[str, ...]]:
+    """Training steps and decoding, the route on vs off, alternating."""
+    rows = []
+    for size, benchmark_shape in SHAPES.items():
+        shape = dataclasses.replace(benchmark_shape, steps=max(benchmark_shape.steps, 10))
+        for family in ("gpt2", "llama"):
+            model = GPT(our_config(shape, family))
+            step = make_step(model, lambda x, y, m=model: m(x, targets=y).objective, shape, False, False)
+            on, off, speedup = compare(with_route(True, step), with_route(False, step), shape, warmup=1)
+            rows.append((f"train step, {size} {family}", f"{off:,.1f}", f"{on:,.1f}", f"{speedup:.2f}×"))
+            print(" | ".join(rows[-1]), flush=True)
+    model = GPT(get_preset("gpt2-124m")).eval()
+    prompt, new_tokens = list(range(16)), 24
+    on_t, off_t = timed_pair(
+        with_route(True, lambda: generate(model, prompt, new_tokens, temperature=0.0)),
+        with_route(False, lambda: generate(model, prompt, new_tokens, temperature=0.0)),
+        max(3, rounds // 4),
+    )
+    rows.append(("greedy decode, GPT-2 124M", f"{new_tokens / off_t:.1f}", f"{new_tokens / on_t:.1f}",
+                 f"{off_t / on_t:.2f}×"))
+    print(" | ".join(rows[-1]), flush=True)
+    set_onednn_matmul(True)
+    return rows
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--no-model", action="store_true", help="skip the end-to-end table")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matmul.md"))
     args = parser.parse_args()
     if not onednn_available():
@@ -102,13 +157,22 @@ def main() -> None:
         f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}, "
         f"torch {torch.__version__}",
         f"- median of {args.rounds} alternating rounds (10× more below 2^20 multiply-adds); "
-        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^25) or "
+        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^26) or "
         f"{ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *table(header, rows),
     ]
+    if not args.no_model:
+        lines += [
+            "",
+            "## End to end: scratchlm with the route off vs on (float32, tokens/s)",
+            "",
+            "Training steps as in `benchmarks/model.py` (batch×seq: "
+            + ", ".join(f"{name} {s.batch}×{s.seq_len}" for name, s in SHAPES.items())
+            + "), alternating; decoding: 16-token prompt, 24 new tokens, random-init weights.",
+            "",
+            *table(("run", "route off", "route on", "speedup"), model_rows(args.rounds)),
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

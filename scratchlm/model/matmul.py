@@ -9,7 +9,7 @@ model's training products and ~2× for decoding one token through GPT-2's head.
 Which products: `x·Wᵀ` (forward) and `G·W` (gradient of the input), whose left operand is
 row-major. The weight's gradient `Gᵀ·x` has a transposed left operand; there oneDNN was no
 faster, so it stays `torch.mm`. Small products stay `F.linear` too: a oneDNN call costs a few
-tens of microseconds more, which pays from about 2^25 multiply-adds up, or, when few rows read
+tens of microseconds more, which pays from about 2^26 multiply-adds up, or, when few rows read
 a large weight (decoding), from 2^20 weight elements up (GPT-2 124M decodes 1.4× faster).
 
 The result is the full float32 (IEEE) product, as `F.linear`'s; only the kernel differs.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN_MIN_MACS = 1 << 25  # multiply-adds from which the oneDNN call was measured faster
+ONEDNN_MIN_MACS = 1 << 26  # multiply-adds from which the oneDNN call was measured faster
 ONEDNN_MIN_WEIGHT = 1 << 20  # weights from which it is faster for any rows (decoding reads W once)
 
 

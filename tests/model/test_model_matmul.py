@@ -22,6 +22,8 @@ from scratchlm.model.matmul import (
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN linear kernel")
 
 ONEDNN_OP = "scratchlm.onednn_linear.default"
+WIDTH, OUT = 128, 1024
+ROWS = ONEDNN_MIN_MACS // (WIDTH * OUT)  # the fewest rows whose product takes the oneDNN route
 
 
 class OpNames(TorchDispatchMode):
@@ -62,12 +64,12 @@ def grads_of(fn, x, w, b, grad_out):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("batch_shape", [(256,), (4, 64)])
+@pytest.mark.parametrize("batch_shape", [(ROWS,), (4, ROWS // 4)])
 def test_large_float32_product_runs_on_onednn_and_equals_f_linear(bias, batch_shape):
-    x, w, b = operands(256, 128, 1024, bias)  # 256 · 128 · 1024 = 2^25 multiply-adds
-    x = x.detach().reshape(*batch_shape, 128).requires_grad_()
+    x, w, b = operands(ROWS, WIDTH, OUT, bias)
+    x = x.detach().reshape(*batch_shape, WIDTH).requires_grad_()
     assert uses_onednn(x, w)
-    grad_out = torch.randn(*batch_shape, 1024, generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(*batch_shape, OUT, generator=torch.Generator().manual_seed(1))
     with OpNames() as seen:
         y, grads = grads_of(linear, x, w, b, grad_out)
     assert ONEDNN_OP in seen.names
@@ -80,11 +82,11 @@ def test_large_float32_product_runs_on_onednn_and_equals_f_linear(bias, batch_sh
 
 
 def test_only_large_plain_float32_cpu_products_take_the_onednn_route(onednn_off):
-    x, w, _ = operands(256, 128, 1024, False)
+    x, w, _ = operands(ROWS, WIDTH, OUT, False)
     assert uses_onednn(x, w)
-    small_x = x[: ONEDNN_MIN_MACS // (128 * 1024) - 1]
+    small_x = x[: ROWS - 1]
     assert not uses_onednn(small_x, w)  # a oneDNN call costs more than it saves here
-    big_weight = torch.empty(ONEDNN_MIN_WEIGHT // 128, 128)
+    big_weight = torch.empty(ONEDNN_MIN_WEIGHT // WIDTH, WIDTH)
     assert uses_onednn(x[:1], big_weight)  # one row through a large weight: decoding
     assert not uses_onednn(x[:1], big_weight[:-1])
     assert not uses_onednn(x.bfloat16(), w.bfloat16())
@@ -110,10 +112,10 @@ def test_custom_op_registration_passes_torch_opcheck():
 
 
 def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
-    ours, ref = Linear(128, 1024), torch.nn.Linear(128, 1024)
+    ours, ref = Linear(WIDTH, OUT), torch.nn.Linear(WIDTH, OUT)
     assert isinstance(ours, torch.nn.Linear)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(300, 128)
+    x = torch.randn(ROWS, WIDTH)
     assert uses_onednn(x, ours.weight)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
@@ -121,9 +123,9 @@ def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
 def test_fused_head_loss_is_the_same_on_either_kernel(onednn_off):
     """The loss's logits and input gradient go through linear(); both routes agree."""
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(256, 128, generator=g).requires_grad_()
-    table = (0.1 * torch.randn(1024, 128, generator=g)).requires_grad_()
-    targets = torch.randint(0, 1024, (256,), generator=g)
+    hidden = torch.randn(ROWS, WIDTH, generator=g).requires_grad_()
+    table = (0.1 * torch.randn(OUT, WIDTH, generator=g)).requires_grad_()
+    targets = torch.randint(0, OUT, (ROWS,), generator=g)
 
     def run():
         hidden.grad = table.grad = None
@@ -142,11 +144,11 @@ def test_fused_head_loss_is_the_same_on_either_kernel(onednn_off):
 
 
 def test_model_logits_and_gradients_are_the_same_on_either_kernel(onednn_off):
-    cfg = ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, d_model=128, d_ff=512, max_seq_len=128,
+    cfg = ModelConfig(vocab_size=OUT, n_layer=2, n_head=4, n_kv_head=2, d_model=WIDTH, d_ff=OUT // 2, max_seq_len=128,
                       pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
     torch.manual_seed(0)
     model = GPT(cfg)
-    x = torch.randint(0, 1024, (2, 128))
+    x = torch.randint(0, OUT, (ROWS // 128, 128))
 
     def run():
         model.zero_grad(set_to_none=True)
@@ -156,7 +158,7 @@ def test_model_logits_and_gradients_are_the_same_on_either_kernel(onednn_off):
         return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, seen.names
 
     logits_on, grads_on, names = run()
-    assert names.count(ONEDNN_OP) >= 2 * cfg.n_layer  # each up-projection (256 × 128 × 1024), x·Wᵀ and G·W
+    assert names.count(ONEDNN_OP) >= 2 * cfg.n_layer  # each up-projection (ROWS × WIDTH × OUT): x·Wᵀ, G·W
     onednn_off()
     logits_off, grads_off, names = run()
     assert ONEDNN_OP not in names
@@ -166,8 +168,8 @@ def test_model_logits_and_gradients_are_the_same_on_either_kernel(onednn_off):
 
 
 def test_torch_compile_keeps_the_onednn_product_and_its_gradients():
-    x, w, b = operands(256, 128, 1024, True)
-    grad_out = torch.randn(256, 1024, generator=torch.Generator().manual_seed(1))
+    x, w, b = operands(ROWS, WIDTH, OUT, True)
+    grad_out = torch.randn(ROWS, OUT, generator=torch.Generator().manual_seed(1))
     y_ref, grads_ref = grads_of(linear, x, w, b, grad_out)
     from torch._inductor.compile_fx import compile_fx
 
