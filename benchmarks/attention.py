@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_report import publish, table  # benchmarks/bench_report.py
 
 from scratchlm.machine import cpu_model
 from scratchlm.model.attention import attend, float32_is_faster
@@ -79,20 +80,15 @@ def main() -> None:
         print(" | ".join(row), flush=True)
 
     header = ("batch×heads×seq×head_dim", "attend's kernel", "SDPA bf16 ms", "attend ms", "speedup")
-    text = "\n".join([
+    publish([
         "# Training attention under CPU bf16 autocast (forward + backward)",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}, torch {torch.__version__}",
         "- causal, q/k/v views of one fused projection; median of alternating rounds",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
+        *table(header, rows),
+    ], args.out)
 
 
 if __name__ == "__main__":

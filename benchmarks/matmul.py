@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_report import publish, table  # benchmarks/bench_report.py
 from model import SHAPES, compare, make_step, our_config  # benchmarks/model.py
 
 from scratchlm.infer.generate import generate
@@ -112,10 +113,6 @@ def model_rows(rounds: int) -> list[tuple[str, ...]]:
     return rows
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15)
@@ -173,10 +170,7 @@ def main() -> None:
             "",
             *table(("run", "route off", "route on", "speedup"), model_rows(args.rounds)),
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

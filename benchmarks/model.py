@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from bench_report import publish, table  # benchmarks/bench_report.py
 
 from scratchlm.machine import cpu_model
 from scratchlm.model import GPT, ModelConfig
@@ -184,14 +185,9 @@ def main() -> None:
                               if args.keep_host_memory else "defaults (large blocks returned to the kernel when freed)"),
         "- target: scratchlm ≥ 1.2× transformers for the same shape and dtype",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *table(header, rows),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
