@@ -3,18 +3,20 @@
 Why: PyTorch's x86 build computes float32 matmuls with MKL's sgemm, and MKL does not pick its
 fast kernels on every CPU (on AMD's it does not). The same build also ships oneDNN, which
 PyTorch already uses for its bf16 matmuls and which picks its kernels by instruction set alone.
-Measured on a 2-core AMD EPYC (Zen 4), `benchmarks/matmul.py`: 1.1–1.4× faster for the
+Measured on a 2-core AMD EPYC (Zen 4), `benchmarks/matmul.py`: up to 1.7× faster for the
 model's training products and ~2× for decoding one token through GPT-2's head.
 
 Which products: `x·Wᵀ` (forward) and `G·W` (gradient of the input), whose left operand is
 row-major. The weight's gradient `Gᵀ·x` has a transposed left operand; there oneDNN was no
 faster, so it stays `torch.mm`. Small products stay `F.linear` too: a oneDNN call costs a few
 tens of microseconds more, which pays from about 2^26 multiply-adds up, or, when few rows read
-a large weight (decoding), from 2^20 weight elements up (GPT-2 124M decodes 1.4× faster).
+a large weight (decoding), from 2^20 weight elements up (GPT-2 124M decodes 1.4–1.5× faster).
 
 The result is the full float32 (IEEE) product, as `F.linear`'s; only the kernel differs.
 Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor) this is
 `F.linear` itself. The product is a registered custom op, so `torch.compile` keeps it too.
+Only this AMD machine was measured: on another CPU, `benchmarks/matmul.py` re-measures the rule
+and `set_onednn_matmul(False)` gives plain `F.linear` back.
 """
 
 from __future__ import annotations
