@@ -7,8 +7,9 @@
 
 Every variant is chosen by `ModelConfig`; nothing here knows about training, parallelism,
 precision or compilation — those are applied from outside (`model/attention.py` and
-`model/matmul.py` only pick the faster kernel for the precision they are handed). Given `targets`, forward returns
-the next-token loss through `model/loss.py`, which fuses the head's matmul with the softmax.
+`model/matmul.py` only pick the faster kernel for the precision they are handed). Given
+`targets`, forward returns the next-token loss through `model/loss.py`, which fuses the head's
+matmul with the softmax.
 """
 
 from __future__ import annotations
