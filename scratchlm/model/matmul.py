@@ -67,7 +67,9 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
 
 
-@torch.library.custom_op("scratchlm::onednn_linear", mutates_args=())
+@torch.library.custom_op(
+    "scratchlm::onednn_linear", mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
+)
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return _KERNEL(x, weight, bias, "none", [], "")
 
