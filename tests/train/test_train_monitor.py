@@ -74,16 +74,20 @@ def test_injected_spike_is_skipped(tokens, tmp_path):
     assert summary["steps"] == 12 and summary["skipped_batches"] == 1 and summary["rollbacks"] == 0
 
 
-def test_injected_spike_rolls_back_to_last_good_checkpoint_and_completes(tokens, tmp_path):
-    out = tmp_path / "run"
-    cfg = tiny_config(
+def rollback_config(tokens, out, **monitor):
+    """14 steps, checkpoints every 4, a spike injected at step 10, answered by rolling back."""
+    return tiny_config(
         tokens,
         out,
         train={"max_steps": 14, "checkpoint_every": 4},
-        monitor={**MONITOR, "response": "rollback", "rollback_skip_batches": 3},
+        monitor={**MONITOR, "response": "rollback", **monitor},
         debug={"inject_spike_at_step": 10},
     )
-    summary = train(cfg)
+
+
+def test_injected_spike_rolls_back_to_last_good_checkpoint_and_completes(tokens, tmp_path):
+    out = tmp_path / "run"
+    summary = train(rollback_config(tokens, out, rollback_skip_batches=3))
     rows = read_rows(out)
     (rollback,) = events(rows, "rollback")
     assert rollback["step"] == 10 and rollback["to_step"] == 8 and rollback["checkpoint"] == "step-000008"
@@ -97,14 +101,7 @@ def test_injected_spike_rolls_back_to_last_good_checkpoint_and_completes(tokens,
 
 def test_too_many_rollbacks_stop_with_a_diagnosis(tokens, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(
-        tokens,
-        out,
-        train={"max_steps": 14, "checkpoint_every": 4},
-        monitor={**MONITOR, "response": "rollback", "max_rollbacks": 0},
-        debug={"inject_spike_at_step": 10},
-    )
     with pytest.raises(TrainingStopped, match="spikes"):
-        train(cfg)
+        train(rollback_config(tokens, out, max_rollbacks=0))
     diag = events(read_rows(out), "diagnosis")
     assert diag and diag[-1]["kind"] == "instability"

@@ -94,12 +94,18 @@ def assert_same_run(out: Path, reference: Path) -> None:
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
 
 
-def test_sigkill_mid_run_then_resume_is_bitwise_identical(tokens, reference, tmp_path):
-    out = tmp_path / "killed"
+def interrupted_run(tokens: Path, tmp_path: Path, name: str, after_step: int, sig: signal.Signals):
+    """Start the run in a child process and send it `sig` once a checkpoint at `after_step` exists."""
+    out = tmp_path / name
     cfg = run_config(tokens, out)
     child = start_child(cfg, tmp_path)
-    wait_for_checkpoint(out / "checkpoints", 6, child)
-    os.kill(child.pid, signal.SIGKILL)
+    wait_for_checkpoint(out / "checkpoints", after_step, child)
+    os.kill(child.pid, sig)
+    return cfg, out, child
+
+
+def test_sigkill_mid_run_then_resume_is_bitwise_identical(tokens, reference, tmp_path):
+    cfg, out, child = interrupted_run(tokens, tmp_path, "killed", 6, signal.SIGKILL)
     child.communicate()
     assert child.returncode == -signal.SIGKILL
     killed_at = find_latest(out / "checkpoints")
@@ -111,11 +117,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(tokens, reference, tmp
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_matches(tokens, reference, tmp_path):
-    out = tmp_path / "terminated"
-    cfg = run_config(tokens, out)
-    child = start_child(cfg, tmp_path)
-    wait_for_checkpoint(out / "checkpoints", 3, child)
-    os.kill(child.pid, signal.SIGTERM)
+    cfg, out, child = interrupted_run(tokens, tmp_path, "terminated", 3, signal.SIGTERM)
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 0, stderr
     assert stdout.strip().splitlines()[-1] == "SIGTERM"
