@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -60,7 +61,7 @@ def save_model(
     """
     with atomic_directory(directory) as tmp:
         write_model_files(model, tmp, state_dict)
-        _write_extra_files(tmp, extra_files)
+        write_extra_files(tmp, extra_files)
     return Path(directory)
 
 
@@ -72,12 +73,20 @@ def write_model_files(
     model = unwrap(model)
     if not isinstance(model, GPT):
         raise TypeError(f"expected a scratchlm GPT, got {type(model).__name__}")
+    write_weights_and_config(directory, weights_for_saving(model, state_dict), to_dict(model.cfg))
+
+
+def write_weights_and_config(
+    directory: str | os.PathLike, weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> None:
+    """The two files of a model directory from tensors ready to save and a config dict."""
     directory = Path(directory)
-    save_file(weights_for_saving(model, state_dict), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    atomic_write_json(directory / CONFIG_FILE, to_dict(model.cfg))
+    save_file(dict(weights), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    atomic_write_json(directory / CONFIG_FILE, dict(config))
 
 
-def _write_extra_files(directory: Path, extra_files: ExtraFiles | None) -> None:
+def write_extra_files(directory: Path, extra_files: ExtraFiles | None) -> None:
+    """Copy `extra_files` (see `save_model`) into `directory`."""
     if extra_files is None:
         return
     items = extra_files.items() if isinstance(extra_files, Mapping) else ((Path(p).name, p) for p in extra_files)
@@ -102,6 +111,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     `checkpoints/best`, which hold the name of a sibling step directory), a `checkpoints/` folder
     or a run folder (both resolved through their `latest` pointer).
     """
+    from scratchlm.train.checkpoint import find_latest  # imported here: checkpoint builds on this module
+
     p = Path(path)
     if p.is_file() and p.name in POINTER_NAMES:
         target = p.parent / p.read_text(encoding="utf-8").strip()
@@ -109,15 +120,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
             raise ModelError(f"{p} points to {target.name}, which does not exist")
         return target
     if p.is_dir() and not (p / CONFIG_FILE).is_file():
-        for pointer in (p / "latest", p / "checkpoints" / "latest"):
-            if pointer.is_file():
-                return resolve_model_dir(pointer)
+        return find_latest(p) or find_latest(p / "checkpoints") or p
     return p
 
 
 def load_model_config(directory: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` stored in a model directory's config.json."""
-    directory = resolve_model_dir(directory)
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"not a model directory (no {CONFIG_FILE}): {directory}")

@@ -10,7 +10,6 @@ leaves `latest` naming a whole checkpoint.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -20,11 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from scratchlm.errors import CheckpointError
-from scratchlm.fsutil import atomic_directory, atomic_write_text
+from scratchlm.errors import CheckpointError, ModelError
+from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, read_json_object
+from scratchlm.model.io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_weights,
+    write_extra_files,
+    write_weights_and_config,
+)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-REQUIRED_FILES = ("model.safetensors", "config.json", "train_state.json", "optimizer.pt", "rng.pt")
+REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, "train_state.json", "optimizer.pt", "rng.pt")
 
 
 def step_dir_name(step: int) -> str:
@@ -83,20 +89,16 @@ def save_checkpoint(
     `weights` are CPU tensors as `scratchlm.model.io.weights_for_saving` gives them, so the
     directory loads with `load_model` like any model dir.
     """
-    from safetensors.torch import save_file
-
     root = Path(ckpt_root)
     final = root / step_dir_name(step)
     with atomic_directory(final) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
+        write_weights_and_config(tmp, weights, model_config)
         if tokenizer_dir is not None:
-            for src in sorted(Path(tokenizer_dir).glob("*.json")):
-                shutil.copyfile(src, tmp / src.name)
+            write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save({f"rank{r}": s for r, s in enumerate(rng_states)}, tmp / "rng.pt")
         # Written last: a step dir with a train_state.json has every other file.
-        (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(tmp / "train_state.json", train_state)
     atomic_write_text(root / "latest", final.name + "\n")
     return final
 
@@ -131,21 +133,24 @@ def find_latest(ckpt_root: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint dir: `model` (tensors), `optimizer`, `rng` (per rank) and `train_state`."""
-    from safetensors.torch import load_file
-
+    """Read a checkpoint dir: `model` (tensors), its `model_config`, `optimizer`, `rng` (per rank)
+    and `train_state`."""
     path = Path(path)
     if not is_complete(path):
         missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    train_state = read_json_object(path / "train_state.json", CheckpointError)
+    model_config = read_json_object(path / CONFIG_FILE, CheckpointError)
     try:
-        train_state = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
-        model = load_file(str(path / "model.safetensors"))
+        model = read_weights(path / WEIGHTS_FILE)
         optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+    except (ModelError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
-    return {"model": model, "optimizer": optimizer, "rng": rng, "train_state": train_state, "path": path}
+    return {
+        "model": model, "model_config": model_config, "optimizer": optimizer, "rng": rng,
+        "train_state": train_state, "path": path,
+    }
 
 
 def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> list[Path]:
@@ -169,8 +174,8 @@ def best_checkpoint(ckpt_root: str | Path) -> Path | None:
     best, best_loss = None, float("inf")
     for _, p in list_checkpoints(ckpt_root):
         try:
-            val = json.loads((p / "train_state.json").read_text(encoding="utf-8")).get("val_loss")
-        except (OSError, json.JSONDecodeError):
+            val = read_json_object(p / "train_state.json", CheckpointError).get("val_loss")
+        except CheckpointError:
             continue
         if val is not None and val < best_loss:
             best, best_loss = p, val

@@ -522,7 +522,6 @@ class PretrainRun:
                 "grad_accum": self.grad_accum,
                 "tokenizer_sha256": self.tokenizer.sha256,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "model_config": to_dict(self.model_cfg),
                 "config": to_dict(self.config),
                 "reason": reason,
             }
@@ -566,7 +565,7 @@ class PretrainRun:
     def _restore(self, loaded: dict[str, Any], resumed: bool) -> None:
         """Put weights, optimizer, RNG, monitor and position back as a checkpoint holds them."""
         saved = loaded["train_state"]
-        if saved.get("model_config") != to_dict(self.model_cfg):
+        if loaded["model_config"] != to_dict(self.model_cfg):
             raise CheckpointError(
                 f"{loaded['path']}: the checkpoint's model config differs from this run's [model] section"
             )

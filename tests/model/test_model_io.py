@@ -112,10 +112,13 @@ def test_write_model_files_into_a_directory_being_assembled(tmp_path):
 
 def test_checkpoint_pointers_and_run_dirs_resolve_to_the_model_dir(tmp_path):
     from scratchlm.model.io import resolve_model_dir
+    from scratchlm.train.checkpoint import REQUIRED_FILES
 
     step = tmp_path / "run" / "checkpoints" / "step-000010"
     step.mkdir(parents=True)
-    (step / "config.json").write_text("{}")
+    for name in REQUIRED_FILES:  # a complete checkpoint: partial step dirs are never picked
+        (step / name).write_text("{}")
+    (tmp_path / "run" / "checkpoints" / "step-000011").mkdir()  # newer, but incomplete
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000010\n")
     assert resolve_model_dir(tmp_path / "run" / "checkpoints" / "latest") == step
     assert resolve_model_dir(tmp_path / "run" / "checkpoints") == step
