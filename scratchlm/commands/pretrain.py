@@ -8,6 +8,7 @@ import sys
 
 from scratchlm.cli import add_config_args
 from scratchlm.errors import ConfigError
+from scratchlm.train.sweep import DEFAULT_GRID, DEFAULT_STEPS
 
 
 def register(root, groups) -> None:
@@ -30,8 +31,9 @@ def register(root, groups) -> None:
         description="Train a few hundred steps per learning rate and rank them by validation loss.",
     )
     add_config_args(sweep)
-    sweep.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3", metavar="LR,LR,...", help="the grid")
-    sweep.add_argument("--steps", type=int, default=200, metavar="N", help="steps per learning rate")
+    sweep.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in DEFAULT_GRID), metavar="LR,LR,...",
+                       help="the grid")
+    sweep.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="steps per learning rate")
     sweep.set_defaults(func=run_sweep)
 
 

@@ -29,7 +29,7 @@ def loss_not_decreasing(losses: Sequence[float], lr: float, min_steps: int = 20)
     )
 
 
-def nonfinite_loss(step: int, loss: float | str, grad_norm: float | str, clip: float, lr: float) -> str:
+def nonfinite_loss(step: int, loss: float, grad_norm: float, clip: float, lr: float) -> str:
     clip_hint = "turn on gradient clipping (train.grad_clip = 1.0)" if clip <= 0 else "clip harder"
     return (
         f"the loss or gradient became non-finite at step {step} (loss {loss}, grad norm {grad_norm}): "

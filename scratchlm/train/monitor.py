@@ -73,7 +73,7 @@ class StabilityMonitor:
     def judge(self, loss: float, grad_norm: float) -> Verdict:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.consecutive_nonfinite += 1
-            return Verdict("nonfinite", {"loss": _json_float(loss), "grad_norm": _json_float(grad_norm)})
+            return Verdict("nonfinite", {"loss": loss, "grad_norm": grad_norm})
         self.consecutive_nonfinite = 0
         if len(self.loss) < self.cfg.min_history:
             return Verdict("ok", {})
@@ -135,7 +135,3 @@ def inject_fault(loss: torch.Tensor, data_step: int, debug: DebugSection) -> tor
     if data_step == debug.inject_spike_at_step:
         return loss * debug.spike_factor
     return loss
-
-
-def _json_float(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)

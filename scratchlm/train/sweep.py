@@ -16,13 +16,17 @@ from scratchlm.fsutil import atomic_write_json
 from scratchlm.train.config import PretrainConfig
 
 DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+DEFAULT_STEPS = 200
 
 
 def lr_label(lr: float) -> str:
-    return f"lr-{lr:.0e}".replace("+", "").replace("-0", "-")
+    """The run folder's name: every distinct rate gets its own (1e-3 and 1.2e-3 differ)."""
+    return f"lr-{lr:g}"
 
 
-def sweep_lr(config: PretrainConfig, lrs: list[float] | tuple[float, ...] = DEFAULT_GRID, steps: int = 200) -> dict[str, Any]:
+def sweep_lr(
+    config: PretrainConfig, lrs: list[float] | tuple[float, ...] = DEFAULT_GRID, steps: int = DEFAULT_STEPS
+) -> dict[str, Any]:
     """Train `steps` steps per learning rate under `config.train.out/lr-*`; the best has the lowest
     final validation loss. Writes `sweep.json` beside the runs and returns the same dict."""
     from scratchlm.train.trainer import train

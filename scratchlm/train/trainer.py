@@ -66,6 +66,7 @@ class TrainState:
     skipped_batches: int = 0
     best_val_loss: float | None = None
     last_val_loss: float | None = None
+    last_val_bpb: float | None = None
     last_val_step: int = -1
 
 
@@ -96,7 +97,6 @@ class PretrainRun:
         self._stop_signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self.diagnoses: list[str] = []
-        self._last_bpb: float | None = None
         self._diagnosed: set[str] = set()
         try:
             self._open_data()
@@ -200,13 +200,18 @@ class PretrainRun:
         step_time_total, session_tokens, session_steps = 0.0, 0, 0
         losses: list[float] = []
         stopped: str | None = None
-        last_row: dict[str, Any] = {}
         bar_options: dict[str, Any] = {} if tc.progress_bar and self.dist.is_main else {"disable": True}
         bar = progress(total=tc.max_steps or None, initial=self.state.step, desc="pretrain", unit="step", **bar_options)
         try:
             while True:
-                elapsed, stop_now = self._agree_max(
-                    base_elapsed + time.perf_counter() - session_start, float(self._stop_signal or 0)
+                # One collective a step: elapsed time, a stop signal, a wall-clock checkpoint due.
+                minutes_due_here = tc.checkpoint_minutes and (
+                    time.perf_counter() - last_ckpt_time >= 60 * tc.checkpoint_minutes
+                )
+                elapsed, stop_now, minutes_due = self._agree_max(
+                    base_elapsed + time.perf_counter() - session_start,
+                    float(self._stop_signal or 0),
+                    float(bool(minutes_due_here)),
                 )
                 self.state.elapsed_s = elapsed
                 if stop_now:
@@ -239,11 +244,6 @@ class PretrainRun:
                     continue
                 if tc.eval_every and step % tc.eval_every == 0:
                     self._evaluate(step, losses)
-                minutes_due = tc.checkpoint_minutes and (
-                    time.perf_counter() - last_ckpt_time >= 60 * tc.checkpoint_minutes
-                )
-                if tc.checkpoint_minutes:
-                    minutes_due = self._agree_max(float(bool(minutes_due)))[0]
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due:
                     self._save("interval")
                     last_ckpt_time, last_ckpt_step = time.perf_counter(), step
@@ -254,9 +254,7 @@ class PretrainRun:
         if stopped is None and self.state.last_val_step != self.state.step:
             self._evaluate(self.state.step, losses, final=True)
         if stopped is None:
-            found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
-            if found:
-                self._diagnose("loss_not_decreasing", found)
+            self._check_loss_trend(losses)
         if self.state.step != last_ckpt_step or stopped or not ckpt.find_latest(self.ckpt_root):
             self._save("signal" if stopped else "final")
         if stopped:
@@ -268,7 +266,7 @@ class PretrainRun:
             "elapsed_s": self.state.elapsed_s,
             "final_loss": losses[-1] if losses else None,
             "val_loss": self.state.last_val_loss,
-            "val_bpb": self._last_bpb,
+            "val_bpb": self.state.last_val_bpb,
             "best_val_loss": self.state.best_val_loss,
             "tokens_per_s": tokens_per_s,
             "mfu": self._mfu(tokens_per_s),
@@ -445,10 +443,9 @@ class PretrainRun:
 
     def _evaluate(self, step: int, losses: list[float], final: bool = False) -> None:
         result = evaluate_loss(self.model, self.val_batches, self.token_bytes, self.precision, self.device)
-        self.model.train()
         val_loss, val_bpb = float(result["val_loss"]), float(result["val_bpb"])
         st = self.state
-        st.last_val_loss, st.last_val_step, self._last_bpb = val_loss, step, val_bpb
+        st.last_val_loss, st.last_val_bpb, st.last_val_step = val_loss, val_bpb, step
         if math.isfinite(val_loss) and (st.best_val_loss is None or val_loss < st.best_val_loss):
             st.best_val_loss = val_loss
         row: dict[str, Any] = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb}
@@ -463,9 +460,12 @@ class PretrainRun:
                 self._diagnose("repetitive_samples", found)
         self.log.log(row)
         if len(losses) >= 50:
-            found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
-            if found:
-                self._diagnose("loss_not_decreasing", found)
+            self._check_loss_trend(losses)
+
+    def _check_loss_trend(self, losses: list[float]) -> None:
+        found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
+        if found:
+            self._diagnose("loss_not_decreasing", found)
 
     def _sample(self, step: int) -> list[int]:
         """A short continuation of `train.sample_prompt`, drawn without disturbing training RNG."""
@@ -483,7 +483,6 @@ class PretrainRun:
                 top_k=tc.sample_top_k or None,
                 seed=tc.seed + step,
             )
-        self.model.train()
         return [int(i) for i in ids]
 
     def _diagnose_speed(self, mfu_value: float) -> None:
