@@ -1,8 +1,46 @@
-"""The Markdown report every CPU benchmark prints and writes under benchmarks/results/."""
+"""What every CPU benchmark shares: alternating timings and the Markdown report it writes."""
 
 from __future__ import annotations
 
+import datetime
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
+
+from scratchlm.machine import describe_machine
+
+
+def alternate(fns: list[Callable[[], object]], rounds: int, warmup: int = 1) -> list[list[float]]:
+    """Seconds of each call of each function, the functions taking turns round by round, so that
+    load from other processes on a shared machine hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, samples in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return times
+
+
+def medians(fns: list[Callable[[], object]], rounds: int, warmup: int = 1) -> list[float]:
+    """Median seconds of each function, timed by `alternate`."""
+    return [statistics.median(samples) for samples in alternate(fns, rounds, warmup)]
+
+
+def header_lines(title: str) -> list[str]:
+    """Title, date and machine (cores, CPU, Python, torch and its thread count)."""
+    return [
+        f"# {title}",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {describe_machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads",
+    ]
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

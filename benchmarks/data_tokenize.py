@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tiktoken
 import torch
-import torch.nn.functional as F
 
 from scratchlm.data.loader import Batcher, TokenDataset
 from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
@@ -130,9 +129,7 @@ def loader_vs_step(tokens_dir: Path, vocab_size: int, seq_len: int, micro_batch:
 
     def train_step(step: int) -> None:
         x, y = batcher.batch(step)
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        loss.backward()
+        model(x, targets=y).objective.backward()  # the trainer's own loss path
         opt.step()
         opt.zero_grad(set_to_none=True)
 

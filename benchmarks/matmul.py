@@ -4,7 +4,7 @@ Re-measures the rule in `scratchlm/model/matmul.py` on this machine: for every l
 the benchmark shapes of `benchmarks/model.py` (training: batch × sequence rows) and for decoding
 (one row), the three products of a linear layer are timed both ways, alternating:
 
-- forward `x·Wᵀ`: `F.linear` vs oneDNN (what `linear()` runs for large products, column 3),
+- forward `x·Wᵀ`: `F.linear` vs the oneDNN op `linear()` runs for large products (column 3),
 - input gradient `G·W`: `torch.mm` vs oneDNN with W passed transposed (ditto),
 - weight gradient `Gᵀ·x`: `torch.mm` vs oneDNN with a transposed left operand (not used by
   `linear()`: shown so the choice can be re-checked).
@@ -23,24 +23,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_report import publish, table  # benchmarks/bench_report.py
+from bench_report import header_lines, medians, publish, table  # benchmarks/bench_report.py
 from model import SHAPES, compare, make_step, our_config  # benchmarks/model.py
 
 from scratchlm.infer.generate import generate
-from scratchlm.machine import cpu_model
 from scratchlm.model import GPT, get_preset
 from scratchlm.model.matmul import (
     ONEDNN_MIN_MACS,
     ONEDNN_MIN_WEIGHT,
     onednn_available,
+    onednn_linear,
     set_onednn_matmul,
     uses_onednn,
 )
@@ -54,19 +50,6 @@ PRODUCTS = [
     ("124m gpt2 down", 256, 3072, 768), ("124m head", 256, 768, 50257),
     ("decode 124m qkv", 1, 768, 2304), ("decode 124m fc", 1, 768, 3072), ("decode 124m head", 1, 768, 50257),
 ]
-
-
-def timed_pair(first, second, rounds: int) -> tuple[float, float]:
-    """Median seconds of each, run alternately so background load hits both alike."""
-    for _ in range(2):
-        first(), second()
-    a, b = [], []
-    for _ in range(rounds):
-        for fn, times in ((first, a), (second, b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
 
 
 def product_pairs(dnn, x, w, grad):
@@ -101,9 +84,9 @@ def model_rows(rounds: int) -> list[tuple[str, ...]]:
             print(" | ".join(rows[-1]), flush=True)
     model = GPT(get_preset("gpt2-124m")).eval()
     prompt, new_tokens = list(range(16)), 24
-    on_t, off_t = timed_pair(
-        with_route(True, lambda: generate(model, prompt, new_tokens, temperature=0.0)),
-        with_route(False, lambda: generate(model, prompt, new_tokens, temperature=0.0)),
+    on_t, off_t = medians(
+        [with_route(True, lambda: generate(model, prompt, new_tokens, temperature=0.0)),
+         with_route(False, lambda: generate(model, prompt, new_tokens, temperature=0.0))],
         max(3, rounds // 4),
     )
     rows.append(("greedy decode, GPT-2 124M", f"{new_tokens / off_t:.1f}", f"{new_tokens / on_t:.1f}",
@@ -124,10 +107,9 @@ def main() -> None:
         parser.error("this PyTorch build has no oneDNN linear kernel")
     if args.threads:
         torch.set_num_threads(args.threads)
-    onednn = torch.ops.mkldnn._linear_pointwise.default
 
     def dnn(a, w):
-        return onednn(a, w, None, "none", [], "")
+        return onednn_linear(a, w, None)  # the op `linear()` calls, dispatch cost included
 
     rows = []
     g = torch.Generator().manual_seed(0)
@@ -137,7 +119,7 @@ def main() -> None:
         gflop = 2 * m * k * n / 1e9
         cells = []
         for ours, theirs in product_pairs(dnn, x, w, grad):
-            t_dnn, t_torch = timed_pair(ours, theirs, rounds)
+            t_dnn, t_torch = medians([ours, theirs], rounds, warmup=2)
             cells += [f"{gflop / t_torch:.0f}", f"{gflop / t_dnn:.0f}", f"{t_torch / t_dnn:.2f}×"]
         routed = "yes" if uses_onednn(x, w) else "no"
         row = (name, f"{m}×{k}×{n}", routed, *cells)
@@ -148,11 +130,7 @@ def main() -> None:
               "x·Wᵀ torch", "x·Wᵀ oneDNN", "speedup", "G·W torch", "G·W oneDNN", "speedup",
               "Gᵀ·x torch", "Gᵀ·x oneDNN", "speedup")
     lines = [
-        "# Float32 CPU matmul: torch (MKL) vs oneDNN, GFLOP/s",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}, "
-        f"torch {torch.__version__}",
+        *header_lines("Float32 CPU matmul: torch (MKL) vs oneDNN, GFLOP/s"),
         f"- median of {args.rounds} alternating rounds (10× more below 2^20 multiply-adds); "
         f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^26) or "
         f"{ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",

@@ -18,7 +18,6 @@ trainer does on CPU). Prints a Markdown table and writes it to benchmarks/result
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import time
@@ -26,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_report import publish, table  # benchmarks/bench_report.py
+from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
 
-from scratchlm.machine import cpu_model
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.train.host_memory import keep_freed_memory
 
@@ -103,18 +101,10 @@ def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool):
 
 
 def compare(ours, theirs, shape: Shape, warmup: int) -> tuple[float, float, float]:
-    """(our tokens/s, their tokens/s, speedup), timed in alternation so that load from other
-    processes on a shared machine hits both alike: throughputs are medians over the rounds, the
-    speedup is the median of the per-round ratios (robust to slow drifts in background load)."""
-    for step in (ours, theirs):
-        for _ in range(warmup):
-            step()
-    ours_t, theirs_t = [], []
-    for _ in range(shape.steps):
-        for step, times in ((ours, ours_t), (theirs, theirs_t)):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
+    """(our tokens/s, their tokens/s, speedup), timed in alternation: throughputs are medians over
+    the rounds, the speedup is the median of the per-round ratios (robust to slow drifts in
+    background load)."""
+    ours_t, theirs_t = alternate([ours, theirs], shape.steps, warmup)
     tokens = shape.batch * shape.seq_len
     speedup = statistics.median(t / o for o, t in zip(ours_t, theirs_t))
     return tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t), speedup
@@ -170,10 +160,7 @@ def main() -> None:
 
     header = ("shape", "family", "params", "dtype", "compile", "scratchlm tok/s", "transformers tok/s", "speedup")
     lines = [
-        "# Model forward+backward throughput (CPU)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, CPU: {cpu_model()}",
+        *header_lines("Model forward+backward throughput (CPU)"),
         f"- 1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} "
         "(the machine is shared; above nproc, other processes were competing for the cores)",
         f"- torch {torch.__version__}, transformers {__import__('transformers').__version__}",

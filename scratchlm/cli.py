@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchLMError
@@ -45,6 +46,12 @@ def add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) -
         metavar="SECTION.KEY=VALUE",
         help="override one config value (repeatable); values are TOML literals",
     )
+
+
+def given_flags(**values: Any) -> dict[str, Any]:
+    """The options the user actually gave (argparse leaves the others None or an empty list), as
+    the base dict `load_config` merges the config file and `--set` over."""
+    return {key: value for key, value in values.items() if value is not None and value != []}
 
 
 def build_parser() -> argparse.ArgumentParser:

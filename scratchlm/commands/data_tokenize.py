@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from scratchlm.cli import add_config_args
+from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
 
 
@@ -44,15 +44,10 @@ def register(root, groups) -> None:
     insp.set_defaults(func=run_inspect)
 
 
-def _given(**values) -> dict:
-    """CLI values the user actually gave (argparse leaves the rest None), as a config base."""
-    return {k: v for k, v in values.items() if v is not None and v != []}
-
-
 def run_tokenize(args: argparse.Namespace) -> int:
     from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
 
-    base = _given(
+    base = given_flags(
         inputs=args.inputs,
         tokenizer=args.tokenizer,
         out=args.out,
@@ -81,7 +76,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from scratchlm.data.inspect import InspectConfig, format_report, inspect_tokens
 
-    base = _given(path=args.path, split=args.split, sample_chars=args.sample_chars, top_tokens=args.top_tokens)
+    base = given_flags(path=args.path, split=args.split, sample_chars=args.sample_chars, top_tokens=args.top_tokens)
     config = load_config(InspectConfig, args.config, args.overrides, base)
     info = inspect_tokens(config)
     print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info))

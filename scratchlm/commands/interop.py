@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchlm.cli import add_config_args
+from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
 
 
@@ -27,14 +27,10 @@ def register(root, groups) -> None:
     imp.set_defaults(func=run_import)
 
 
-def _flags(args: argparse.Namespace, names: list[str]) -> dict:
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
 def run_export(args: argparse.Namespace) -> int:
     from scratchlm.interop.hf import HFExportConfig, export_hf
 
-    cfg = load_config(HFExportConfig, args.config, args.overrides, _flags(args, ["model", "out", "dtype"]))
+    cfg = load_config(HFExportConfig, args.config, args.overrides, given_flags(model=args.model, out=args.out, dtype=args.dtype))
     out = export_hf(cfg.model, cfg.out, cfg.dtype)
     print(f"wrote a transformers checkpoint to {out}")
     return 0
@@ -43,7 +39,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from scratchlm.interop.hf import HFImportConfig, import_hf
 
-    cfg = load_config(HFImportConfig, args.config, args.overrides, _flags(args, ["source", "out", "dtype"]))
+    cfg = load_config(HFImportConfig, args.config, args.overrides, given_flags(source=args.source, out=args.out, dtype=args.dtype))
     out = import_hf(cfg.source, cfg.out, cfg.dtype)
     print(f"wrote a scratchlm model to {out}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from scratchlm.cli import add_config_args
+from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
 from scratchlm.fsutil import atomic_directory
@@ -71,17 +71,16 @@ def register(root, groups) -> None:
 def _train(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
-    flags = {
-        "inputs": args.inputs or None,
-        "out": args.out,
-        "vocab_size": args.vocab_size,
-        "pattern": args.pattern,
-        "special_tokens": args.special,
-        "min_frequency": args.min_frequency,
-        "workers": args.workers,
-        "split": args.split,
-    }
-    base = {k: v for k, v in flags.items() if v is not None}
+    base = given_flags(
+        inputs=args.inputs,
+        out=args.out,
+        vocab_size=args.vocab_size,
+        pattern=args.pattern,
+        special_tokens=args.special,
+        min_frequency=args.min_frequency,
+        workers=args.workers,
+        split=args.split,
+    )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
     tok = train_tokenizer(cfg)
     print(f"saved {cfg.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:16]}", file=sys.stderr)

@@ -55,9 +55,8 @@ def read_meta(tokens_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def check_tokenizer_match(tokens_dir_meta: Mapping[str, Any] | str | Path, tokenizer_sha256: str) -> None:
+def check_tokenizer_match(meta: Mapping[str, Any], tokenizer_sha256: str) -> None:
     """Refuse tokens made by another tokenizer: the ids would mean different text to the model."""
-    meta = tokens_dir_meta if isinstance(tokens_dir_meta, Mapping) else read_meta(tokens_dir_meta)
     made_with = meta.get("tokenizer_sha256")
     if made_with != tokenizer_sha256:
         raise DataError(
@@ -304,22 +303,9 @@ class Batcher:
         windows = self.dataset.tokens[np.asarray(starts, dtype=np.int64)[:, None] + self._offsets]
         x.numpy()[:] = windows[:, :-1]
         y.numpy()[:] = windows[:, 1:]
-        return to_device(x, y, device)
-
-
-def to_device(
-    x: torch.Tensor, y: torch.Tensor, device: torch.device | str | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a batch to `device`; from pinned memory to CUDA the copy overlaps with compute."""
-    if device is None:
-        return x, y
-    device = torch.device(device)
-    if device.type == "cpu":
-        return x, y
-    if device.type == "cuda" and not x.is_pinned():
-        x, y = x.pin_memory(), y.pin_memory()
-    non_blocking = device.type == "cuda"
-    return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+        if device is None or device.type == "cpu":
+            return x, y
+        return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)  # pinned: overlaps compute
 
 
 def validation_batches(
@@ -340,6 +326,5 @@ __all__ = [
     "check_tokenizer_match",
     "permute",
     "read_meta",
-    "to_device",
     "validation_batches",
 ]

@@ -109,6 +109,15 @@ def is_prepared_dir(path: Path) -> bool:
     return (path / "stats.json").is_file() and (path / "train").is_dir()
 
 
+def prepared_parts(path: Path, split: str) -> list[Path]:
+    """The parquet parts of one split of a `data prepare` output, in name (= write) order."""
+    return sorted((path / split).glob("*.parquet"))
+
+
+def prepared_part_error(part: Path, error: Exception) -> DataError:
+    return DataError(f"{part}: not a readable prepared parquet file ({error})")
+
+
 def _format_of(path: Path) -> str | None:
     name = path.name.lower()
     for comp in COMPRESSIONS:
@@ -318,7 +327,7 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
 
     splits = ["train", "val"] if options.split == "all" else [options.split]
     for split in splits:
-        for part in sorted((path / split).glob("*.parquet")):
+        for part in prepared_parts(path, split):
             try:
                 pf = pq.ParquetFile(part)
                 for batch in pf.iter_batches(columns=["text", "source"], batch_size=1024):
@@ -327,7 +336,7 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
                     for text, source in zip(texts, sources):
                         yield Document(text, source or str(part))
             except Exception as e:
-                raise DataError(f"{part}: not a readable prepared parquet file ({e})") from None
+                raise prepared_part_error(part, e) from None
 
 
 def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:

@@ -14,7 +14,6 @@ end; `--append` moves `meta.json` aside while it grows the files and rolls back 
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
@@ -31,9 +30,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scratchlm.data.sources import SourceOptions, is_prepared_dir, iter_documents
+from scratchlm.data.sources import (
+    BUILTIN_PREFIX,
+    HF_PREFIX,
+    SourceOptions,
+    is_prepared_dir,
+    iter_documents,
+    prepared_part_error,
+    prepared_parts,
+)
 from scratchlm.errors import ConfigError, DataError, ScratchLMError
-from scratchlm.fsutil import atomic_directory, atomic_write_json, fsync_dir
+from scratchlm.fsutil import atomic_directory, atomic_write_json, fsync_dir, read_json_object
 from scratchlm.progress import progress
 from scratchlm.tokenizer import Tokenizer
 
@@ -93,14 +100,10 @@ class Chunk:
         return len(self.texts)
 
 
-def _parquet_error(path: Path, error: Exception) -> DataError:
-    return DataError(f"{path}: not a readable prepared parquet file ({error})")
-
-
 def _prepared_files(dirs: Sequence[Path]) -> list[tuple[Path, bool]]:
     """Every part of every prepared dir: train parts first, then val, each in name order."""
     return [
-        (path, split == "val") for split in SPLITS for d in dirs for path in sorted((d / split).glob("*.parquet"))
+        (path, split == "val") for split in SPLITS for d in dirs for path in prepared_parts(d, split)
     ]
 
 
@@ -124,7 +127,7 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
                     yield Chunk(texts, np.full(len(texts), is_val))
                     pending, size = [], 0
         except (pa.ArrowException, OSError) as e:
-            raise _parquet_error(path, e) from None
+            raise prepared_part_error(path, e) from None
         if pending:
             texts = pa.concat_arrays(pending)
             yield Chunk(texts, np.full(len(texts), is_val))
@@ -160,7 +163,7 @@ def read_chunks(config: TokenizeConfig) -> tuple[Iterator[Chunk], int | None]:
             try:
                 total += pq.ParquetFile(path).metadata.num_rows
             except (pa.ArrowException, OSError) as e:
-                raise _parquet_error(path, e) from None
+                raise prepared_part_error(path, e) from None
         return _prepared_chunks(files, config.chunk_chars), total
     return _raw_chunks(config), None
 
@@ -365,7 +368,7 @@ def _restore_interrupted_append(out: Path) -> None:
     if (out / "meta.json").is_file():  # the append finished; only the clean-up was missed
         marker.unlink()
         return
-    old = json.loads(marker.read_text(encoding="utf-8"))
+    old = read_json_object(marker, DataError)
     itemsize = np.dtype(old["dtype"]).itemsize
     for split, counts in old["splits"].items():
         for suffix, size in ((".bin", counts["tokens"] * itemsize), (".idx", counts["documents"] * 8)):
@@ -419,7 +422,7 @@ def tokenize_dataset(config: TokenizeConfig) -> dict[str, Any]:
     """Tokenize `config.inputs` into the tokens dir `config.out`; returns its meta.json content."""
     config.validate()
     for p in config.inputs:
-        if not p.startswith(("builtin:", "hf:")) and not Path(p).exists():
+        if not p.startswith((BUILTIN_PREFIX, HF_PREFIX)) and not Path(p).exists():
             raise DataError(f"input not found: {p}")
     tokenizer = Tokenizer.load(config.tokenizer)
     out = Path(config.out)

@@ -42,13 +42,12 @@ def attend(
     enable_gqa: bool,
 ) -> torch.Tensor:
     """`F.scaled_dot_product_attention(q, k, v, ...)`, in q's dtype, through the faster kernel."""
-    if not float32_is_faster(q, k):
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa
-        )
-    with torch.autocast("cpu", enabled=False):
-        y = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(),
-            attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa,
-        )
+    kernel = float32_attention if float32_is_faster(q, k) else F.scaled_dot_product_attention
+    return kernel(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa)
+
+
+def float32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **sdpa_args) -> torch.Tensor:
+    """SDPA run by its float32 kernel on float32 copies of q, k, v; the result in q's dtype."""
+    with torch.autocast(q.device.type, enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **sdpa_args)
     return y.to(q.dtype)

@@ -3,8 +3,8 @@
 Why: PyTorch's x86 build computes float32 matmuls with MKL's sgemm, and MKL does not pick its
 fast kernels on every CPU (on AMD's it does not). The same build also ships oneDNN, which
 PyTorch already uses for its bf16 matmuls and which picks its kernels by instruction set alone.
-Measured on a 2-core AMD EPYC (Zen 4), `benchmarks/matmul.py`: up to 1.7× faster for the
-model's training products and ~2× for decoding one token through GPT-2's head.
+Measured on a 2-core AMD EPYC (Zen 4), `benchmarks/matmul.py`: up to 1.8× faster for the
+model's training products and 1.6–1.9× for decoding one token through GPT-2's head.
 
 Which products: `x·Wᵀ` (forward) and `G·W` (gradient of the input), whose left operand is
 row-major. The weight's gradient `Gᵀ·x` has a transposed left operand; there oneDNN was no
@@ -70,11 +70,11 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 @torch.library.custom_op(
     "scratchlm::onednn_linear", mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
 )
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return _KERNEL(x, weight, bias, "none", [], "")
 
 
-@_onednn_linear.register_fake
+@onednn_linear.register_fake
 def _(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
@@ -90,7 +90,7 @@ def _backward(ctx, grad):
     grad_x = grad_weight = grad_bias = None
     rows = grad.reshape(-1, grad.shape[-1])
     if ctx.needs_input_grad[0]:  # G·W: W passed transposed, as the "weight" of G·(Wᵀ)ᵀ
-        grad_x = _onednn_linear(grad, weight.t(), None)
+        grad_x = onednn_linear(grad, weight.t(), None)
     if ctx.needs_input_grad[1]:  # Gᵀ·x: transposed left operand, where MKL is as fast
         grad_weight = torch.mm(rows.t(), x.reshape(-1, x.shape[-1]))
     if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -98,13 +98,13 @@ def _backward(ctx, grad):
     return grad_x, grad_weight, grad_bias
 
 
-_onednn_linear.register_autograd(_backward, setup_context=_setup_context)
+onednn_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`: x·Wᵀ + b, through the faster CPU kernel (see module doc)."""
     if uses_onednn(x, weight):
-        return _onednn_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -16,7 +16,6 @@ from scratchlm.data.loader import (
     TokenDataset,
     check_tokenizer_match,
     permute,
-    to_device,
     validation_batches,
 )
 from scratchlm.errors import DataError
@@ -93,7 +92,6 @@ def test_truncated_idx_and_missing_split_are_detected(tokens_dir: Path) -> None:
 def test_tokenizer_hash_mismatch(tokens_dir: Path) -> None:
     ds = TokenDataset.open(tokens_dir, "val")
     check_tokenizer_match(ds.meta, SHA)
-    check_tokenizer_match(tokens_dir, SHA)
     with pytest.raises(DataError, match="re-run `scratchlm data tokenize`"):
         check_tokenizer_match(ds.meta, "cd" * 32)
 
@@ -199,12 +197,13 @@ def test_validation_batches_are_fixed_and_spread(tokens_dir: Path) -> None:
     assert max(starts) - min(starts) > 150  # spread over the split, not its first windows
 
 
-def test_to_device_cpu_is_identity_and_other_devices_move() -> None:
-    x, y = torch.zeros(2, 3, dtype=torch.int64), torch.ones(2, 3, dtype=torch.int64)
-    assert to_device(x, y, None)[0] is x
-    assert to_device(x, y, "cpu")[1] is y
-    moved_x, moved_y = to_device(x, y, "meta")
-    assert moved_x.device.type == "meta" and moved_y.shape == (2, 3)
+def test_batches_stay_on_the_cpu_or_move_to_the_device(tokens_dir: Path) -> None:
+    batcher = Batcher(TokenDataset.open(tokens_dir, "train"), seq_len=16, micro_batch=4, seed=0)
+    x, y = batcher.batch(3)
+    cpu_x, cpu_y = batcher.batch(3, device="cpu")
+    assert cpu_x.device.type == "cpu" and torch.equal(cpu_x, x) and torch.equal(cpu_y, y)
+    moved_x, moved_y = batcher.batch(3, device="meta")
+    assert moved_x.device.type == "meta" and moved_y.device.type == "meta" and moved_y.shape == y.shape
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -106,9 +106,9 @@ def test_only_large_plain_float32_cpu_products_take_the_onednn_route(onednn_off)
 def test_custom_op_registration_passes_torch_opcheck():
     """Schema, fake (meta) kernel and autograd formula agree with the real kernel."""
     x, w, b = operands(8, 16, 32, True)
-    torch.library.opcheck(matmul._onednn_linear, (x, w, b))
-    torch.library.opcheck(matmul._onednn_linear, (x, w, None))
-    torch.library.opcheck(matmul._onednn_linear, (x.detach(), w.detach().t().contiguous().t(), None))
+    torch.library.opcheck(matmul.onednn_linear, (x, w, b))
+    torch.library.opcheck(matmul.onednn_linear, (x, w, None))
+    torch.library.opcheck(matmul.onednn_linear, (x.detach(), w.detach().t().contiguous().t(), None))
 
 
 def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
