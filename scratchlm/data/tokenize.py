@@ -268,12 +268,14 @@ def default_workers() -> int:
 class SplitWriter:
     """Appends documents to `<split>.bin` and their start offsets to `<split>.idx`."""
 
-    def __init__(self, directory: Path, split: str, tokens: int = 0, documents: int = 0, append: bool = False):
+    def __init__(
+        self, directory: Path, split: str, tokens: int = 0, documents: int = 0, nbytes: int = 0, append: bool = False
+    ):
         mode = "ab" if append else "wb"
         self.split = split
         self.tokens = tokens
         self.documents = documents
-        self.nbytes = 0
+        self.nbytes = nbytes
         self._bin: BinaryIO = open(directory / f"{split}.bin", mode)
         self._idx: BinaryIO = open(directory / f"{split}.idx", mode)
 
@@ -313,13 +315,21 @@ def route(encoded: Encoded, is_val: np.ndarray, writers: dict[str, SplitWriter])
 def _stream_into(
     config: TokenizeConfig, tokenizer: Tokenizer, dtype: str, writers: dict[str, SplitWriter]
 ) -> None:
+    """Encode every input document into `writers`, then close them (synced only on success)."""
     workers = config.workers or default_workers()
-    with ChunkEncoder(tokenizer, config.tokenizer, dtype, workers) as encoder:
-        chunks, total = read_chunks(config)
-        with progress(total=total, unit="doc", desc="tokenize") as bar:
-            for chunk, encoded in encoder.map(chunks):
-                route(encoded, chunk.is_val, writers)
-                bar.update(len(chunk))
+    try:
+        with ChunkEncoder(tokenizer, config.tokenizer, dtype, workers) as encoder:
+            chunks, total = read_chunks(config)
+            with progress(total=total, unit="doc", desc="tokenize") as bar:
+                for chunk, encoded in encoder.map(chunks):
+                    route(encoded, chunk.is_val, writers)
+                    bar.update(len(chunk))
+    except BaseException:
+        for w in writers.values():
+            w.close(sync=False)
+        raise
+    for w in writers.values():
+        w.close()
 
 
 def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]]) -> dict[str, Any]:
@@ -346,14 +356,7 @@ def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     with atomic_directory(out) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
-        try:
-            _stream_into(config, tokenizer, dtype, writers)
-        except BaseException:
-            for w in writers.values():
-                w.close(sync=False)
-            raise
-        for w in writers.values():
-            w.close()
+        _stream_into(config, tokenizer, dtype, writers)
         tokenizer.save(tmp / "tokenizer")
         meta = _meta(tokenizer, dtype, _split_counts(writers))
         atomic_write_json(tmp / "meta.json", meta)
@@ -388,29 +391,20 @@ def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     _restore_interrupted_append(out)
     old = read_meta(out)
     check_tokenizer_match(old, tokenizer.sha256)
-    counts = {}
-    for split in SPLITS:
-        if split in old["splits"]:
-            ds = TokenDataset.open(out, split)
-            counts[split] = (len(ds), ds.num_documents, int(old["splits"][split].get("bytes", 0)))
-            del ds
-        else:
-            counts[split] = (0, 0, 0)
+    for split in old["splits"]:
+        TokenDataset.open(out, split)  # the files hold what meta.json counts
+    counts = {split: old["splits"].get(split, {}) for split in SPLITS}
     os.replace(out / "meta.json", out / APPEND_MARKER)
     fsync_dir(out)
-    writers = {}
     try:
-        for split, (tokens, documents, nbytes) in counts.items():
-            writers[split] = SplitWriter(out, split, tokens, documents, append=True)
-            writers[split].nbytes = nbytes
+        writers = {
+            split: SplitWriter(out, split, c.get("tokens", 0), c.get("documents", 0), c.get("bytes", 0), append=True)
+            for split, c in counts.items()
+        }
         _stream_into(config, tokenizer, old["dtype"], writers)
     except BaseException:
-        for w in writers.values():
-            w.close(sync=False)
         _restore_interrupted_append(out)
         raise
-    for w in writers.values():
-        w.close()
     meta = {**old, "splits": {**old["splits"], **_split_counts(writers)}}
     atomic_write_json(out / "meta.json", meta)
     (out / APPEND_MARKER).unlink()
