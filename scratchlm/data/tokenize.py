@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scratchlm.data.sources import (
@@ -182,15 +183,17 @@ class Encoded:
 
 def encode_texts(tokenizer: Tokenizer, texts: Sequence[str] | pa.Array, dtype: str) -> Encoded:
     """Encode documents as plain text (special-token strings stay text) and end each with eot."""
-    if isinstance(texts, pa.Array):
+    if isinstance(texts, pa.Array):  # Arrow already knows each document's UTF-8 length
+        nbytes = pc.binary_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)
         texts = texts.to_pylist()
+    else:
+        nbytes = np.fromiter((len(t.encode("utf-8", "surrogatepass")) for t in texts), np.int64, len(texts))
     encode, eot = tokenizer.encode_ordinary, tokenizer.eot_id  # one thread: workers give the parallelism
     ids = [encode(text) for text in texts]
     for row in ids:
         row.append(eot)  # cheaper than masking eot positions into the flat array afterwards
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     tokens = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    nbytes = np.fromiter((len(t.encode("utf-8", "surrogatepass")) for t in texts), np.int64, len(texts))
     return Encoded(tokens, lengths, nbytes)
 
 
