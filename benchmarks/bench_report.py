@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import resource
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 from scratchlm.machine import describe_machine
 
@@ -33,8 +32,17 @@ def medians(fns: list[Callable[[], object]], rounds: int, warmup: int = 1) -> li
     return [statistics.median(samples) for samples in alternate(fns, rounds, warmup)]
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (worker processes): a speed measure
+    that other jobs on a shared machine do not inflate the way they inflate wall-clock time."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def header_lines(title: str) -> list[str]:
     """Title, date and machine (cores, CPU, Python, torch and its thread count)."""
+    import torch  # here: the data benchmarks share this module without needing torch
+
     return [
         f"# {title}",
         "",

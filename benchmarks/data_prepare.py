@@ -17,12 +17,13 @@ import json
 import os
 import random
 import re
-import resource
 import sysconfig
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_report import cpu_seconds  # benchmarks/bench_report.py
 
 from scratchlm.machine import cpu_model
 
@@ -91,13 +92,6 @@ def build_corpus(path: Path, target_bytes: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- end-to-end speed
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children: a speed measure that other jobs on a
-    shared machine do not inflate the way they inflate wall-clock time."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def bench_prepare(corpus: Path, workers: int) -> dict:

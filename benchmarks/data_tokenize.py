@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import sysconfig
@@ -30,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import tiktoken
 import torch
+from bench_report import cpu_seconds  # benchmarks/bench_report.py
 
 from scratchlm.data.loader import Batcher, TokenDataset
+from scratchlm.data.sources import write_prepared_dir
 from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
 from scratchlm.machine import cpu_model
 from scratchlm.model.config import get_preset
@@ -67,31 +65,17 @@ def stdlib_documents(min_bytes: int) -> list[str]:
 
 
 def write_prepared(path: Path, docs: list[str]) -> None:
-    """The `data prepare` output format: every 100th document is val."""
-    val = docs[99::100]
-    train = [d for i, d in enumerate(docs) if i % 100 != 99]
-    for split, rows in (("train", train), ("val", val)):
-        (path / split).mkdir(parents=True, exist_ok=True)
-        for part, start in enumerate(range(0, len(rows), 500)):
-            chunk = rows[start : start + 500]
-            table = pa.table({"text": chunk, "source": ["stdlib"] * len(chunk)})
-            pq.write_table(table, path / split / f"part-{part:05d}.parquet")
-    (path / "stats.json").write_text(json.dumps({"documents_out": len(docs)}) + "\n")
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the tokenize workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    """The corpus as a prepared dir: every 100th document is val."""
+    write_prepared_dir(path, [d for i, d in enumerate(docs) if i % 100 != 99], docs[99::100], source="stdlib")
 
 
 def best_time(fn, repeats: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of the fastest of `repeats` runs."""
     runs = []
     for _ in range(repeats):
-        cpu, start = _cpu_seconds(), time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         fn()
-        runs.append((time.perf_counter() - start, _cpu_seconds() - cpu))
+        runs.append((time.perf_counter() - start, cpu_seconds() - cpu))
     return min(runs)
 
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratchlm.data.sources import write_prepared_dir
 from scratchlm.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,21 +38,6 @@ def split_text(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def write_prepared(root: Path, train_text: str, val_text: str) -> Path:
-    """A prepared dir (the `data prepare` format) holding each split as one document."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    prepared = root / "prepared"
-    for split, text in (("train", train_text), ("val", val_text)):
-        (prepared / split).mkdir(parents=True, exist_ok=True)
-        table = pa.table({"text": [text], "source": ["tinyshakespeare"]})
-        pq.write_table(table, prepared / split / "part-00000.parquet")
-    stats = {"documents_in": 2, "documents_out": 2, "bytes_in": len(train_text) + len(val_text)}
-    (prepared / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
-    return prepared
-
-
 def build_tokens(text: str, work: Path, vocab_size: int) -> tuple[Path, dict]:
     from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
     from scratchlm.tokenizer import Tokenizer
@@ -62,7 +48,7 @@ def build_tokens(text: str, work: Path, vocab_size: int) -> tuple[Path, dict]:
     tok = Tokenizer.train(train_text.split("\n\n"), vocab_size=vocab_size)
     tok.save(work / "tokenizer")
     tok_seconds = time.perf_counter() - start
-    prepared = write_prepared(work, train_text, val_text)
+    prepared = write_prepared_dir(work / "prepared", [train_text], [val_text], source="tinyshakespeare")
     tokens = work / "tokens"
     tokenize_dataset(TokenizeConfig(inputs=[str(prepared)], tokenizer=str(work / "tokenizer"), out=str(tokens), workers=1))
     meta = json.loads((tokens / "meta.json").read_text())

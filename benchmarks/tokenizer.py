@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_report import cpu_seconds  # benchmarks/bench_report.py
+
 from scratchlm.machine import cpu_model
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -53,13 +55,6 @@ def load_corpus(train_mb: float, heldout_mb: float) -> tuple[list[str], list[str
             break
         size += len(text.encode("utf-8"))
     return train, held
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children: fair on a machine shared with others."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def peak_rss_mb() -> float:

@@ -114,6 +114,23 @@ def prepared_parts(path: Path, split: str) -> list[Path]:
     return sorted((path / split).glob("*.parquet"))
 
 
+def write_prepared_dir(
+    path: Path, train: Sequence[str], val: Sequence[str], source: str = "text", rows_per_part: int = 500
+) -> Path:
+    """Documents already split into train and val, written as a `data prepare` output (parquet
+    parts of `rows_per_part` rows plus stats.json) that `data tokenize` reads like any other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split, docs in (("train", train), ("val", val)):
+        (path / split).mkdir(parents=True, exist_ok=True)
+        for part, start in enumerate(range(0, max(len(docs), 1), rows_per_part)):
+            rows = list(docs[start : start + rows_per_part])
+            pq.write_table(pa.table({"text": rows, "source": [source] * len(rows)}), path / split / f"part-{part:05d}.parquet")
+    (path / "stats.json").write_text(json.dumps({"documents_out": len(train) + len(val)}) + "\n", encoding="utf-8")
+    return path
+
+
 def prepared_part_error(part: Path, error: Exception) -> DataError:
     return DataError(f"{part}: not a readable prepared parquet file ({error})")
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from scratchlm.data.sources import write_prepared_dir as write_prepared
 from scratchlm.tokenizer import Tokenizer
 
 TRAIN_DOCS = [
@@ -34,15 +31,8 @@ TOKENIZER_TEXT = " ".join(TRAIN_DOCS + VAL_DOCS) * 3
 def write_prepared_dir(
     path: Path, train: Sequence[str], val: Sequence[str], rows_per_part: int = 20
 ) -> Path:
-    """A `data prepare` output written directly with pyarrow: parts of `rows_per_part` rows."""
-    for split, docs in (("train", train), ("val", val)):
-        (path / split).mkdir(parents=True, exist_ok=True)
-        for part, start in enumerate(range(0, max(len(docs), 1), rows_per_part)):
-            rows = list(docs[start : start + rows_per_part])
-            table = pa.table({"text": rows, "source": ["test"] * len(rows)})
-            pq.write_table(table, path / split / f"part-{part:05d}.parquet")
-    (path / "stats.json").write_text(json.dumps({"documents_out": len(train) + len(val)}))
-    return path
+    """A `data prepare` output with small parts, so tests cross part boundaries."""
+    return write_prepared(path, train, val, source="test", rows_per_part=rows_per_part)
 
 
 def train_tiny_tokenizer(path: Path, vocab_size: int = 320) -> Tokenizer:
