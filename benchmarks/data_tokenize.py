@@ -23,7 +23,6 @@ import os
 import platform
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import tiktoken
 import torch
 from bench_report import cpu_seconds  # benchmarks/bench_report.py
+from tokenizer import load_corpus  # benchmarks/tokenizer.py
 
 from scratchlm.data.loader import Batcher, TokenDataset
 from scratchlm.data.sources import write_prepared_dir
@@ -46,19 +46,8 @@ RSS_COPIES = (1, 4, 32)
 
 def stdlib_documents(min_bytes: int) -> list[str]:
     """Python source files of the standard library, in path order, until `min_bytes` of text."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    docs, size = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        docs.append(text)
-        size += len(text.encode("utf-8"))
-        if size >= min_bytes:
-            break
+    docs, _ = load_corpus(min_bytes / 1e6, 0)  # benchmarks/tokenizer.py's corpus
+    size = sum(len(text.encode("utf-8")) for text in docs)
     if size < min_bytes:
         raise SystemExit(f"only {size / 1e6:.1f} MB of standard-library sources found; need {min_bytes / 1e6:.0f}")
     return docs
