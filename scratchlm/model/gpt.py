@@ -26,6 +26,7 @@ from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
 from scratchlm.model.matmul import Linear
+from scratchlm.model.norm import RMSNorm
 from scratchlm.model.tied import GradientHandoff, tied_embedding
 
 # --- the KV cache -------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ class KVCache:
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+        return RMSNorm(dim, eps=cfg.norm_eps)
     return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
@@ -134,9 +135,8 @@ class Attention(nn.Module):
             qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
         if rope is not None:  # queries and keys rotate together: one set of elementwise ops
             qk = apply_rope(qk, *rope)
-        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
-        k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, hd)
-        v = v.transpose(1, 2)
+        q, k = qk.split([H, KV], dim=2)  # a split, not two slices: its backward is one concatenation
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
         # Causal mask: query i (at absolute position start_pos + i) sees keys 0..start_pos + i.
         mask, is_causal = None, True

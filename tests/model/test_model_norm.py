@@ -1,0 +1,99 @@
+"""RMSNorm with a hand-written gradient: same values, gradients, dtypes and state dict as
+`nn.RMSNorm`, and differentiable under torch.compile."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from scratchlm.model import GPT, ModelConfig
+from scratchlm.model.norm import RMSNorm, rms_norm
+
+EPS = 1e-5
+
+
+def pair(dim: int, seed: int = 0) -> tuple[RMSNorm, nn.RMSNorm]:
+    torch.manual_seed(seed)
+    ours, ref = RMSNorm(dim, eps=EPS), nn.RMSNorm(dim, eps=EPS)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.fixture(autouse=True)
+def _quiet_mixed_dtype_warning():
+    with warnings.catch_warnings():  # torch.rms_norm's notice that bf16 x with a float32 weight is not fused
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        yield
+
+
+def value_and_grads(norm: nn.Module, x: torch.Tensor, grad_out: torch.Tensor):
+    x = x.detach().clone().requires_grad_()
+    norm.zero_grad(set_to_none=True)
+    y = norm(x)
+    y.backward(grad_out)
+    return y.detach(), x.grad, norm.weight.grad
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 5, 16), (2, 4, 3, 32)])  # last: per-head q/k norm
+def test_values_and_gradients_equal_nn_rmsnorm(shape):
+    ours, ref = pair(shape[-1])
+    x, g = torch.randn(shape) * 3, torch.randn(shape)
+    for got, want in zip(value_and_grads(ours, x, g), value_and_grads(ref, x, g)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_pass_gradcheck_in_float64():
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(6, dtype=torch.float64).add_(0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, EPS), (x, w))
+
+
+def test_bf16_input_with_float32_weight_gives_torch_rms_norm_bits():
+    ours, ref = pair(16)
+    x, g = torch.randn(2, 7, 16).bfloat16(), torch.randn(2, 7, 16)
+    y, gx, gw = value_and_grads(ours, x, g)
+    y_ref, gx_ref, gw_ref = value_and_grads(ref, x, g)
+    assert y.dtype == y_ref.dtype == gx.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)  # one rounding of the same float32 result
+    torch.testing.assert_close(gx.float(), gx_ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-2, atol=1e-2)
+
+
+def test_only_the_wanted_gradients_are_computed():
+    ours, _ = pair(8)
+    ours.weight.requires_grad_(False)  # a frozen norm, as under LoRA
+    x = torch.randn(3, 8, requires_grad=True)
+    ours(x).sum().backward()
+    assert x.grad is not None and ours.weight.grad is None
+
+    ours.weight.requires_grad_(True)
+    ours(torch.randn(3, 8)).sum().backward()  # input without gradient: only the weight's
+    assert ours.weight.grad is not None and ours.weight.grad.abs().sum() > 0
+
+
+def test_is_an_nn_rmsnorm_with_the_same_state_dict():
+    ours, ref = pair(8)
+    assert isinstance(ours, nn.RMSNorm)
+    assert ours.state_dict().keys() == ref.state_dict().keys() == {"weight"}
+
+
+def test_llama_model_under_torch_compile_matches_eager():
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=4, n_kv_head=2, d_model=32, d_ff=64, max_seq_len=16,
+                      pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, qk_norm=True)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    eager = model(x, targets=y).objective
+    eager.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model)(x, targets=y).objective
+    compiled.backward()
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-4, atol=1e-6, msg=name)
