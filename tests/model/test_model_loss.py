@@ -187,11 +187,11 @@ def test_a_frozen_input_gets_no_gradient_and_its_matmul_is_skipped(frozen):
     torch.testing.assert_close(trained.grad, expected, rtol=1e-5, atol=1e-7)
 
 
-def model_pair(tie: bool, family: str) -> GPT:
+def model_pair(tie: bool, family: str, qk_norm: bool = False) -> GPT:
     extra = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False) if family == "llama" else {}
     cfg = ModelConfig(
         vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else 4, d_model=32,
-        d_ff=64, max_seq_len=32, tie_embeddings=tie, **extra,
+        d_ff=64, max_seq_len=32, tie_embeddings=tie, qk_norm=qk_norm, **extra,
     )
     torch.manual_seed(0)
     return GPT(cfg)
@@ -227,8 +227,11 @@ def test_model_loss_gradients_equal_logits_then_cross_entropy(tie, family, keep_
         torch.testing.assert_close(fused[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_model_loss_under_torch_compile_matches_eager():
-    model = model_pair(True, "gpt2")
+@pytest.mark.parametrize("tie,family", [(True, "gpt2"), (False, "llama")])
+def test_model_loss_under_torch_compile_matches_eager(tie, family):
+    """Also the hand-written autograd pieces (fused loss, tied hand-off, RMSNorm with q/k norm)
+    traced by dynamo."""
+    model = model_pair(tie, family, qk_norm=family == "llama")
     x, y = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
     eager = model(x, targets=y).objective
     eager.backward()
