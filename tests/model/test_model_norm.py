@@ -80,3 +80,11 @@ def test_is_an_nn_rmsnorm_with_the_same_state_dict():
     assert isinstance(ours, nn.RMSNorm)
     assert ours.state_dict().keys() == ref.state_dict().keys() == {"weight"}
 
+
+
+def test_other_devices_use_torch_rms_norm():
+    """Off the CPU (GPUs have a fused kernel) the call is `F.rms_norm`'s, shown on the meta device."""
+    x, w = torch.empty(2, 5, 8, device="meta"), torch.empty(8, device="meta", requires_grad=True)
+    y = rms_norm(x, w, EPS)
+    assert y.device.type == "meta" and y.shape == x.shape
+    assert "_RMSNorm" not in type(y.grad_fn).__name__
