@@ -6,10 +6,10 @@
              x = x + MLP(norm(x))                        grouped-query heads, KV cache for decoding
 
 Every variant is chosen by `ModelConfig`; nothing here knows about training, parallelism,
-precision or compilation — those are applied from outside (`model/attention.py` and
-`model/matmul.py` only pick the faster kernel for the precision they are handed). Given
-`targets`, forward returns the next-token loss through `model/loss.py`, which fuses the head's
-matmul with the softmax.
+precision or compilation — those are applied from outside (`model/attention.py`,
+`model/matmul.py` and `model/norm.py` only pick the faster kernel for the precision they are
+handed). Given `targets`, forward returns the next-token loss through `model/loss.py`, which
+fuses the head's matmul with the softmax.
 """
 
 from __future__ import annotations
@@ -131,11 +131,12 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, hd = self.n_head, self.n_kv_head, self.head_dim
         qk, v = self.qkv(x).view(B, T, H + 2 * KV, hd).split([H + KV, KV], dim=2)
-        if self.q_norm is not None:
-            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
+        if self.q_norm is not None:  # splits, not slices: a split's backward is one concatenation
+            q, k = qk.split([H, KV], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
         if rope is not None:  # queries and keys rotate together: one set of elementwise ops
             qk = apply_rope(qk, *rope)
-        q, k = qk.split([H, KV], dim=2)  # a split, not two slices: its backward is one concatenation
+        q, k = qk.split([H, KV], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
         # Causal mask: query i (at absolute position start_pos + i) sees keys 0..start_pos + i.

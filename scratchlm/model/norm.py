@@ -53,20 +53,20 @@ class _RMSNorm(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x²) + eps) · weight over the last dimension (see the module doc).
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """x / sqrt(mean(x²) + eps) · weight over the last dimension (see the module doc); `eps`
+    None means the input dtype's machine epsilon, as for `F.rms_norm`.
 
     On CPU through the gradient above; elsewhere `F.rms_norm`, which has fused GPU kernels."""
     if x.device.type == "cpu":
+        if eps is None:
+            eps = torch.finfo(x.dtype).eps
         return _RMSNorm.apply(x, weight, eps)
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 class RMSNorm(nn.RMSNorm):
     """`nn.RMSNorm` (same parameter, init and state dict) computed by `rms_norm` above."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__(dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)

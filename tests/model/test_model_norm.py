@@ -66,16 +66,24 @@ def test_half_precision_input_gives_torch_rms_norm_bits(x_dtype, w_dtype):
     torch.testing.assert_close(gw.float(), gw_ref.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_only_the_wanted_gradients_are_computed():
-    ours, _ = pair(8)
-    ours.weight.requires_grad_(False)  # a frozen norm, as under LoRA
-    x = torch.randn(3, 8, requires_grad=True)
-    ours(x).sum().backward()
-    assert x.grad is not None and ours.weight.grad is None
+def test_frozen_weight_and_input_without_gradient_match_nn_rmsnorm():
+    """The two backward branches taken alone: a frozen norm (as under LoRA) gives the input's
+    gradient only, an input without gradient the weight's only, each equal to nn.RMSNorm's."""
+    ours, ref = pair(8)
+    x, g = torch.randn(3, 8), torch.randn(3, 8)
+    for norm in (ours, ref):
+        norm.weight.requires_grad_(False)
+    (_, gx, gw), (_, gx_ref, _) = value_and_grads(ours, x, g), value_and_grads(ref, x, g)
+    assert gw is None
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
 
-    ours.weight.requires_grad_(True)
-    ours(torch.randn(3, 8)).sum().backward()  # input without gradient: only the weight's
-    assert ours.weight.grad is not None and ours.weight.grad.abs().sum() > 0
+    grads = []
+    for norm in (ours, ref):
+        norm.weight.requires_grad_(True)
+        norm(x).backward(g)  # x does not require a gradient
+        grads.append(norm.weight.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
 
 
 def test_is_an_nn_rmsnorm_with_the_same_state_dict():
@@ -91,3 +99,10 @@ def test_other_devices_use_torch_rms_norm():
     y = rms_norm(x, w, EPS)
     assert y.device.type == "meta" and y.shape == x.shape
     assert "_RMSNorm" not in type(y.grad_fn).__name__
+
+
+def test_default_eps_is_the_dtype_epsilon_as_in_nn_rmsnorm():
+    ours, ref = RMSNorm(8), nn.RMSNorm(8)  # eps None: torch.finfo(x.dtype).eps
+    x = torch.randn(3, 8) * 1e-4  # small enough that eps matters
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=0)
+    assert not torch.allclose(ours(x), rms_norm(x, ours.weight, 1e-5), rtol=1e-3)
