@@ -9,7 +9,7 @@ cross-entropy), `model(input_ids=x, labels=y).loss` for transformers; then backw
 `zero_grad(set_to_none=False)` for both (gradient buffers kept between steps, as scratchlm's
 trainer does on CPU). Prints a Markdown table and writes it to benchmarks/results/model.md.
 
-    python benchmarks/model.py                       # ~4 minutes on 2 CPU cores
+    python benchmarks/model.py                       # ~5 minutes on 2 CPU cores
     python benchmarks/model.py --threads 1           # steadier on a machine shared with other jobs
     python benchmarks/model.py --sizes tiny --compile-sizes tiny
     python benchmarks/model.py --keep-host-memory   # malloc as train.keep_host_memory sets it
@@ -44,9 +44,9 @@ class Shape:
 
 
 SHAPES = {
-    "tiny": Shape("tiny", 512, 2, 4, 64, 128, 8, 20),
-    "10m": Shape("10m", 8192, 6, 8, 256, 256, 4, 8),
-    "124m": Shape("124m", 50257, 12, 12, 768, 256, 1, 5),
+    "tiny": Shape("tiny", 512, 2, 4, 64, 128, 8, 50),
+    "10m": Shape("10m", 8192, 6, 8, 256, 256, 4, 12),
+    "124m": Shape("124m", 50257, 12, 12, 768, 256, 1, 8),
 }
 
 
