@@ -12,7 +12,7 @@ trainer does on CPU). Prints a Markdown table and writes it to benchmarks/result
     python benchmarks/model.py                       # ~5 minutes on 2 CPU cores
     python benchmarks/model.py --threads 1           # steadier on a machine shared with other jobs
     python benchmarks/model.py --sizes tiny --compile-sizes tiny
-    python benchmarks/model.py --keep-host-memory   # malloc as train.keep_host_memory sets it
+    python benchmarks/model.py --keep-host-memory   # malloc as the trainer sets it on CPU
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--keep-host-memory", action="store_true",
-        help="first apply the trainer's opt-in malloc setting (train.keep_host_memory) to this process: both "
+        help="first apply the trainer's CPU malloc setting (train.keep_host_memory, on by default) to this process: both "
         "implementations run under it",
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.md"))

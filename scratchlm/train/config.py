@@ -50,7 +50,7 @@ class TrainSection:
     muon_lr: float = 0.02
     z_loss: float = 0.0  # weight of the z-loss (log of the softmax normaliser, squared)
     compile: bool = False
-    keep_host_memory: bool = False  # CPU runs: glibc keeps freed memory (see train/host_memory.py)
+    keep_host_memory: bool = True  # CPU runs: glibc keeps freed memory (train/host_memory.py); false: off
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # Evaluation and samples.
     eval_every: int = 250  # 0: only at the end

@@ -1,31 +1,44 @@
 """keep_freed_memory(): a large tensor's memory stays in the process after it is freed, ready
-for the next step, where by default glibc hands it back to the kernel. Checked in a fresh
-interpreter, since the setting is process-wide and irreversible."""
+for the next step, where by default glibc hands it back to the kernel; a CPU pretraining run
+applies it unless `train.keep_host_memory = false`. Checked in fresh interpreters, since the
+setting is process-wide and irreversible."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
+from train_core_helpers import build_tokens_dir, tiny_config, write_toml
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only"
 )
 
 PROBE = """
-import json, os, sys, torch
+import json, os, resource, sys, torch
 from scratchlm.train.host_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+if sys.argv[1] not in ("keep", "default"):  # a pretraining config: train first, with its settings
+    from scratchlm.train.config import load_pretrain_config
+    from scratchlm.train.trainer import train
+    train(load_pretrain_config(sys.argv[1], []))
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 before = resident_mb()
 t = torch.zeros(16 * 1024 * 1024)  # 64 MB: above glibc's largest mmap threshold
 del t
-print(json.dumps({"applied": applied, "kept_mb": resident_mb() - before}))
+kept_mb = resident_mb() - before
+for _ in range(5):  # the same size again, as the next training steps ask: faults in the last one
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.zeros(16 * 1024 * 1024)
+    refaults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    del t
+print(json.dumps({"applied": applied, "kept_mb": kept_mb, "refaults": refaults}))
 """
 
 
@@ -39,3 +52,15 @@ def test_freed_memory_stays_in_the_process_only_when_asked():
     assert kept["applied"] and not default["applied"]
     assert default["kept_mb"] < 8  # unmapped on free: the next step page-faults it in again
     assert kept["kept_mb"] > 56  # still resident, reusable without page faults
+
+
+@pytest.mark.parametrize("setting", [None, False], ids=["default", "off"])
+def test_cpu_pretraining_keeps_freed_memory_unless_turned_off(setting, tmp_path):
+    tokens = build_tokens_dir(tmp_path)
+    train = {"max_steps": 2} if setting is None else {"max_steps": 2, "keep_host_memory": setting}
+    run = probe(str(write_toml(tiny_config(tokens, tmp_path / "run", train=train), tmp_path / "run.toml")))
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    if setting is None:  # the freed block is reused as it is: (almost) no page faults
+        assert run["refaults"] < pages // 10
+    else:  # handed back to the kernel and faulted in again, page by page
+        assert run["refaults"] > pages // 2
