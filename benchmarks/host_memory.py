@@ -29,7 +29,7 @@ from shakespeare import build_tokens  # benchmarks/shakespeare.py
 REPO = Path(__file__).resolve().parents[1]
 
 # A ~14M-parameter Llama-style model at batch 8 x 256: logits 2,048 x 8,192 (64 MB in fp32).
-MODEL = [
+RUN_SETTINGS = [
     "model.n_layer=6", "model.n_head=8", "model.n_kv_head=4", "model.d_model=384", "model.d_ff=1024",
     "model.max_seq_len=256", 'model.pos="rope"', 'model.norm="rmsnorm"', 'model.mlp="swiglu"',
     "model.tie_embeddings=false",
@@ -56,7 +56,7 @@ def train_once(tokens: Path, out: Path, keep: bool, seconds: float, precision: s
     overrides = [
         f"data.tokens={json.dumps(str(tokens))}", f"train.out={json.dumps(str(out))}",
         f"train.max_seconds={seconds}", f"train.keep_host_memory={'true' if keep else 'false'}",
-        f'train.precision="{precision}"', *MODEL,
+        f'train.precision="{precision}"', *RUN_SETTINGS,
     ]
     cmd = [sys.executable, "-m", "scratchlm", "pretrain", "--config", str(REPO / "configs" / "shakespeare.toml")]
     for item in overrides:
@@ -113,7 +113,7 @@ def main() -> None:
     lines = [
         *header_lines("CPU pretraining: glibc malloc defaults vs train.keep_host_memory"),
         f"- `scratchlm pretrain`, {args.seconds:g} s per process, precision {args.precision}, Tiny Shakespeare "
-        "(BPE 8,192); model and schedule: " + ", ".join(MODEL),
+        "(BPE 8,192); model and schedule: " + ", ".join(RUN_SETTINGS),
         "- RSS sampled every 0.2 s from /proc; growth = max of the last third minus max of the middle third",
         "",
         *table(header, rows),

@@ -26,6 +26,8 @@ if sys.argv[1] not in ("keep", "default"):  # a pretraining config: train first,
     from scratchlm.train.config import load_pretrain_config
     from scratchlm.train.trainer import train
     train(load_pretrain_config(sys.argv[1], []))
+    from scratchlm.train import host_memory
+    applied = host_memory._applied  # what the run itself set up
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -54,12 +56,17 @@ def test_freed_memory_stays_in_the_process_only_when_asked():
     assert kept["kept_mb"] > 56  # still resident, reusable without page faults
 
 
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    return build_tokens_dir(tmp_path_factory.mktemp("host-memory-data"))
+
+
 @pytest.mark.parametrize("setting", [None, False], ids=["default", "off"])
-def test_cpu_pretraining_keeps_freed_memory_unless_turned_off(setting, tmp_path):
-    tokens = build_tokens_dir(tmp_path)
+def test_cpu_pretraining_keeps_freed_memory_unless_turned_off(setting, tokens, tmp_path):
     train = {"max_steps": 2} if setting is None else {"max_steps": 2, "keep_host_memory": setting}
     run = probe(str(write_toml(tiny_config(tokens, tmp_path / "run", train=train), tmp_path / "run.toml")))
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert run["applied"] is (setting is None)
     if setting is None:  # the freed block is reused as it is: (almost) no page faults
         assert run["refaults"] < pages // 10
     else:  # handed back to the kernel and faulted in again, page by page
