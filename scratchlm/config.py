@@ -9,6 +9,7 @@ that lists the valid keys instead of a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 from collections.abc import Iterable, Mapping
@@ -96,6 +97,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # `nan <= 0` is False: it would slip past every range check
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:

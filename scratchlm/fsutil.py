@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,32 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | os.PathLike, mode: int) -> None:
+    """Give a temp file/dir (made private by `tempfile`) the mode a plain create would have:
+    without it, every output would be readable by its owner alone, whatever the umask says."""
+    os.chmod(path, mode & ~current_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _as_created(tmp, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,22 +74,64 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def check_output_dir(
+    final: str | os.PathLike,
+    *,
+    what: str,
+    replaceable: Callable[[Path], bool] | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
+    error: type[ScratchLMError] = ScratchLMError,
+) -> Path:
+    """Refuse, before any work, an output directory whose replacement would lose something.
+
+    `final` may be new, an empty directory, or (when `replaceable` says so) an earlier output of
+    the same kind (`what`, e.g. "a tokenizer directory"). Anything else — a file, a directory of
+    other things, the current directory or one above it, an input or a directory holding one —
+    is one `error`. Returns `final` as an absolute path (so `.` and `..` have names).
+    """
+    path = Path(final).expanduser().resolve()
+    shown = os.fspath(final)
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise error(f"{shown}: is the current directory or holds it; choose another output directory")
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if path == source or path in source.parents:
+            raise error(f"{shown}: holds the input {os.fspath(given)}; choose an output outside the inputs")
+        if source in path.parents:
+            raise error(f"{shown}: is inside the input {os.fspath(given)}; choose an output outside the inputs")
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise error(f"{shown}: exists and is not a directory; refusing to replace it")
+        if any(path.iterdir()) and not (replaceable is not None and replaceable(path)):
+            raise error(f"{shown}: exists and is not {what}; refusing to replace it (choose another output)")
+    return path
+
+
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_directory(
+    final: str | os.PathLike,
+    *,
+    what: str = "an earlier output of this kind",
+    replaceable: Callable[[Path], bool] | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
+    error: type[ScratchLMError] = ScratchLMError,
+) -> Iterator[Path]:
     """Yield a temp directory beside `final`; on success it replaces `final` in one rename.
 
-    On any exception the temp directory is removed and `final` is left as it was, so an
-    interrupted stage never leaves an output directory that looks complete.
+    `final` is first checked with `check_output_dir` (same arguments), so an existing directory
+    is only replaced when `replaceable` recognises it as an earlier output of this kind. On any
+    exception the temp directory is removed and `final` is left as it was, so an interrupted
+    stage never leaves an output directory that looks complete.
     """
-    final = Path(final)
+    final = check_output_dir(final, what=what, replaceable=replaceable, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        _as_created(tmp, 0o777)
         yield tmp
         fsync_dir(tmp)
         if final.exists():
-            if not overwrite:
-                raise FileExistsError(final)
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
             os.replace(final, old)
             os.replace(tmp, final)

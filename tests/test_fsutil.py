@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -33,14 +33,15 @@ def test_atomic_directory_appears_only_on_success(tmp_path):
 
 def test_atomic_directory_failure_keeps_previous_output(tmp_path):
     final = tmp_path / "out"
-    with atomic_directory(final) as tmp:
+    ours = dict(replaceable=lambda p: any(p.glob("v*.txt")))
+    with atomic_directory(final, **ours) as tmp:
         atomic_write_text(tmp / "v1.txt", "1")
     with pytest.raises(KeyboardInterrupt):
-        with atomic_directory(final) as tmp:
+        with atomic_directory(final, **ours) as tmp:
             atomic_write_text(tmp / "v2.txt", "2")
             raise KeyboardInterrupt
     assert sorted(p.name for p in final.iterdir()) == ["v1.txt"]
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, **ours) as tmp:
         atomic_write_text(tmp / "v3.txt", "3")
     assert sorted(p.name for p in final.iterdir()) == ["v3.txt"]
 
@@ -64,3 +65,64 @@ def test_read_json_object_gives_one_clear_error_of_the_callers_kind(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DataError, match="binary.json: not valid JSON"):
         read_json_object(binary, DataError)
+
+
+def test_output_directory_that_is_not_an_earlier_output_is_refused_before_any_work(tmp_path):
+    from scratchlm.errors import DataError
+
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("important")
+    started = []
+    with pytest.raises(DataError, match="exists and is not a model directory; refusing to replace it"):
+        with atomic_directory(project, what="a model directory", replaceable=lambda p: False, error=DataError):
+            started.append(True)
+    assert not started
+    assert (project / "notes.txt").read_text() == "important" and (project / "src").is_dir()
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("keep")
+    with pytest.raises(DataError, match="exists and is not a directory"):
+        check_output_dir(a_file, what="x", error=DataError)
+    assert a_file.read_text() == "keep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_directory(empty) as tmp:
+        atomic_write_text(tmp / "x.txt", "x")
+    assert (empty / "x.txt").is_file()
+
+
+def test_output_directory_must_not_be_the_current_directory_or_hold_or_sit_in_an_input(tmp_path, monkeypatch):
+    from scratchlm.errors import ScratchLMError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "c.txt").write_text("corpus")
+    monkeypatch.chdir(data)
+    for out in (".", "..", str(tmp_path)):
+        with pytest.raises(ScratchLMError, match="current directory"):
+            check_output_dir(out, what="x", replaceable=lambda p: True)
+    monkeypatch.chdir(tmp_path)
+    for out, inputs, word in [
+        (data / "c.txt", [data / "c.txt"], "holds the input"),
+        (data, [data / "c.txt"], "holds the input"),
+        (data / "out", [data], "is inside the input"),
+    ]:
+        with pytest.raises(ScratchLMError, match=word):
+            check_output_dir(out, what="x", replaceable=lambda p: True, inputs=inputs)
+    assert check_output_dir("elsewhere", what="x", inputs=[data]) == tmp_path / "elsewhere"
+    assert (data / "c.txt").read_text() == "corpus"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path, mask):
+    import os
+    import stat
+
+    previous = os.umask(mask)
+    try:
+        with atomic_directory(tmp_path / "out") as tmp:
+            atomic_write_text(tmp / "f.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "out" / "f.txt").stat().st_mode) == 0o666 & ~mask

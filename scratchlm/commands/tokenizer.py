@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
@@ -89,11 +90,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.tokenizer import is_tokenizer_dir
 
     tok = Tokenizer.from_gpt2(*args.gpt2) if args.gpt2 else Tokenizer.from_hf(args.hf)
     if args.special:  # new ids after the existing ones: every existing id keeps its meaning
         tok = tok.add_special_tokens(args.special)
-    with atomic_directory(args.out) as tmp:
+    sources = list(args.gpt2) if args.gpt2 else [args.hf]
+    if args.tiktoken and Path(args.tiktoken).is_dir():  # checked before --out is replaced
+        raise TokenizerError(f"{args.tiktoken}: is a directory; --tiktoken names the file to write")
+    with atomic_directory(
+        args.out, what="a tokenizer directory", replaceable=is_tokenizer_dir, inputs=sources, error=TokenizerError
+    ) as tmp:
         tok.save(tmp)
     if args.tiktoken:
         tok.export_tiktoken(args.tiktoken)

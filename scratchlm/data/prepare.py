@@ -27,9 +27,16 @@ import numpy as np
 from scratchlm.data.clean import CleanConfig, clean_text
 from scratchlm.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_key, near_duplicate_features
 from scratchlm.data.filters import FilterConfig, first_failing_rule
-from scratchlm.data.sources import Document, SourceOptions, SourceStats, is_prepared_dir, iter_documents
+from scratchlm.data.sources import (
+    Document,
+    SourceOptions,
+    SourceStats,
+    is_prepared_dir,
+    iter_documents,
+    local_input_paths,
+)
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
 from scratchlm.progress import progress
 
 _MASK64 = (1 << 64) - 1
@@ -244,10 +251,9 @@ def prepare(config: PrepareConfig) -> dict:
         raise DataError("no inputs given: name at least one file, directory, builtin:NAME or hf:NAME")
     start = time.perf_counter()
     out = Path(config.out)
-    if out.exists() and not (out.is_dir() and (is_prepared_dir(out) or not any(out.iterdir()))):
-        raise DataError(
-            f"{out}: exists and is not a prepared dataset; refusing to replace it (choose another --out)"
-        )
+    inputs = local_input_paths(config.inputs)
+    output = dict(what="a prepared dataset", replaceable=is_prepared_dir, inputs=inputs, error=DataError)
+    check_output_dir(out, **output)  # before any work
     source_stats = SourceStats()
     removed: Counter[str] = Counter()
     examples: dict[str, list[dict]] = {}
@@ -262,7 +268,7 @@ def prepare(config: PrepareConfig) -> dict:
         if len(kept) < config.examples_per_rule:
             kept.append({"reason": reason, "source": source, "text": text[:_EXAMPLE_CHARS]})
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, **output) as tmp:
         writers = {split: _PartWriter(tmp / split, config.part_bytes) for split in ("train", "val")}
         for sources, result in _ordered_results(config, _batches(docs, config.batch_bytes)):
             totals["documents_in"] += len(sources)

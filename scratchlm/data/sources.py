@@ -67,6 +67,11 @@ class SourceStats:
             self.bad_record_messages.append(message)
 
 
+def local_input_paths(inputs: Sequence[str]) -> list[str]:
+    """The inputs that are files or directories here (not `builtin:` or `hf:` names)."""
+    return [str(spec) for spec in inputs if not str(spec).startswith((BUILTIN_PREFIX, HF_PREFIX))]
+
+
 def iter_documents(
     inputs: Sequence[str], options: SourceOptions | None = None, stats: SourceStats | None = None
 ) -> Iterator[Document]:

@@ -354,10 +354,10 @@ def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
 
 def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     out = Path(config.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").is_file())):
-        raise DataError(f"{out}: exists and is not a tokens dir; refusing to replace it")
     dtype = dtype_for_vocab(tokenizer.vocab_size)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(
+        out, what="a tokens directory", replaceable=lambda p: (p / "meta.json").is_file(), error=DataError
+    ) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
         _stream_into(config, tokenizer, dtype, writers)
         tokenizer.save(tmp / "tokenizer")

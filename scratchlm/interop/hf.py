@@ -31,6 +31,7 @@ from scratchlm.model.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     build_from_tensors,
+    is_model_dir,
     load_model_config,
     read_weights,
     resolve_model_dir,
@@ -391,7 +392,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: DtypeNam
     tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
     model = build_from_tensors(cfg, tensors, str(source))  # checks every name and shape
     extra = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
-    return save_model(model, out, extra_files=extra)
+    return save_model(model, out, extra_files=extra, inputs=[source])
 
 
 def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: DtypeName = "auto") -> Path:
@@ -403,7 +404,9 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: Dtype
     hf_config, tensors = hf_from_ours(cfg, _cast(ours, dtype))
     eos = eos_id_from_tokenizer(model_dir)
     hf_config.update(bos_token_id=eos, eos_token_id=eos, pad_token_id=None)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(
+        out, what="a model directory", replaceable=is_model_dir, inputs=[model_dir], error=ModelError
+    ) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         copy_tokenizer_files(model_dir, tmp)

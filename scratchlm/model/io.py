@@ -47,19 +47,31 @@ def weights_for_saving(model: GPT, state_dict: Mapping[str, torch.Tensor] | None
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def is_model_dir(path: Path) -> bool:
+    """A directory holding a model: `config.json` beside weights (ours or a transformers one)."""
+    return (path / CONFIG_FILE).is_file() and (
+        (path / WEIGHTS_FILE).is_file() or (path / "model.safetensors.index.json").is_file()
+    )
+
+
 def save_model(
     model: torch.nn.Module,
     directory: str | os.PathLike,
     extra_files: ExtraFiles | None = None,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write `model.safetensors` + `config.json` (and `extra_files`) as one atomic directory.
+
+    An existing `directory` is replaced only if it holds a model; one holding `inputs` never is.
 
     `extra_files` is either a mapping {name in the directory: source path or bytes} or a list
     of paths copied under their own names (e.g. tokenizer.json). `state_dict` replaces the
     module's own (e.g. a full state dict gathered from a sharded model).
     """
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(
+        directory, what="a model directory", replaceable=is_model_dir, inputs=inputs, error=ModelError
+    ) as tmp:
         write_model_files(model, tmp, state_dict)
         write_extra_files(tmp, extra_files)
     return Path(directory)

@@ -39,6 +39,11 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 
 
+def is_tokenizer_dir(path: Path) -> bool:
+    """A directory written by `Tokenizer.save` (or any holding a `tokenizer.json`)."""
+    return (path / TOKENIZER_FILE).is_file()
+
+
 def _special_list(extra: Sequence[str] | None) -> list[str]:
     """The default specials followed by the user's own, without repeats."""
     names = list(DEFAULT_SPECIAL_TOKENS)

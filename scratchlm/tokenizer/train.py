@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scratchlm.errors import ConfigError
-from scratchlm.fsutil import atomic_directory
-from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.errors import ConfigError, TokenizerError
+from scratchlm.fsutil import atomic_directory, check_output_dir
+from scratchlm.tokenizer.tokenizer import Tokenizer, is_tokenizer_dir
 
 
 @dataclass
@@ -40,8 +40,10 @@ class TokenizerTrainConfig:
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
     """Train on the documents of `cfg.inputs` and save to `cfg.out`."""
-    from scratchlm.data.sources import SourceOptions, iter_documents
+    from scratchlm.data.sources import SourceOptions, iter_documents, local_input_paths
 
+    output = dict(what="a tokenizer directory", replaceable=is_tokenizer_dir, error=TokenizerError)
+    check_output_dir(cfg.out, inputs=local_input_paths(cfg.inputs), **output)  # before training
     options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
     texts = (doc.text for doc in iter_documents(cfg.inputs, options))
     tok = Tokenizer.train(
@@ -52,6 +54,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
         min_frequency=cfg.min_frequency,
         workers=cfg.workers or (os.cpu_count() or 1),
     )
-    with atomic_directory(cfg.out) as tmp:  # a crash never leaves a half-written tokenizer dir
+    with atomic_directory(cfg.out, inputs=local_input_paths(cfg.inputs), **output) as tmp:  # a crash never leaves a half-written tokenizer dir
         tok.save(tmp)
     return tok

@@ -24,6 +24,7 @@ from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_t
 from scratchlm.model.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    is_model_dir,
     read_weights,
     write_extra_files,
     write_weights_and_config,
@@ -91,7 +92,7 @@ def save_checkpoint(
     """
     root = Path(ckpt_root)
     final = root / step_dir_name(step)
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, what="a checkpoint", replaceable=is_model_dir, error=CheckpointError) as tmp:
         write_weights_and_config(tmp, weights, model_config)
         if tokenizer_dir is not None:
             write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
