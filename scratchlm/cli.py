@@ -2,14 +2,19 @@
 
 Each stage's command module (in `scratchlm/commands/`) adds its parsers through `register` and
 calls one library function; no stage logic lives here. User-caused errors (`ScratchLMError`)
-end in one line on stderr and exit code 2; `--debug` shows the traceback.
+and failures of the machine's files (`OSError`: a path that cannot be made, a full disk) end in
+one line on stderr and exit code 2; `--debug` shows the traceback. SIGTERM stops a command as
+Ctrl-C does (exit 143 instead of 130), so every stage's clean-up and roll-back runs for both.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +84,28 @@ def _group_help(group_parser: argparse.ArgumentParser):
     return show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: code that rolls back on an interrupt does so for both."""
+
+
+def _stop_on_sigterm(main_pid: int):
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a forked worker: end as SIGTERM would have ended it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    return handler
+
+
+def describe_os_error(e: OSError) -> str:
+    """`path: reason` for a failed file operation, as one line."""
+    if e.filename is None:
+        return e.strerror or str(e)
+    return f"{os.fsdecode(e.filename)}: {e.strerror or e}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -86,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be set
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm(os.getpid())) if in_main_thread else None
     try:
         result = args.func(args)
     except ScratchLMError as e:
@@ -93,11 +122,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("scratchlm: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("scratchlm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"scratchlm: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
 
 

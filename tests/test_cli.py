@@ -54,3 +54,45 @@ def test_version(argv, capsys):
         main(argv)
     assert e.value.code == 0
     assert "scratchlm" in capsys.readouterr().out
+
+
+def test_a_path_that_cannot_be_made_is_a_one_line_error(capsys, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words for a tokenizer, repeated. " * 50)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = main(["tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", str(blocker / "tok")])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("scratchlm: error:") and "a-file" in lines[0], err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_sigterm_stops_a_stage_like_ctrl_c_and_leaves_no_partial_output(tmp_path):
+    import os
+    import random
+    import signal
+    import time
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    with open(tmp_path / "big.txt", "w") as f:  # long enough that the run is still going when signalled
+        for _ in range(12000):
+            f.write(" ".join(rng.choice(words) for _ in range(300)) + "\n===\n")
+    out = tmp_path / "prepared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", "data", "prepare", str(tmp_path / "big.txt"), "--out", str(out),
+         "--separator", "\n===\n", "--workers", "1"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):  # the stage has started writing
+        assert proc.poll() is None and time.monotonic() < deadline, "prepare ended before it could be signalled"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "terminated" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]  # no output, no temp directory
