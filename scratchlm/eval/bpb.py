@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from scratchlm.device import Precision, autocast
+from scratchlm.model.loss import IGNORE_INDEX
 from scratchlm.train.distributed import is_distributed
 
 
@@ -28,9 +29,11 @@ def evaluate_loss(
 ) -> dict[str, float]:
     """Mean loss in nats per target token (`val_loss`) and bits per byte (`val_bpb`) over `batches`.
 
-    `model(x, targets=y).loss` must be the mean cross-entropy of the batch, as `GPT` returns
-    it. `token_bytes[i]` is the UTF-8 length of token i. In a multi-process job every rank must call
-    this; the sums are added across ranks, so ranks may evaluate the same or disjoint batches.
+    `model(x, targets=y).loss` must be the mean cross-entropy over the batch's targets other than
+    `IGNORE_INDEX` (padding, prompt tokens), as `GPT` returns it; those targets count no tokens
+    and no bytes. `token_bytes[i]` is the UTF-8 length of token i. In a multi-process job every
+    rank must call this; the sums are added across ranks, so ranks may evaluate the same or
+    disjoint batches.
     The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
@@ -40,13 +43,7 @@ def evaluate_loss(
     totals = torch.zeros(3, dtype=torch.float64, device=sums_on)  # nats, tokens, bytes
     try:
         for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            with autocast(device, precision):
-                mean_nats = model(x, targets=y).loss  # fused head: no full logits tensor
-            nats = mean_nats * y.numel()
-            totals[0] += nats.double().to(sums_on)
-            totals[1] += y.numel()
-            totals[2] += token_bytes[y].sum().to(sums_on)
+            totals += batch_sums(model, x.to(device), y.to(device), token_bytes, precision).to(sums_on)
     finally:
         model.train(was_training)
     if is_distributed():
@@ -56,3 +53,20 @@ def evaluate_loss(
         "val_loss": nats / tokens if tokens else math.nan,
         "val_bpb": nats / (math.log(2) * num_bytes) if num_bytes else math.nan,
     }
+
+
+def batch_sums(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor, precision: Precision
+) -> torch.Tensor:
+    """(nats, tokens, bytes) of one batch as float64, counting only targets that are not ignored.
+
+    The loss is a mean over those targets alone, so it is scaled back by their count, not by
+    `y.numel()`; an all-ignored batch adds nothing (whatever its "mean" is).
+    """
+    counted = y != IGNORE_INDEX
+    tokens = counted.sum().double()
+    with autocast(y.device, precision):
+        mean_nats = model(x, targets=y).loss  # fused head: no full logits tensor
+    nats = torch.where(tokens > 0, mean_nats.double() * tokens, 0.0)
+    num_bytes = (token_bytes[y.masked_fill(~counted, 0)] * counted).sum().double()  # no host sync
+    return torch.stack([nats, tokens, num_bytes])

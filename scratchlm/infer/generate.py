@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from scratchlm.errors import ModelError
-from scratchlm.infer.sampling import sample_next
+from scratchlm.infer.sampling import check_sampling, sample_next
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import unwrap
 
@@ -37,6 +37,7 @@ def stream_tokens(
     seed: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time (for streaming output); see `generate`."""
+    check_sampling(temperature, top_k, top_p)
     ids = _as_ids(prompt_ids)
     model = unwrap(model)  # decode eagerly: compiled or DDP wrappers add nothing here
     cfg = model.cfg
@@ -88,9 +89,11 @@ def generate(
 ) -> list[int]:
     """The new token ids that follow `prompt_ids` (the prompt itself is not included).
 
-    Greedy when `temperature` is 0; otherwise sampling, optionally restricted to the top-k /
-    top-p tokens, reproducible with `seed`. Stops after `max_new_tokens`, before `eos_id`
-    (which is not returned), or when the model's max_seq_len is reached.
+    Greedy when `temperature` is 0 (or so small that logits / temperature overflows); otherwise
+    sampling, optionally restricted to the top-k / top-p tokens, reproducible with `seed`. A
+    non-finite or negative temperature, top_k < 1 or top_p outside (0, 1] is a ConfigError.
+    Stops after `max_new_tokens`, before `eos_id` (which is not returned), or when the model's
+    max_seq_len is reached.
     """
     return list(
         stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 
+HEAD = "lm_head.weight"  # the output head's name in both families and in ours
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 Tensors = dict[str, torch.Tensor]
@@ -83,6 +85,12 @@ class HFImportConfig:
 # --- GPT-2 --------------------------------------------------------------------------------------
 
 GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+# Our field → the config.json key it comes from, so an error names the key the user can see.
+GPT2_KEYS = {
+    "vocab_size": "vocab_size", "n_layer": "n_layer", "n_head": "n_head", "d_model": "n_embd", "d_ff": "n_inner",
+    "max_seq_len": "n_positions", "norm_eps": "layer_norm_epsilon", "tie_embeddings": "tie_word_embeddings",
+    "init_std": "initializer_range",
+}
 
 
 def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
@@ -93,10 +101,9 @@ def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
         raise ModelError("GPT-2 checkpoints with non-standard attention scaling are not supported")
     if hf.get("add_cross_attention", False):
         raise ModelError("GPT-2 checkpoints with cross-attention are not supported")
-    d = hf["n_embd"]
     return _checked(
-        vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_kv_head=hf["n_head"],
-        d_model=d, d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"], pos="learned",
+        GPT2_KEYS, vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_kv_head=hf["n_head"],
+        d_model=hf["n_embd"], d_ff=hf.get("n_inner"), max_seq_len=hf["n_positions"], pos="learned",
         norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True), init_std=hf.get("initializer_range", 0.02),
     )
@@ -133,10 +140,16 @@ def gpt2_names(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
     return names
 
 
+# Non-parameter buffers some GPT-2 checkpoints carry: the causal mask and its fill value.
+GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
 def gpt2_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], source: str) -> Tensors:
     # openai-community/gpt2 stores its tensors without the "transformer." prefix.
     hf = {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in hf.items()}
-    return {ours: _take(hf, name, source, t) for ours, name, t in gpt2_names(cfg)}
+    names = gpt2_names(cfg)
+    reject_unmapped(hf, {name for _, name, _ in names}, GPT2_BUFFERS, source)
+    return {ours: _take(hf, name, source, t) for ours, name, t in names}
 
 
 def gpt2_tensors_from_ours(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> Tensors:
@@ -146,42 +159,70 @@ def gpt2_tensors_from_ours(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -
 # --- Llama --------------------------------------------------------------------------------------
 
 HF_ROPE_KEYS = {"original_max_len": "original_max_position_embeddings"}  # ours → transformers
+LLAMA_KEYS = {
+    "vocab_size": "vocab_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads", "d_model": "hidden_size", "d_ff": "intermediate_size",
+    "max_seq_len": "max_position_embeddings", "rope_theta": "rope_theta", "rope_scaling": "rope_parameters",
+    "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings", "init_std": "initializer_range",
+}
 
 
 def llama_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
     if hf.get("hidden_act", "silu") != "silu":
         raise ModelError(f"Llama hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+    rope = llama_rope_parameters(hf)
+    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
+        raise ModelError("Llama checkpoints with biases in attention but not the MLP (or vice versa) are not supported")
+    n_head = hf["num_attention_heads"]
+    cfg = _checked(
+        LLAMA_KEYS, vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
+        max_seq_len=hf["max_position_embeddings"], pos="rope",
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), rope_scaling=llama3_scaling(rope),
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=bool(hf.get("attention_bias", False)),
+        tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
+    )
+    if hf.get("head_dim") not in (None, cfg.head_dim):
+        raise ModelError(f"Llama head_dim {hf['head_dim']!r} ≠ hidden_size / num_attention_heads is not supported")
+    return cfg
+
+
+def llama_rope_parameters(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The RoPE settings of a Llama config, refusing those that would rotate differently from ours."""
     # transformers ≥ 5 writes rope_parameters; 4.x wrote rope_theta and rope_scaling.
-    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    rope = {**_table(hf, "rope_scaling"), **_table(hf, "rope_parameters")}
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
     if rope_type not in ("default", "llama3"):
         raise ModelError(f"Llama RoPE scaling {rope_type!r} is not supported (only none or 'llama3')")
-    scaling = None
-    if rope_type == "llama3":
-        try:
-            scaling = {key: float(rope[HF_ROPE_KEYS.get(key, key)]) for key in ROPE_SCALING_KEYS}
-        except KeyError as e:
-            raise ModelError(f"Llama 'llama3' RoPE scaling lacks the key {e}") from None
-    d, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, d // n_head):
-        raise ModelError(f"Llama head_dim {hf['head_dim']} ≠ hidden_size / num_attention_heads is not supported")
-    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
-        raise ModelError("Llama checkpoints with biases in attention but not the MLP (or vice versa) are not supported")
-    return _checked(
-        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head,
-        n_kv_head=hf.get("num_key_value_heads") or n_head, d_model=d, d_ff=hf["intermediate_size"],
-        max_seq_len=hf["max_position_embeddings"], pos="rope",
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), rope_scaling=scaling, norm="rmsnorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=bool(hf.get("attention_bias", False)),
-        tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
-    )
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ModelError(f"Llama partial_rotary_factor {partial!r} is not supported (only 1.0: every dimension rotates)")
+    return {**rope, "rope_type": rope_type}
+
+
+def llama3_scaling(rope: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Our `rope_scaling` table from 'llama3' RoPE parameters (values checked by ModelConfig)."""
+    if rope["rope_type"] != "llama3":
+        return None
+    try:
+        return {key: rope[HF_ROPE_KEYS.get(key, key)] for key in ROPE_SCALING_KEYS}
+    except KeyError as e:
+        raise ModelError(f"Llama 'llama3' RoPE scaling lacks the key {e}") from None
+
+
+def llama3_scaling_to_hf(scaling: Mapping[str, Any]) -> dict[str, Any]:
+    """transformers' names and types: factors are floats, original_max_position_embeddings an int."""
+    return {
+        HF_ROPE_KEYS.get(key, key): int(value) if key == "original_max_len" else float(value)
+        for key, value in scaling.items()
+    }
 
 
 def llama_config_from_ours(cfg: ModelConfig) -> dict[str, Any]:
     _require(cfg, "Llama", pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False, logit_softcap=None)
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling:
-        rope.update(rope_type="llama3", **{HF_ROPE_KEYS.get(k, k): v for k, v in cfg.rope_scaling.items()})
+        rope.update(rope_type="llama3", **llama3_scaling_to_hf(cfg.rope_scaling))
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
@@ -222,10 +263,18 @@ def llama_top_level(cfg: ModelConfig) -> list[tuple[str, str]]:
     return names
 
 
+# Non-parameter buffers older Llama checkpoints carry: the RoPE frequencies (recomputed here).
+LLAMA_BUFFERS = (".rotary_emb.inv_freq",)
+
+
 def llama_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], source: str) -> Tensors:
-    out = {ours: _take(hf, name, source) for ours, name in llama_top_level(cfg)}
-    for i in range(cfg.n_layer):
-        for ours, parts in llama_layer_parts(cfg, i).items():
+    top_level = llama_top_level(cfg)
+    layers = [llama_layer_parts(cfg, i) for i in range(cfg.n_layer)]
+    mapped = {name for _, name in top_level} | {name for layer in layers for parts in layer.values() for name, _ in parts}
+    reject_unmapped(hf, mapped, LLAMA_BUFFERS, source)
+    out = {ours: _take(hf, name, source) for ours, name in top_level}
+    for layer in layers:
+        for ours, parts in layer.items():
             out[ours] = torch.cat([_take(hf, name, source) for name, _ in parts], dim=0)
     return out
 
@@ -256,13 +305,22 @@ FAMILIES = {
 }
 
 
-def _checked(**fields: Any) -> ModelConfig:
+def _checked(hf_keys: Mapping[str, str], **fields: Any) -> ModelConfig:
+    """A validated ModelConfig; its errors name config.json's keys (`hf_keys`: ours → theirs)."""
     try:
         cfg = ModelConfig(**fields)
         cfg.validate()
     except (ConfigError, TypeError) as e:
-        raise ModelError(f"the Hugging Face config does not describe a valid model: {e}") from None
+        message = re.sub(r"model\.(\w+)", lambda m: hf_keys.get(m[1], m[0]), str(e))
+        raise ModelError(message) from None
     return cfg
+
+
+def _table(hf: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = hf.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ModelError(f"'{key}' must be a table, got {value!r}")
+    return value
 
 
 def _require(cfg: ModelConfig, family: str, **wanted: Any) -> None:
@@ -271,6 +329,20 @@ def _require(cfg: ModelConfig, family: str, **wanted: Any) -> None:
             raise ModelError(
                 f"cannot export to {family}: it needs model.{name} = {value!r}, this model has {getattr(cfg, name)!r}"
             )
+
+
+def reject_unmapped(
+    hf: Mapping[str, torch.Tensor], mapped: set[str], buffers: tuple[str, ...], source: str
+) -> None:
+    """A tensor the config does not account for means config.json and weights disagree (a layer
+    count, a bias flag); converting anyway would silently drop trained weights.
+
+    A tied output head stored anyway (`lm_head.weight`) passes here: `tensors_from_hf` hands it
+    on, and loading accepts it only if it equals the embedding.
+    """
+    for name in sorted(hf):
+        if name not in mapped and name != HEAD and not name.endswith(buffers):
+            raise ModelError(f"{source}: unexpected tensor '{name}' (its config.json has no place for it)")
 
 
 def _take(tensors: Mapping[str, torch.Tensor], name: str, source: str, transpose: bool = False) -> torch.Tensor:
@@ -294,22 +366,27 @@ def _cast(tensors: Tensors, dtype: DtypeName) -> Tensors:
 # --- in-memory conversion -----------------------------------------------------------------------
 
 
-def config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
-    """The `ModelConfig` equivalent to a transformers config dict (GPT-2 or Llama)."""
+def config_from_hf(hf_config: Mapping[str, Any], where: str = "Hugging Face config") -> ModelConfig:
+    """The `ModelConfig` equivalent to a transformers config dict (GPT-2 or Llama); errors start with `where`."""
     kind = hf_config.get("model_type")
-    if kind not in FAMILIES:
-        raise ModelError(f"unsupported Hugging Face model_type {kind!r}; supported: {', '.join(FAMILIES)}")
+    if not isinstance(kind, str) or kind not in FAMILIES:
+        raise ModelError(f"{where}: unsupported Hugging Face model_type {kind!r}; supported: {', '.join(FAMILIES)}")
     try:
         return FAMILIES[kind].config_to_ours(hf_config)
     except KeyError as e:
-        raise ModelError(f"Hugging Face {kind} config lacks the key {e}") from None
+        raise ModelError(f"{where}: the {kind} config lacks the key {e}") from None
+    except ModelError as e:
+        raise ModelError(f"{where}: {e}") from None
 
 
 def tensors_from_hf(
     cfg: ModelConfig, hf_config: Mapping[str, Any], hf_tensors: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> Tensors:
     """scratchlm-named tensors from a transformers state dict of the family in `hf_config`."""
-    return FAMILIES[hf_config["model_type"]].tensors_to_ours(cfg, hf_tensors, source)
+    out = FAMILIES[hf_config["model_type"]].tensors_to_ours(cfg, hf_tensors, source)
+    if cfg.tie_embeddings and HEAD in hf_tensors:
+        out[HEAD] = hf_tensors[HEAD]  # loading refuses it unless it equals the embedding
+    return out
 
 
 def hf_from_ours(cfg: ModelConfig, tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], Tensors]:
@@ -341,12 +418,8 @@ def read_hf_tensors(directory: Path) -> Tensors:
     if single.is_file():
         return read_weights(single)
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-            raise ModelError(f"{index}: not a valid safetensors index: {e}") from None
         tensors: Tensors = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in shard_names(index):
             tensors.update(read_weights(directory / shard))
         return tensors
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
@@ -355,6 +428,17 @@ def read_hf_tensors(directory: Path) -> Tensors:
             "(convert them with transformers' save_pretrained(..., safe_serialization=True))"
         )
     raise ModelError(f"no {WEIGHTS_FILE} (or sharded index) in {directory}")
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard files a `model.safetensors.index.json` names (files beside it, nothing else)."""
+    weight_map = read_json_object(index, ModelError).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelError(f"{index}: not a valid safetensors index ('weight_map' must map tensor names to files)")
+    for shard in weight_map.values():
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise ModelError(f"{index}: 'weight_map' names {shard!r}, not a file name in the same directory")
+    return sorted(set(weight_map.values()))
 
 
 def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
@@ -388,7 +472,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: DtypeNam
     """Convert a transformers GPT-2/Llama directory into a scratchlm model directory."""
     source = Path(source)
     hf_config = read_hf_config(source)
-    cfg = config_from_hf(hf_config)
+    cfg = config_from_hf(hf_config, str(source / CONFIG_FILE))
     tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
     model = build_from_tensors(cfg, tensors, str(source))  # checks every name and shape
     extra = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}

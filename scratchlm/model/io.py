@@ -171,6 +171,7 @@ def load_state_into(model: GPT, tensors: Mapping[str, torch.Tensor], source: str
     for name in tensors:
         if name not in expected and not (name == "lm_head.weight" and model.cfg.tie_embeddings):
             raise ModelError(f"{source}: unexpected tensor '{name}' (not part of this model's config)")
+    check_tied_head(tensors, model.cfg.tie_embeddings, source)
     for name, shape in expected.items():
         if name not in tensors:
             raise ModelError(f"{source}: missing tensor '{name}'")
@@ -182,6 +183,19 @@ def load_state_into(model: GPT, tensors: Mapping[str, torch.Tensor], source: str
     with torch.no_grad():
         for name in expected:
             params[name].copy_(tensors[name])
+
+
+def check_tied_head(tensors: Mapping[str, torch.Tensor], tied: bool, source: str) -> None:
+    """A tied model's head *is* its embedding, so a stored head that differs would be dropped
+    silently and change the logits: accept it only as an exact copy."""
+    head, embedding = tensors.get("lm_head.weight"), tensors.get("tok_emb.weight")
+    if not tied or head is None or embedding is None:
+        return
+    if head.dtype != embedding.dtype or head.shape != embedding.shape or not torch.equal(head, embedding):
+        raise ModelError(
+            f"{source}: tensor 'lm_head.weight' differs from 'tok_emb.weight', but the config ties them "
+            "(a separate output head needs an untied config)"
+        )
 
 
 def expected_shapes(model: GPT) -> dict[str, tuple[int, ...]]:

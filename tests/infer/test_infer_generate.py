@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scratchlm.errors import ModelError
+from scratchlm.errors import ConfigError, ModelError
 from scratchlm.infer import filter_logits, generate, sample_next, stream_tokens
 from scratchlm.model import GPT, ModelConfig
 
@@ -73,5 +73,44 @@ def test_top_k_and_top_p_filters():
     g = torch.Generator().manual_seed(0)
     draws = [int(sample_next(logits, 1.0, top_p=0.85, generator=g)) for _ in range(300)]
     assert 1 not in draws and {0, 2, 3} <= set(draws)
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(ConfigError, match="top_p"):
         sample_next(logits, 1.0, top_p=0.0)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(temperature=float("nan")), "temperature must be a finite number"),
+        (dict(temperature=float("inf")), "temperature must be a finite number"),
+        (dict(temperature=-0.5), "temperature must be ≥ 0"),
+        (dict(top_k=0), "top_k must be an integer ≥ 1"),
+        (dict(top_k=2.5), "top_k must be an integer ≥ 1"),
+        (dict(top_k=True), "top_k must be an integer ≥ 1"),
+        (dict(top_p=float("nan")), "top_p must be in"),
+        (dict(top_p="0.9"), "top_p must be in"),
+    ],
+)
+def test_bad_sampling_settings_are_clear_errors(model, settings, message):
+    """NaN/inf temperatures used to reach torch.multinomial and fail there with a RuntimeError."""
+    logits = torch.zeros(1, 4)
+    with pytest.raises(ConfigError, match=message):
+        sample_next(logits, **{"temperature": 1.0, **settings})
+    with pytest.raises(ConfigError, match=message):
+        generate(model, [1, 2], 3, **settings)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-50, 1e-300])
+def test_a_temperature_that_overflows_the_logits_is_greedy(model, temperature):
+    """logits / 1e-45 is ±inf in float32 (and / 1e-50 divides by a float32 zero): sampling
+    those rows gave NaN probabilities; the rule is the limit temperature → 0, greedy."""
+    logits = torch.tensor([[0.0, 2.5, -1.0, 2.0], [1.0, -3.0, 0.5, 4.0]])
+    assert sample_next(logits, temperature).tolist() == [1, 3]
+    assert generate(model, [3, 1], 6, temperature=temperature, seed=0) == generate(model, [3, 1], 6, temperature=0)
+
+
+def test_only_the_overflowing_row_turns_greedy():
+    logits = torch.tensor([[0.0, 1e-40, 0.0], [3e38, 0.0, 2e38]])  # 1e-40 / 1e-3 stays finite
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_next(logits, 1e-3, generator=g).tolist() for _ in range(50)]
+    assert {row[1] for row in draws} == {0}  # 3e38 / 1e-3 overflows: greedy
+    assert {row[0] for row in draws} == {0, 1, 2}  # near-equal logits: still sampled

@@ -23,11 +23,11 @@ def hf_gpt2():
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def hf_llama(rope=None):
+def hf_llama(rope=None, **changes):
     cfg = transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=48, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0,
-        pad_token_id=0, rope_parameters=rope or {"rope_type": "default", "rope_theta": 500.0},
+        pad_token_id=0, rope_parameters=rope or {"rope_type": "default", "rope_theta": 500.0}, **changes,
     )
     return transformers.LlamaForCausalLM(cfg)
 
@@ -45,7 +45,12 @@ LLAMA3_ROPE = {
     "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 64,  # head_dim 8: one fast, one blended and two slowed pairs
 }
-FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama, "llama3-rope": lambda: hf_llama(LLAMA3_ROPE)}
+FAMILIES = {
+    "gpt2": hf_gpt2,
+    "llama": hf_llama,
+    "llama3-rope": lambda: hf_llama(LLAMA3_ROPE),
+    "llama-biases": lambda: hf_llama(attention_bias=True, mlp_bias=True),
+}
 IDS = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
 
 
@@ -177,3 +182,105 @@ def test_gpt2_checkpoint_without_the_transformer_prefix(tmp_path):
     import_hf(tmp_path / "hf", tmp_path / "ours")
     with torch.no_grad():
         assert (load_model(tmp_path / "ours")(IDS) - hf(IDS).logits).abs().max() <= 1e-4
+
+
+def edit_config(directory, **changes):
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_tensors_the_config_has_no_place_for_are_refused(tmp_path):
+    """A config.json that disagrees with its weights (fewer layers, no biases) used to import
+    silently, keeping 9 of 35 tensors."""
+    hf_llama(attention_bias=True, mlp_bias=True).save_pretrained(tmp_path / "hf")
+    edit_config(tmp_path / "hf", attention_bias=False, mlp_bias=False, num_hidden_layers=1)
+    with pytest.raises(ModelError, match=r"unexpected tensor 'model\.layers\.0\.mlp\.down_proj\.bias'"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    edit_config(tmp_path / "hf", attention_bias=True, mlp_bias=True)
+    with pytest.raises(ModelError, match=r"unexpected tensor 'model\.layers\.1\.input_layernorm\.weight'"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    hf_gpt2().save_pretrained(tmp_path / "gpt2")
+    edit_config(tmp_path / "gpt2", n_layer=1)
+    with pytest.raises(ModelError, match=r"unexpected tensor 'transformer\.h\.1\.attn\.c_attn\.bias'"):
+        import_hf(tmp_path / "gpt2", tmp_path / "out")
+
+
+def test_known_buffers_are_tolerated_and_a_differing_tied_head_is_not(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = scrambled(hf_llama(), seed=6)
+    hf.save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["model.rotary_emb.inv_freq"] = torch.ones(4)  # older checkpoints store it; it is recomputed
+    save_file(tensors, weights)
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    with torch.no_grad():
+        assert (load_model(tmp_path / "ours")(IDS) - hf(IDS).logits).abs().max() <= 1e-4
+    edit_config(tmp_path / "hf", tie_word_embeddings=True)  # but lm_head.weight is its own matrix
+    with pytest.raises(ModelError, match="'lm_head.weight' differs from 'tok_emb.weight'"):
+        import_hf(tmp_path / "hf", tmp_path / "tied")
+
+
+def test_a_rope_that_rotates_only_part_of_each_head_is_refused():
+    config = {**hf_llama().config.to_dict(), "rope_parameters": {"rope_theta": 500.0, "partial_rotary_factor": 0.5}}
+    with pytest.raises(ModelError, match="partial_rotary_factor 0.5 is not supported"):
+        config_from_hf(config)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(num_attention_heads=0), ": num_attention_heads must be a positive integer, got 0"),
+        (dict(hidden_size="32"), ": hidden_size must be a positive integer"),
+        (dict(rms_norm_eps=float("nan")), ": rms_norm_eps must be a finite number"),
+        (dict(rope_parameters=[500.0]), "'rope_parameters' must be a table"),
+        (dict(model_type=["llama"]), "unsupported Hugging Face model_type"),
+        (dict(rope_parameters={**LLAMA3_ROPE, "factor": "8"}), r": rope_parameters\.factor must be a finite number"),
+    ],
+)
+def test_bad_hf_config_values_are_one_line_errors_naming_the_key(tmp_path, changes, message):
+    hf_llama().save_pretrained(tmp_path / "hf")
+    edit_config(tmp_path / "hf", **changes)
+    with pytest.raises(ModelError, match=message) as error:
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    assert str(error.value).startswith(str(tmp_path / "hf" / "config.json"))
+
+
+@pytest.mark.parametrize(
+    "index", [[], {"weight_map": ["a"]}, {"weight_map": {"x": ["a"]}}, {"weight_map": {"x": "../model.safetensors"}}]
+)
+def test_malformed_shard_index_is_a_one_line_error(tmp_path, index):
+    hf_llama().save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError, match=r"model\.safetensors\.index\.json: "):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+
+
+def test_llama3_rope_export_keeps_original_max_position_embeddings_an_int(tmp_path):
+    """transformers warns about (and expects) an int; an import round trip used to make it 64.0."""
+    scrambled(hf_llama(LLAMA3_ROPE), seed=7).save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    config["rope_scaling"]["original_max_len"] = 64.0  # as earlier imports wrote it
+    (tmp_path / "ours" / "config.json").write_text(json.dumps(config))
+    export_hf(tmp_path / "ours", tmp_path / "back")
+    exported = json.loads((tmp_path / "back" / "config.json").read_text())
+    for table in ("rope_parameters", "rope_scaling"):
+        assert type(exported[table]["original_max_position_embeddings"]) is int
+        assert type(exported[table]["factor"]) is float
+
+
+def test_cli_export_refuses_an_out_that_is_not_a_model_directory(tmp_path, capsys, monkeypatch):
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), tmp_path / "m")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "notes")]) == 2
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    monkeypatch.chdir(tmp_path / "notes")
+    assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", "."]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("scratchlm: error: ") for line in err)
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]

@@ -80,6 +80,31 @@ def test_validation_names_the_field(changes, message):
         ModelConfig(**changes).validate()
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(logit_softcap=INF), "logit_softcap must be a finite number"),
+        (dict(logit_softcap=NAN), "logit_softcap must be a finite number"),
+        (dict(norm_eps=NAN), "norm_eps must be a finite number"),
+        (dict(rope_theta=NAN), "rope_theta must be a finite number"),
+        (dict(rope_theta=-INF), "rope_theta must be a finite number"),
+        (dict(init_std=NAN), "init_std must be a finite number"),
+        (dict(init_std=True), "init_std must be a finite number"),
+        (dict(dropout=NAN), "dropout must be a finite number"),
+        (dict(dropout=False), "dropout must be a finite number"),
+        (dict(norm_eps="1e-5"), "norm_eps must be a finite number"),
+        (dict(bias=1), "bias must be true or false"),
+    ],
+)
+def test_validation_rejects_non_finite_and_mistyped_numbers(changes, message):
+    """Built in Python (not through from_dict), NaN passed every `x <= 0` range check."""
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**changes).validate()
+
+
 def test_config_round_trips_through_the_config_machinery():
     cfg = get_preset("llama-10m")
     assert from_dict(ModelConfig, to_dict(cfg)) == cfg
@@ -106,3 +131,9 @@ def test_rope_scaling_is_validated():
         ModelConfig(rope_scaling={**good, "high_freq_factor": 1.0}).validate()
     with pytest.raises(ConfigError, match="needs model.pos = 'rope'"):
         ModelConfig(pos="learned", rope_scaling=good).validate()
+    for key, bad in [("factor", True), ("factor", float("nan")), ("low_freq_factor", float("inf")),
+                     ("original_max_len", "8192"), ("factor", -2.0)]:
+        with pytest.raises(ConfigError, match=f"rope_scaling.{key} must be"):
+            ModelConfig(rope_scaling={**good, key: bad}).validate()
+    with pytest.raises(ConfigError, match="original_max_len must be a whole number"):
+        ModelConfig(rope_scaling={**good, "original_max_len": 8192.5}).validate()

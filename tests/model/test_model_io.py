@@ -78,6 +78,20 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
         load_model(tmp_path / "m")
 
 
+def test_tied_config_refuses_a_stored_head_that_differs_from_the_embedding(tmp_path):
+    """The stored head used to be dropped silently, so the logits were not the file's."""
+    save_model(GPT(small(tie_embeddings=True)), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["lm_head.weight"] = tensors["tok_emb.weight"].clone()
+    save_file(tensors, weights)
+    assert load_model(tmp_path / "m").lm_head.weight is not None  # an exact copy is harmless
+    tensors["lm_head.weight"][3, 5] += 0.5
+    save_file(tensors, weights)
+    with pytest.raises(ModelError, match="tensor 'lm_head.weight' differs from 'tok_emb.weight'"):
+        load_model(tmp_path / "m")
+
+
 def test_bad_directories_are_one_line_errors(tmp_path):
     with pytest.raises(ModelError, match="not a model directory"):
         load_model(tmp_path)

@@ -10,7 +10,7 @@ from torch import nn
 from scratchlm.device import resolve_precision
 from scratchlm.eval.bpb import evaluate_loss
 from scratchlm.model import GPT, ModelConfig
-from scratchlm.model.loss import HeadLoss
+from scratchlm.model.loss import IGNORE_INDEX, HeadLoss
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision(CPU, "fp32")
@@ -39,6 +39,21 @@ def test_uniform_model_hand_computed():
     assert result["val_loss"] == pytest.approx(math.log(4))
     # 4 tokens x ln 4 nats over 1 + 2 + 3 + 0 = 6 bytes: 4 * 2 bits / 6 bytes
     assert result["val_bpb"] == pytest.approx(8 / 6)
+
+
+def test_ignored_targets_count_neither_tokens_nor_bytes():
+    """The loss is a mean over non-ignored targets; scaling it by y.numel() and indexing
+    token_bytes with -100 (which wraps to another token) gave a wrong bpb."""
+    model = FixedDistribution([0.1, 0.2, 0.3, 0.4] + [1e-9] * 100)  # -100 wraps to a real id here
+    token_bytes = torch.tensor([1, 2, 3, 4] + [50] * 100)
+    batches = [
+        (torch.zeros(1, 4, dtype=torch.long), torch.tensor([[0, IGNORE_INDEX, 3, IGNORE_INDEX]])),
+        (torch.zeros(1, 2, dtype=torch.long), torch.full((1, 2), IGNORE_INDEX)),  # its "mean" is NaN
+    ]
+    nats = -(math.log(0.1) + math.log(0.4))
+    result = evaluate_loss(model, batches, token_bytes, FP32, CPU)
+    assert result["val_loss"] == pytest.approx(nats / 2, rel=1e-6)
+    assert result["val_bpb"] == pytest.approx(nats / (math.log(2) * (1 + 4)), rel=1e-6)
 
 
 def test_sums_over_batches_not_mean_of_means():
