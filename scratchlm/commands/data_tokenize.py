@@ -20,12 +20,17 @@ def register(root, groups) -> None:
         help="tokenize a prepared dataset (or raw inputs) into memory-mapped .bin/.idx files",
         description="Tokenize documents into train/val .bin + .idx files and meta.json, in parallel.",
     )
-    tok.add_argument("inputs", nargs="*", metavar="INPUT", help="a prepared dir, or raw files/dirs/builtin:NAME")
+    tok.add_argument(
+        "inputs", nargs="*", metavar="INPUT",
+        help="prepared dirs (keep their train/val split) and/or raw files/dirs/builtin:NAME (split by --val-every)",
+    )  # fmt: skip
     tok.add_argument("--tokenizer", metavar="DIR", help="tokenizer dir (from `scratchlm tokenizer train`)")
     tok.add_argument("--out", metavar="DIR", help="tokens dir to write")
     tok.add_argument("--workers", type=int, metavar="N", help="encoding processes (default: one per core)")
     tok.add_argument("--append", action="store_true", default=None, help="add to an existing tokens dir")
-    tok.add_argument("--val-every", type=int, metavar="N", help="raw inputs: every N-th document goes to val")
+    tok.add_argument(
+        "--val-every", type=int, metavar="N", help="raw inputs: every N-th of their documents goes to val"
+    )
     tok.add_argument("--text-field", metavar="NAME", help="raw JSON/parquet inputs: the text field")
     add_config_args(tok)
     tok.set_defaults(func=run_tokenize)

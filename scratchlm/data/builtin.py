@@ -55,16 +55,32 @@ def iter_builtin(name: str) -> Iterator[Document]:
             f"builtin:{name}: unknown built-in corpus; available: {', '.join('builtin:' + c for c in CORPORA)}"
         )
     path = cache_path(name)
-    if not path.is_file():
-        lines = (
-            json.dumps({"text": d.text, "source": d.source}, ensure_ascii=False)
-            for d in extract_python_docs()
-        )
+    documents = _read_cache(path)
+    if documents is None:  # not cached yet, or the cache is damaged: extract again
+        documents = list(extract_python_docs())
+        lines = (json.dumps({"text": d.text, "source": d.source}, ensure_ascii=False) for d in documents)
         atomic_write_text(path, "\n".join(lines) + "\n")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            yield Document(record["text"], record["source"])
+    yield from documents
+
+
+def _read_cache(path: Path) -> list[Document] | None:
+    """The cached documents, or None when there is no readable, well-formed cache.
+
+    Read whole (about 2 MB) before the first document is used, so a damaged cache is rebuilt
+    instead of ending the corpus part way through.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # missing, or damaged
+        return None
+    if not records or not all(_is_cached_document(r) for r in records):
+        return None
+    return [Document(r["text"], r["source"]) for r in records]
+
+
+def _is_cached_document(record: object) -> bool:
+    return isinstance(record, dict) and isinstance(record.get("text"), str) and isinstance(record.get("source"), str)
 
 
 def extract_python_docs() -> Iterator[Document]:

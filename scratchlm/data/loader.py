@@ -40,19 +40,51 @@ def read_meta(tokens_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"tokens dir not found: {tokens_dir}")
     path = tokens_dir / "meta.json"
     if not path.is_file():
-        raise DataError(
-            f"{tokens_dir}: no meta.json, so not a complete tokens dir "
-            "(make one with `scratchlm data tokenize`; an interrupted run leaves none)"
-        )
+        raise _no_meta_error(tokens_dir)
     meta = read_json_object(path, DataError)
+    check_meta(meta, path)
+    return meta
+
+
+def _no_meta_error(tokens_dir: Path) -> DataError:
+    """Why a dir has no meta.json, and how to recover when an interrupted append is the cause."""
+    from scratchlm.data.tokenize import APPEND_MARKER  # here: tokenize imports pyarrow
+
+    if (tokens_dir / APPEND_MARKER).is_file():
+        return DataError(
+            f"{tokens_dir}: an append to this tokens dir was interrupted; re-run `scratchlm data tokenize` "
+            "with --append into it to roll the append back and redo it, or without --append to rebuild it"
+        )
+    return DataError(
+        f"{tokens_dir}: no meta.json, so not a complete tokens dir "
+        "(make one with `scratchlm data tokenize`; an interrupted run leaves none)"
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_meta(meta: Mapping[str, Any], path: Path) -> None:
+    """Refuse a meta.json whose fields have the wrong types, so no reader fails on them later."""
     for key in REQUIRED_META_KEYS:
         if key not in meta:
             raise DataError(f"{path}: missing key '{key}'")
     if meta["dtype"] not in DTYPES:
         raise DataError(f"{path}: dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}")
+    if not _is_count(meta["vocab_size"]) or not meta["vocab_size"]:
+        raise DataError(f"{path}: 'vocab_size' must be a positive integer, got {meta['vocab_size']!r}")
+    if not _is_count(meta["eot_id"]) or meta["eot_id"] >= meta["vocab_size"]:
+        raise DataError(f"{path}: 'eot_id' must be an id below vocab_size, got {meta['eot_id']!r}")
+    if not isinstance(meta["tokenizer_sha256"], str):
+        raise DataError(f"{path}: 'tokenizer_sha256' must be a string, got {meta['tokenizer_sha256']!r}")
     if not isinstance(meta["splits"], dict):
         raise DataError(f"{path}: 'splits' must be an object")
-    return meta
+    for split, counts in meta["splits"].items():
+        if not isinstance(counts, dict) or not all(_is_count(counts.get(k)) for k in ("tokens", "documents")):
+            raise DataError(f"{path}: split '{split}' needs 'tokens' and 'documents' counts")
+        if not _is_count(counts.get("bytes", 0)):
+            raise DataError(f"{path}: split '{split}': 'bytes' must be a count, got {counts['bytes']!r}")
 
 
 def check_tokenizer_match(meta: Mapping[str, Any], tokenizer_sha256: str) -> None:
@@ -80,11 +112,9 @@ class TokenDataset:
         tokens_dir = Path(tokens_dir)
         meta = read_meta(tokens_dir)
         info = meta["splits"].get(split)
-        if not isinstance(info, dict):
+        if info is None:
             raise DataError(f"{tokens_dir}: no '{split}' split (splits: {', '.join(meta['splits'])})")
-        n_tokens, n_docs = int(info.get("tokens", -1)), int(info.get("documents", -1))
-        if n_tokens < 0 or n_docs < 0:
-            raise DataError(f"{tokens_dir}/meta.json: split '{split}' needs 'tokens' and 'documents' counts")
+        n_tokens, n_docs = info["tokens"], info["documents"]  # counts: checked by read_meta
         dtype = np.dtype(DTYPES[meta["dtype"]])
         tokens = _map_checked(tokens_dir / f"{split}.bin", dtype, n_tokens, "tokens")
         documents = _map_checked(tokens_dir / f"{split}.idx", np.dtype(np.int64), n_docs, "document offsets")

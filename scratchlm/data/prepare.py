@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ import numpy as np
 from scratchlm.data.clean import CleanConfig, clean_text
 from scratchlm.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_key, near_duplicate_features
 from scratchlm.data.filters import FilterConfig, first_failing_rule
+from scratchlm.data.parallel import ordered_map
 from scratchlm.data.sources import (
     Document,
     SourceOptions,
@@ -160,19 +161,8 @@ def _ordered_results(config: PrepareConfig, batches):
     # multiprocessing.Pool) fails loudly instead of hanging when a worker cannot start.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_process, initargs=(config,)) as pool:
-        pending: deque = deque()
-        try:
-            for payload, sources in batches:
-                pending.append((sources, pool.submit(_run_in_process, payload)))
-                if len(pending) >= 2 * workers:
-                    sources_done, future = pending.popleft()
-                    yield sources_done, future.result()
-            while pending:
-                sources_done, future = pending.popleft()
-                yield sources_done, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
+        jobs = ((sources, payload) for payload, sources in batches)
+        yield from ordered_map(pool, _run_in_process, jobs, 2 * workers, "prepare")
 
 
 class _PartWriter:

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 COMPRESSIONS = (".gz", ".zst")
 DEFAULT_INCLUDE = tuple(f"*{fmt}{comp}" for fmt in FORMATS for comp in ("", *COMPRESSIONS))
 _TEXT_CHUNK = 1 << 20
+_ZSTD_READ = 1 << 16  # compressed bytes decompressed per step
 
 
 @dataclass
@@ -50,7 +52,9 @@ class SourceOptions:
     include: list[str] = field(default_factory=list)  # globs for files inside directories
     exclude: list[str] = field(default_factory=list)
     skip_bad_records: bool = False  # count and skip bad JSON lines / missing fields instead of failing
-    split: Literal["train", "val", "all"] = "train"  # which split of a prepared directory to read
+    # Which split of a prepared directory to read: all by default, since re-preparing one must not
+    # lose its val documents; tokenizer training asks for "train".
+    split: Literal["train", "val", "all"] = "all"
     hf_split: str = "train"  # which split of a `hf:NAME` dataset to read
 
 
@@ -63,8 +67,8 @@ class SourceStats:
 
     def add_bad(self, message: str, keep: int = 5) -> None:
         self.bad_records += 1
-        if len(self.bad_record_messages) < keep:
-            self.bad_record_messages.append(message)
+        if len(self.bad_record_messages) < keep:  # kept as valid UTF-8: they are written to files
+            self.bad_record_messages.append(message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def local_input_paths(inputs: Sequence[str]) -> list[str]:
@@ -140,6 +144,23 @@ def prepared_part_error(part: Path, error: Exception) -> DataError:
     return DataError(f"{part}: not a readable prepared parquet file ({error})")
 
 
+def check_prepared_texts(column, part: Path) -> None:
+    """Refuse a `text` column (an Arrow array) holding anything but strings: a foreign or
+    hand-edited part would otherwise fail later, deep inside cleaning or encoding."""
+    import pyarrow as pa
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise DataError(f"{part}: the 'text' column holds {column.type}, not strings")
+    if column.null_count:
+        raise DataError(f"{part}: the 'text' column has null values")
+
+
+def _source_name(path: Path) -> str:
+    """A path as the `source` of its documents, always valid UTF-8 (filename bytes that are not
+    UTF-8 appear as backslash escapes), so it can be written to parquet and JSON."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def _format_of(path: Path) -> str | None:
     name = path.name.lower()
     for comp in COMPRESSIONS:
@@ -190,10 +211,56 @@ def _open_binary(path: Path) -> IO[bytes]:
     if compression == ".gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if compression == ".zst":
+        return io.BufferedReader(_ZstdFrames(raw))
+    return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame.
+
+    zstandard's `stream_reader` ends quietly when the data stops inside a frame, so a truncated
+    download would read as a shorter corpus. This reader knows where each frame ends and raises
+    EOFError, as `gzip` does, when the file ends inside one.
+    """
+
+    def __init__(self, raw: IO[bytes]):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return raw
+        self._raw = raw
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._frame = None  # the decompressor of the frame being read; None between frames
+        self._output = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._output:
+            compressed = self._raw.read(_ZSTD_READ)
+            if not compressed:
+                if self._frame is not None:
+                    raise EOFError("Compressed file ended before the end-of-frame marker was reached")
+                return 0
+            self._output = memoryview(self._decompress(compressed))
+        n = min(len(buffer), len(self._output))
+        buffer[:n] = self._output[:n]
+        self._output = self._output[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        pieces = []
+        while data:
+            if self._frame is None:
+                self._frame = self._decompressor.decompressobj()
+            pieces.append(self._frame.decompress(data))
+            data = b""
+            if self._frame.eof:  # the rest, if any, starts the next frame
+                data, self._frame = self._frame.unused_data, None
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _decode(data: bytes) -> tuple[str, bool]:
@@ -226,28 +293,33 @@ def _iter_file(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
 
 
 def _iter_txt(path: Path, options: SourceOptions) -> Iterator[Document]:
-    source = str(path)
+    source = _source_name(path)
     with _open_binary(path) as f:
-        if not options.separator:
-            text, bad = _decode(f.read())
+        pieces = _split_stream(f, options.separator.encode("utf-8")) if options.separator else [f.read()]
+        for piece in pieces:
+            text, bad = _decode(piece)
             yield Document(text, source, bad)
-            return
-        sep = options.separator.encode("utf-8")
-        pending = b""
-        while True:
-            chunk = f.read(_TEXT_CHUNK)
-            if not chunk:
-                break
-            pieces = (pending + chunk).split(sep)
-            pending = pieces.pop()
-            for piece in pieces:
-                text, bad = _decode(piece)
-                yield Document(text, source, bad)
-        text, bad = _decode(pending)
-        yield Document(text, source, bad)
 
 
-def _text_of_record(record: object, path: Path, where: str, options: SourceOptions, stats: SourceStats):
+def _split_stream(f: IO[bytes], sep: bytes) -> Iterator[bytes]:
+    """The pieces of a stream between separators, read `_TEXT_CHUNK` bytes at a time.
+
+    Each byte is searched once (plus `len(sep) - 1` bytes of overlap for a separator straddling
+    two chunks), so a long stretch without a separator costs linear time, not quadratic.
+    """
+    piece = bytearray()
+    while chunk := f.read(_TEXT_CHUNK):
+        search_from = max(0, len(piece) - len(sep) + 1)
+        piece += chunk
+        start = 0
+        while (found := piece.find(sep, max(start, search_from))) != -1:
+            yield bytes(piece[start:found])
+            start = found + len(sep)
+        del piece[:start]
+    yield bytes(piece)
+
+
+def _text_of_record(record: object, source: str, where: str, options: SourceOptions, stats: SourceStats):
     """The text field of one JSON record, or None (counted) when bad and skipping is on."""
     key = options.text_field
     if isinstance(record, dict) and isinstance(record.get(key), str):
@@ -259,56 +331,80 @@ def _text_of_record(record: object, path: Path, where: str, options: SourceOptio
         problem = f"no field '{key}' (keys: {shown}); choose one with --text-field"
     else:
         problem = f"expected a JSON object with field '{key}', got {type(record).__name__}"
-    message = f"{path}:{where}: {problem}"
+    message = f"{source}:{where}: {problem}"
     if not options.skip_bad_records:
         raise DataError(message)
     stats.add_bad(message)
     return None
 
 
+def _json_value(text: str) -> object:
+    """`json.loads`, with nesting too deep for Python's parser reported like any other bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
-    source = str(path)
+    source = _source_name(path)
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             line, bad = _decode(raw)
             try:
-                record = json.loads(line)
+                record = _json_value(line)
             except json.JSONDecodeError as e:
-                message = f"{path}:{lineno}: not valid JSON ({e.msg})"
+                message = f"{source}:{lineno}: not valid JSON ({e.msg})"
                 if not options.skip_bad_records:
                     raise DataError(message) from None
                 stats.add_bad(message)
                 continue
-            text = _text_of_record(record, path, str(lineno), options, stats)
+            text = _text_of_record(record, source, str(lineno), options, stats)
             if text is not None:
                 yield Document(text, source, bad)
 
 
 def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
-    """A whole JSON file: a list of objects (or strings), or one object."""
-    source = str(path)
+    """A whole JSON file: a list of objects (or strings), or one object.
+
+    Invalid bytes are kept as escapes while parsing and repaired per document, so only the
+    documents holding them count as invalid UTF-8, not every document of the file.
+    """
+    source = _source_name(path)
     with _open_binary(path) as f:
-        data, bad = _decode(f.read())
+        data = f.read().decode("utf-8", errors="surrogateescape")
     try:
-        value = json.loads(data)
+        value = _json_value(data)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     records = value if isinstance(value, list) else [value]
     for i, record in enumerate(records):
-        if isinstance(record, str):
-            yield Document(record, source, bad)
-            continue
-        text = _text_of_record(record, path, f"item {i}", options, stats)
+        text = record if isinstance(record, str) else _text_of_record(record, source, f"item {i}", options, stats)
         if text is not None:
-            yield Document(text, source, bad)
+            repaired, bad = _repair_escaped_bytes(text)
+            yield Document(repaired, source, bad)
+
+
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")  # what errors="surrogateescape" makes of invalid bytes
+
+
+def _repair_escaped_bytes(text: str) -> tuple[str, bool]:
+    """Text with escaped invalid bytes replaced as `_decode` would, and whether there were any."""
+    if text.isascii() or not _ESCAPED_BYTES.search(text):
+        return text, False
+    return _ESCAPED_BYTES.sub(_replace_escaped, text), True
+
+
+def _replace_escaped(run: re.Match[str]) -> str:
+    return run.group().encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
 
 
 def _iter_parquet(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
-    source = str(path)
+    source = _source_name(path)
     if _compression_of(path):
         with _open_binary(path) as f:
             handle: object = io.BytesIO(f.read())
@@ -353,10 +449,13 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
             try:
                 pf = pq.ParquetFile(part)
                 for batch in pf.iter_batches(columns=["text", "source"], batch_size=1024):
+                    check_prepared_texts(batch.column(0), part)
                     texts = batch.column(0).to_pylist()
                     sources = batch.column(1).to_pylist()
                     for text, source in zip(texts, sources):
-                        yield Document(text, source or str(part))
+                        yield Document(text, source or _source_name(part))
+            except DataError:
+                raise
             except Exception as e:
                 raise prepared_part_error(part, e) from None
 

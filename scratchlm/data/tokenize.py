@@ -17,12 +17,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, count, groupby
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,17 +29,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from scratchlm.data.parallel import ordered_map
 from scratchlm.data.sources import (
     BUILTIN_PREFIX,
     HF_PREFIX,
     SourceOptions,
+    check_prepared_texts,
     is_prepared_dir,
     iter_documents,
+    local_input_paths,
     prepared_part_error,
     prepared_parts,
 )
-from scratchlm.errors import ConfigError, DataError, ScratchLMError
-from scratchlm.fsutil import atomic_directory, atomic_write_json, fsync_dir, read_json_object
+from scratchlm.errors import ConfigError, DataError
+from scratchlm.fsutil import (
+    atomic_directory,
+    atomic_write_json,
+    check_output_dir,
+    fsync_dir,
+    read_json_object,
+)
 from scratchlm.progress import progress
 from scratchlm.tokenizer import Tokenizer
 
@@ -117,10 +124,7 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
             # small batches, so a chunk ends close to chunk_chars and the workers finish together
             for batch in parquet.iter_batches(batch_size=16, columns=["text"]):
                 column = batch.column(0)
-                if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-                    raise DataError(f"{path}: the 'text' column holds {column.type}, not strings")
-                if column.null_count:
-                    raise DataError(f"{path}: the 'text' column has null values")
+                check_prepared_texts(column, path)
                 pending.append(column)
                 size += column.nbytes
                 if size >= chunk_chars:
@@ -134,13 +138,14 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
             yield Chunk(texts, np.full(len(texts), is_val))
 
 
-def _raw_chunks(config: TokenizeConfig) -> Iterator[Chunk]:
-    documents = iter_documents(config.inputs, SourceOptions(text_field=config.text_field))
+def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: Iterator[int]) -> Iterator[Chunk]:
+    """Raw inputs' documents; `numbers` counts raw documents across calls for the val rule."""
+    documents = iter_documents(inputs, SourceOptions(text_field=config.text_field))
     every = config.val_every
     texts: list[str] = []
     flags: list[bool] = []
     size = 0
-    for i, doc in enumerate(documents):
+    for doc, i in zip(documents, numbers):  # documents first: no number is used up at the end
         texts.append(doc.text)
         flags.append(every > 0 and i % every == every - 1)
         size += len(doc.text)
@@ -154,19 +159,37 @@ def _raw_chunks(config: TokenizeConfig) -> Iterator[Chunk]:
 def read_chunks(config: TokenizeConfig) -> tuple[Iterator[Chunk], int | None]:
     """The input documents in order, in chunks of about `chunk_chars`, and their count if known.
 
-    Prepared dirs keep their own train/val split; raw inputs send every `val_every`-th document
-    to val.
+    A prepared dir keeps its own train/val split, also beside raw inputs; raw inputs send every
+    `val_every`-th of their documents (counted across all raw inputs) to val.
     """
-    if all(Path(p).is_dir() and is_prepared_dir(Path(p)) for p in config.inputs):
-        files = _prepared_files([Path(p) for p in config.inputs])
-        total = 0
-        for path, _ in files:
-            try:
-                total += pq.ParquetFile(path).metadata.num_rows
-            except (pa.ArrowException, OSError) as e:
-                raise prepared_part_error(path, e) from None
-        return _prepared_chunks(files, config.chunk_chars), total
-    return _raw_chunks(config), None
+    groups = [(prepared, list(specs)) for prepared, specs in groupby(config.inputs, key=_is_prepared)]
+    if len(groups) == 1 and groups[0][0]:
+        return _chunks(config, groups), _row_count(_prepared_files([Path(p) for p in config.inputs]))
+    return _chunks(config, groups), None
+
+
+def _is_prepared(spec: str) -> bool:
+    return is_prepared_dir(Path(spec))
+
+
+def _chunks(config: TokenizeConfig, groups: Sequence[tuple[bool, list[str]]]) -> Iterator[Chunk]:
+    """Chunks of each run of prepared dirs or of raw inputs, in input order."""
+    raw_numbers = count()
+    for prepared, specs in groups:
+        if prepared:
+            yield from _prepared_chunks(_prepared_files([Path(p) for p in specs]), config.chunk_chars)
+        else:
+            yield from _raw_chunks(config, specs, raw_numbers)
+
+
+def _row_count(files: Sequence[tuple[Path, bool]]) -> int:
+    total = 0
+    for path, _ in files:
+        try:
+            total += pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as e:
+            raise prepared_part_error(path, e) from None
+    return total
 
 
 # --- encoding ------------------------------------------------------------------------------------
@@ -242,20 +265,8 @@ class ChunkEncoder:
             for chunk in chunks:
                 yield chunk, encode_texts(self.tokenizer, chunk.texts, self.dtype)
             return
-        pending: deque[tuple[Chunk, Future]] = deque()
-        try:
-            for chunk in chunks:
-                pending.append((chunk, self._pool.submit(_encode_in_worker, chunk.texts)))
-                if len(pending) >= 2 * self.workers:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-        except BrokenProcessPool:
-            raise ScratchLMError(
-                "a tokenize worker process died (killed or out of memory?); retry, or use workers=1"
-            ) from None
+        jobs = ((chunk, chunk.texts) for chunk in chunks)
+        yield from ordered_map(self._pool, _encode_in_worker, jobs, 2 * self.workers, "tokenize")
 
 
 def default_workers() -> int:
@@ -352,12 +363,21 @@ def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
     }
 
 
+def _is_tokens_dir(path: Path) -> bool:
+    """A tokens dir, complete or left by an interrupted append (which a new run may replace)."""
+    return (path / "meta.json").is_file() or (path / APPEND_MARKER).is_file()
+
+
+def _output_rules(config: TokenizeConfig) -> dict[str, Any]:
+    """What `check_output_dir` needs to refuse an `out` whose replacement would lose something."""
+    inputs = local_input_paths(config.inputs)
+    return dict(what="a tokens directory", replaceable=_is_tokens_dir, inputs=inputs, error=DataError)
+
+
 def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     out = Path(config.out)
     dtype = dtype_for_vocab(tokenizer.vocab_size)
-    with atomic_directory(
-        out, what="a tokens directory", replaceable=lambda p: (p / "meta.json").is_file(), error=DataError
-    ) as tmp:
+    with atomic_directory(out, **_output_rules(config)) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
         _stream_into(config, tokenizer, dtype, writers)
         tokenizer.save(tmp / "tokenizer")
@@ -374,7 +394,10 @@ def _restore_interrupted_append(out: Path) -> None:
     if (out / "meta.json").is_file():  # the append finished; only the clean-up was missed
         marker.unlink()
         return
+    from scratchlm.data.loader import check_meta  # here: the loader pulls in torch
+
     old = read_json_object(marker, DataError)
+    check_meta(old, marker)
     itemsize = np.dtype(old["dtype"]).itemsize
     for split, counts in old["splits"].items():
         for suffix, size in ((".bin", counts["tokens"] * itemsize), (".idx", counts["documents"] * 8)):
@@ -421,9 +444,10 @@ def tokenize_dataset(config: TokenizeConfig) -> dict[str, Any]:
     for p in config.inputs:
         if not p.startswith((BUILTIN_PREFIX, HF_PREFIX)) and not Path(p).exists():
             raise DataError(f"input not found: {p}")
-    tokenizer = Tokenizer.load(config.tokenizer)
     out = Path(config.out)
-    if config.append and ((out / "meta.json").is_file() or (out / APPEND_MARKER).is_file()):
+    check_output_dir(out, **_output_rules(config))  # before any work, for an append too
+    tokenizer = Tokenizer.load(config.tokenizer)
+    if config.append and _is_tokens_dir(out):
         return _append(config, tokenizer)
     return _write_new(config, tokenizer)
 

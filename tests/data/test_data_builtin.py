@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from itertools import islice
 
 from scratchlm.data.builtin import cache_path, extract_python_docs
-from scratchlm.data.sources import iter_documents
+from scratchlm.data.sources import Document, iter_documents
 
 
 def test_builtin_corpus_is_sized_ordered_and_cached():
@@ -27,3 +28,17 @@ def test_extraction_is_deterministic():
     first = [(d.text, d.source) for d in islice(extract_python_docs(), 1500)]
     second = [(d.text, d.source) for d in islice(extract_python_docs(), 1500)]
     assert first == second
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    import scratchlm.data.builtin as builtin
+
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path))
+    corpus = [Document("first document", "builtin:python-docs/a"), Document("second", "builtin:python-docs/b")]
+    monkeypatch.setattr(builtin, "extract_python_docs", lambda: iter(corpus))
+    for damage in (b'{"text": "first document", "source": "builtin:pyth', b"\xff\xfe", b'{"text": 1}\n'):
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        cache_path().write_bytes(damage)
+        assert list(iter_documents(["builtin:python-docs"])) == corpus
+        rewritten = [json.loads(line) for line in cache_path().read_text().splitlines()]
+        assert rewritten == [{"text": d.text, "source": d.source} for d in corpus]  # whole again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,24 @@ def test_cli_inspect_errors_are_one_line(tmp_path: Path, tokens_dir: Path, capsy
     assert "no meta.json" in err and err.count("\n") == 1
     assert main(["data", "inspect", str(tokens_dir), "--split", "test"]) == 2
     assert "no 'test' split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("tokenizer_sha256", 5, "'tokenizer_sha256' must be a string"),
+        ("vocab_size", "abc", "'vocab_size' must be a positive integer"),
+        ("eot_id", 10**9, "'eot_id' must be an id below vocab_size"),
+        ("splits", {"train": {"tokens": "many", "documents": 3}}, "split 'train' needs 'tokens' and 'documents'"),
+    ],
+)
+def test_cli_inspect_refuses_meta_fields_of_the_wrong_type(
+    tmp_path: Path, tokens_dir: Path, capsys: pytest.CaptureFixture, key: str, value: object, message: str
+) -> None:
+    copy = tmp_path / "tokens"
+    shutil.copytree(tokens_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, key: value}))
+    assert main(["data", "inspect", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchlm: error: ") and message in err and err.count("\n") == 1

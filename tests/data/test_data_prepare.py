@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from scratchlm.cli import main
 from scratchlm.config import load_config
 from scratchlm.data.prepare import PrepareConfig, prepare
-from scratchlm.errors import ConfigError, DataError
+from scratchlm.errors import ConfigError, DataError, ScratchLMError
 
 STATS_KEYS = {
     "documents_in",
@@ -229,10 +230,86 @@ def test_prepared_directory_is_an_input_for_later_stages(tmp_path):
     corpus, _ = make_corpus(tmp_path)
     out = tmp_path / "out"
     run([corpus], out, val_fraction=0.2)
-    train = [d.text for d in iter_documents([str(out)])]
+    train = [d.text for d in iter_documents([str(out)], SourceOptions(split="train"))]
     val = [d.text for d in iter_documents([str(out)], SourceOptions(split="val"))]
     assert train == [r["text"] for r in read_split(out, "train")]
-    assert val == [r["text"] for r in read_split(out, "val")]
-    # Preparing a prepared directory again changes nothing in its text.
-    stats = run([out], tmp_path / "again", val_fraction=0.0)
-    assert stats["documents_out"] == len(train) and stats["removed"] == {}
+    assert val == [r["text"] for r in read_split(out, "val")] and val
+    assert [d.text for d in iter_documents([str(out)])] == train + val  # every document by default
+
+
+def test_preparing_a_prepared_directory_again_keeps_every_document(tmp_path):
+    corpus, _ = make_corpus(tmp_path)
+    out = tmp_path / "out"
+    run([corpus], out, val_fraction=0.2)
+    before = read_split(out, "train") + read_split(out, "val")
+    stats = run([out], tmp_path / "again", val_fraction=0.2)
+    assert stats["documents_in"] == stats["documents_out"] == len(before) and stats["removed"] == {}
+    after = read_split(tmp_path / "again", "train") + read_split(tmp_path / "again", "val")
+    assert sorted(r["text"] for r in after) == sorted(r["text"] for r in before)
+    # the split is a function of the text, so each document keeps its place
+    assert read_split(tmp_path / "again", "val") == read_split(out, "val")
+
+
+def test_a_filename_that_is_not_utf8_is_read_and_its_source_escaped(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(1)
+    with open(os.fsencode(corpus) + b"/caf\xe9.txt", "w", encoding="utf-8") as f:
+        f.write(prose(rng))
+    (corpus / "plain.txt").write_text(prose(rng), encoding="utf-8")
+    stats = run([corpus], tmp_path / "out", val_fraction=0.0)
+    assert stats["documents_out"] == 2
+    sources = sorted(r["source"] for r in read_split(tmp_path / "out", "train"))
+    assert sources == [f"{corpus}/caf\\xe9.txt", f"{corpus}/plain.txt"]
+
+
+def test_invalid_utf8_documents_are_counted_per_document_in_a_json_file(tmp_path):
+    rng = random.Random(2)
+    good = [prose(rng).encode() for _ in range(3)]
+    bad = prose(rng).encode() + b" caf\xe9"
+    path = tmp_path / "docs.json"
+    path.write_bytes(b"[" + b", ".join(b'{"text": "' + t.replace(b"\n", b"\\n") + b'"}' for t in [*good, bad]) + b"]")
+    stats = run([path], tmp_path / "out", val_fraction=0.0)
+    assert stats["documents_out"] == 4
+    assert stats["invalid_utf8_documents"] == 1
+
+
+def test_truncated_zst_input_is_a_one_line_cli_error(tmp_path, capsys):
+    import zstandard
+
+    rng = random.Random(3)
+    data = "".join(json.dumps({"text": prose(rng)}) + "\n" for _ in range(50)).encode()
+    compressed = zstandard.ZstdCompressor().compress(data)
+    cut = tmp_path / "corpus.jsonl.zst"
+    cut.write_bytes(compressed[: len(compressed) * 6 // 10])
+    assert main(["data", "prepare", str(cut), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchlm: error: ") and err.count("\n") == 1
+    assert "corpus.jsonl.zst: cannot read: Compressed file ended before the end-of-frame marker" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _die(batch):
+    """Stands in for the batch worker: the process ends at once, as if killed."""
+    os._exit(9)
+
+
+def test_a_worker_that_dies_is_a_one_line_error(tmp_path, monkeypatch):
+    import scratchlm.data.prepare as prepare_module
+
+    corpus, _ = make_corpus(tmp_path, n=5)
+    monkeypatch.setattr(prepare_module, "_run_in_process", _die)  # spawned workers import it from here
+    with pytest.raises(ScratchLMError, match="a prepare worker process died"):
+        run([corpus], tmp_path / "out", workers=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_skipped_records_with_undecodable_keys_are_reported_not_a_crash(tmp_path):
+    rng = random.Random(4)
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": prose(rng)}) + "\n" + '{"b\\udcff": 1}\n', encoding="utf-8")
+    config = PrepareConfig(inputs=[str(path)], out=str(tmp_path / "out"), workers=1)
+    config.source.skip_bad_records = True
+    assert prepare(config)["removed"] == {"bad_record": 1}
+    (example,) = [json.loads(line) for line in (tmp_path / "out" / "removed_examples.jsonl").read_text().splitlines()]
+    assert "no field 'text' (keys: b\\udcff)" in example["source"]

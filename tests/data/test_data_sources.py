@@ -86,7 +86,8 @@ def test_prepared_directory_reads_its_splits(tmp_path):
             pa.table({"text": rows, "source": ["s"] * len(rows)}), out / split / "part-00000.parquet"
         )
     (out / "stats.json").write_text("{}")
-    assert texts([out]) == ["t1", "t2"]
+    assert texts([out]) == ["t1", "t2", "v1"]  # all by default: re-preparing it loses nothing
+    assert texts([out], split="train") == ["t1", "t2"]
     assert texts([out], split="val") == ["v1"]
     assert texts([out], split="all") == ["t1", "t2", "v1"]
 
@@ -167,3 +168,71 @@ def test_parquet_missing_column_lists_columns(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), path)
     with pytest.raises(DataError, match=r"no column 'text' \(columns: body\)"):
         texts([path])
+
+
+def zstd_text(n_lines: int = 4000) -> bytes:
+    """Text that does not compress to nothing, so a cut-off file loses real content."""
+    return "".join(f"line {i} holds the number {i * 7919 % 10007}\n" for i in range(n_lines)).encode()
+
+
+@pytest.mark.parametrize("name", ["cut.txt.zst", "cut.jsonl.zst"])
+def test_truncated_zst_is_one_error_naming_the_file(tmp_path, name):
+    data = zstd_text()
+    if name.endswith(".jsonl.zst"):
+        data = b"".join(json.dumps({"text": line}).encode() + b"\n" for line in data.decode().splitlines())
+    compressed = zstandard.ZstdCompressor().compress(data)
+    path = tmp_path / name
+    path.write_bytes(compressed[: len(compressed) * 6 // 10])
+    with pytest.raises(DataError, match="ended before the end-of-frame marker") as info:
+        texts([path], separator="\n")
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_zst_of_several_frames_reads_every_frame(tmp_path):
+    first, second = zstd_text(3000), b"the second frame"
+    path = tmp_path / "frames.txt.zst"
+    compressor = zstandard.ZstdCompressor()
+    path.write_bytes(compressor.compress(first) + compressor.compress(second))
+    assert texts([path]) == [(first + second).decode()]
+
+
+def test_separator_split_is_exact_across_any_chunk_boundary(tmp_path, monkeypatch):
+    import scratchlm.data.sources as sources
+
+    text = "<>a<><>bc<<>>d<>é<>" + "x" * 40 + "<><"
+    path = tmp_path / "a.txt"
+    path.write_text(text, encoding="utf-8")
+    for chunk in range(1, 12):
+        monkeypatch.setattr(sources, "_TEXT_CHUNK", chunk)
+        for sep in ("<>", "<><", "x"):
+            assert texts([path], separator=sep) == text.split(sep), (chunk, sep)
+
+
+def test_json_counts_only_the_documents_with_invalid_utf8(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_bytes(b'[{"text": "fine"}, {"text": "bad \xff byte"}, "also fine", "caf\xe9"]')
+    docs = list(iter_documents([str(path)]))
+    assert [d.text for d in docs] == ["fine", "bad \ufffd byte", "also fine", "caf\ufffd"]
+    assert [d.invalid_utf8 for d in docs] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("name", ["deep.json", "deep.jsonl"])
+def test_deeply_nested_json_is_one_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match=r"deep\.jsonl?:1: not valid JSON \(nested too deeply\)"):
+        texts([path])
+    stats = SourceStats()
+    if name.endswith(".jsonl"):  # like any bad line, it can be counted and skipped
+        assert list(iter_documents([str(path)], SourceOptions(skip_bad_records=True), stats)) == []
+        assert stats.bad_records == 1
+
+
+def test_prepared_directory_with_a_null_text_is_one_error(tmp_path):
+    from scratchlm.data.sources import write_prepared_dir
+
+    out = write_prepared_dir(tmp_path / "prepared", ["fine"], ["also fine"])
+    pq.write_table(pa.table({"text": ["ok", None], "source": ["a", "b"]}), out / "train" / "part-00001.parquet")
+    for split in ("train", "all"):
+        with pytest.raises(DataError, match=r"part-00001\.parquet: the 'text' column has null values"):
+            texts([out], split=split)

@@ -156,7 +156,7 @@ def test_append_after_a_crash_rolls_the_half_append_back(tmp_path: Path, prepare
     os.replace(out / "meta.json", out / APPEND_MARKER)
     with open(out / "train.bin", "ab") as f:
         f.write(b"\x01\x00" * 7)
-    with pytest.raises(DataError, match="no meta.json"):
+    with pytest.raises(DataError, match="append to this tokens dir was interrupted; re-run .* with --append"):
         TokenDataset.open(out, "train")
     extra = write_prepared_dir(tmp_path / "extra", ["one more"], [])
     meta = run([extra], tokenizer_dir, out, workers=1, append=True)
@@ -188,3 +188,51 @@ def test_cli_tokenize(tmp_path: Path, prepared: Path, tokenizer_dir: Path, capsy
                  str(tmp_path / "x")])
     assert code == 2
     assert "input not found" in capsys.readouterr().err
+
+
+def decoded(out: Path, split: str, tokenizer_dir: Path) -> list[str]:
+    tok = Tokenizer.load(tokenizer_dir)
+    ds = TokenDataset.open(out, split)
+    return [tok.decode(ds.document(i).tolist()[:-1]) for i in range(ds.num_documents)]
+
+
+def test_prepared_dir_beside_raw_inputs_keeps_its_split_and_drops_nothing(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path
+) -> None:
+    raw = [f"raw document {i}" for i in range(6)]
+    first, second = tmp_path / "first.txt", tmp_path / "second.jsonl"
+    first.write_text(raw[0])
+    second.write_text("".join(json.dumps({"text": t}) + "\n" for t in raw[1:]))
+    out = tmp_path / "out"
+    run([first, prepared, second], tokenizer_dir, out, workers=1, val_every=3, chunk_chars=100)
+    # raw documents: every 3rd of them, counted across both raw inputs, goes to val
+    assert decoded(out, "train", tokenizer_dir) == [raw[0], *TRAIN_DOCS, raw[1], raw[3], raw[4]]
+    assert decoded(out, "val", tokenizer_dir) == [*VAL_DOCS, raw[2], raw[5]]
+
+
+def test_refuses_an_output_inside_an_input_before_any_work(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text")
+    with pytest.raises(DataError, match="is inside the input"):
+        run([corpus], tokenizer_dir, corpus / "tokens", workers=1)
+    assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
+    # an append into a tokens dir inside an input is refused the same way, leaving it untouched
+    run([prepared], tokenizer_dir, corpus / "tokens", workers=1)
+    before = read_all(corpus / "tokens")
+    with pytest.raises(DataError, match="is inside the input"):
+        run([corpus], tokenizer_dir, corpus / "tokens", workers=1, append=True)
+    assert read_all(corpus / "tokens") == before
+
+
+def test_a_plain_run_replaces_a_dir_left_by_an_interrupted_append(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    run([prepared], tokenizer_dir, out, workers=1)
+    before = read_all(out)
+    os.replace(out / "meta.json", out / APPEND_MARKER)  # what a killed append leaves
+    run([prepared], tokenizer_dir, out, workers=1)
+    assert read_all(out) == before and not (out / APPEND_MARKER).exists()
