@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from scratchlm.cli import add_config_args
@@ -43,12 +44,19 @@ def _config(args: argparse.Namespace):
     return load_pretrain_config(args.config, args.overrides)
 
 
+def stopped_exit_code(stopped: str | None) -> int:
+    """0 for a run that finished; 128 + the signal's number (130 SIGINT, 143 SIGTERM) for one a
+    signal stopped, as a shell reports a killed program, so scripts and schedulers can tell an
+    interrupted run (checkpointed, to be resumed) from a finished one."""
+    return 128 + signal.Signals[stopped].value if stopped else 0
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     from scratchlm.train.trainer import train
 
     summary = train(_config(args), resume=args.resume)
     print(json.dumps(summary, indent=2))
-    return 0
+    return stopped_exit_code(summary["stopped"])
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -66,6 +74,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         val = "diverged" if r["diverged"] else f"{r['val_loss']:.4f}"
         bpb = "-" if r["val_bpb"] is None else f"{r['val_bpb']:.4f}"
         print(f"{r['lr']:>10.2e}  {val:>10}  {bpb:>8}")
+    if report["stopped"]:
+        print(
+            f"sweep stopped by {report['stopped']} after {len(report['results'])} of {len(lrs)} learning rates; "
+            "no best learning rate is named",
+            file=sys.stderr,
+        )
+        return stopped_exit_code(report["stopped"])
     if report["best_lr"] is None:
         print("every learning rate diverged; try smaller values", file=sys.stderr)
         return 1

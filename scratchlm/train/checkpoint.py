@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ from scratchlm.model.io import (
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, "train_state.json", "optimizer.pt", "rng.pt")
+RANK_KEY = re.compile(r"^rank\d+$")
+RNG_KEYS = {
+    "python_version", "python_state", "python_gauss", "numpy_keys", "numpy_pos", "numpy_has_gauss", "numpy_gauss",
+    "torch",
+}
+DAMAGED_ADVICE = "move this checkpoint directory away to resume from an earlier one"
 
 
 def step_dir_name(step: int) -> str:
@@ -144,14 +151,47 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     model_config = read_json_object(path / CONFIG_FILE, CheckpointError)
     try:
         model = read_weights(path / WEIGHTS_FILE)
-        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     except (ModelError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
+    optimizer = _load_tensor_file(path / "optimizer.pt")
+    if not _is_optimizer_state(optimizer):
+        raise CheckpointError(f"{path / 'optimizer.pt'}: holds no optimizer state; {DAMAGED_ADVICE}")
+    rng = _load_tensor_file(path / "rng.pt")
+    if not _is_rng_states(rng):
+        raise CheckpointError(f"{path / 'rng.pt'}: holds no per-rank RNG states; {DAMAGED_ADVICE}")
     return {
         "model": model, "model_config": model_config, "optimizer": optimizer, "rng": rng,
         "train_state": train_state, "path": path,
     }
+
+
+def _load_tensor_file(path: Path) -> Any:
+    """`torch.load` with weights_only=True. On bytes it did not write, torch.load fails in many
+    ways (UnpicklingError, KeyError, EOFError, RuntimeError...) with messages that suggest turning
+    the safety off, so every failure becomes one CheckpointError of our own naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter about a file we refuse anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure: see the docstring
+        reason = type(e).__name__
+        raise CheckpointError(f"{path}: damaged or not written by scratchlm ({reason}); {DAMAGED_ADVICE}") from None
+
+
+def _is_optimizer_state(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("state"), dict) and isinstance(obj.get("param_groups"), list)
+
+
+def _is_rng_states(obj: Any) -> bool:
+    """`{"rank0": {...}, ...}` as `save_checkpoint` writes it, each with every generator's state."""
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(
+            isinstance(key, str) and RANK_KEY.match(key) and isinstance(state, dict) and RNG_KEYS <= state.keys()
+            for key, state in obj.items()
+        )
+    )
 
 
 def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> list[Path]:

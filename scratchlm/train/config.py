@@ -15,6 +15,31 @@ from typing import Any, Literal
 from scratchlm.config import from_dict, load_config
 from scratchlm.errors import ConfigError
 
+# Range checks by name; 0 often means "off", so it is allowed for the non-negative ones.
+POSITIVE_TRAIN_KEYS = (
+    "batch_tokens", "micro_batch", "seq_len", "log_every", "keep_last", "lr", "muon_lr", "eval_batches",
+)
+NON_NEGATIVE_TRAIN_KEYS = (
+    "max_steps", "max_tokens", "max_seconds", "warmup_steps", "weight_decay", "grad_clip", "z_loss",
+    "eval_every", "eval_batch_size", "sample_every", "sample_tokens", "sample_temperature", "sample_top_k",
+    "checkpoint_every", "checkpoint_minutes",
+)
+POSITIVE_MONITOR_KEYS = ("window", "max_nonfinite")
+NON_NEGATIVE_MONITOR_KEYS = (
+    "min_history", "loss_threshold", "grad_threshold", "rollback_skip_batches", "max_rollbacks",
+    "max_consecutive_spikes", "low_mfu",
+)
+
+
+def _check_ranges(section: Any, name: str, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    """One ConfigError naming the first setting of `[name]` out of its range."""
+    for key in positive:
+        if getattr(section, key) <= 0:
+            raise ConfigError(f"{name}.{key} must be positive, got {getattr(section, key)}")
+    for key in non_negative:
+        if getattr(section, key) < 0:
+            raise ConfigError(f"{name}.{key} must be >= 0, got {getattr(section, key)}")
+
 
 @dataclass
 class DataSection:
@@ -71,17 +96,20 @@ class TrainSection:
     progress_bar: bool = True
 
     def validate(self) -> None:
+        """Every setting checked before the run starts: a bad one found after hours of training
+        (say, at the first sample) would cost the run."""
         if self.max_steps <= 0 and self.max_tokens <= 0 and self.max_seconds <= 0:
             raise ConfigError("[train] needs a budget: set max_steps, max_tokens or max_seconds")
-        for name in ("batch_tokens", "micro_batch", "seq_len", "log_every", "keep_last"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        _check_ranges(self, "train", POSITIVE_TRAIN_KEYS, NON_NEGATIVE_TRAIN_KEYS)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0 or self.z_loss < 0 or self.warmup_steps < 0:
-            raise ConfigError("train.grad_clip, train.z_loss and train.warmup_steps must be >= 0")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -97,6 +125,12 @@ class MonitorSection:
     max_nonfinite: int = 5  # consecutive non-finite steps before stopping
     low_mfu: float = 0.01  # diagnose throughput below this model-FLOPs utilisation
     repetition_threshold: float = 0.5  # diagnose samples whose distinct 4-gram share is below
+
+
+    def validate(self) -> None:
+        _check_ranges(self, "monitor", POSITIVE_MONITOR_KEYS, NON_NEGATIVE_MONITOR_KEYS)
+        if not 0 <= self.repetition_threshold <= 1:
+            raise ConfigError(f"monitor.repetition_threshold must be in [0, 1], got {self.repetition_threshold}")
 
 
 @dataclass

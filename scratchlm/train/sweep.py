@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scratchlm.data.loader import read_meta
+from scratchlm.errors import ConfigError
 from scratchlm.fsutil import atomic_write_json
 from scratchlm.train.config import PretrainConfig
 
@@ -28,40 +30,66 @@ def sweep_lr(
     config: PretrainConfig, lrs: list[float] | tuple[float, ...] = DEFAULT_GRID, steps: int = DEFAULT_STEPS
 ) -> dict[str, Any]:
     """Train `steps` steps per learning rate under `config.train.out/lr-*`; the best has the lowest
-    final validation loss. Writes `sweep.json` beside the runs and returns the same dict."""
+    final validation loss. Writes `sweep.json` beside the runs and returns the same dict.
+
+    A stop signal (Ctrl-C, SIGTERM) ends the sweep: `stopped` names the signal, `results` holds
+    only the rates that finished, and no best is named from a partial grid."""
     from scratchlm.train.trainer import train
 
+    _check_val_split(config.data.tokens)
     out = Path(config.train.out)
-    results = []
+    results: list[dict[str, Any]] = []
+    stopped = None
     for lr in lrs:
-        train_cfg = dataclasses.replace(
-            config.train,
-            lr=float(lr),
-            max_steps=steps,
-            max_tokens=0,
-            max_seconds=0.0,
-            eval_every=0,
-            checkpoint_every=0,
-            checkpoint_minutes=0.0,
-            keep_last=1,
-            warmup_steps=min(config.train.warmup_steps, max(1, steps // 10)),
-            out=str(out / lr_label(lr)),
-        )
-        run_cfg = dataclasses.replace(config, train=train_cfg)
+        run_cfg = _run_config(config, float(lr), steps, out / lr_label(lr))
         summary = train(run_cfg)
-        val = summary["val_loss"]
-        results.append(
-            {
-                "lr": float(lr),
-                "val_loss": val if val is not None and math.isfinite(val) else None,
-                "val_bpb": summary["val_bpb"],
-                "final_loss": summary["final_loss"],
-                "diverged": val is None or not math.isfinite(val),
-                "out": train_cfg.out,
-            }
-        )
+        stopped = summary["stopped"]
+        if stopped:  # a signal: the interrupted rate has no result, and the rest are not tried
+            break
+        results.append(_result(float(lr), summary, run_cfg.train.out))
     finished = [r for r in results if r["val_loss"] is not None]
-    best = min(finished, key=lambda r: r["val_loss"]) if finished else None
-    report = {"steps": steps, "results": results, "best_lr": best["lr"] if best else None}
+    best = min(finished, key=lambda r: r["val_loss"]) if finished and not stopped else None
+    report = {"steps": steps, "results": results, "best_lr": best["lr"] if best else None, "stopped": stopped}
     atomic_write_json(out / "sweep.json", report)
     return report
+
+
+def _run_config(config: PretrainConfig, lr: float, steps: int, out: Path) -> PretrainConfig:
+    """One rate's short run: same seed and data, evaluated once at the end, one checkpoint."""
+    train_cfg = dataclasses.replace(
+        config.train,
+        lr=lr,
+        max_steps=steps,
+        max_tokens=0,
+        max_seconds=0.0,
+        eval_every=0,
+        checkpoint_every=0,
+        checkpoint_minutes=0.0,
+        keep_last=1,
+        warmup_steps=min(config.train.warmup_steps, max(1, steps // 10)),
+        out=str(out),
+    )
+    return dataclasses.replace(config, train=train_cfg)
+
+
+def _result(lr: float, summary: dict[str, Any], out: str) -> dict[str, Any]:
+    val = summary["val_loss"]
+    finite = val is not None and math.isfinite(val)
+    return {
+        "lr": lr,
+        "val_loss": val if finite else None,
+        "val_bpb": summary["val_bpb"],
+        "final_loss": summary["final_loss"],
+        "diverged": not finite,
+        "out": out,
+    }
+
+
+def _check_val_split(tokens_dir: str) -> None:
+    """The sweep ranks by validation loss, so tokens without a val split cannot be swept."""
+    val = read_meta(tokens_dir)["splits"].get("val")
+    if not isinstance(val, dict) or not val.get("tokens"):
+        raise ConfigError(
+            f"{tokens_dir}: no val split, and sweep-lr ranks learning rates by validation loss; "
+            "re-tokenize with val_every > 0 (`scratchlm data tokenize ... --val-every 100`)"
+        )

@@ -18,7 +18,9 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,13 @@ from scratchlm.train.distributed import (
 from scratchlm.train.host_memory import keep_freed_memory
 from scratchlm.train.metrics import MetricsLogger
 from scratchlm.train.mfu import mfu, peak_flops_per_s
-from scratchlm.train.monitor import StabilityMonitor, inject_fault
+from scratchlm.train.monitor import StabilityMonitor, Verdict, inject_fault
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.schedule import lr_factor
 
 # Steps left out of throughput judgements while caches, allocators and compilers warm up.
 WARMUP_STEPS_FOR_SPEED = 5
+OPTIMIZER_MISFIT = "does not fit this run's optimizer and model"
 
 
 @dataclass
@@ -68,6 +71,40 @@ class TrainState:
     last_val_loss: float | None = None
     last_val_bpb: float | None = None
     last_val_step: int = -1
+
+
+@dataclass
+class Session:
+    """This process's run since it started (or resumed): clocks and counts for throughput and
+    checkpoint timing. Not saved; `TrainState` is what survives."""
+
+    base_elapsed: float  # the run's elapsed_s when this session began
+    start: float = field(default_factory=time.perf_counter)
+    last_ckpt_time: float = field(default_factory=time.perf_counter)
+    applied: int = 0  # updates applied, counting those redone after a rollback: work done, for rates
+    timed_s: float = 0.0  # step time after the warm-up steps
+    timed_tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+    row_time: float = field(default_factory=time.perf_counter)
+    row_applied: int = 0
+
+    def elapsed(self) -> float:
+        return self.base_elapsed + time.perf_counter() - self.start
+
+    def count_step(self, loss: float, seconds: float, batch_tokens: int) -> None:
+        self.applied += 1
+        self.losses.append(loss)
+        if self.applied > WARMUP_STEPS_FOR_SPEED:
+            self.timed_s += seconds
+            self.timed_tokens += batch_tokens
+
+    def tokens_per_s_since_last_row(self, batch_tokens: int) -> float:
+        """Tokens trained on since the previous train row, per second. Counted from applied
+        updates rather than `TrainState.tokens`, which falls back on a rollback."""
+        now = time.perf_counter()
+        rate = (self.applied - self.row_applied) * batch_tokens / max(now - self.row_time, 1e-9)
+        self.row_time, self.row_applied = now, self.applied
+        return rate
 
 
 def train(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -93,8 +130,9 @@ class PretrainRun:
             keep_freed_memory()
         self.out = Path(tc.out)
         self.ckpt_root = self.out / "checkpoints"
-        self.log = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
+        self.log = _open_metrics_log(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
         self._stop_signal: int | None = None
+        self._last_saved: tuple[int, bool] | None = None  # (step, with a validation loss) of the newest save
         self._old_handlers: dict[int, Any] = {}
         self.diagnoses: list[str] = []
         self._diagnosed: set[str] = set()
@@ -117,7 +155,11 @@ class PretrainRun:
 
         tokens_dir = Path(self.config.data.tokens)
         self.train_data = TokenDataset.open(tokens_dir, "train")
-        self.val_data = TokenDataset.open(tokens_dir, "val")
+        self.val_data = _open_val_split(self.train_data)
+        if self.val_data is None:
+            self.log.say(
+                f"{tokens_dir} has no val split: training without evaluation (no val_loss, no best checkpoint)"
+            )
         self.meta = self.train_data.meta
         self.tokenizer_dir = tokens_dir / "tokenizer"
         if not (self.tokenizer_dir / "tokenizer.json").is_file():
@@ -140,7 +182,9 @@ class PretrainRun:
         self.grad_accum = tc.batch_tokens // per_micro
         self.batcher = Batcher(self.train_data, tc.seq_len, tc.micro_batch, tc.seed, self.config.data.mode)
         eval_bs = tc.eval_batch_size or tc.micro_batch
-        self.val_batches = validation_batches(self.val_data, tc.seq_len, eval_bs, max(1, tc.eval_batches), seed=0)
+        self.val_batches = (
+            validation_batches(self.val_data, tc.seq_len, eval_bs, tc.eval_batches, seed=0) if self.val_data else []
+        )
 
     def _build_model(self) -> None:
         from scratchlm.model import GPT
@@ -190,81 +234,91 @@ class PretrainRun:
     # --- the loop --------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        tc = self.tc
+        """Train to the budget or a stop signal, evaluate, save. The signal handlers stay until the
+        last checkpoint is written, so a signal at any point ends in a checkpoint."""
+        session = Session(self.state.elapsed_s)
+        self._last_saved = (self.state.step, self._checkpoint_has_val())
         self._install_signal_handlers()
-        session_start = time.perf_counter()
-        base_elapsed = self.state.elapsed_s
-        last_ckpt_time = time.perf_counter()
-        last_ckpt_step = self.state.step
-        log_time, log_tokens = time.perf_counter(), self.state.tokens
-        step_time_total, session_tokens, session_steps = 0.0, 0, 0
-        losses: list[float] = []
-        stopped: str | None = None
+        try:
+            stopped = self._train_loop(session)
+            stopped = self._finish(session, stopped)
+        finally:
+            self._restore_signal_handlers()
+        if stopped:
+            self.log.say(f"stopped by {stopped} at step {self.state.step}; continue with --resume")
+        return self._summary(session, stopped)
+
+    def _train_loop(self, session: Session) -> str | None:
+        """Steps until the budget is spent (returns None) or a stop signal arrives (its name)."""
+        tc = self.tc
         bar_options: dict[str, Any] = {} if tc.progress_bar and self.dist.is_main else {"disable": True}
         bar = progress(total=tc.max_steps or None, initial=self.state.step, desc="pretrain", unit="step", **bar_options)
         try:
             while True:
                 # One collective a step: elapsed time, a stop signal, a wall-clock checkpoint due.
                 minutes_due_here = tc.checkpoint_minutes and (
-                    time.perf_counter() - last_ckpt_time >= 60 * tc.checkpoint_minutes
+                    time.perf_counter() - session.last_ckpt_time >= 60 * tc.checkpoint_minutes
                 )
                 elapsed, stop_now, minutes_due = self._agree_max(
-                    base_elapsed + time.perf_counter() - session_start,
-                    float(self._stop_signal or 0),
-                    float(bool(minutes_due_here)),
+                    session.elapsed(), float(self._stop_signal or 0), float(bool(minutes_due_here))
                 )
                 self.state.elapsed_s = elapsed
                 if stop_now:
-                    stopped = signal.Signals(int(stop_now)).name
-                    break
+                    return signal.Signals(int(stop_now)).name
                 if self._budget_spent():
-                    break
+                    return None
                 t0 = time.perf_counter()
                 outcome = self._step()
-                dt = time.perf_counter() - t0
-                if outcome["applied"]:
-                    session_steps += 1
-                    losses.append(outcome["loss"])
-                    if session_steps > WARMUP_STEPS_FOR_SPEED:
-                        step_time_total += dt
-                        session_tokens += tc.batch_tokens
-                    bar.update(1)
-                step = self.state.step
-                if outcome["applied"] and (step % tc.log_every == 0 or step == 1):
-                    now = time.perf_counter()
-                    tps = (self.state.tokens - log_tokens) / max(now - log_time, 1e-9)
-                    log_time, log_tokens = now, self.state.tokens
-                    last_row = self._log_train_row(outcome, tps, base_elapsed + now - session_start)
-                    bar.set_postfix(
-                        loss=f"{outcome['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{last_row['mfu']:.1%}"
-                    )
-                    if session_steps > WARMUP_STEPS_FOR_SPEED + tc.log_every:
-                        self._diagnose_speed(last_row["mfu"])
                 if not outcome["applied"]:
                     continue
+                session.count_step(outcome["loss"], time.perf_counter() - t0, tc.batch_tokens)
+                bar.update(1)
+                step = self.state.step
+                if step % tc.log_every == 0 or step == 1:
+                    self._log_progress(outcome, session, bar)
                 if tc.eval_every and step % tc.eval_every == 0:
-                    self._evaluate(step, losses)
-                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due:
+                    self._evaluate(step, session.losses)
+                checkpoint_due = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due
+                if checkpoint_due and not self._budget_spent():  # the last one waits for the final evaluation
                     self._save("interval")
-                    last_ckpt_time, last_ckpt_step = time.perf_counter(), step
+                    session.last_ckpt_time = time.perf_counter()
         finally:
             bar.close()
-            self._restore_signal_handlers()
-        self.state.elapsed_s = base_elapsed + time.perf_counter() - session_start
-        if stopped is None and self.state.last_val_step != self.state.step:
-            self._evaluate(self.state.step, losses, final=True)
+
+    def _log_progress(self, outcome: dict[str, Any], session: Session, bar: Any) -> None:
+        tps = session.tokens_per_s_since_last_row(self.tc.batch_tokens)
+        row = self._log_train_row(outcome, tps, session.elapsed())
+        bar.set_postfix(loss=f"{outcome['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
+        if session.applied > WARMUP_STEPS_FOR_SPEED + self.tc.log_every:
+            self._diagnose_speed(row["mfu"])
+
+    def _finish(self, session: Session, stopped: str | None) -> str | None:
+        """The final evaluation (cut short by a stop signal) and the final checkpoint; returns the
+        signal that stopped the run, if one did."""
+        st = self.state
+        st.elapsed_s = session.elapsed()
         if stopped is None:
-            self._check_loss_trend(losses)
-        if self.state.step != last_ckpt_step or stopped or not ckpt.find_latest(self.ckpt_root):
+            if st.last_val_step != st.step:
+                self._evaluate(st.step, session.losses, final=True)
+            self._check_loss_trend(session.losses)
+            (signum,) = self._agree_max(float(self._stop_signal or 0))
+            stopped = signal.Signals(int(signum)).name if signum else None
+        unsaved = self._last_saved != (st.step, self._checkpoint_has_val())
+        if stopped or unsaved or not ckpt.find_latest(self.ckpt_root):
             self._save("signal" if stopped else "final")
-        if stopped:
-            self.log.say(f"stopped by {stopped} at step {self.state.step}; continue with --resume")
-        tokens_per_s = session_tokens / step_time_total if step_time_total > 0 else 0.0
+        return stopped
+
+    def _checkpoint_has_val(self) -> bool:
+        """Whether a checkpoint written now would carry a validation loss (and so can be `best`)."""
+        return self.state.last_val_step == self.state.step
+
+    def _summary(self, session: Session, stopped: str | None) -> dict[str, Any]:
+        tokens_per_s = session.timed_tokens / session.timed_s if session.timed_s > 0 else 0.0
         return {
             "steps": self.state.step,
             "tokens": self.state.tokens,
             "elapsed_s": self.state.elapsed_s,
-            "final_loss": losses[-1] if losses else None,
+            "final_loss": session.losses[-1] if session.losses else None,
             "val_loss": self.state.last_val_loss,
             "val_bpb": self.state.last_val_bpb,
             "best_val_loss": self.state.best_val_loss,
@@ -331,28 +385,15 @@ class PretrainRun:
         grad_norm = self._clip_gradients()
         loss_value, norm_value = float(mean_loss), float(grad_norm)
         verdict = self.monitor.judge(loss_value, norm_value)
-        outcome = {"applied": False, "loss": loss_value, "grad_norm": norm_value, "lr": tc.lr * factor}
-        if verdict.kind == "nonfinite":
-            self._skip_batch("nan_skip", verdict.detail)
-            if self.scaler is not None and math.isfinite(loss_value):
-                self.scaler.update()  # fp16 overflow: the scaler lowers its scale and we move on
-                return outcome
-            self._diagnose(
-                "nonfinite",
-                diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr),
-            )
-            if self.monitor.consecutive_nonfinite >= self.config.monitor.max_nonfinite:
-                raise TrainingStopped(
-                    f"{self.monitor.consecutive_nonfinite} non-finite steps in a row at step {st.step}: "
-                    + self.diagnoses[-1]
-                )
-            return outcome
-        if verdict.kind == "spike":
-            if self.config.monitor.response == "rollback":
-                self._rollback(data_step, verdict.detail)
-            else:
-                self._skip_batch("spike", {**verdict.detail, "action": "skip"})
-            return outcome
+        outcome = {"applied": verdict.ok, "loss": loss_value, "grad_norm": norm_value, "lr": tc.lr * factor}
+        if verdict.ok:
+            self._apply(verdict, loss_value, norm_value, data_step)
+        else:
+            self._reject(verdict, loss_value, data_step)
+        return outcome
+
+    def _apply(self, verdict: Verdict, loss_value: float, norm_value: float, data_step: int) -> None:
+        tc, st = self.tc, self.state
         if verdict.kind == "shift":
             self.log.event("spike", st.step, data_step=data_step, action="rebaseline", **verdict.detail)
         if self.scaler is not None:
@@ -365,8 +406,34 @@ class PretrainRun:
         st.step += 1
         st.data_step += 1
         st.tokens += tc.batch_tokens
-        outcome["applied"] = True
-        return outcome
+
+    def _reject(self, verdict: Verdict, loss_value: float, data_step: int) -> None:
+        """Keep the update off the weights: skip the batch, or roll back on a spike."""
+        if self.scaler is not None:
+            # Every unscale_ needs its update() before the next one, whatever happens to the step.
+            # Before a rollback too, which then puts the checkpoint's scale back.
+            self.scaler.update()
+        if verdict.kind == "nonfinite":
+            self._on_nonfinite(verdict, loss_value)
+        elif self.config.monitor.response == "rollback":
+            self._rollback(data_step, verdict.detail)
+        else:
+            self._skip_batch("spike", {**verdict.detail, "action": "skip"})
+
+    def _on_nonfinite(self, verdict: Verdict, loss_value: float) -> None:
+        tc, st = self.tc, self.state
+        self._skip_batch("nan_skip", verdict.detail)
+        if self.scaler is not None and math.isfinite(loss_value):
+            return  # fp16 overflow: the scaler has lowered its scale; move on
+        self._diagnose(
+            "nonfinite",
+            diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr),
+        )
+        if self.monitor.consecutive_nonfinite >= self.config.monitor.max_nonfinite:
+            raise TrainingStopped(
+                f"{self.monitor.consecutive_nonfinite} non-finite steps in a row at step {st.step}: "
+                + self.diagnoses[-1]
+            )
 
     def _zero_grad(self) -> None:
         """On CPU the gradient buffers are kept (zeroed) between steps: freeing and re-allocating
@@ -442,13 +509,17 @@ class PretrainRun:
         return mfu(self.flops_per_token, tokens_per_s / self.dist.world_size, self.peak_flops)
 
     def _evaluate(self, step: int, losses: list[float], final: bool = False) -> None:
-        result = evaluate_loss(self.model, self.val_batches, self.token_bytes, self.precision, self.device)
-        val_loss, val_bpb = float(result["val_loss"]), float(result["val_bpb"])
-        st = self.state
-        st.last_val_loss, st.last_val_bpb, st.last_val_step = val_loss, val_bpb, step
-        if math.isfinite(val_loss) and (st.best_val_loss is None or val_loss < st.best_val_loss):
-            st.best_val_loss = val_loss
-        row: dict[str, Any] = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb}
+        """Validation loss and a sample, logged as one row. A stop signal cuts the evaluation short
+        and records nothing: a loss over part of the batches would not compare with the others."""
+        row: dict[str, Any] = {"step": step}
+        if self.val_batches:
+            try:
+                result = evaluate_loss(
+                    self.model, self._val_batches_until_stopped(), self.token_bytes, self.precision, self.device
+                )
+            except EvaluationInterrupted:
+                return
+            row.update(self._record_val(step, float(result["val_loss"]), float(result["val_bpb"])))
         every = self.tc.sample_every or self.tc.eval_every
         if self.tc.sample_tokens > 0 and (final or not every or step % every == 0):
             ids = self._sample(step)
@@ -458,9 +529,26 @@ class PretrainRun:
             )
             if found:
                 self._diagnose("repetitive_samples", found)
-        self.log.log(row)
+        if len(row) > 1:  # more than the step: something was measured
+            self.log.log(row)
         if len(losses) >= 50:
             self._check_loss_trend(losses)
+
+    def _val_batches_until_stopped(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation batches, broken off by a stop signal. One process only: with several,
+        every rank must run the same forwards (FSDP gathers weights inside them), so the
+        evaluation finishes and the signal is acted on after it."""
+        for batch in self.val_batches:
+            if self._stop_signal is not None and self.dist.world_size == 1:
+                raise EvaluationInterrupted
+            yield batch
+
+    def _record_val(self, step: int, val_loss: float, val_bpb: float) -> dict[str, float]:
+        st = self.state
+        st.last_val_loss, st.last_val_bpb, st.last_val_step = val_loss, val_bpb, step
+        if math.isfinite(val_loss) and (st.best_val_loss is None or val_loss < st.best_val_loss):
+            st.best_val_loss = val_loss
+        return {"val_loss": val_loss, "val_bpb": val_bpb}
 
     def _check_loss_trend(self, losses: list[float]) -> None:
         found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
@@ -506,6 +594,7 @@ class PretrainRun:
     # --- checkpoints -----------------------------------------------------------------------
 
     def _save(self, reason: str) -> None:
+        self._last_saved = (self.state.step, self._checkpoint_has_val())
         weights, optim_state = self._full_states()
         rng_states = self._gather(ckpt.capture_rng())
         if self.dist.is_main:
@@ -570,6 +659,7 @@ class PretrainRun:
             )
         if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
             raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
+        self._check_same_optimizer(saved, loaded["path"])
         tensors = loaded["model"]
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -582,17 +672,20 @@ class PretrainRun:
                 tensors = {**tensors, "lm_head.weight": tensors["tok_emb.weight"]}
             options = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.model, tensors, options=options)
-            set_optimizer_state_dict(self.model, self.optimizer, loaded["optimizer"], options=options)
+            with _as_checkpoint_error(loaded["path"] / "optimizer.pt", OPTIMIZER_MISFIT):
+                set_optimizer_state_dict(self.model, self.optimizer, loaded["optimizer"], options=options)
         else:
             from scratchlm.model.io import load_state_into
 
             load_state_into(self.model, tensors, str(loaded["path"]))
-            self.optimizer.load_state_dict(loaded["optimizer"])
+            with _as_checkpoint_error(loaded["path"] / "optimizer.pt", OPTIMIZER_MISFIT):
+                self.optimizer.load_state_dict(loaded["optimizer"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         rng = loaded["rng"].get(f"rank{self.dist.rank}")
         if rng is not None:
-            ckpt.restore_rng(rng)
+            with _as_checkpoint_error(loaded["path"] / "rng.pt", "holds RNG states that cannot be restored"):
+                ckpt.restore_rng(rng)
         else:  # a different number of processes than when it was saved
             _seed_everything(self.tc.seed + 1000 * saved["step"] + self.dist.rank)
         self.monitor.load_state_dict(saved.get("monitor", {}))
@@ -602,6 +695,18 @@ class PretrainRun:
             self.state.elapsed_s = before.elapsed_s
             self.state.rollbacks = before.rollbacks
             self.state.skipped_batches = before.skipped_batches
+
+    def _check_same_optimizer(self, saved: dict[str, Any], path: Path) -> None:
+        """A checkpoint's optimizer state only fits the optimizer that wrote it (the resolved
+        config in train_state.json names it; older checkpoints without it fail at the load)."""
+        config = saved.get("config")
+        train_section = config.get("train") if isinstance(config, dict) else None
+        kind = train_section.get("optimizer") if isinstance(train_section, dict) else None
+        if kind is not None and kind != self.tc.optimizer:
+            raise CheckpointError(
+                f"{path}: trained with train.optimizer = {kind!r}, but this run sets {self.tc.optimizer!r}; "
+                f"resume with train.optimizer = {kind!r} (or start a new run in another train.out)"
+            )
 
     # --- processes and signals -------------------------------------------------------------
 
@@ -633,6 +738,44 @@ class PretrainRun:
         self.log.close()
         if self.dist.world_size > 1:
             cleanup()
+
+
+def _open_metrics_log(out: Path, enabled: bool, tensorboard: bool) -> MetricsLogger:
+    """The run's metrics log; a train.out that cannot be a directory is a config mistake."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.out = {out} exists and is not a directory; choose another train.out")
+    try:
+        return MetricsLogger(out, enabled=enabled, tensorboard=tensorboard)
+    except OSError as e:
+        raise ConfigError(f"train.out = {out}: cannot write the run there ({e.strerror or e})") from None
+
+
+@contextmanager
+def _as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
+    """Turn torch's complaints about a state that does not fit (KeyError, ValueError, ... with a
+    traceback) into one CheckpointError naming the file."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+class EvaluationInterrupted(Exception):
+    """A stop signal arrived during an evaluation (internal: `_evaluate` catches it)."""
+
+
+def _open_val_split(train_data: TokenDataset) -> TokenDataset | None:
+    """The val split beside `train_data`, or None when the tokens were made without one
+    (`data tokenize ... val_every = 0`)."""
+    if "val" not in train_data.meta["splits"]:
+        return None
+    val = TokenDataset.open(train_data.path, "val")
+    return val if len(val) else None
 
 
 def _seed_everything(seed: int) -> None:

@@ -114,3 +114,29 @@ def test_prune_keeps_last_k_and_the_best(tmp_path):
     ckpt.prune_checkpoints(root, keep_last=2)
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [2, 4, 5]
     assert (root / "best").read_text().strip() == "step-000002"
+
+
+def write_plain_pickle(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"state": {}, "param_groups": []}))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("optimizer.pt", lambda p: p.write_bytes(bytes(range(256)) * 4)),
+        ("optimizer.pt", write_plain_pickle),
+        ("optimizer.pt", lambda p: torch.save({"step": 3}, p)),
+        ("rng.pt", lambda p: p.write_bytes(b"")),
+        ("rng.pt", lambda p: torch.save([1, 2, 3], p)),
+        ("rng.pt", lambda p: torch.save({"rank0": {"torch": torch.zeros(3)}}, p)),
+    ],
+    ids=["optimizer-garbage", "optimizer-plain-pickle", "optimizer-no-state", "rng-empty", "rng-list", "rng-partial"],
+)
+def test_damaged_optimizer_or_rng_file_is_one_checkpoint_error_naming_it(tmp_path, name, damage):
+    path = save_step(tmp_path, 1)
+    damage(path / name)
+    with pytest.raises(CheckpointError, match=name) as caught:
+        ckpt.load_checkpoint(path)
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, write_toml
 
 from scratchlm.cli import main
+from scratchlm.train.trainer import PretrainRun
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +49,78 @@ def test_sweep_lr_reports_the_best(tokens, tmp_path, capsys):
     assert "best learning rate: 0.01" in out
     report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [r["lr"] for r in report["results"]] == [1e-6, 1e-2] and report["best_lr"] == 1e-2
+
+
+def start_cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def wait_for_train_row(metrics: Path, step: int, child: subprocess.Popen, timeout: float = 60) -> None:
+    """Until `metrics` holds the train row of `step`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file():
+            for line in metrics.read_text().splitlines():
+                row = json.loads(line) if line.endswith("}") else {}
+                if "loss" in row and "event" not in row and row["step"] >= step:
+                    return
+        if child.poll() is not None:
+            pytest.fail(f"the command ended before it could be interrupted: {child.communicate()}")
+        time.sleep(0.02)
+    pytest.fail(f"no train row for step {step} in {metrics}")
+
+
+def test_signal_during_the_final_evaluation_stops_it_and_saves(tokens, tmp_path):
+    out = tmp_path / "run"
+    # A long final evaluation (seconds) so the signal lands in it, not before or after.
+    cfg = tiny_config(
+        tokens,
+        out,
+        model={"n_layer": 2, "d_model": 128, "d_ff": 256},
+        train={"max_steps": 3, "eval_batches": 400, "eval_batch_size": 64, "sample_tokens": 0},
+    )
+    child = start_cli(["pretrain", "--config", str(write_toml(cfg, tmp_path / "run.toml"))])
+    wait_for_train_row(out / "metrics.jsonl", 3, child)
+    os.kill(child.pid, signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=60)
+    rows = read_rows(out)
+    assert [(e["step"], e["reason"]) for e in events(rows, "checkpoint")] == [(3, "signal")], stderr
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert not [r for r in rows if "val_loss" in r]  # cut short, and nothing half-measured recorded
+    assert child.returncode == 143 and json.loads(stdout)["stopped"] == "SIGTERM"
+
+
+def ctrl_c_after_step(monkeypatch, step: int) -> None:
+    """Press Ctrl-C (a real SIGINT to this process) once the run has applied `step` updates."""
+    real_step = PretrainRun._step
+
+    def step_then_ctrl_c(self):
+        outcome = real_step(self)
+        if self.state.step == step and outcome["applied"]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return outcome
+
+    monkeypatch.setattr(PretrainRun, "_step", step_then_ctrl_c)
+
+
+def test_pretrain_stopped_by_sigint_exits_130_after_saving(tokens, tmp_path, capsys, monkeypatch):
+    ctrl_c_after_step(monkeypatch, 2)
+    out = tmp_path / "run"
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 6}), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml)]) == 130
+    assert json.loads(capsys.readouterr().out)["stopped"] == "SIGINT"
+    assert [(e["step"], e["reason"]) for e in events(read_rows(out), "checkpoint")] == [(2, "signal")]
+
+
+def test_ctrl_c_stops_the_sweep_without_a_false_result(tokens, tmp_path, capsys, monkeypatch):
+    ctrl_c_after_step(monkeypatch, 2)
+    out = tmp_path / "sweep"
+    toml = write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml")
+    assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e-3,1e-2", "--steps", "8"]) == 130
+    assert "stopped by SIGINT" in capsys.readouterr().err
+    assert not (out / "lr-0.01").exists()  # the next rate was not started
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["stopped"] == "SIGINT" and report["results"] == [] and report["best_lr"] is None

@@ -93,3 +93,59 @@ def test_tokens_from_another_tokenizer_are_refused(tokens, tmp_path):
     (other / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="tokenizer"):
         train(tiny_config(other, tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("train", "sample_temperature", -1.0),
+        ("train", "sample_top_k", -5),
+        ("train", "sample_tokens", -1),
+        ("train", "sample_every", -1),
+        ("train", "eval_every", -1),
+        ("train", "eval_batches", 0),
+        ("train", "eval_batch_size", -1),
+        ("train", "seed", 10**20),
+        ("train", "beta2", 1.0),
+        ("train", "decay_fraction", 0.0),
+        ("monitor", "window", 0),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_training(tokens, tmp_path, section, key, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key} must be"):
+        tiny_config(tokens, tmp_path / "run", **{section: {key: value}})
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_out_naming_a_file_is_a_config_error(tokens, tmp_path):
+    out = tmp_path / "run"
+    out.write_text("notes\n")
+    with pytest.raises(ConfigError, match="train.out .* not a directory"):
+        train(tiny_config(tokens, out))
+    assert out.read_text() == "notes\n"
+
+
+def test_final_checkpoint_carries_the_final_evaluation(tokens, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(tokens, out, train={"max_steps": 6, "checkpoint_every": 3}))
+    root = out / "checkpoints"
+    state = json.loads((root / "step-000006" / "train_state.json").read_text())
+    assert state["val_loss"] == summary["val_loss"] is not None
+    assert (root / "best").read_text().strip() == "step-000006"
+    saves = [e["step"] for e in events(read_rows(out), "checkpoint")]
+    assert saves == [3, 6]  # the last step is written once, after its evaluation
+
+
+def test_tokens_without_a_val_split_train_without_evaluation(tmp_path, capsys):
+    from scratchlm.train.sweep import sweep_lr
+
+    (tmp_path / "data").mkdir()
+    no_val = build_tokens_dir(tmp_path / "data", val_every=0)
+    out = tmp_path / "run"
+    summary = train(tiny_config(no_val, out, train={"max_steps": 4, "eval_every": 2, "sample_tokens": 0}))
+    assert "no val split" in capsys.readouterr().err
+    assert summary["steps"] == 4 and summary["val_loss"] is None and summary["best_val_loss"] is None
+    assert not [r for r in read_rows(out) if "val_loss" in r]
+    assert not (out / "checkpoints" / "best").exists()
+    with pytest.raises(ConfigError, match="no val split"):
+        sweep_lr(tiny_config(no_val, tmp_path / "sweep"), [1e-3], steps=2)

@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses
 
+from scratchlm.device import Precision
 from scratchlm.errors import TrainingStopped
+from scratchlm.train import trainer
 from scratchlm.train.config import MonitorSection
 from scratchlm.train.monitor import RollingStats, StabilityMonitor
 from scratchlm.train.trainer import train
@@ -105,3 +107,47 @@ def test_too_many_rollbacks_stop_with_a_diagnosis(tokens, tmp_path):
         train(rollback_config(tokens, out, max_rollbacks=0))
     diag = events(read_rows(out), "diagnosis")
     assert diag and diag[-1]["kind"] == "instability"
+
+
+@pytest.fixture
+def fp16_with_grad_scaler(monkeypatch):
+    """fp16's loss-scaling path on CPU: a GradScaler with fp32 arithmetic (CPU has no fp16 autocast
+    worth testing, but the scaler's unscale/update bookkeeping is the same as on CUDA)."""
+    monkeypatch.setattr(trainer, "resolve_precision", lambda *_: Precision("fp16", None, True))
+
+
+@pytest.mark.parametrize(
+    ("response", "fault"),
+    [("skip", "inject_spike_at_step"), ("rollback", "inject_spike_at_step"), ("skip", "inject_nan_at_step")],
+)
+def test_fp16_run_trains_on_after_a_rejected_step(tokens, tmp_path, fp16_with_grad_scaler, response, fault):
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        tokens,
+        out,
+        train={"max_steps": 10, "checkpoint_every": 4},
+        monitor={**MONITOR, "response": response, "rollback_skip_batches": 1},
+        debug={fault: 6},
+    )
+    summary = train(cfg)
+    assert summary["precision"] == "fp16" and summary["steps"] == 10
+    rows = read_rows(out)
+    rejected = events(rows, "nan_skip" if fault == "inject_nan_at_step" else "spike")
+    assert rejected and rejected[0]["data_step"] == 6
+    assert summary["rollbacks"] == (1 if response == "rollback" else 0)
+    assert all(math.isfinite(v) for v in train_losses(rows).values())
+
+
+def test_throughput_stays_positive_across_a_rollback(tokens, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        tokens,
+        out,
+        train={"max_steps": 12, "checkpoint_every": 5},
+        monitor={**MONITOR, "response": "rollback", "rollback_skip_batches": 1},
+        debug={"inject_spike_at_step": 8},
+    )
+    assert train(cfg)["rollbacks"] == 1
+    rows = [r for r in read_rows(out) if "tokens_per_s" in r]
+    assert len(rows) > 12  # steps 6..8 are trained twice
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] >= 0 for r in rows)

@@ -3,6 +3,7 @@ produces, on CPU in fp32, bit-for-bit the losses and weights of a run never inte
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses, write_toml
 
+from scratchlm.errors import CheckpointError
 from scratchlm.train.checkpoint import find_latest
 from scratchlm.train.trainer import train
 
@@ -126,3 +128,23 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tokens, reference, tmp_pa
     assert saved and find_latest(out / "checkpoints").name == f"step-{saved[-1]['step']:06d}"
     train(cfg, resume=True)
     assert_same_run(out, reference)
+
+
+def test_resume_with_another_optimizer_is_a_checkpoint_error(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2}))
+    with pytest.raises(CheckpointError, match="train.optimizer = 'adamw'.*'muon'"):
+        train(tiny_config(tokens, out, train={"max_steps": 4, "optimizer": "muon"}), resume=True)
+
+
+def test_resume_from_an_optimizer_state_that_does_not_fit_is_a_checkpoint_error(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2}))
+    latest = find_latest(out / "checkpoints")
+    state_file = latest / "train_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]  # as an older checkpoint, which does not name its optimizer
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"optimizer\.pt: does not fit") as caught:
+        train(tiny_config(tokens, out, train={"max_steps": 4, "optimizer": "muon"}), resume=True)
+    assert "\n" not in str(caught.value)

@@ -34,8 +34,9 @@ def corpus_documents(n: int = 240, seed: int = 0) -> list[str]:
     return docs
 
 
-def build_tokens_dir(root: Path, vocab_size: int = 320) -> Path:
-    """Train a small BPE tokenizer and tokenize the corpus with the real pipeline."""
+def build_tokens_dir(root: Path, vocab_size: int = 320, val_every: int = 8) -> Path:
+    """Train a small BPE tokenizer and tokenize the corpus with the real pipeline (`val_every=0`:
+    no val split)."""
     from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
     from scratchlm.tokenizer import Tokenizer
 
@@ -45,9 +46,10 @@ def build_tokens_dir(root: Path, vocab_size: int = 320) -> Path:
     tok = Tokenizer.train(docs, vocab_size=vocab_size)
     tok.save(root / "tokenizer")
     out = root / "tokens"
-    tokenize_dataset(
-        TokenizeConfig(inputs=[str(corpus)], tokenizer=str(root / "tokenizer"), out=str(out), workers=1, val_every=8)
+    config = TokenizeConfig(
+        inputs=[str(corpus)], tokenizer=str(root / "tokenizer"), out=str(out), workers=1, val_every=val_every
     )
+    tokenize_dataset(config)
     return out
 
 
