@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def _encode(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(args.tokenizer)
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = _checked_text(args.text) if args.text is not None else _read_stdin()
     if args.allow_special:
         ids = tok.encode(text, allowed_special="all")
     elif args.plain_special:
@@ -123,28 +124,60 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_stdin() -> str:
+    """All of stdin as UTF-8: a byte that is not UTF-8 is an error, never a silent U+FFFD."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"stdin is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}") from None
+
+
+def _checked_text(text: str) -> str:
+    """--text as given: Python keeps argv bytes that are not UTF-8 as lone surrogates, refused here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        offset = len(text[: e.start].encode("utf-8"))
+        raise TokenizerError(
+            f"--text is not UTF-8: byte {_escaped_byte(text[e.start])} at offset {offset}"
+        ) from None
+    return text
+
+
+def _escaped_byte(char: str) -> str:
+    """The original byte of a surrogate-escaped character (U+DC80..U+DCFF), else the code point."""
+    code = ord(char)
+    return f"0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+
+
+_ID = re.compile(r"-?[0-9]+")  # ASCII only: int() would also take '1_0' and other scripts' digits
+
+
 def _parse_ids(args: argparse.Namespace) -> list[int]:
-    raw = args.ids if args.ids else None
-    if raw is None:
-        try:
-            data = json.loads(sys.stdin.read() or "[]")
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"stdin: expected a JSON list of ids ({e})") from None
-    else:
-        data = [
-            part
-            for item in raw
-            for part in item.replace(",", " ").replace("[", " ").replace("]", " ").split()
-        ]
-    ids = []
-    for item in data if isinstance(data, list) else [data]:
-        try:
-            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
-                raise ValueError
-            ids.append(int(item))
-        except (TypeError, ValueError):
-            raise TokenizerError(f"{item!r} is not a token id") from None
-    return ids
+    if args.ids:
+        return [_id_from_text(part) for item in args.ids for part in re.split(r"[\s,\[\]]+", item) if part]
+    try:
+        data = json.loads(_read_stdin() or "[]")
+    except (ValueError, RecursionError) as e:
+        raise TokenizerError(f"stdin: expected a JSON list of ids ({e})") from None
+    return [_id_from_json(item) for item in (data if isinstance(data, list) else [data])]
+
+
+def _id_from_text(part: str) -> int:
+    if not _ID.fullmatch(part):
+        raise TokenizerError(f"{part!r} is not a token id")
+    try:
+        return int(part)
+    except ValueError:  # more digits than int() converts
+        raise TokenizerError(f"{part[:20]!r}... is not a token id") from None
+
+
+def _id_from_json(item: object) -> int:
+    if not isinstance(item, int) or isinstance(item, bool):
+        shown = json.dumps(item, ensure_ascii=False)
+        raise TokenizerError(f"{shown if len(shown) <= 40 else shown[:37] + '...'} is not a token id")
+    return item
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -16,6 +16,10 @@ follow the merge order (GPT-2's files and `tokenizers`' trainer output do; a fil
 is refused with the merge line). Their merges are then applied by tiktoken's rule, which matches a
 merge list except in a corner that trained BPEs almost never reach: a word whose bytes are a token
 but which the merge list would not assemble (tiktoken returns the whole token).
+
+Special tokens are written both in `added_tokens` and in the model vocab, with their ids, as
+Hugging Face does; files that list them only in `added_tokens` (scratchlm's earlier layout) are
+read too.
 """
 
 from __future__ import annotations
@@ -79,14 +83,22 @@ def token_to_text(token: bytes) -> str:
     return token.decode("latin-1").translate(_to_text_table())
 
 
-def text_to_token(text: str, where: str) -> bytes:
+def byte_level_token(text: str) -> bytes | None:
+    """The bytes that byte-level `text` stands for, or None when it is not byte-level text."""
     plain = text.translate(_to_bytes_table())
+    if len(plain) != len(text):
+        return None
     try:
-        if len(plain) == len(text):
-            return plain.encode("latin-1")
+        return plain.encode("latin-1")
     except UnicodeEncodeError:
-        pass
-    raise TokenizerError(f"{where}: token {text!r} is not byte-level BPE text")
+        return None
+
+
+def text_to_token(text: str, where: str) -> bytes:
+    token = byte_level_token(text)
+    if token is None:
+        raise TokenizerError(f"{where}: token {text!r} is not byte-level BPE text")
+    return token
 
 
 def merge_list(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
@@ -115,10 +127,21 @@ def check_ranks(ranks: Mapping[bytes, int], where: str) -> None:
 
 
 def hf_tokenizer_json(
-    ranks: Mapping[bytes, int], special_tokens: Mapping[str, int], pattern: str
+    ranks: Mapping[bytes, int],
+    special_tokens: Mapping[str, int],
+    pattern: str,
+    specials_in_vocab: bool = True,
 ) -> dict[str, Any]:
-    """The `tokenizer.json` document that `tokenizers.Tokenizer.from_file` loads."""
+    """The `tokenizer.json` document that `tokenizers.Tokenizer.from_file` loads.
+
+    Special tokens go in `added_tokens` and, with `specials_in_vocab`, in the model vocab too, as
+    Hugging Face writes them: `tokenizers` ignores the id of an added token that is not in the
+    vocab and numbers it after the vocab, which moves any special that does not come last.
+    """
     text = {token: token_to_text(token) for token in ranks}
+    vocab = {text[t]: i for t, i in ranks.items()}
+    if specials_in_vocab:
+        vocab.update(special_tokens)
     return {
         "version": "1.0",
         "truncation": None,
@@ -154,7 +177,7 @@ def hf_tokenizer_json(
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": True,
-            "vocab": {text[t]: i for t, i in sorted(ranks.items(), key=lambda item: item[1])},
+            "vocab": dict(sorted(vocab.items(), key=lambda item: item[1])),
             "merges": [[text[a], text[b]] for a, b in merge_list(ranks)],
         },
     }
@@ -176,6 +199,38 @@ def canonical_json_bytes(doc: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def _read_text(path: Path) -> str:
+    """A file's UTF-8 text; every reason it cannot be read becomes one line naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise TokenizerError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or a number too long to convert
+        raise TokenizerError(f"{path}: not a valid JSON {what} ({e})") from None
+
+
+def _is_id(value: Any) -> bool:
+    """A JSON integer (True/False and 1.0 are not ids)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _brief(value: Any) -> str:
+    """A value for an error message, cut short so the message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _hf_pattern(pre: Any, where: str) -> str:
     """The regex of a byte-level pre-tokenizer, or an error for anything else."""
     if not isinstance(pre, dict):
@@ -188,22 +243,40 @@ def _hf_pattern(pre: Any, where: str) -> str:
             return GPT2_PATTERN
         raise TokenizerError(f"{where}: ByteLevel pre-tokenizer without a split pattern")
     if kind == "Sequence":
-        steps = pre.get("pretokenizers") or []
-        if (
-            len(steps) == 2
-            and steps[0].get("type") == "Split"
-            and steps[0].get("behavior") == "Isolated"
-            and not steps[0].get("invert", False)
-            and isinstance(steps[0].get("pattern"), dict)
-            and "Regex" in steps[0]["pattern"]
-            and steps[1].get("type") == "ByteLevel"
-            and not steps[1].get("use_regex", True)
-            and not steps[1].get("add_prefix_space", False)
-        ):
-            return steps[0]["pattern"]["Regex"]
+        steps = pre.get("pretokenizers")
+        if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+            raise TokenizerError(
+                f"{where}: Sequence pre-tokenizer whose pretokenizers are not a list of objects"
+            )
         if len(steps) == 1:
             return _hf_pattern(steps[0], where)
-    raise TokenizerError(f"{where}: pre-tokenizer {kind!r} is not supported (need byte-level BPE)")
+        if len(steps) == 2 and _is_isolated_split(steps[0]) and _is_bare_byte_level(steps[1]):
+            return _split_regex(steps[0], where)
+    raise TokenizerError(f"{where}: pre-tokenizer {_brief(kind)} is not supported (need byte-level BPE)")
+
+
+def _is_isolated_split(step: dict[str, Any]) -> bool:
+    return (
+        step.get("type") == "Split" and step.get("behavior") == "Isolated" and not step.get("invert", False)
+    )
+
+
+def _is_bare_byte_level(step: dict[str, Any]) -> bool:
+    """ByteLevel that only maps bytes to text (the Split before it cuts the words)."""
+    return (
+        step.get("type") == "ByteLevel"
+        and not step.get("use_regex", True)
+        and not step.get("add_prefix_space", False)
+    )
+
+
+def _split_regex(step: dict[str, Any], where: str) -> str:
+    pattern = step.get("pattern")
+    if not isinstance(pattern, dict) or not isinstance(pattern.get("Regex"), str):
+        raise TokenizerError(
+            f"{where}: Split pattern {_brief(pattern)} is not supported (need a Regex string)"
+        )
+    return pattern["Regex"]
 
 
 def _check_merge_order(merges: list[tuple[bytes, bytes]], ranks: Mapping[bytes, int], where: str) -> None:
@@ -228,53 +301,86 @@ def _check_merge_order(merges: list[tuple[bytes, bytes]], ranks: Mapping[bytes, 
         highest = made
 
 
-def read_hf_tokenizer(path: str | Path) -> tuple[dict[bytes, int], dict[str, int], str]:
-    """Read a Hugging Face byte-level BPE `tokenizer.json`: (ranks, special tokens, pattern)."""
-    path = Path(path)
-    where = str(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"{where}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{where}: not a valid JSON tokenizer file ({e})") from None
+def _bpe_model(doc: Any, where: str) -> dict[str, Any]:
+    """The `model` section, checked to be a byte-level BPE this reader understands."""
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
         raise TokenizerError(f"{where}: not a Hugging Face tokenizer.json (no 'model' section)")
     model = doc["model"]
-    if model.get("type", "BPE") != "BPE" or "merges" not in model or not isinstance(model.get("vocab"), dict):
-        raise TokenizerError(f"{where}: model type {model.get('type')!r} is not BPE")
+    if model.get("type", "BPE") != "BPE":
+        raise TokenizerError(f"{where}: model type {_brief(model.get('type'))} is not BPE")
+    if not isinstance(model.get("vocab"), dict):
+        raise TokenizerError(f"{where}: the BPE model has no vocab object")
+    if not isinstance(model.get("merges"), list):
+        raise TokenizerError(f"{where}: the BPE model has no merges list")
     for key in ("continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
             raise TokenizerError(f"{where}: BPE option {key} is not supported")
     if doc.get("normalizer"):
         raise TokenizerError(f"{where}: tokenizers with a normalizer are not supported")
-    pattern = _hf_pattern(doc.get("pre_tokenizer"), where)
+    return model
 
+
+def _added_tokens(entries: Any, where: str) -> dict[str, int]:
+    """`added_tokens` as special-token text -> id."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, list):
+        raise TokenizerError(f"{where}: added_tokens is {_brief(entries)}, not a list")
     specials: dict[str, int] = {}
-    for entry in doc.get("added_tokens") or []:
-        try:
-            specials[str(entry["content"])] = int(entry["id"])
-        except (KeyError, TypeError, ValueError):
-            raise TokenizerError(f"{where}: malformed added_tokens entry {entry!r}") from None
+    for entry in entries:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("content"), str)
+            or not _is_id(entry.get("id"))
+        ):
+            raise TokenizerError(f"{where}: malformed added_tokens entry {_brief(entry)}")
+        if specials.setdefault(entry["content"], entry["id"]) != entry["id"]:
+            raise TokenizerError(f"{where}: added token {_brief(entry['content'])} is listed with two ids")
+    return specials
+
+
+def _ordinary_ranks(vocab: dict[str, Any], specials: Mapping[str, int], where: str) -> dict[bytes, int]:
+    """The vocab without the special tokens: Hugging Face lists specials in the vocab too."""
     ranks: dict[bytes, int] = {}
-    for text, idx in model["vocab"].items():
-        if text in specials:
-            continue
-        if not isinstance(idx, int):
-            raise TokenizerError(f"{where}: vocab id of {text!r} is not an integer")
-        ranks[text_to_token(text, where)] = idx
-    check_ranks(ranks, where)
+    for text, idx in vocab.items():
+        if not _is_id(idx):
+            raise TokenizerError(f"{where}: vocab id of {_brief(text)} is {_brief(idx)}, not an integer")
+        if text not in specials:
+            ranks[text_to_token(text, where)] = idx
+        elif idx != specials[text]:
+            raise TokenizerError(
+                f"{where}: special token {_brief(text)} has id {specials[text]} in added_tokens "
+                f"but id {idx} in the vocab"
+            )
+    return ranks
+
+
+def _hf_merges(items: list[Any], ranks: Mapping[bytes, int], where: str) -> list[tuple[bytes, bytes]]:
+    """Merges written as "left right" strings or as [left, right] pairs."""
     known = {token_to_text(t): t for t in ranks}
     merges: list[tuple[bytes, bytes]] = []
-    for item in model["merges"]:
+    for item in items:
         parts = item.split(" ") if isinstance(item, str) else item
-        if not isinstance(parts, list) or len(parts) != 2:
-            raise TokenizerError(f"{where}: malformed merge {item!r}")
-        left, right = known.get(str(parts[0])), known.get(str(parts[1]))
+        if not isinstance(parts, list) or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+            raise TokenizerError(f"{where}: malformed merge {_brief(item)}")
+        left, right = known.get(parts[0]), known.get(parts[1])
         if left is None or right is None:
-            raise TokenizerError(f"{where}: merge {item!r} uses a token that is not in the vocab")
+            raise TokenizerError(f"{where}: merge {_brief(item)} uses a token that is not in the vocab")
         merges.append((left, right))
-    _check_merge_order(merges, ranks, where)
+    return merges
+
+
+def read_hf_tokenizer(path: str | Path) -> tuple[dict[bytes, int], dict[str, int], str]:
+    """Read a Hugging Face byte-level BPE `tokenizer.json`: (ranks, special tokens, pattern)."""
+    path = Path(path)
+    where = str(path)
+    doc = _read_json(path, "tokenizer file")
+    model = _bpe_model(doc, where)
+    pattern = _hf_pattern(doc.get("pre_tokenizer"), where)
+    specials = _added_tokens(doc.get("added_tokens"), where)
+    ranks = _ordinary_ranks(model["vocab"], specials, where)
+    check_ranks(ranks, where)
+    _check_merge_order(_hf_merges(model["merges"], ranks, where), ranks, where)
     clash = set(specials.values()) & set(ranks.values())
     if clash:
         raise TokenizerError(f"{where}: special token ids {sorted(clash)[:5]} are also ordinary token ids")
@@ -288,14 +394,9 @@ def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[byt
     """Read GPT-2's files: (ranks, special tokens). A token no merge makes (and not a single byte)
     is a special token, like `<|endoftext|>`."""
     enc_where, bpe_where = str(encoder_json), str(vocab_bpe)
-    try:
-        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
-        lines = Path(vocab_bpe).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise TokenizerError(f"{e.filename}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{enc_where}: not a valid GPT-2 encoder.json ({e})") from None
-    if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+    encoder = _read_json(Path(encoder_json), "GPT-2 encoder.json")
+    lines = _read_text(Path(vocab_bpe)).splitlines()
+    if not isinstance(encoder, dict) or not all(_is_id(v) for v in encoder.values()):
         raise TokenizerError(f"{enc_where}: expected a JSON object of token -> id")
     merges: list[tuple[bytes, bytes]] = []
     for number, line in enumerate(lines, start=1):
@@ -313,13 +414,9 @@ def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[byt
     made = {a + b for a, b in merges}
     ranks: dict[bytes, int] = {}
     specials: dict[str, int] = {}
-    table = unicode_to_bytes()
     for text, idx in encoder.items():
-        if len(text) == 1 and text in table:
-            ranks[bytes([table[text]])] = idx
-            continue
-        token = bytes(table[ch] for ch in text) if all(ch in table for ch in text) else None
-        if token is not None and token in made:
+        token = byte_level_token(text)
+        if token is not None and (len(token) == 1 or token in made):
             ranks[token] = idx
         else:
             specials[text] = idx

@@ -3,13 +3,19 @@
 BPE never merges across a word boundary, so the pattern decides what a token can be (no token
 spans a letter and a digit, a word and the following space, ...). `gpt2` is GPT-2's pattern;
 `gpt4` is the cl100k pattern (case-insensitive contractions, digits in groups of at most three,
-newlines kept apart from other whitespace). A custom regex must match every character of the text
-(what it skips is lost), must not match the empty string, and must work in all three engines. Both are written without possessive quantifiers so
+newlines kept apart from other whitespace). Both are written without possessive quantifiers so
 the same string works in Python's `regex`, in tiktoken (Rust `fancy-regex`) and in Hugging Face
 `tokenizers` (Oniguruma).
+
+A custom regex is checked on a probe text before it is used: its matches must cover every
+character (what it skips is lost), and every engine must cut the probe into the same words (the
+engines differ on some syntax, e.g. `\\h`, `(?s)`, and a pattern that means different things in
+them gives a tokenizer whose ids depend on the tool that runs it).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import regex
 import tiktoken
@@ -25,28 +31,129 @@ GPT4_PATTERN = (
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 
+# Short lines (each is checked with every substring as a token) covering what real text holds.
+PROBE_TEXTS = (
+    "Hello, World! The quick brown fox jumps over the lazy dog. It's 12345 o'clock; THEY'VE gone",
+    "  two  spaces\tand\ttabs \t\n\n\r\n  \r\r\n\n   x  \x0b\x0c\u00a0\u2003end ",
+    "Ünïcödé naïve café Straße; e\u0301 a\u0308o\u0323; Ελληνικά русский",
+    "עברית العربية हिन्दी ٣٤٥ ½ 3.14 1,000,000 0x1F 1e-9 -42",
+    "日本語のテキスト、中文文本。한국어 텍스트!「引用」",
+    "emoji 🤖🚀👍🏽 flags 🇫🇷 zero\u200bwidth\u200djoiner ❤️ 👨‍👩‍👧",
+    "def f(x):\n    return x ** 2  # comment\n\tif x == 0:\n\t\tpass\n",
+    "a+=b->c<=d!=e && f||g; $h @i #j %k ^l &m *n `o` ~p \\q /r |s '\"",
+)
+
 _BYTES = {bytes([i]): i for i in range(256)}
 
 
 def resolve_pattern(pattern: str) -> str:
     """A preset name (`gpt2`, `gpt4`) or a custom regex, returned as a checked regex string."""
+    if not isinstance(pattern, str):
+        raise TokenizerError(f"the pre-tokenization pattern must be a string, got {pattern!r}")
     if pattern in PATTERNS:
         return PATTERNS[pattern]
+    if pattern in PATTERNS.values():  # a preset's regex, as saved in tokenizer.json
+        return pattern
     if not pattern:
         raise TokenizerError("the pre-tokenization pattern is empty; use gpt2, gpt4 or a regex")
+    check_pattern(pattern)
+    return pattern
+
+
+@lru_cache(maxsize=64)
+def check_pattern(pattern: str) -> None:
+    """Refuse a regex that loses text or that the engines would split differently.
+
+    Cached: loading a tokenizer runs this, and a pattern's verdict never changes.
+    """
+    expected = [_python_words(pattern, text) for text in PROBE_TEXTS]
+    for text, words in zip(PROBE_TEXTS, expected):
+        if "".join(words) != text:
+            lost = _first_gap(words, text)
+            raise TokenizerError(
+                f"pattern {pattern!r} does not match every character (it skips {lost!r}); that text would be lost"
+            )
+    for engine, words in (
+        ("tiktoken", _tiktoken_words(pattern)),
+        ("Hugging Face tokenizers", _hf_words(pattern)),
+    ):
+        if words is not None and words != expected:
+            raise TokenizerError(
+                f"pattern {pattern!r} splits text differently in {engine} than in Python's regex "
+                f"({_first_difference(expected, words)}); the ids would depend on the tool"
+            )
+
+
+def _python_words(pattern: str, text: str) -> list[str]:
     try:
         compiled = regex.compile(pattern)
-    except regex.error as e:
+    except (regex.error, TypeError, ValueError) as e:
         raise TokenizerError(f"pattern {pattern!r} is not a valid regex: {e}") from None
-    if compiled.match("") is not None:
+    words = [match.group() for match in compiled.finditer(text)]
+    if compiled.match("") is not None or "" in words:
         raise TokenizerError(f"pattern {pattern!r} matches the empty string; it would lose text")
-    try:  # the encoder runs the pattern in tiktoken's regex engine, which must accept it too
-        tiktoken.Encoding("check", pat_str=pattern, mergeable_ranks=_BYTES, special_tokens={})
+    return words
+
+
+def _first_gap(words: list[str], text: str) -> str:
+    """The first stretch of `text` that the matched words do not cover."""
+    at = 0
+    for word in words:
+        found = text.find(word, at)
+        if found > at:
+            return text[at:found]
+        at = found + len(word)
+    return text[at:]
+
+
+def _first_difference(expected: list[list[str]], got: list[list[str]]) -> str:
+    """Where two engines' words first part ways, for the error message."""
+    for ours, theirs in zip(expected, got):
+        for at, (a, b) in enumerate(zip(ours, theirs)):
+            if a != b:
+                return f"word {at + 1} is {a!r} in Python's regex but {b!r} there"
+        if len(ours) != len(theirs):
+            return f"{len(ours)} words in Python's regex but {len(theirs)} there"
+    return "different words"
+
+
+def _tiktoken_words(pattern: str) -> list[list[str]]:
+    """tiktoken's words for each probe text: with every substring of the probe a token, tiktoken
+    looks each word up whole, so each id it returns is exactly one word."""
+    substrings = {
+        text[start:end].encode("utf-8")
+        for text in PROBE_TEXTS
+        for start in range(len(text))
+        for end in range(start + 1, len(text) + 1)
+    }
+    ranks = dict(_BYTES)
+    for token in sorted(substrings - ranks.keys()):
+        ranks[token] = len(ranks)
+    try:
+        encoding = tiktoken.Encoding("check", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+        return [
+            [encoding.decode_single_token_bytes(i).decode("utf-8") for i in encoding.encode_ordinary(text)]
+            for text in PROBE_TEXTS
+        ]
     except ValueError as e:
         raise TokenizerError(
             f"pattern {pattern!r} is not supported by tiktoken's regex engine: {e}"
         ) from None
-    return pattern
+
+
+def _hf_words(pattern: str) -> list[list[str]] | None:
+    """Hugging Face's words for each probe text (None when `tokenizers` is not installed)."""
+    try:
+        from tokenizers import Regex, pre_tokenizers
+    except ImportError:
+        return None
+    try:
+        split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    except Exception as e:  # tokenizers raises a bare Exception for an Oniguruma error
+        raise TokenizerError(
+            f"pattern {pattern!r} is not supported by Hugging Face tokenizers' regex engine: {e}"
+        ) from None
+    return [[word for word, _span in split.pre_tokenize_str(text)] for text in PROBE_TEXTS]
 
 
 def pattern_name(pattern: str) -> str:

@@ -7,16 +7,18 @@ A tokenizer is its `ranks` (token bytes -> id; the id is also the merge priority
 
 Special-token text inside ordinary text follows tiktoken's rule: `encode` raises unless the
 token is allowed (then it becomes the control token) or disallowed checks are switched off (then
-it is encoded as plain text); `encode_ordinary` always treats it as plain text.
+it is encoded as plain text); `encode_ordinary` always treats it as plain text. Where one allowed
+special is a prefix of another (`[[A`, `[[A]]`), the longest match wins, as in Hugging Face.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import re
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +36,10 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 DEFAULT_SPECIAL_TOKENS = (EOT, PAD, IM_START, IM_END)
 
-MAX_VOCAB = 1_000_000  # the trainer holds a token as one character: ids must stay below 0x110000
+# The trainer holds a token as one character, so its ids stay below 0x110000; loaded files are held
+# to the same bound, so that a corrupt id cannot make `token_bytes` allocate gigabytes.
+MAX_VOCAB = 1_000_000
+_BYTE_TOKENS = frozenset(bytes([b]) for b in range(256))  # in every byte-level BPE
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 
@@ -45,14 +50,74 @@ def is_tokenizer_dir(path: Path) -> bool:
 
 
 def _special_list(extra: Sequence[str] | None) -> list[str]:
-    """The default specials followed by the user's own, without repeats."""
+    """The default specials followed by the user's own, without repeats.
+
+    Checked against the byte tokens now, so that a special that can only fail does so before
+    training rather than after it.
+    """
     names = list(DEFAULT_SPECIAL_TOKENS)
     for name in extra or ():
-        if not isinstance(name, str) or not name:
-            raise TokenizerError(f"special token {name!r} must be a non-empty string")
         if name not in names:
             names.append(name)
+    _check_special_names(names, _BYTE_TOKENS)
     return names
+
+
+def _check_special_names(names: Iterable[object], ranks: Container[bytes]) -> None:
+    """Special tokens are non-empty text that is not an ordinary token's text in tokenizer.json.
+
+    Empty text would match everywhere (encode never ends); text that is also an ordinary token's
+    byte-level text makes two vocab entries of one name, so the file could not be read back; and
+    text in GPT-2's byte stand-ins (`Ġx` for " x") would be taken by Hugging Face, which looks
+    whole words up in the vocab, for the other text it stands for.
+    """
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TokenizerError(f"special token {name!r} must be a non-empty string")
+        token = formats.byte_level_token(name)
+        if token in ranks:
+            raise TokenizerError(
+                f"special token {name!r} is also the text of an ordinary token in tokenizer.json; "
+                f"use a delimited form such as '<|{name}|>'"
+            )
+        stands_for = _utf8_or_none(token) if token is not None and token != name.encode() else None
+        if stands_for is not None:
+            raise TokenizerError(
+                f"special token {name!r} is written in the byte stand-ins of tokenizer.json for "
+                f"{stands_for!r}, which Hugging Face would read as this token; use other characters"
+            )
+
+
+def _utf8_or_none(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _vocab_size(ranks: Mapping[bytes, int], special_tokens: Mapping[str, int]) -> int:
+    """One past the highest id, after checking that every id is distinct and in range."""
+    taken = set(ranks.values())
+    for name, idx in special_tokens.items():
+        if idx in taken:
+            raise TokenizerError(f"special token {name!r} has id {idx}, already used by another token")
+        taken.add(idx)
+    if min(taken) < 0:
+        raise TokenizerError("token ids must not be negative")
+    if max(taken) >= MAX_VOCAB:
+        raise TokenizerError(f"token id {max(taken)} is too large (a vocab has at most {MAX_VOCAB} ids)")
+    return max(taken) + 1
+
+
+def _has_prefix_pair(names: AbstractSet[str]) -> bool:
+    """Whether one special token's text starts another's (then the match order matters)."""
+    return any(a != b and b.startswith(a) for a in names for b in names)
+
+
+@lru_cache(maxsize=64)
+def _special_regex(names: frozenset[str]) -> re.Pattern[str]:
+    """Matches any of `names`, the longest first where several start at the same place."""
+    return re.compile("|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)))
 
 
 class Tokenizer:
@@ -63,14 +128,10 @@ class Tokenizer:
         self.ranks: dict[bytes, int] = dict(ranks)
         self.special_tokens: dict[str, int] = dict(special_tokens)
         self.pattern: str = resolve_pattern(pattern)
-        taken = set(self.ranks.values())
-        for name, idx in self.special_tokens.items():
-            if idx in taken:
-                raise TokenizerError(f"special token {name!r} has id {idx}, already used by another token")
-            taken.add(idx)
-        if min(taken) < 0:
-            raise TokenizerError("token ids must not be negative")
-        self.vocab_size: int = max(taken) + 1
+        _check_special_names(self.special_tokens, self.ranks)
+        self.vocab_size: int = _vocab_size(self.ranks, self.special_tokens)
+        self._special_names = frozenset(self.special_tokens)
+        self._specials_overlap = _has_prefix_pair(self._special_names)
         self._encoding = tiktoken.Encoding(
             name="scratchlm",
             pat_str=self.pattern,
@@ -128,8 +189,7 @@ class Tokenizer:
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.exists():
             raise TokenizerError(f"{path}: no {TOKENIZER_FILE} in this directory")
-        ranks, specials, pattern = formats.read_hf_tokenizer(file)
-        return cls(ranks, specials, pattern)
+        return cls._from_file(file, *formats.read_hf_tokenizer(file))
 
     @classmethod
     def from_hf(cls, tokenizer_json: str | Path) -> Tokenizer:
@@ -140,15 +200,24 @@ class Tokenizer:
     def from_gpt2(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> Tokenizer:
         """Import GPT-2's `encoder.json` + `vocab.bpe`: the same ids GPT-2 gives."""
         ranks, specials = formats.read_gpt2(encoder_json, vocab_bpe)
-        return cls(ranks, specials, "gpt2")
+        return cls._from_file(encoder_json, ranks, specials, "gpt2")
+
+    @classmethod
+    def _from_file(
+        cls, where: str | Path, ranks: Mapping[bytes, int], special_tokens: Mapping[str, int], pattern: str
+    ) -> Tokenizer:
+        """The constructor, with the file named in its errors: the file is what the user must fix."""
+        try:
+            return cls(ranks, special_tokens, pattern)
+        except TokenizerError as e:
+            raise TokenizerError(f"{where}: {e}") from None
 
     def add_special_tokens(self, names: Sequence[str]) -> Tokenizer:
         """A copy with more special tokens, given the next free ids; existing ids do not change."""
+        _check_special_names(names, self.ranks)
         specials = dict(self.special_tokens)
         next_id = self.vocab_size
         for name in names:
-            if not isinstance(name, str) or not name:
-                raise TokenizerError(f"special token {name!r} must be a non-empty string")
             if name not in specials:
                 specials[name] = next_id
                 next_id += 1
@@ -157,14 +226,23 @@ class Tokenizer:
     # --- files -------------------------------------------------------------------------------
 
     def to_hf_json(self) -> bytes:
-        """The canonical `tokenizer.json` bytes (what `save` writes and `sha256` hashes)."""
+        """The canonical `tokenizer.json` bytes: what `save` writes."""
         return formats.canonical_json_bytes(
             formats.hf_tokenizer_json(self.ranks, self.special_tokens, self.pattern)
         )
 
     @cached_property
     def sha256(self) -> str:
-        return hashlib.sha256(self.to_hf_json()).hexdigest()
+        """The tokenizer's identity, recorded in tokens dirs and checkpoints to catch a mismatch.
+
+        It hashes the tokenizer.json of scratchlm's first layout (special tokens only in
+        `added_tokens`), not the file `save` now writes (specials in the vocab too): both hold
+        the same tokenizer, and hashing the first keeps every recorded hash valid.
+        """
+        identity = formats.hf_tokenizer_json(
+            self.ranks, self.special_tokens, self.pattern, specials_in_vocab=False
+        )
+        return hashlib.sha256(formats.canonical_json_bytes(identity)).hexdigest()
 
     def save(self, directory: str | Path) -> Path:
         """Write `tokenizer.json` and `tokenizer_config.json` into `directory` (atomically each)."""
@@ -219,12 +297,30 @@ class Tokenizer:
     ) -> list[int]:
         """Encode text. Special-token text is an error unless allowed (then a control token) or
         removed from `disallowed_special` (then plain text)."""
-        try:
-            return self._encoding.encode(
-                text, allowed_special=allowed_special, disallowed_special=disallowed_special
-            )
-        except ValueError as e:
-            raise TokenizerError(str(e).splitlines()[0]) from None
+        names = self._special_names
+        allowed = names if allowed_special == "all" else names & frozenset(allowed_special)
+        disallowed = names - allowed if disallowed_special == "all" else frozenset(disallowed_special)
+        if disallowed:
+            found = _special_regex(disallowed).search(text)
+            if found:
+                raise TokenizerError(
+                    f"the text holds disallowed special token {found.group()!r}: allow it to get the "
+                    "control token, or encode it as plain text"
+                )
+        if allowed and self._specials_overlap:
+            return self._encode_longest_first(text, allowed)
+        return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def _encode_longest_first(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """Encode with the longest allowed special winning where several start at one place: Hugging
+        Face's rule (tiktoken takes whichever its regex tries first)."""
+        ids: list[int] = []
+        start = 0
+        for found in _special_regex(allowed).finditer(text):
+            ids += self._encoding.encode_ordinary(text[start : found.start()])
+            ids.append(self.special_tokens[found.group()])
+            start = found.end()
+        return ids + self._encoding.encode_ordinary(text[start:])
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text with special-token text treated as plain text."""

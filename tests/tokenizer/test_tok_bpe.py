@@ -14,6 +14,7 @@ from tok_testdata import MIXED, stdlib_text
 from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer import GPT4_PATTERN, PATTERNS, Tokenizer
 from scratchlm.tokenizer.bpe import count_words, learn_merges
+from scratchlm.tokenizer.patterns import check_pattern
 
 WORDS = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
 TEXT = " ".join(w for w, n in WORDS.items() for _ in range(n))
@@ -22,7 +23,7 @@ TEXT = " ".join(w for w, n in WORDS.items() for _ in range(n))
 def test_worked_example_merges_by_hand():
     # Pair counts: ug 20, pu 17, un 16, hu 15, ... -> ug; then un 16 -> un; h+ug 15; p+un 12;
     # then a tie at 5 between (hug, s) and (p, ug): b"hug" < b"p", so hugs comes first; pug; bun (4).
-    tok = Tokenizer.train([TEXT], 1000, pattern=r"[a-z]+| ", show_progress=False)
+    tok = Tokenizer.train([TEXT], 1000, pattern=r"[a-z]+|[^a-z]", show_progress=False)
     new_tokens = sorted((i, t) for t, i in tok.ranks.items() if i >= 256)
     assert [t for _, t in new_tokens] == [b"ug", b"un", b"hug", b"pun", b"hugs", b"pug", b"bun"]
     assert tok.vocab_size == 256 + 7 + 4  # ran out of pairs before 1000
@@ -31,7 +32,7 @@ def test_worked_example_merges_by_hand():
 
 
 def test_min_frequency_stops_early():
-    tok = Tokenizer.train([TEXT], 1000, pattern=r"[a-z]+| ", min_frequency=5, show_progress=False)
+    tok = Tokenizer.train([TEXT], 1000, pattern=r"[a-z]+|[^a-z]", min_frequency=5, show_progress=False)
     assert b"bun" not in tok.ranks and b"pug" in tok.ranks
     assert tok.vocab_size == 256 + 6 + 4
 
@@ -115,7 +116,7 @@ def test_training_is_deterministic(corpus):
 
 def test_user_special_tokens_follow_the_defaults():
     tok = Tokenizer.train(
-        [TEXT], 300, pattern=r"[a-z]+| ", special_tokens=["<|tool|>", "<|pad|>"], show_progress=False
+        [TEXT], 300, pattern=r"[a-z]+|[^a-z]", special_tokens=["<|tool|>", "<|pad|>"], show_progress=False
     )
     names = sorted(tok.special_tokens, key=tok.special_tokens.get)
     assert names == ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<|tool|>"]
@@ -156,3 +157,39 @@ def test_compresses_like_hugging_face_trainer(corpus, tok):
     ours = len(tok.encode_ordinary(held_out))
     theirs = len(hf.encode(held_out, add_special_tokens=False).ids)
     assert abs(ours / theirs - 1) < 0.01
+
+
+@pytest.mark.parametrize(
+    "pattern, message",
+    [
+        (r"(?s).", "not supported by Hugging Face"),  # Oniguruma has no (?s)
+        (r"\w+", r"does not match every character \(it skips ', '\)"),  # 'hello, world!' -> 'helloworld'
+        (r"\h+|\S+|\v", "does not match every character"),  # \h and \v differ between the engines
+        (r"\p{N}{1,3}+|\p{L}+|\s+|[^\s\p{L}\p{N}]+", "differently in Hugging Face"),  # {1,3}+ repeats there
+        (r"(?i:'s|'t)|\p{L}+|\p{N}|\s+(?!\S)|\s+|[^\s\p{L}\p{N}]+$|[^\s\p{L}\p{N}]", "differently"),  # `$`
+    ],
+)
+def test_patterns_that_lose_text_or_split_differently_are_refused(pattern, message):
+    pytest.importorskip("tokenizers")
+    with pytest.raises(TokenizerError, match=message):
+        Tokenizer.train(["abc"], 300, pattern=pattern, show_progress=False)
+
+
+def test_presets_and_a_portable_custom_pattern_pass_the_probe():
+    for regex_text in [*PATTERNS.values(), r"\p{L}+|\p{N}|\s+|[^\s\p{L}\p{N}]+"]:
+        check_pattern.__wrapped__(regex_text)  # uncached: really runs every engine
+
+
+@pytest.mark.parametrize("special", ["a", "é", "Ġ"])
+def test_special_that_is_a_byte_token_is_refused_before_training(special):
+    def no_training():
+        raise AssertionError("the documents were read")
+        yield
+
+    with pytest.raises(TokenizerError, match=f"'<\\|{special}\\|>'"):
+        Tokenizer.train(no_training(), 300, special_tokens=[special], show_progress=False)
+
+
+def test_special_that_training_learns_as_a_word_is_refused():
+    with pytest.raises(TokenizerError, match="delimited form"):
+        Tokenizer.train(["self self self self"], 300, special_tokens=["self"], show_progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -177,3 +178,64 @@ def test_train_reads_the_train_split_of_a_prepared_dir(capsys, tmp_path):
     assert code == 0, err
     learned = {t for t, i in Tokenizer.load(tmp_path / "t").ranks.items() if i >= 256}
     assert b" worl" in learned and not any(b"VAL" in t or b"ION" in t for t in learned)
+
+
+@pytest.fixture
+def small_dir(tmp_path):
+    Tokenizer.train(["abc abc"], 300, show_progress=False).save(tmp_path / "t")
+    return tmp_path / "t"
+
+
+def stdin_bytes(monkeypatch, data: bytes) -> None:
+    """Stdin as Python sets it up in a UTF-8 locale (bytes that are not UTF-8 surrogate-escaped)."""
+    monkeypatch.setattr(
+        "sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape")
+    )
+
+
+def test_encode_refuses_text_that_is_not_utf8(capsys, monkeypatch, small_dir):
+    stdin_bytes(monkeypatch, b"ab\xffc")
+    code, out, err = run(capsys, "tokenizer", "encode", "--tokenizer", str(small_dir))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "byte 0xff at offset 2" in err
+    # Python hands argv bytes that are not UTF-8 over as lone surrogates (surrogateescape).
+    code, out, err = run(capsys, "tokenizer", "encode", "--tokenizer", str(small_dir), "--text", "é\udcffb")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "byte 0xff at offset 2" in err
+
+
+@pytest.mark.parametrize("ids", [["1_0"], ["1", " \u0663"], ["+5"]])
+def test_decode_accepts_only_ascii_decimal_ids(capsys, small_dir, ids):
+    code, out, err = run(capsys, "tokenizer", "decode", "--tokenizer", str(small_dir), *ids)
+    assert code == 2 and out == "" and "is not a token id" in err
+
+
+@pytest.mark.parametrize("data", ['["65"]', "[65.0]"])
+def test_decode_accepts_only_json_integers(capsys, monkeypatch, small_dir, data):
+    stdin_bytes(monkeypatch, data.encode())
+    code, out, err = run(capsys, "tokenizer", "decode", "--tokenizer", str(small_dir))
+    assert code == 2 and out == "" and "is not a token id" in err
+    stdin_bytes(monkeypatch, b"[97, 98]")
+    code, out, _ = run(capsys, "tokenizer", "decode", "--tokenizer", str(small_dir))
+    assert code == 0 and out == "ab\n"
+
+
+@pytest.mark.parametrize("special", ["a", "abc"])
+def test_import_refuses_a_special_that_is_an_ordinary_token(capsys, small_dir, tmp_path, special):
+    code, _, err = run(
+        capsys,
+        "tokenizer",
+        "import",
+        "--hf",
+        str(small_dir),
+        "--special",
+        special,
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert code == 2 and err.count("\n") == 1 and f"<|{special}|>" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_directory_named_tokenizer_json_is_one_line(capsys, tmp_path):
+    (tmp_path / "t" / "tokenizer.json").mkdir(parents=True)
+    code, _, err = run(capsys, "tokenizer", "encode", "--tokenizer", str(tmp_path / "t"), "--text", "a")
+    assert code == 2 and err.count("\n") == 1 and "is a directory" in err

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tok_testdata import MIXED
 
 from scratchlm.errors import TokenizerError
-from scratchlm.tokenizer import reference
+from scratchlm.tokenizer import Tokenizer, reference
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -94,3 +94,54 @@ def test_extending_specials_keeps_existing_ids(tok):
     assert all(more.special_tokens[k] == v for k, v in tok.special_tokens.items())
     assert more.encode("x<|tool|>", allowed_special="all")[-1] == tok.vocab_size
     assert more.encode_ordinary(MIXED[0]) == tok.encode_ordinary(MIXED[0])
+
+
+@pytest.fixture(scope="module", params=[["[[A", "[[A]", "[[A]]"], ["[[A]]", "[[A]", "[[A"]])
+def nested_specials(request, tmp_path_factory):
+    """A tokenizer whose special tokens start one another, and Hugging Face's reading of it."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = Tokenizer.train(MIXED * 3, 400, special_tokens=request.param, show_progress=False)
+    folder = tok.save(tmp_path_factory.mktemp("nested"))
+    return tok, HFTokenizer.from_file(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("text", ["x[[A]]x", "x[[A]x", "[[[[A]]]][[A][[Ay", "[[A]]<|endoftext|>[[A"])
+def test_longest_special_wins_like_hugging_face(nested_specials, text):
+    tok, hf = nested_specials
+    ids = tok.encode(text, allowed_special="all")
+    assert ids == hf.encode(text, add_special_tokens=False).ids
+    assert tok.decode(ids) == text
+    if text == "x[[A]]x":
+        assert ids[1] == tok.special_tokens["[[A]]"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["[", "[[A", "]", "A", "x ", "<|endoftext|>"]), max_size=12).map("".join))
+def test_nested_specials_agree_with_hugging_face_on_any_text(nested_specials, text):
+    tok, hf = nested_specials
+    assert tok.encode(text, allowed_special="all") == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_only_allowed_specials_become_control_tokens_when_nested(nested_specials):
+    tok, _ = nested_specials
+    ids = tok.encode("x[[A]]x", allowed_special={"[[A"}, disallowed_special=())
+    assert ids[1] == tok.special_tokens["[[A"] and tok.decode(ids) == "x[[A]]x"
+    with pytest.raises(TokenizerError, match=r"disallowed special token '\[\[A\]\]'"):
+        tok.encode("x[[A]]x", allowed_special={"[[A"})
+
+
+@pytest.mark.parametrize("special", ["", "a", "é", "Ġ", "self"])
+def test_special_token_that_is_also_an_ordinary_token_is_refused(tok, special):
+    ranks = dict(tok.ranks)
+    ranks.setdefault(b"self", len(ranks) + len(tok.special_tokens))  # a learned word
+    with pytest.raises(TokenizerError, match="non-empty" if not special else "delimited form such as"):
+        Tokenizer(ranks, {**tok.special_tokens, special: 10_000}, tok.pattern)
+
+
+def test_special_token_in_byte_stand_ins_is_refused(tok):
+    # "Ġzzq" in the vocab is how tokenizer.json writes " zzq": Hugging Face would read " zzq" as it.
+    with pytest.raises(TokenizerError, match="byte stand-ins of tokenizer.json for ' zzq'"):
+        tok.add_special_tokens(["Ġzzq"])
+    accented = tok.add_special_tokens(["<|café|>"])  # stands for bytes that are not UTF-8: harmless
+    assert accented.encode("<|café|>", allowed_special="all") == [tok.vocab_size]

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from scratchlm.errors import TokenizerError
-from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer import GPT4_PATTERN, Tokenizer, formats
 
 
 def test_hf_tokenizers_gives_identical_ids(tok, corpus, tmp_path):
@@ -72,7 +72,8 @@ def test_transformers_reads_specials_and_chat_template(tok, tmp_path):
 def test_save_load_roundtrip_and_hash(tok, tmp_path):
     tok.save(tmp_path / "a")
     data = (tmp_path / "a" / "tokenizer.json").read_bytes()
-    assert hashlib.sha256(data).hexdigest() == tok.sha256
+    vocab = json.loads(data)["model"]["vocab"]
+    assert all(vocab[name] == idx for name, idx in tok.special_tokens.items())
     again = Tokenizer.load(tmp_path / "a")
     assert again.ranks == tok.ranks and again.special_tokens == tok.special_tokens
     assert again.pattern == tok.pattern and again.sha256 == tok.sha256
@@ -80,6 +81,16 @@ def test_save_load_roundtrip_and_hash(tok, tmp_path):
     assert (tmp_path / "b" / "tokenizer.json").read_bytes() == data
     config = json.loads((tmp_path / "a" / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|endoftext|>" and "<|im_start|>" in config["chat_template"]
+
+
+def test_files_with_specials_only_in_added_tokens_still_load(tok, tmp_path):
+    # scratchlm's first layout; the sha256 is the hash of exactly these bytes.
+    doc = formats.hf_tokenizer_json(tok.ranks, tok.special_tokens, tok.pattern, specials_in_vocab=False)
+    data = formats.canonical_json_bytes(doc)
+    (tmp_path / "tokenizer.json").write_bytes(data)
+    old = Tokenizer.load(tmp_path)
+    assert old.special_tokens == tok.special_tokens and old.ranks == tok.ranks
+    assert old.sha256 == tok.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_gpt2_import_gives_gpt2_ids(tmp_path):
@@ -168,3 +179,90 @@ def test_out_of_order_merges_are_rejected(tmp_path):
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(TokenizerError, match="no tokenizer.json in this directory"):
         Tokenizer.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def specials_first(corpus, tmp_path_factory):
+    """A Hugging Face-trained tokenizer, imported: its special tokens have the first ids."""
+    from scratchlm.tokenizer.hf_reference import train_hf_reference
+
+    folder = tmp_path_factory.mktemp("specials_first")
+    hf = train_hf_reference(corpus[:10], 600, ["<|endoftext|>", "<|pad|>", "<|im_start|>"], GPT4_PATTERN)
+    hf.save(str(folder / "hf.json"))
+    tok = Tokenizer.from_hf(folder / "hf.json")
+    assert tok.special_tokens == {"<|endoftext|>": 0, "<|pad|>": 1, "<|im_start|>": 2}
+    tok.save(folder / "saved")
+    return tok, folder / "saved" / "tokenizer.json"
+
+
+def test_saved_specials_first_tokenizer_keeps_its_ids_in_tokenizers(specials_first):
+    tok, saved = specials_first
+    hf = HFTokenizer.from_file(str(saved))
+    for name, idx in tok.special_tokens.items():
+        assert hf.token_to_id(name) == idx
+    for text in [*MIXED, "<|im_start|>user\nhi<|pad|><|endoftext|>"]:
+        assert hf.encode(text, add_special_tokens=False).ids == tok.encode(text, allowed_special="all")
+    for idx in range(tok.vocab_size):
+        assert hf.decode([idx], skip_special_tokens=False) == tok.decode([idx])
+
+
+def test_saved_specials_first_tokenizer_keeps_its_ids_in_transformers(specials_first):
+    transformers = pytest.importorskip("transformers")
+    tok, saved = specials_first
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(saved), clean_up_tokenization_spaces=False)
+    assert hf.convert_tokens_to_ids(list(tok.special_tokens)) == list(tok.special_tokens.values())
+    text = "<|im_start|>user\n" + MIXED[0] + "<|endoftext|>"
+    assert hf.encode(text, add_special_tokens=False) == tok.encode(text, allowed_special="all")
+    for idx in range(tok.vocab_size):
+        assert hf.decode([idx]) == tok.decode([idx])
+
+
+def test_special_in_vocab_with_another_id_is_refused(tok, tmp_path):
+    tok.save(tmp_path)
+    doc = json.loads((tmp_path / "tokenizer.json").read_text())
+    doc["model"]["vocab"]["<|pad|>"] = tok.vocab_size + 5
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc))
+    with pytest.raises(
+        TokenizerError, match=r"special token '<\|pad\|>' has id 797 in added_tokens but id 805"
+    ):
+        Tokenizer.load(tmp_path)
+
+
+def _corrupt(doc):
+    """Ways a tokenizer.json can be malformed: each must be one TokenizerError naming the file."""
+    return {
+        "merges null": lambda: doc["model"].update(merges=None),
+        "merges of numbers": lambda: doc["model"].update(merges=[[1, 2]]),
+        "added_tokens a number": lambda: doc.update(added_tokens=5),
+        "added token id huge": lambda: doc["added_tokens"][0].update(id=2**32),
+        "added token id negative": lambda: doc["added_tokens"][0].update(id=-3),
+        "added token empty": lambda: doc["added_tokens"].append({"id": 900, "content": ""}),
+        "pretokenizers of strings": lambda: doc["pre_tokenizer"].update(pretokenizers=["x", "y"]),
+        "pattern not a string": lambda: doc["pre_tokenizer"]["pretokenizers"][0].update(pattern={"Regex": 5}),
+        "pattern skips text": lambda: doc["pre_tokenizer"]["pretokenizers"][0].update(
+            pattern={"Regex": r"\w+"}
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_corrupt({})))
+def test_malformed_tokenizer_json_is_one_clear_error(tok, tmp_path, case):
+    tok.save(tmp_path)
+    file = tmp_path / "tokenizer.json"
+    doc = json.loads(file.read_text())
+    # The first layout (specials only in added_tokens), so that a bad added token is not caught
+    # by its vocab entry instead.
+    doc["model"]["vocab"] = {k: v for k, v in doc["model"]["vocab"].items() if k not in tok.special_tokens}
+    _corrupt(doc)[case]()
+    file.write_text(json.dumps(doc))
+    with pytest.raises(TokenizerError) as raised:
+        Tokenizer.load(tmp_path)
+    assert str(raised.value).startswith(f"{file}: ") and "\n" not in str(raised.value)
+
+
+def test_directory_named_tokenizer_json_is_a_clear_error(tmp_path):
+    (tmp_path / "tokenizer.json").mkdir()
+    with pytest.raises(TokenizerError, match="is a directory"):
+        Tokenizer.load(tmp_path)
+    with pytest.raises(TokenizerError, match="is a directory"):
+        Tokenizer.from_gpt2(tmp_path / "tokenizer.json", tmp_path / "tokenizer.json")
