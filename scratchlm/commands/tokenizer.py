@@ -11,7 +11,6 @@ from pathlib import Path
 from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
-from scratchlm.fsutil import atomic_directory
 
 
 def register(root, groups) -> None:
@@ -91,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer import Tokenizer
-    from scratchlm.tokenizer.tokenizer import is_tokenizer_dir
+    from scratchlm.tokenizer.train import save_tokenizer_dir
 
     tok = Tokenizer.from_gpt2(*args.gpt2) if args.gpt2 else Tokenizer.from_hf(args.hf)
     if args.special:  # new ids after the existing ones: every existing id keeps its meaning
@@ -99,10 +98,7 @@ def _import(args: argparse.Namespace) -> int:
     sources = list(args.gpt2) if args.gpt2 else [args.hf]
     if args.tiktoken and Path(args.tiktoken).is_dir():  # checked before --out is replaced
         raise TokenizerError(f"{args.tiktoken}: is a directory; --tiktoken names the file to write")
-    with atomic_directory(
-        args.out, what="a tokenizer directory", replaceable=is_tokenizer_dir, inputs=sources, error=TokenizerError
-    ) as tmp:
-        tok.save(tmp)
+    save_tokenizer_dir(tok, args.out, sources)
     if args.tiktoken:
         tok.export_tiktoken(args.tiktoken)
     print(f"saved {args.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:16]}", file=sys.stderr)

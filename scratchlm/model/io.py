@@ -47,11 +47,14 @@ def weights_for_saving(model: GPT, state_dict: Mapping[str, torch.Tensor] | None
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+CHECKPOINT_STATE_FILE = "train_state.json"  # what makes a model directory a training checkpoint
+
+
 def is_model_dir(path: Path) -> bool:
-    """A directory holding a model: `config.json` beside weights (ours or a transformers one)."""
-    return (path / CONFIG_FILE).is_file() and (
-        (path / WEIGHTS_FILE).is_file() or (path / "model.safetensors.index.json").is_file()
-    )
+    """A directory holding a model (ours or a transformers one) that a conversion may replace:
+    `config.json` beside weights, and not a training checkpoint, which belongs to its run."""
+    has_weights = (path / WEIGHTS_FILE).is_file() or (path / "model.safetensors.index.json").is_file()
+    return (path / CONFIG_FILE).is_file() and has_weights and not (path / CHECKPOINT_STATE_FILE).exists()
 
 
 def save_model(

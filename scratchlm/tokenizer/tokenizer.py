@@ -45,8 +45,10 @@ CONFIG_FILE = "tokenizer_config.json"
 
 
 def is_tokenizer_dir(path: Path) -> bool:
-    """A directory written by `Tokenizer.save` (or any holding a `tokenizer.json`)."""
-    return (path / TOKENIZER_FILE).is_file()
+    """A directory `Tokenizer.save` wrote: its two files and nothing else. Model and checkpoint
+    directories hold a tokenizer.json too, and replacing one of those would lose the model."""
+    names = {entry.name for entry in path.iterdir()}
+    return TOKENIZER_FILE in names and names <= {TOKENIZER_FILE, CONFIG_FILE}
 
 
 def _special_list(extra: Sequence[str] | None) -> list[str]:

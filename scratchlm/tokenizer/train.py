@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from scratchlm.errors import ConfigError, TokenizerError
@@ -38,12 +40,23 @@ class TokenizerTrainConfig:
             raise ConfigError(f"workers must be 0 (all cores) or more, got {self.workers}")
 
 
+# What a tokenizer output may replace: an earlier tokenizer directory, never an input.
+_OUTPUT_RULES = dict(what="a tokenizer directory", replaceable=is_tokenizer_dir, error=TokenizerError)
+
+
+def save_tokenizer_dir(tok: Tokenizer, out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """Write `tok` as the directory `out`, whole or not at all (see `_OUTPUT_RULES`)."""
+    with atomic_directory(out, inputs=inputs, **_OUTPUT_RULES) as tmp:
+        tok.save(tmp)
+    return Path(out)
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
     """Train on the documents of `cfg.inputs` and save to `cfg.out`."""
     from scratchlm.data.sources import SourceOptions, iter_documents, local_input_paths
 
-    output = dict(what="a tokenizer directory", replaceable=is_tokenizer_dir, error=TokenizerError)
-    check_output_dir(cfg.out, inputs=local_input_paths(cfg.inputs), **output)  # before training
+    inputs = local_input_paths(cfg.inputs)
+    check_output_dir(cfg.out, inputs=inputs, **_OUTPUT_RULES)  # before training, not after
     options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
     texts = (doc.text for doc in iter_documents(cfg.inputs, options))
     tok = Tokenizer.train(
@@ -54,6 +67,5 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
         min_frequency=cfg.min_frequency,
         workers=cfg.workers or (os.cpu_count() or 1),
     )
-    with atomic_directory(cfg.out, inputs=local_input_paths(cfg.inputs), **output) as tmp:  # a crash never leaves a half-written tokenizer dir
-        tok.save(tmp)
+    save_tokenizer_dir(tok, cfg.out, inputs)
     return tok

@@ -23,16 +23,21 @@ import torch
 from scratchlm.errors import CheckpointError, ModelError
 from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, read_json_object
 from scratchlm.model.io import (
+    CHECKPOINT_STATE_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
-    is_model_dir,
     read_weights,
     write_extra_files,
     write_weights_and_config,
 )
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, "train_state.json", "optimizer.pt", "rng.pt")
+REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CHECKPOINT_STATE_FILE, "optimizer.pt", "rng.pt")
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """A step directory of a run (it is renamed into place whole, so its state file marks it)."""
+    return (path / CHECKPOINT_STATE_FILE).is_file()
 RANK_KEY = re.compile(r"^rank\d+$")
 RNG_KEYS = {
     "python_version", "python_state", "python_gauss", "numpy_keys", "numpy_pos", "numpy_has_gauss", "numpy_gauss",
@@ -99,14 +104,14 @@ def save_checkpoint(
     """
     root = Path(ckpt_root)
     final = root / step_dir_name(step)
-    with atomic_directory(final, what="a checkpoint", replaceable=is_model_dir, error=CheckpointError) as tmp:
+    with atomic_directory(final, what="a checkpoint", replaceable=is_checkpoint_dir, error=CheckpointError) as tmp:
         write_weights_and_config(tmp, weights, model_config)
         if tokenizer_dir is not None:
             write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save({f"rank{r}": s for r, s in enumerate(rng_states)}, tmp / "rng.pt")
         # Written last: a step dir with a train_state.json has every other file.
-        atomic_write_json(tmp / "train_state.json", train_state)
+        atomic_write_json(tmp / CHECKPOINT_STATE_FILE, train_state)
     atomic_write_text(root / "latest", final.name + "\n")
     return final
 
@@ -147,7 +152,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not is_complete(path):
         missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
-    train_state = read_json_object(path / "train_state.json", CheckpointError)
+    train_state = read_json_object(path / CHECKPOINT_STATE_FILE, CheckpointError)
     model_config = read_json_object(path / CONFIG_FILE, CheckpointError)
     try:
         model = read_weights(path / WEIGHTS_FILE)
@@ -215,7 +220,7 @@ def best_checkpoint(ckpt_root: str | Path) -> Path | None:
     best, best_loss = None, float("inf")
     for _, p in list_checkpoints(ckpt_root):
         try:
-            val = read_json_object(p / "train_state.json", CheckpointError).get("val_loss")
+            val = read_json_object(p / CHECKPOINT_STATE_FILE, CheckpointError).get("val_loss")
         except CheckpointError:
             continue
         if val is not None and val < best_loss:

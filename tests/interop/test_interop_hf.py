@@ -284,3 +284,17 @@ def test_cli_export_refuses_an_out_that_is_not_a_model_directory(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("scratchlm: error: ") for line in err)
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+
+
+def test_export_refuses_to_replace_a_training_checkpoint(tmp_path, capsys):
+    """A checkpoint is a model directory too, but it belongs to its run: a conversion never replaces it."""
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), tmp_path / "m")
+    step = tmp_path / "run" / "checkpoints" / "step-000010"
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), step)
+    (step / "train_state.json").write_text('{"step": 10}')
+    before = sorted(p.name for p in step.iterdir())
+    assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(step)]) == 2
+    assert "is not a model directory" in capsys.readouterr().err
+    assert sorted(p.name for p in step.iterdir()) == before
+    assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0  # re-export

@@ -239,3 +239,19 @@ def test_a_directory_named_tokenizer_json_is_one_line(capsys, tmp_path):
     (tmp_path / "t" / "tokenizer.json").mkdir(parents=True)
     code, _, err = run(capsys, "tokenizer", "encode", "--tokenizer", str(tmp_path / "t"), "--text", "a")
     assert code == 2 and err.count("\n") == 1 and "is a directory" in err
+
+
+def test_tokenizer_output_never_replaces_a_model_directory_holding_a_tokenizer(capsys, small_dir, tmp_path):
+    """Model and checkpoint directories carry a tokenizer.json; only a tokenizer directory may be replaced."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / name).write_bytes((small_dir / name).read_bytes())
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    (model_dir / "config.json").write_text("{}")
+    assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(model_dir)]) == 2
+    assert "is not a tokenizer directory" in capsys.readouterr().err
+    assert (model_dir / "model.safetensors").read_bytes() == b"weights"
+    again = tmp_path / "again"
+    assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(again)]) == 0
+    assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(again)]) == 0  # a tokenizer dir: replaced
