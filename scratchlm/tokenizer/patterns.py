@@ -46,8 +46,13 @@ PROBE_TEXTS = (
 _BYTES = {bytes([i]): i for i in range(256)}
 
 
-def resolve_pattern(pattern: str) -> str:
-    """A preset name (`gpt2`, `gpt4`) or a custom regex, returned as a checked regex string."""
+def resolve_pattern(pattern: str, probe: bool = True) -> str:
+    """A preset name (`gpt2`, `gpt4`) or a custom regex, returned as a checked regex string.
+
+    `probe` runs `check_pattern` where a pattern is chosen (training, importing). Loading a saved
+    tokenizer only checks that the regex compiles: its tokens were made with it, and a verdict
+    that depends on which optional engines are installed must not make them unreadable.
+    """
     if not isinstance(pattern, str):
         raise TokenizerError(f"the pre-tokenization pattern must be a string, got {pattern!r}")
     if pattern in PATTERNS:
@@ -56,7 +61,10 @@ def resolve_pattern(pattern: str) -> str:
         return pattern
     if not pattern:
         raise TokenizerError("the pre-tokenization pattern is empty; use gpt2, gpt4 or a regex")
-    check_pattern(pattern)
+    if probe:
+        check_pattern(pattern)
+    else:
+        _python_words(pattern, "")  # compiles, and does not match the empty string
     return pattern
 
 
@@ -64,7 +72,7 @@ def resolve_pattern(pattern: str) -> str:
 def check_pattern(pattern: str) -> None:
     """Refuse a regex that loses text or that the engines would split differently.
 
-    Cached: loading a tokenizer runs this, and a pattern's verdict never changes.
+    Cached: a pattern's verdict never changes, and each check builds a probe vocabulary.
     """
     expected = [_python_words(pattern, text) for text in PROBE_TEXTS]
     for text, words in zip(PROBE_TEXTS, expected):

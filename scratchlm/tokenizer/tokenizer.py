@@ -129,17 +129,20 @@ class Tokenizer:
         formats.check_ranks(ranks, "tokenizer")
         self.ranks: dict[bytes, int] = dict(ranks)
         self.special_tokens: dict[str, int] = dict(special_tokens)
-        self.pattern: str = resolve_pattern(pattern)
+        self.pattern: str = resolve_pattern(pattern, probe=False)  # probed where it is chosen
         _check_special_names(self.special_tokens, self.ranks)
         self.vocab_size: int = _vocab_size(self.ranks, self.special_tokens)
         self._special_names = frozenset(self.special_tokens)
         self._specials_overlap = _has_prefix_pair(self._special_names)
-        self._encoding = tiktoken.Encoding(
-            name="scratchlm",
-            pat_str=self.pattern,
-            mergeable_ranks=self.ranks,
-            special_tokens=self.special_tokens,
-        )
+        try:
+            self._encoding = tiktoken.Encoding(
+                name="scratchlm",
+                pat_str=self.pattern,
+                mergeable_ranks=self.ranks,
+                special_tokens=self.special_tokens,
+            )
+        except ValueError as e:
+            raise TokenizerError(f"pattern {self.pattern!r} is not supported by tiktoken's regex engine: {e}") from None
 
     # --- construction ------------------------------------------------------------------------
 
@@ -195,8 +198,14 @@ class Tokenizer:
 
     @classmethod
     def from_hf(cls, tokenizer_json: str | Path) -> Tokenizer:
-        """Import a Hugging Face byte-level BPE `tokenizer.json` (or the directory holding it)."""
-        return cls.load(tokenizer_json)
+        """Import a Hugging Face byte-level BPE `tokenizer.json` (or the directory holding it);
+        unlike `load`, its pattern must also split text alike in every engine (`check_pattern`)."""
+        tok = cls.load(tokenizer_json)
+        try:
+            resolve_pattern(tok.pattern)
+        except TokenizerError as e:
+            raise TokenizerError(f"{tokenizer_json}: {e}") from None
+        return tok
 
     @classmethod
     def from_gpt2(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> Tokenizer:
