@@ -312,15 +312,21 @@ class Tokenizer:
         allowed = names if allowed_special == "all" else names & frozenset(allowed_special)
         disallowed = names - allowed if disallowed_special == "all" else frozenset(disallowed_special)
         if disallowed:
-            found = _special_regex(disallowed).search(text)
-            if found:
+            self._refuse_disallowed(text, allowed, disallowed)
+        if allowed and self._specials_overlap:
+            return self._encode_longest_first(text, allowed)
+        return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
+
+    @staticmethod
+    def _refuse_disallowed(text: str, allowed: frozenset[str], disallowed: frozenset[str]) -> None:
+        """Raise at the first disallowed special in `text`. Matches are found as encoding finds
+        them (longest first), so a disallowed `[[A` inside an allowed `[[A]]` is no violation."""
+        for found in _special_regex(allowed | disallowed).finditer(text):
+            if found.group() in disallowed:
                 raise TokenizerError(
                     f"the text holds disallowed special token {found.group()!r}: allow it to get the "
                     "control token, or encode it as plain text"
                 )
-        if allowed and self._specials_overlap:
-            return self._encode_longest_first(text, allowed)
-        return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
 
     def _encode_longest_first(self, text: str, allowed: frozenset[str]) -> list[int]:
         """Encode with the longest allowed special winning where several start at one place: Hugging

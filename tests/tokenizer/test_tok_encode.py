@@ -129,6 +129,11 @@ def test_only_allowed_specials_become_control_tokens_when_nested(nested_specials
     assert ids[1] == tok.special_tokens["[[A"] and tok.decode(ids) == "x[[A]]x"
     with pytest.raises(TokenizerError, match=r"disallowed special token '\[\[A\]\]'"):
         tok.encode("x[[A]]x", allowed_special={"[[A"})
+    # the longer special allowed: the shorter one inside it is part of its match, not a violation
+    ids = tok.encode("x[[A]]x", allowed_special={"[[A]]"})
+    assert ids[1] == tok.special_tokens["[[A]]"] and tok.decode(ids) == "x[[A]]x"
+    with pytest.raises(TokenizerError, match=r"disallowed special token '\[\[A'"):
+        tok.encode("x[[A]]x [[A", allowed_special={"[[A]]"})
 
 
 @pytest.mark.parametrize("special", ["", "a", "é", "Ġ", "self"])
