@@ -144,15 +144,51 @@ def atomic_directory(
         raise
 
 
-def read_json_object(path: str | os.PathLike, error: type[ScratchLMError]) -> dict[str, Any]:
-    """A JSON file that must hold an object; anything else is one clear `error` naming the file."""
+def read_text_file(path: str | os.PathLike, error: type[ScratchLMError]) -> str:
+    """A file's UTF-8 text; every reason it cannot be read is one `error` naming the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path}: not valid JSON: {e}") from None
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
-        raise error(f"{path}: cannot be read: {e.strerror}") from None
+        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def parse_json(text: str, where: str, error: type[ScratchLMError]) -> Any:
+    """`json.loads`, with every way it fails on bad input as one `error` starting with `where`:
+    bad syntax, a number too long to convert (ValueError), nesting too deep (RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise error(f"{where}: not valid JSON ({e})") from None
+
+
+def read_json(path: str | os.PathLike, error: type[ScratchLMError]) -> Any:
+    """The JSON value in a file; anything unreadable is one clear `error` naming the file."""
+    return parse_json(read_text_file(path, error), str(path), error)
+
+
+def read_json_object(path: str | os.PathLike, error: type[ScratchLMError]) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is one clear `error` naming the file."""
+    data = read_json(path, error)
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+def is_json_int(value: Any) -> bool:
+    """A JSON integer: Python's bool is an int, and a float like 1.0 is not one."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut short, so an error message quoting it stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -63,8 +63,18 @@ def test_read_json_object_gives_one_clear_error_of_the_callers_kind(tmp_path):
         read_json_object(listing, DataError)
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(DataError, match="binary.json: not valid JSON"):
+    with pytest.raises(DataError, match="binary.json: not UTF-8 text"):
         read_json_object(binary, DataError)
+    for name, text, problem in [
+        ("deep.json", "[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)"),
+        ("long-number.json", '{"n": ' + "9" * 5000 + "}", "not valid JSON"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=f"{name}: {problem}"):
+            read_json_object(tmp_path / name, DataError)
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(DataError, match="dir.json: is a directory"):
+        read_json_object(tmp_path / "dir.json", DataError)
 
 
 def test_output_directory_that_is_not_an_earlier_output_is_refused_before_any_work(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
+from scratchlm.fsutil import brief, is_json_int, parse_json
 
 
 def register(root, groups) -> None:
@@ -153,10 +154,7 @@ _ID = re.compile(r"-?[0-9]+")  # ASCII only: int() would also take '1_0' and oth
 def _parse_ids(args: argparse.Namespace) -> list[int]:
     if args.ids:
         return [_id_from_text(part) for item in args.ids for part in re.split(r"[\s,\[\]]+", item) if part]
-    try:
-        data = json.loads(_read_stdin() or "[]")
-    except (ValueError, RecursionError) as e:
-        raise TokenizerError(f"stdin: expected a JSON list of ids ({e})") from None
+    data = parse_json(_read_stdin() or "[]", "stdin (a JSON list of ids)", TokenizerError)
     return [_id_from_json(item) for item in (data if isinstance(data, list) else [data])]
 
 
@@ -170,9 +168,8 @@ def _id_from_text(part: str) -> int:
 
 
 def _id_from_json(item: object) -> int:
-    if not isinstance(item, int) or isinstance(item, bool):
-        shown = json.dumps(item, ensure_ascii=False)
-        raise TokenizerError(f"{shown if len(shown) <= 40 else shown[:37] + '...'} is not a token id")
+    if not is_json_int(item):
+        raise TokenizerError(f"{brief(item, 40)} is not a token id")
     return item
 
 

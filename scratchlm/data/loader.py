@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from scratchlm.errors import DataError
-from scratchlm.fsutil import read_json_object
+from scratchlm.fsutil import is_json_int, read_json_object
 
 Mode = Literal["random", "sequential", "document"]
 MODES: tuple[str, ...] = ("random", "sequential", "document")
@@ -62,7 +62,7 @@ def _no_meta_error(tokens_dir: Path) -> DataError:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_json_int(value) and value >= 0
 
 
 def check_meta(meta: Mapping[str, Any], path: Path) -> None:
@@ -70,7 +70,7 @@ def check_meta(meta: Mapping[str, Any], path: Path) -> None:
     for key in REQUIRED_META_KEYS:
         if key not in meta:
             raise DataError(f"{path}: missing key '{key}'")
-    if meta["dtype"] not in DTYPES:
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPES:
         raise DataError(f"{path}: dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}")
     if not _is_count(meta["vocab_size"]) or not meta["vocab_size"]:
         raise DataError(f"{path}: 'vocab_size' must be a positive integer, got {meta['vocab_size']!r}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from scratchlm.errors import DataError
+from scratchlm.fsutil import parse_json
 
 BUILTIN_PREFIX = "builtin:"
 HF_PREFIX = "hf:"
@@ -338,14 +339,6 @@ def _text_of_record(record: object, source: str, where: str, options: SourceOpti
     return None
 
 
-def _json_value(text: str) -> object:
-    """`json.loads`, with nesting too deep for Python's parser reported like any other bad JSON."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text, 0) from None
-
-
 def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
     source = _source_name(path)
     with _open_binary(path) as f:
@@ -354,12 +347,11 @@ def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Itera
                 continue
             line, bad = _decode(raw)
             try:
-                record = _json_value(line)
-            except json.JSONDecodeError as e:
-                message = f"{source}:{lineno}: not valid JSON ({e.msg})"
+                record = parse_json(line, f"{source}:{lineno}", DataError)
+            except DataError as e:
                 if not options.skip_bad_records:
-                    raise DataError(message) from None
-                stats.add_bad(message)
+                    raise
+                stats.add_bad(str(e))
                 continue
             text = _text_of_record(record, source, str(lineno), options, stats)
             if text is not None:
@@ -375,10 +367,7 @@ def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
     source = _source_name(path)
     with _open_binary(path) as f:
         data = f.read().decode("utf-8", errors="surrogateescape")
-    try:
-        value = _json_value(data)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    value = parse_json(data, source, DataError)
     records = value if isinstance(value, list) else [value]
     for i, record in enumerate(records):
         text = record if isinstance(record, str) else _text_of_record(record, source, f"item {i}", options, stats)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import TokenizerError
+from scratchlm.fsutil import brief, is_json_int, read_json, read_text_file
 from scratchlm.tokenizer.patterns import GPT2_PATTERN
 
 CHATML_TEMPLATE = (
@@ -199,38 +200,6 @@ def canonical_json_bytes(doc: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _read_text(path: Path) -> str:
-    """A file's UTF-8 text; every reason it cannot be read becomes one line naming the file."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise TokenizerError(f"{path}: is a directory, not a file") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot be read ({e.strerror or e})") from None
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or a number too long to convert
-        raise TokenizerError(f"{path}: not a valid JSON {what} ({e})") from None
-
-
-def _is_id(value: Any) -> bool:
-    """A JSON integer (True/False and 1.0 are not ids)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _brief(value: Any) -> str:
-    """A value for an error message, cut short so the message stays one readable line."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _hf_pattern(pre: Any, where: str) -> str:
     """The regex of a byte-level pre-tokenizer, or an error for anything else."""
     if not isinstance(pre, dict):
@@ -252,7 +221,7 @@ def _hf_pattern(pre: Any, where: str) -> str:
             return _hf_pattern(steps[0], where)
         if len(steps) == 2 and _is_isolated_split(steps[0]) and _is_bare_byte_level(steps[1]):
             return _split_regex(steps[0], where)
-    raise TokenizerError(f"{where}: pre-tokenizer {_brief(kind)} is not supported (need byte-level BPE)")
+    raise TokenizerError(f"{where}: pre-tokenizer {brief(kind)} is not supported (need byte-level BPE)")
 
 
 def _is_isolated_split(step: dict[str, Any]) -> bool:
@@ -274,7 +243,7 @@ def _split_regex(step: dict[str, Any], where: str) -> str:
     pattern = step.get("pattern")
     if not isinstance(pattern, dict) or not isinstance(pattern.get("Regex"), str):
         raise TokenizerError(
-            f"{where}: Split pattern {_brief(pattern)} is not supported (need a Regex string)"
+            f"{where}: Split pattern {brief(pattern)} is not supported (need a Regex string)"
         )
     return pattern["Regex"]
 
@@ -307,7 +276,7 @@ def _bpe_model(doc: Any, where: str) -> dict[str, Any]:
         raise TokenizerError(f"{where}: not a Hugging Face tokenizer.json (no 'model' section)")
     model = doc["model"]
     if model.get("type", "BPE") != "BPE":
-        raise TokenizerError(f"{where}: model type {_brief(model.get('type'))} is not BPE")
+        raise TokenizerError(f"{where}: model type {brief(model.get('type'))} is not BPE")
     if not isinstance(model.get("vocab"), dict):
         raise TokenizerError(f"{where}: the BPE model has no vocab object")
     if not isinstance(model.get("merges"), list):
@@ -325,17 +294,17 @@ def _added_tokens(entries: Any, where: str) -> dict[str, int]:
     if entries is None:
         return {}
     if not isinstance(entries, list):
-        raise TokenizerError(f"{where}: added_tokens is {_brief(entries)}, not a list")
+        raise TokenizerError(f"{where}: added_tokens is {brief(entries)}, not a list")
     specials: dict[str, int] = {}
     for entry in entries:
         if (
             not isinstance(entry, dict)
             or not isinstance(entry.get("content"), str)
-            or not _is_id(entry.get("id"))
+            or not is_json_int(entry.get("id"))
         ):
-            raise TokenizerError(f"{where}: malformed added_tokens entry {_brief(entry)}")
+            raise TokenizerError(f"{where}: malformed added_tokens entry {brief(entry)}")
         if specials.setdefault(entry["content"], entry["id"]) != entry["id"]:
-            raise TokenizerError(f"{where}: added token {_brief(entry['content'])} is listed with two ids")
+            raise TokenizerError(f"{where}: added token {brief(entry['content'])} is listed with two ids")
     return specials
 
 
@@ -343,13 +312,13 @@ def _ordinary_ranks(vocab: dict[str, Any], specials: Mapping[str, int], where: s
     """The vocab without the special tokens: Hugging Face lists specials in the vocab too."""
     ranks: dict[bytes, int] = {}
     for text, idx in vocab.items():
-        if not _is_id(idx):
-            raise TokenizerError(f"{where}: vocab id of {_brief(text)} is {_brief(idx)}, not an integer")
+        if not is_json_int(idx):
+            raise TokenizerError(f"{where}: vocab id of {brief(text)} is {brief(idx)}, not an integer")
         if text not in specials:
             ranks[text_to_token(text, where)] = idx
         elif idx != specials[text]:
             raise TokenizerError(
-                f"{where}: special token {_brief(text)} has id {specials[text]} in added_tokens "
+                f"{where}: special token {brief(text)} has id {specials[text]} in added_tokens "
                 f"but id {idx} in the vocab"
             )
     return ranks
@@ -362,10 +331,10 @@ def _hf_merges(items: list[Any], ranks: Mapping[bytes, int], where: str) -> list
     for item in items:
         parts = item.split(" ") if isinstance(item, str) else item
         if not isinstance(parts, list) or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
-            raise TokenizerError(f"{where}: malformed merge {_brief(item)}")
+            raise TokenizerError(f"{where}: malformed merge {brief(item)}")
         left, right = known.get(parts[0]), known.get(parts[1])
         if left is None or right is None:
-            raise TokenizerError(f"{where}: merge {_brief(item)} uses a token that is not in the vocab")
+            raise TokenizerError(f"{where}: merge {brief(item)} uses a token that is not in the vocab")
         merges.append((left, right))
     return merges
 
@@ -374,7 +343,7 @@ def read_hf_tokenizer(path: str | Path) -> tuple[dict[bytes, int], dict[str, int
     """Read a Hugging Face byte-level BPE `tokenizer.json`: (ranks, special tokens, pattern)."""
     path = Path(path)
     where = str(path)
-    doc = _read_json(path, "tokenizer file")
+    doc = read_json(path, TokenizerError)
     model = _bpe_model(doc, where)
     pattern = _hf_pattern(doc.get("pre_tokenizer"), where)
     specials = _added_tokens(doc.get("added_tokens"), where)
@@ -394,9 +363,9 @@ def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[byt
     """Read GPT-2's files: (ranks, special tokens). A token no merge makes (and not a single byte)
     is a special token, like `<|endoftext|>`."""
     enc_where, bpe_where = str(encoder_json), str(vocab_bpe)
-    encoder = _read_json(Path(encoder_json), "GPT-2 encoder.json")
-    lines = _read_text(Path(vocab_bpe)).splitlines()
-    if not isinstance(encoder, dict) or not all(_is_id(v) for v in encoder.values()):
+    encoder = read_json(encoder_json, TokenizerError)
+    lines = read_text_file(vocab_bpe, TokenizerError).splitlines()
+    if not isinstance(encoder, dict) or not all(is_json_int(v) for v in encoder.values()):
         raise TokenizerError(f"{enc_where}: expected a JSON object of token -> id")
     merges: list[tuple[bytes, bytes]] = []
     for number, line in enumerate(lines, start=1):

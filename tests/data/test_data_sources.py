@@ -220,7 +220,7 @@ def test_json_counts_only_the_documents_with_invalid_utf8(tmp_path):
 def test_deeply_nested_json_is_one_error(tmp_path, name):
     path = tmp_path / name
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    with pytest.raises(DataError, match=r"deep\.jsonl?:1: not valid JSON \(nested too deeply\)"):
+    with pytest.raises(DataError, match=r"deep\.jsonl?(:1)?: not valid JSON \(nested too deeply\)"):
         texts([path])
     stats = SourceStats()
     if name.endswith(".jsonl"):  # like any bad line, it can be counted and skipped

@@ -148,7 +148,7 @@ def test_tiktoken_rank_file(tok, tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("not json", "not a valid JSON"),
+        ("not json", "not valid JSON"),
         ('{"model": {"type": "WordPiece", "vocab": {}}}', "is not BPE"),
         (
             '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}}',
