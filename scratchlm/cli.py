@@ -100,10 +100,15 @@ def _stop_on_sigterm(main_pid: int):
 
 
 def describe_os_error(e: OSError) -> str:
-    """`path: reason` for a failed file operation, as one line."""
-    if e.filename is None:
-        return e.strerror or str(e)
-    return f"{os.fsdecode(e.filename)}: {e.strerror or e}"
+    """`path: reason` (or `path -> other path: reason` for a rename) for a failed file operation."""
+    reason = e.strerror or str(e)
+    names = [_path_text(name) for name in (e.filename, e.filename2) if name is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def _path_text(name: object) -> str:
+    """A path as text: file names may be bytes, and an operation on an open file names its number."""
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else f"file descriptor {name}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

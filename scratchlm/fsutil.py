@@ -89,8 +89,11 @@ def check_output_dir(
     other things, the current directory or one above it, an input or a directory holding one —
     is one `error`. Returns `final` as an absolute path (so `.` and `..` have names).
     """
-    path = Path(final).expanduser().resolve()
     shown = os.fspath(final)
+    try:
+        path = Path(final).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise error(f"{shown}: cannot be resolved ({e})") from None
     cwd = Path.cwd().resolve()
     if path == cwd or path in cwd.parents:
         raise error(f"{shown}: is the current directory or holds it; choose another output directory")
@@ -100,11 +103,15 @@ def check_output_dir(
             raise error(f"{shown}: holds the input {os.fspath(given)}; choose an output outside the inputs")
         if source in path.parents:
             raise error(f"{shown}: is inside the input {os.fspath(given)}; choose an output outside the inputs")
-    if path.exists() or path.is_symlink():
+    if path.exists():
         if not path.is_dir():
             raise error(f"{shown}: exists and is not a directory; refusing to replace it")
         if any(path.iterdir()) and not (replaceable is not None and replaceable(path)):
             raise error(f"{shown}: exists and is not {what}; refusing to replace it (choose another output)")
+    else:
+        ancestor = next(parent for parent in path.parents if parent.exists())
+        if not ancestor.is_dir():  # found now, not when the work is done and the directory is made
+            raise error(f"{shown}: cannot be made, {ancestor} is a file")
     return path
 
 

@@ -96,3 +96,24 @@ def test_sigterm_stops_a_stage_like_ctrl_c_and_leaves_no_partial_output(tmp_path
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "terminated" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]  # no output, no temp directory
+
+
+def test_os_errors_are_described_in_one_line_whatever_they_name():
+    import errno
+
+    from scratchlm.cli import describe_os_error
+
+    assert describe_os_error(OSError(errno.ENOENT, "No such file", "a.txt")) == "a.txt: No such file"
+    assert describe_os_error(OSError(errno.EXDEV, "Cross-device", b"a", None, "b")) == "a -> b: Cross-device"
+    assert describe_os_error(OSError(errno.EBADF, "Bad file descriptor", 987)).startswith("file descriptor 987")
+    assert describe_os_error(OSError("disk on fire")) == "disk on fire"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /proc, where nothing can be made")
+def test_a_directory_the_system_refuses_to_make_is_a_one_line_error(capsys, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words for a tokenizer, repeated. " * 50)
+    code = main(["tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", "/proc/scratchlm-none/tok"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("scratchlm: error: /proc/scratchlm-none"), err

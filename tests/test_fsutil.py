@@ -120,6 +120,12 @@ def test_output_directory_must_not_be_the_current_directory_or_hold_or_sit_in_an
         with pytest.raises(ScratchLMError, match=word):
             check_output_dir(out, what="x", replaceable=lambda p: True, inputs=inputs)
     assert check_output_dir("elsewhere", what="x", inputs=[data]) == tmp_path / "elsewhere"
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ScratchLMError, match="loop: cannot be resolved"):
+        check_output_dir("loop", what="x")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ScratchLMError, match="a-file/deeper/out: cannot be made, .*a-file is a file"):
+        check_output_dir("a-file/deeper/out", what="x")
     assert (data / "c.txt").read_text() == "corpus"
 
 

@@ -29,7 +29,10 @@ FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 COMPRESSIONS = (".gz", ".zst")
 DEFAULT_INCLUDE = tuple(f"*{fmt}{comp}" for fmt in FORMATS for comp in ("", *COMPRESSIONS))
 _TEXT_CHUNK = 1 << 20
-_ZSTD_READ = 1 << 16  # compressed bytes decompressed per step
+# Compressed bytes decompressed per step: small, so that the output held at once stays small (text
+# compresses 3-10:1: tens of KB; even a file of one repeated byte, zstd's extreme, stays near 100 MB).
+# Measured as fast as 64 KB steps and as zstandard's own stream reader.
+_ZSTD_READ = 1 << 12
 
 
 @dataclass
@@ -313,9 +316,10 @@ def _split_stream(f: IO[bytes], sep: bytes) -> Iterator[bytes]:
         search_from = max(0, len(piece) - len(sep) + 1)
         piece += chunk
         start = 0
-        while (found := piece.find(sep, max(start, search_from))) != -1:
-            yield bytes(piece[start:found])
-            start = found + len(sep)
+        with memoryview(piece) as view:  # slices of a view copy once, slices of piece twice
+            while (found := piece.find(sep, max(start, search_from))) != -1:
+                yield bytes(view[start:found])
+                start = found + len(sep)
         del piece[:start]
     yield bytes(piece)
 
