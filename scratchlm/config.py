@@ -30,6 +30,17 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def require_finite_number(name: str, value: object, *, positive: bool = False) -> float:
+    """`value` as a float, or one ConfigError naming `name`. Finiteness comes first because NaN
+    fails every comparison (`nan <= 0` is False) and would slip past any range check after it;
+    a bool is a mistyped flag, not the number 0 or 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    return float(value)
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -96,11 +107,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):  # `nan <= 0` is False: it would slip past every range check
-                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return require_finite_number(where, value)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -229,5 +236,6 @@ __all__ = [
     "parse_override",
     "parse_value",
     "read_toml",
+    "require_finite_number",
     "to_dict",
 ]

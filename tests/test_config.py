@@ -102,3 +102,10 @@ def test_override_into_value_is_an_error():
 def test_to_dict_round_trips():
     cfg = load_config(Stage, None, ["train.tags=['x']"])
     assert from_dict(Stage, to_dict(cfg)) == cfg
+
+
+def test_a_float_setting_must_be_a_finite_number():
+    """NaN passes every range check after it (`nan <= 0` is False), and true is no number."""
+    for value in (float("nan"), float("inf"), True, "1e-3"):
+        with pytest.raises(ConfigError, match="train.lr must be a finite number"):
+            from_dict(Stage, {"train": {"lr": value}})

@@ -87,6 +87,13 @@ def check_meta(meta: Mapping[str, Any], path: Path) -> None:
             raise DataError(f"{path}: split '{split}': 'bytes' must be a count, got {counts['bytes']!r}")
 
 
+def has_val_split(meta: Mapping[str, Any]) -> bool:
+    """Whether a checked meta.json records validation tokens (`data tokenize ... val_every = 0`
+    makes none, and a small corpus may leave the split empty)."""
+    val = meta["splits"].get("val")
+    return val is not None and val["tokens"] > 0
+
+
 def check_tokenizer_match(meta: Mapping[str, Any], tokenizer_sha256: str) -> None:
     """Refuse tokens made by another tokenizer: the ids would mean different text to the model."""
     made_with = meta.get("tokenizer_sha256")

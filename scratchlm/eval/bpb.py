@@ -43,7 +43,7 @@ def evaluate_loss(
     totals = torch.zeros(3, dtype=torch.float64, device=sums_on)  # nats, tokens, bytes
     try:
         for x, y in batches:
-            totals += batch_sums(model, x.to(device), y.to(device), token_bytes, precision).to(sums_on)
+            totals += batch_sums(model, x.to(device), y.to(device), token_bytes, precision, sums_on)
     finally:
         model.train(was_training)
     if is_distributed():
@@ -56,17 +56,24 @@ def evaluate_loss(
 
 
 def batch_sums(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor, precision: Precision
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    token_bytes: torch.Tensor,
+    precision: Precision,
+    sums_on: torch.device | str,
 ) -> torch.Tensor:
-    """(nats, tokens, bytes) of one batch as float64, counting only targets that are not ignored.
+    """(nats, tokens, bytes) of one batch as float64 on `sums_on`, counting only targets that are
+    not ignored.
 
-    The loss is a mean over those targets alone, so it is scaled back by their count, not by
-    `y.numel()`; an all-ignored batch adds nothing (whatever its "mean" is).
+    The counts stay int64 on the model's device and become float64 only on `sums_on` (MPS has no
+    float64). The loss is a mean over the counted targets alone, so it is scaled back by their
+    count, not by `y.numel()`; an all-ignored batch adds nothing (whatever its "mean" is).
     """
     counted = y != IGNORE_INDEX
-    tokens = counted.sum().double()
     with autocast(y.device, precision):
         mean_nats = model(x, targets=y).loss  # fused head: no full logits tensor
-    nats = torch.where(tokens > 0, mean_nats.double() * tokens, 0.0)
-    num_bytes = (token_bytes[y.masked_fill(~counted, 0)] * counted).sum().double()  # no host sync
+    num_bytes = (token_bytes[y.masked_fill(~counted, 0)] * counted).sum()
+    tokens, num_bytes = torch.stack([counted.sum(), num_bytes]).to(sums_on).double()  # no host sync
+    nats = torch.where(tokens > 0, mean_nats.to(sums_on).double() * tokens, 0.0)
     return torch.stack([nats, tokens, num_bytes])

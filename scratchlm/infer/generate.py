@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from scratchlm.errors import ModelError
-from scratchlm.infer.sampling import check_sampling, sample_next
+from scratchlm.infer.sampling import check_sampling, sample_next_unchecked
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import unwrap
 
@@ -65,7 +65,7 @@ def stream_tokens(
             logits = model(x, cache, start_pos=0)[:, -1]
             pos = len(ids)
             for i in range(steps):
-                token = sample_next(logits, temperature, top_k, top_p, generator)
+                token = sample_next_unchecked(logits, temperature, top_k, top_p, generator)
                 tok = int(token.item())
                 if eos_id is not None and tok == eos_id:
                     return
@@ -89,7 +89,7 @@ def generate(
 ) -> list[int]:
     """The new token ids that follow `prompt_ids` (the prompt itself is not included).
 
-    Greedy when `temperature` is 0 (or so small that logits / temperature overflows); otherwise
+    Greedy when `temperature` is 0 (or below float32's smallest normal number); otherwise
     sampling, optionally restricted to the top-k / top-p tokens, reproducible with `seed`. A
     non-finite or negative temperature, top_k < 1 or top_p outside (0, 1] is a ConfigError.
     Stops after `max_new_tokens`, before `eos_id` (which is not returned), or when the model's

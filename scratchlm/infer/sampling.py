@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from scratchlm.config import require_finite_number
 from scratchlm.errors import ConfigError
 
 
@@ -31,8 +30,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
     """One ConfigError for a setting that would otherwise fail deep inside torch (NaN
     probabilities in `multinomial`) or silently mean something else (a boolean top_k)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
-        raise ConfigError(f"temperature must be a finite number, got {temperature!r}")
+    require_finite_number("temperature", temperature)
     if temperature < 0:
         raise ConfigError(f"temperature must be ≥ 0, got {temperature}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -52,17 +50,30 @@ def sample_next(
 ) -> torch.Tensor:
     """One token id per row of `logits` (B, V); greedy (argmax) when temperature is 0.
 
-    A temperature so small that `logits / temperature` overflows float32 in a row is treated
-    as its limit, 0: that row is greedy. (Sampling it would divide infinities into NaNs.)
+    The settings are checked on every call; a decode loop checks them once with
+    `check_sampling` and calls `sample_next_unchecked` per token instead.
     """
     check_sampling(temperature, top_k, top_p)
+    return sample_next_unchecked(logits, temperature, top_k, top_p, generator)
+
+
+def sample_next_unchecked(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """`sample_next` for settings already checked.
+
+    Each row's largest logit is subtracted before dividing: the scaled logits are ≤ 0, so a tiny
+    temperature can only push them to -inf (probability 0), never to +inf and NaN. Softmax is
+    unchanged by the shift, and as temperature → 0 the draw tends to the argmax; below float32's
+    smallest normal number the temperature is taken as that limit, greedy.
+    """
     logits = logits.float()
-    greedy = logits.argmax(dim=-1)
-    if temperature == 0:
-        return greedy
-    scaled = logits / temperature
-    overflowed = (~scaled.isfinite() & logits.isfinite()).any(dim=-1)
-    scaled = torch.where(overflowed[..., None], logits, scaled)  # a finite stand-in; its draw is discarded
+    if temperature < torch.finfo(torch.float32).tiny:
+        return logits.argmax(dim=-1)
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
-    sampled = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-    return torch.where(overflowed, greedy, sampled)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

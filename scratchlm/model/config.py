@@ -8,10 +8,10 @@ read one model file and move between the two families, or mix them, by editing a
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Literal
 
+from scratchlm.config import require_finite_number
 from scratchlm.errors import ConfigError
 
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")
@@ -82,19 +82,19 @@ class ModelConfig:
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"model.pos = 'rope' needs an even head size, got {self.head_dim}")
         if self.pos == "rope":  # unused by learned positions, so left unchecked there
-            _check_number("rope_theta", self.rope_theta)
+            require_finite_number("model.rope_theta", self.rope_theta, positive=True)
         for name in ("qk_norm", "bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if self.rope_scaling is not None:
             self._validate_rope_scaling()
-        _check_number("dropout", self.dropout, positive=False)
+        require_finite_number("model.dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.logit_softcap is not None:
-            _check_number("logit_softcap", self.logit_softcap)
-        _check_number("init_std", self.init_std)
-        _check_number("norm_eps", self.norm_eps)
+            require_finite_number("model.logit_softcap", self.logit_softcap, positive=True)
+        require_finite_number("model.init_std", self.init_std, positive=True)
+        require_finite_number("model.norm_eps", self.norm_eps, positive=True)
 
     def _validate_rope_scaling(self) -> None:
         scaling = self.rope_scaling
@@ -103,7 +103,7 @@ class ModelConfig:
         if not isinstance(scaling, dict) or set(scaling) != set(ROPE_SCALING_KEYS):
             raise ConfigError(f"model.rope_scaling needs exactly the keys {', '.join(ROPE_SCALING_KEYS)}")
         for key in ROPE_SCALING_KEYS:
-            _check_number(f"rope_scaling.{key}", scaling[key])
+            require_finite_number(f"model.rope_scaling.{key}", scaling[key], positive=True)
         if not float(scaling["original_max_len"]).is_integer():
             raise ConfigError(
                 f"model.rope_scaling.original_max_len must be a whole number, got {scaling['original_max_len']!r}"
@@ -159,14 +159,6 @@ class ModelConfig:
     def kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_value: int = 2) -> int:
         """Memory for a KV cache of `seq_len` tokens: keys and values, every layer."""
         return 2 * self.n_layer * batch_size * self.n_kv_head * seq_len * self.head_dim * bytes_per_value
-
-
-def _check_number(name: str, value: object, positive: bool = True) -> None:
-    """Finiteness is checked first because NaN fails every comparison, so `nan <= 0` lets it through."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"model.{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"model.{name} must be positive, got {value!r}")
 
 
 def default_d_ff(d_model: int, mlp: str) -> int:

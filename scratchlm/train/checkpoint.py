@@ -14,6 +14,8 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +35,13 @@ from scratchlm.model.io import (
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CHECKPOINT_STATE_FILE, "optimizer.pt", "rng.pt")
-
-
-def is_checkpoint_dir(path: Path) -> bool:
-    """A step directory of a run (it is renamed into place whole, so its state file marks it)."""
-    return (path / CHECKPOINT_STATE_FILE).is_file()
 RANK_KEY = re.compile(r"^rank\d+$")
-RNG_KEYS = {
-    "python_version", "python_state", "python_gauss", "numpy_keys", "numpy_pos", "numpy_has_gauss", "numpy_gauss",
-    "torch",
-}
 DAMAGED_ADVICE = "move this checkpoint directory away to resume from an earlier one"
+OPTIMIZER_MISFIT = "does not fit this run's optimizer and model"
+# A failed collective is about the processes, not the file: never relabelled as a misfit.
+DISTRIBUTED_ERRORS: tuple[type[BaseException], ...] = (
+    (torch.distributed.DistError,) if torch.distributed.is_available() else ()
+)
 
 
 def step_dir_name(step: int) -> str:
@@ -104,7 +102,10 @@ def save_checkpoint(
     """
     root = Path(ckpt_root)
     final = root / step_dir_name(step)
-    with atomic_directory(final, what="a checkpoint", replaceable=is_checkpoint_dir, error=CheckpointError) as tmp:
+    # Any step dir under the run's checkpoints/ is the run's own: one without its state file (an
+    # interrupted copy) is skipped by `find_latest`, so the resumed run comes back to this step
+    # and must be able to replace it.
+    with atomic_directory(final, what="a checkpoint", replaceable=lambda _: True, error=CheckpointError) as tmp:
         write_weights_and_config(tmp, weights, model_config)
         if tokenizer_dir is not None:
             write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
@@ -173,12 +174,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _load_tensor_file(path: Path) -> Any:
     """`torch.load` with weights_only=True. On bytes it did not write, torch.load fails in many
     ways (UnpicklingError, KeyError, EOFError, RuntimeError...) with messages that suggest turning
-    the safety off, so every failure becomes one CheckpointError of our own naming the file."""
+    the safety off, so each becomes one CheckpointError of our own naming the file. A read error
+    (EIO, permissions) says nothing about the bytes, and running out of memory is not the file's
+    fault: neither gets the advice to set the checkpoint aside."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter about a file we refuse anyway
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure: see the docstring
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # any other failure: see the docstring
         reason = type(e).__name__
         raise CheckpointError(f"{path}: damaged or not written by scratchlm ({reason}); {DAMAGED_ADVICE}") from None
 
@@ -188,15 +195,53 @@ def _is_optimizer_state(obj: Any) -> bool:
 
 
 def _is_rng_states(obj: Any) -> bool:
-    """`{"rank0": {...}, ...}` as `save_checkpoint` writes it, each with every generator's state."""
+    """`{"rank0": {...}, ...}` as `save_checkpoint` writes it; what each state holds is checked
+    when it is restored (under `as_checkpoint_error`)."""
     return (
         isinstance(obj, dict)
         and bool(obj)
-        and all(
-            isinstance(key, str) and RANK_KEY.match(key) and isinstance(state, dict) and RNG_KEYS <= state.keys()
-            for key, state in obj.items()
-        )
+        and all(isinstance(key, str) and RANK_KEY.match(key) and isinstance(state, dict) for key, state in obj.items())
     )
+
+
+def check_optimizer_fits(saved: dict[str, Any], optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Saved optimizer state against `optimizer`: the same parameter groups, each state tensor
+    the shape of its parameter. Checked on each process alone, before FSDP loads the state inside
+    collectives, where a misfit would surface as an error of the collective."""
+    with as_checkpoint_error(path, OPTIMIZER_MISFIT):  # groups or states of the wrong types
+        misfit = _optimizer_misfit(saved, optimizer.param_groups)
+    if misfit:
+        raise CheckpointError(f"{path}: {OPTIMIZER_MISFIT} ({misfit})")
+
+
+def _optimizer_misfit(saved: dict[str, Any], own_groups: list[dict[str, Any]]) -> str | None:
+    groups = saved["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in own_groups]:
+        return "its parameter groups differ"
+    for group, own_group in zip(groups, own_groups):
+        for key, param in zip(group["params"], own_group["params"]):
+            for name, value in saved["state"].get(key, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    return f"{name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
+    return None
+
+
+@contextmanager
+def as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
+    """Turn torch's complaints about a state that does not fit (KeyError, ValueError, ... with a
+    traceback) into one CheckpointError naming the file. Wrap only work on this process: a
+    distributed error passes through as it is."""
+    try:
+        yield
+    except DISTRIBUTED_ERRORS:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
 
 
 def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> list[Path]:

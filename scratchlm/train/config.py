@@ -101,8 +101,8 @@ class TrainSection:
         if self.max_steps <= 0 and self.max_tokens <= 0 and self.max_seconds <= 0:
             raise ConfigError("[train] needs a budget: set max_steps, max_tokens or max_seconds")
         _check_ranges(self, "train", POSITIVE_TRAIN_KEYS, NON_NEGATIVE_TRAIN_KEYS)
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if not -(2**63) <= self.seed < 2**63:  # torch seeds take 64 bits; offsets (rank, step) must still fit
+            raise ConfigError(f"train.seed must be in [-2**63, 2**63), got {self.seed}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:
@@ -125,7 +125,6 @@ class MonitorSection:
     max_nonfinite: int = 5  # consecutive non-finite steps before stopping
     low_mfu: float = 0.01  # diagnose throughput below this model-FLOPs utilisation
     repetition_threshold: float = 0.5  # diagnose samples whose distinct 4-gram share is below
-
 
     def validate(self) -> None:
         _check_ranges(self, "monitor", POSITIVE_MONITOR_KEYS, NON_NEGATIVE_MONITOR_KEYS)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.loader import read_meta
+from scratchlm.data.loader import has_val_split, read_meta
 from scratchlm.errors import ConfigError
 from scratchlm.fsutil import atomic_write_json
 from scratchlm.train.config import PretrainConfig
@@ -33,7 +33,9 @@ def sweep_lr(
     final validation loss. Writes `sweep.json` beside the runs and returns the same dict.
 
     A stop signal (Ctrl-C, SIGTERM) ends the sweep: `stopped` names the signal, `results` holds
-    only the rates that finished, and no best is named from a partial grid."""
+    only the rates that finished, and no best is named from a partial grid. `sweep.json` is
+    rewritten after every finished rate with `finished: false`, so a process killed between
+    rates (when no run's signal handlers are installed) still leaves a true partial report."""
     from scratchlm.train.trainer import train
 
     _check_val_split(config.data.tokens)
@@ -47,9 +49,23 @@ def sweep_lr(
         if stopped:  # a signal: the interrupted rate has no result, and the rest are not tried
             break
         results.append(_result(float(lr), summary, run_cfg.train.out))
-    finished = [r for r in results if r["val_loss"] is not None]
-    best = min(finished, key=lambda r: r["val_loss"]) if finished and not stopped else None
-    report = {"steps": steps, "results": results, "best_lr": best["lr"] if best else None, "stopped": stopped}
+        _write_report(out, steps, results, stopped=None, finished=False)
+    return _write_report(out, steps, results, stopped=stopped, finished=True)
+
+
+def _write_report(
+    out: Path, steps: int, results: list[dict[str, Any]], stopped: str | None, finished: bool
+) -> dict[str, Any]:
+    """`sweep.json`; a best is named only when the whole grid ran."""
+    ranked = [r for r in results if r["val_loss"] is not None]
+    best = min(ranked, key=lambda r: r["val_loss"]) if ranked and finished and not stopped else None
+    report = {
+        "steps": steps,
+        "results": results,
+        "best_lr": best["lr"] if best else None,
+        "stopped": stopped,
+        "finished": finished and not stopped,
+    }
     atomic_write_json(out / "sweep.json", report)
     return report
 
@@ -87,8 +103,7 @@ def _result(lr: float, summary: dict[str, Any], out: str) -> dict[str, Any]:
 
 def _check_val_split(tokens_dir: str) -> None:
     """The sweep ranks by validation loss, so tokens without a val split cannot be swept."""
-    val = read_meta(tokens_dir)["splits"].get("val")
-    if not isinstance(val, dict) or not val.get("tokens"):
+    if not has_val_split(read_meta(tokens_dir)):
         raise ConfigError(
             f"{tokens_dir}: no val split, and sweep-lr ranks learning rates by validation loss; "
             "re-tokenize with val_every > 0 (`scratchlm data tokenize ... --val-every 100`)"

@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,13 @@ import numpy as np
 import torch
 
 from scratchlm.config import to_dict
-from scratchlm.data.loader import Batcher, TokenDataset, check_tokenizer_match, validation_batches
+from scratchlm.data.loader import (
+    Batcher,
+    TokenDataset,
+    check_tokenizer_match,
+    has_val_split,
+    validation_batches,
+)
 from scratchlm.device import autocast, resolve_precision
 from scratchlm.errors import CheckpointError, ConfigError, DataError, TrainingStopped
 from scratchlm.eval.bpb import evaluate_loss
@@ -54,7 +59,6 @@ from scratchlm.train.schedule import lr_factor
 
 # Steps left out of throughput judgements while caches, allocators and compilers warm up.
 WARMUP_STEPS_FOR_SPEED = 5
-OPTIMIZER_MISFIT = "does not fit this run's optimizer and model"
 
 
 @dataclass
@@ -155,7 +159,7 @@ class PretrainRun:
 
         tokens_dir = Path(self.config.data.tokens)
         self.train_data = TokenDataset.open(tokens_dir, "train")
-        self.val_data = _open_val_split(self.train_data)
+        self.val_data = TokenDataset.open(tokens_dir, "val") if has_val_split(self.train_data.meta) else None
         if self.val_data is None:
             self.log.say(
                 f"{tokens_dir} has no val split: training without evaluation (no val_loss, no best checkpoint)"
@@ -279,11 +283,19 @@ class PretrainRun:
                 if tc.eval_every and step % tc.eval_every == 0:
                     self._evaluate(step, session.losses)
                 checkpoint_due = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due
-                if checkpoint_due and not self._budget_spent():  # the last one waits for the final evaluation
-                    self._save("interval")
-                    session.last_ckpt_time = time.perf_counter()
+                if checkpoint_due:
+                    self._interval_checkpoint(session)
         finally:
             bar.close()
+
+    def _interval_checkpoint(self, session: Session) -> None:
+        """Save, unless the budget is spent: the last checkpoint waits for the final evaluation.
+        The clock is read after the step (agreed by all processes), so a time budget this step
+        used up is seen now rather than after a save that `_finish` would repeat."""
+        (self.state.elapsed_s,) = self._agree_max(session.elapsed())
+        if not self._budget_spent():
+            self._save("interval")
+            session.last_ckpt_time = time.perf_counter()
 
     def _log_progress(self, outcome: dict[str, Any], session: Session, bar: Any) -> None:
         tps = session.tokens_per_s_since_last_row(self.tc.batch_tokens)
@@ -303,8 +315,10 @@ class PretrainRun:
             self._check_loss_trend(session.losses)
             (signum,) = self._agree_max(float(self._stop_signal or 0))
             stopped = signal.Signals(int(signum)).name if signum else None
+        # A step already saved with what a checkpoint now would hold (its validation loss) is not
+        # written again, whatever stopped the run.
         unsaved = self._last_saved != (st.step, self._checkpoint_has_val())
-        if stopped or unsaved or not ckpt.find_latest(self.ckpt_root):
+        if unsaved or not ckpt.find_latest(self.ckpt_root):
             self._save("signal" if stopped else "final")
         return stopped
 
@@ -660,6 +674,8 @@ class PretrainRun:
         if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
             raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
         self._check_same_optimizer(saved, loaded["path"])
+        optimizer_file = loaded["path"] / "optimizer.pt"
+        ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
         tensors = loaded["model"]
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -672,19 +688,19 @@ class PretrainRun:
                 tensors = {**tensors, "lm_head.weight": tensors["tok_emb.weight"]}
             options = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.model, tensors, options=options)
-            with _as_checkpoint_error(loaded["path"] / "optimizer.pt", OPTIMIZER_MISFIT):
-                set_optimizer_state_dict(self.model, self.optimizer, loaded["optimizer"], options=options)
+            # Collectives inside: the fit was checked above, so an error here is the processes'.
+            set_optimizer_state_dict(self.model, self.optimizer, loaded["optimizer"], options=options)
         else:
             from scratchlm.model.io import load_state_into
 
             load_state_into(self.model, tensors, str(loaded["path"]))
-            with _as_checkpoint_error(loaded["path"] / "optimizer.pt", OPTIMIZER_MISFIT):
+            with ckpt.as_checkpoint_error(optimizer_file, ckpt.OPTIMIZER_MISFIT):
                 self.optimizer.load_state_dict(loaded["optimizer"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         rng = loaded["rng"].get(f"rank{self.dist.rank}")
         if rng is not None:
-            with _as_checkpoint_error(loaded["path"] / "rng.pt", "holds RNG states that cannot be restored"):
+            with ckpt.as_checkpoint_error(loaded["path"] / "rng.pt", "holds RNG states that cannot be restored"):
                 ckpt.restore_rng(rng)
         else:  # a different number of processes than when it was saved
             _seed_everything(self.tc.seed + 1000 * saved["step"] + self.dist.rank)
@@ -750,32 +766,8 @@ def _open_metrics_log(out: Path, enabled: bool, tensorboard: bool) -> MetricsLog
         raise ConfigError(f"train.out = {out}: cannot write the run there ({e.strerror or e})") from None
 
 
-@contextmanager
-def _as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
-    """Turn torch's complaints about a state that does not fit (KeyError, ValueError, ... with a
-    traceback) into one CheckpointError naming the file."""
-    try:
-        yield
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
-
-
 class EvaluationInterrupted(Exception):
     """A stop signal arrived during an evaluation (internal: `_evaluate` catches it)."""
-
-
-def _open_val_split(train_data: TokenDataset) -> TokenDataset | None:
-    """The val split beside `train_data`, or None when the tokens were made without one
-    (`data tokenize ... val_every = 0`)."""
-    if "val" not in train_data.meta["splits"]:
-        return None
-    val = TokenDataset.open(train_data.path, "val")
-    return val if len(val) else None
 
 
 def _seed_everything(seed: int) -> None:

@@ -114,3 +114,22 @@ def test_only_the_overflowing_row_turns_greedy():
     draws = [sample_next(logits, 1e-3, generator=g).tolist() for _ in range(50)]
     assert {row[1] for row in draws} == {0}  # 3e38 / 1e-3 overflows: greedy
     assert {row[0] for row in draws} == {0, 1, 2}  # near-equal logits: still sampled
+
+
+def test_generation_checks_the_sampling_settings_once_not_per_token(model, monkeypatch):
+    import sys
+
+    from scratchlm.infer import sampling
+
+    generate_module = sys.modules["scratchlm.infer.generate"]  # the package's `generate` is the function
+    calls = []
+    real_check = sampling.check_sampling
+
+    def counting_check(*args):
+        calls.append(args)
+        real_check(*args)
+
+    monkeypatch.setattr(sampling, "check_sampling", counting_check)
+    monkeypatch.setattr(generate_module, "check_sampling", counting_check)
+    assert len(generate(model, [1, 2], 6, temperature=0.7, top_k=5, seed=0)) == 6
+    assert len(calls) == 1

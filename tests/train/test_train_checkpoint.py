@@ -130,9 +130,9 @@ def write_plain_pickle(path: Path) -> None:
         ("optimizer.pt", lambda p: torch.save({"step": 3}, p)),
         ("rng.pt", lambda p: p.write_bytes(b"")),
         ("rng.pt", lambda p: torch.save([1, 2, 3], p)),
-        ("rng.pt", lambda p: torch.save({"rank0": {"torch": torch.zeros(3)}}, p)),
+        ("rng.pt", lambda p: torch.save({"rank0": [torch.zeros(3)]}, p)),
     ],
-    ids=["optimizer-garbage", "optimizer-plain-pickle", "optimizer-no-state", "rng-empty", "rng-list", "rng-partial"],
+    ids=["optimizer-garbage", "optimizer-plain-pickle", "optimizer-no-state", "rng-empty", "rng-list", "rng-not-a-dict"],
 )
 def test_damaged_optimizer_or_rng_file_is_one_checkpoint_error_naming_it(tmp_path, name, damage):
     path = save_step(tmp_path, 1)
@@ -140,3 +140,49 @@ def test_damaged_optimizer_or_rng_file_is_one_checkpoint_error_naming_it(tmp_pat
     with pytest.raises(CheckpointError, match=name) as caught:
         ckpt.load_checkpoint(path)
     assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+
+
+def test_a_file_that_cannot_be_read_is_a_read_error_not_damage(tmp_path, monkeypatch):
+    """EIO says nothing about the bytes: no advice to set the checkpoint aside."""
+    import errno
+
+    path = save_step(tmp_path, 1)
+
+    def unreadable(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(CheckpointError, match=r"optimizer\.pt: cannot be read \(Input/output error\)$") as caught:
+        ckpt.load_checkpoint(path)
+    assert "damaged" not in str(caught.value) and "move" not in str(caught.value)
+
+
+def test_running_out_of_memory_while_loading_is_not_blamed_on_the_file(tmp_path, monkeypatch):
+    path = save_step(tmp_path, 1)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(torch, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        ckpt.load_checkpoint(path)
+
+
+def test_a_step_dir_left_incomplete_by_a_copy_is_replaced(tmp_path):
+    root = tmp_path / "checkpoints"
+    save_step(root, 4)
+    (root / "step-000004" / "train_state.json").unlink()  # a copy interrupted before its last file
+    assert ckpt.find_latest(root) is None
+    save_step(root, 4)
+    assert ckpt.find_latest(root).name == "step-000004"
+
+
+def test_optimizer_state_of_other_shapes_or_groups_does_not_fit(tmp_path):
+    saved = adamw_state()  # one parameter of shape (2,)
+    other_shape = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
+    with pytest.raises(CheckpointError, match=r"does not fit .*exp_avg of shape \(2,\) for a parameter of shape \(3,\)"):
+        ckpt.check_optimizer_fits(saved, other_shape, tmp_path / "optimizer.pt")
+    two_params = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))])
+    with pytest.raises(CheckpointError, match="parameter groups differ"):
+        ckpt.check_optimizer_fits(saved, two_params, tmp_path / "optimizer.pt")
+    ckpt.check_optimizer_fits(saved, torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))]), tmp_path / "optimizer.pt")

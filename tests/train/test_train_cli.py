@@ -124,3 +124,23 @@ def test_ctrl_c_stops_the_sweep_without_a_false_result(tokens, tmp_path, capsys,
     assert not (out / "lr-0.01").exists()  # the next rate was not started
     report = json.loads((out / "sweep.json").read_text())
     assert report["stopped"] == "SIGINT" and report["results"] == [] and report["best_lr"] is None
+
+
+def test_a_sweep_killed_between_rates_leaves_a_partial_report(tokens, tmp_path, monkeypatch):
+    """Between rates no run has signal handlers installed, so SIGTERM ends the process at once:
+    the report of the rates that finished must already be on disk."""
+    from scratchlm.train import trainer
+    from scratchlm.train.sweep import sweep_lr
+
+    def train_then_die(cfg):
+        if cfg.train.lr == 1e-2:
+            raise SystemExit(143)  # as the process dies, for the sweep
+        return {"stopped": None, "val_loss": 3.0, "val_bpb": 1.5, "final_loss": 3.1}
+
+    monkeypatch.setattr(trainer, "train", train_then_die)
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit):
+        sweep_lr(tiny_config(tokens, out), [1e-3, 1e-2], steps=2)
+    report = json.loads((out / "sweep.json").read_text())
+    assert [r["lr"] for r in report["results"]] == [1e-3]
+    assert report["finished"] is False and report["best_lr"] is None

@@ -106,6 +106,7 @@ def test_tokens_from_another_tokenizer_are_refused(tokens, tmp_path):
         ("train", "eval_batches", 0),
         ("train", "eval_batch_size", -1),
         ("train", "seed", 10**20),
+        ("train", "seed", -(2**63) - 1),
         ("train", "beta2", 1.0),
         ("train", "decay_fraction", 0.0),
         ("monitor", "window", 0),
@@ -149,3 +150,46 @@ def test_tokens_without_a_val_split_train_without_evaluation(tmp_path, capsys):
     assert not (out / "checkpoints" / "best").exists()
     with pytest.raises(ConfigError, match="no val split"):
         sweep_lr(tiny_config(no_val, tmp_path / "sweep"), [1e-3], steps=2)
+
+
+def stop_after_step(monkeypatch, step: int) -> None:
+    """A stop signal arriving right after `step` is applied (what the SIGINT handler records)."""
+    import signal
+
+    from scratchlm.train.trainer import PretrainRun
+
+    real_step = PretrainRun._step
+
+    def step_then_stop(self):
+        outcome = real_step(self)
+        if self.state.step == step and outcome["applied"]:
+            self._stop_signal = signal.SIGINT
+        return outcome
+
+    monkeypatch.setattr(PretrainRun, "_step", step_then_stop)
+
+
+def test_a_stop_at_a_checkpoint_step_writes_that_checkpoint_once(tokens, tmp_path, monkeypatch):
+    stop_after_step(monkeypatch, 2)
+    out = tmp_path / "run"
+    summary = train(tiny_config(tokens, out, train={"max_steps": 6, "checkpoint_every": 2, "sample_tokens": 0}))
+    assert summary["stopped"] == "SIGINT" and summary["steps"] == 2
+    assert [(e["step"], e["reason"]) for e in events(read_rows(out), "checkpoint")] == [(2, "interval")]
+
+
+def test_a_time_budget_spent_at_a_checkpoint_step_writes_it_once(tokens, tmp_path, monkeypatch):
+    from scratchlm.train.trainer import Session
+
+    # A clock on which every applied step takes 10 s: the budget runs out with step 4.
+    monkeypatch.setattr(Session, "elapsed", lambda self: self.base_elapsed + 10.0 * self.applied)
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 0, "max_seconds": 40.0, "checkpoint_every": 4}))
+    assert [(e["step"], e["reason"]) for e in events(read_rows(out), "checkpoint")] == [(4, "final")]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, -(2**63), 2**63 - 1])
+def test_seeds_beyond_32_bits_train(tokens, tmp_path, seed):
+    """torch takes 64-bit seeds and numpy's is reduced mod 2**32: only a seed whose derived seeds
+    (plus rank or step) would overflow 64 bits is refused."""
+    summary = train(tiny_config(tokens, tmp_path / "run", train={"max_steps": 1, "seed": seed}))
+    assert summary["steps"] == 1

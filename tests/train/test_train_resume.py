@@ -123,9 +123,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tokens, reference, tmp_pa
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 0, stderr
     assert stdout.strip().splitlines()[-1] == "SIGTERM"
-    rows = read_rows(out)
-    saved = [e for e in events(rows, "checkpoint") if e["reason"] == "signal"]
-    assert saved and find_latest(out / "checkpoints").name == f"step-{saved[-1]['step']:06d}"
+    # The stopped step is saved once: by the signal, or by its interval save if the signal came
+    # right after that.
+    last = events(read_rows(out), "checkpoint")[-1]
+    assert last["reason"] in ("signal", "interval")
+    assert find_latest(out / "checkpoints").name == f"step-{last['step']:06d}"
     train(cfg, resume=True)
     assert_same_run(out, reference)
 
@@ -148,3 +150,25 @@ def test_resume_from_an_optimizer_state_that_does_not_fit_is_a_checkpoint_error(
     with pytest.raises(CheckpointError, match=r"optimizer\.pt: does not fit") as caught:
         train(tiny_config(tokens, out, train={"max_steps": 4, "optimizer": "muon"}), resume=True)
     assert "\n" not in str(caught.value)
+
+
+def test_resume_past_a_step_dir_left_incomplete_by_a_copy(tokens, tmp_path):
+    """An interrupted copy of a run (train_state.json is the last file written) leaves the newest
+    step dir without it: the resumed run starts from the one before and replaces it."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 4, "checkpoint_every": 2, "sample_tokens": 0})
+    train(cfg)
+    root = out / "checkpoints"
+    (root / "step-000004" / "train_state.json").unlink()
+    (root / "latest").unlink()
+    summary = train(cfg, resume=True)
+    assert summary["steps"] == 4 and find_latest(root).name == "step-000004"
+    assert events(read_rows(out), "resume")[-1]["checkpoint"] == "step-000002"
+
+
+def test_rng_states_missing_a_generator_are_a_checkpoint_error(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2, "sample_tokens": 0}))
+    torch.save({"rank0": {"torch": torch.get_rng_state()}}, find_latest(out / "checkpoints") / "rng.pt")
+    with pytest.raises(CheckpointError, match=r"rng\.pt: holds RNG states that cannot be restored"):
+        train(tiny_config(tokens, out, train={"max_steps": 4, "sample_tokens": 0}), resume=True)
