@@ -35,6 +35,7 @@ def stream_tokens(
     top_p: float | None = None,
     eos_id: int | None = None,
     seed: int | None = None,
+    vocab_limit: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time (for streaming output); see `generate`."""
     check_sampling(temperature, top_k, top_p)
@@ -47,6 +48,8 @@ def stream_tokens(
         raise ModelError(f"prompt of {len(ids)} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
     if max(ids) >= cfg.vocab_size or min(ids) < 0:
         raise ModelError(f"prompt token ids must be in [0, {cfg.vocab_size}), got {min(ids)}..{max(ids)}")
+    if vocab_limit is not None and not 0 < vocab_limit <= cfg.vocab_size:
+        raise ModelError(f"vocab_limit must be in [1, {cfg.vocab_size}], got {vocab_limit}")
     # Positions are bounded by max_seq_len: generation stops there.
     steps = max(0, min(max_new_tokens, cfg.max_seq_len - len(ids)))
     if steps == 0:
@@ -65,7 +68,7 @@ def stream_tokens(
             logits = model(x, cache, start_pos=0)[:, -1]
             pos = len(ids)
             for i in range(steps):
-                token = sample_next_unchecked(logits, temperature, top_k, top_p, generator)
+                token = sample_next_unchecked(logits[..., :vocab_limit], temperature, top_k, top_p, generator)
                 tok = int(token.item())
                 if eos_id is not None and tok == eos_id:
                     return
@@ -86,6 +89,7 @@ def generate(
     top_p: float | None = None,
     eos_id: int | None = None,
     seed: int | None = None,
+    vocab_limit: int | None = None,
 ) -> list[int]:
     """The new token ids that follow `prompt_ids` (the prompt itself is not included).
 
@@ -93,8 +97,9 @@ def generate(
     sampling, optionally restricted to the top-k / top-p tokens, reproducible with `seed`. A
     non-finite or negative temperature, top_k < 1 or top_p outside (0, 1] is a ConfigError.
     Stops after `max_new_tokens`, before `eos_id` (which is not returned), or when the model's
-    max_seq_len is reached.
+    max_seq_len is reached. With `vocab_limit`, only ids below it are drawn: a model whose vocab
+    was padded (say to a multiple of 64) has ids its tokenizer cannot decode.
     """
     return list(
-        stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
+        stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed, vocab_limit)
     )

@@ -66,13 +66,15 @@ def low_throughput(mfu: float, threshold: float, device: torch.device, world_siz
         hints.append("a GPU is present but unused: set train.device = \"cuda\"")
     if device.type == "cpu":
         cores = os.cpu_count() or 1
-        if torch.get_num_threads() < cores:
-            hints.append(f"torch uses {torch.get_num_threads()} of {cores} cores: raise OMP_NUM_THREADS")
+        used = torch.get_num_threads() * world_size  # each DDP process runs its own threads
+        if used < cores:
+            hints.append(f"the run uses {used} of {cores} cores: raise OMP_NUM_THREADS")
         hints.append("train on a GPU")
-    if device.type == "cuda" and world_size == 1 and torch.cuda.device_count() > 1:
-        hints.append(f"{torch.cuda.device_count()} GPUs are present: launch with torchrun (DDP)")
+    if device.type == "cuda" and world_size < torch.cuda.device_count():
+        hints.append(
+            f"{torch.cuda.device_count()} GPUs are present and {world_size} in use: launch one process per GPU with torchrun"
+        )
     hints.append("use larger micro batches or longer sequences so each step does more work")
-    hints.append("more processes with torchrun (DDP) multiply throughput")
     return (
         f"throughput is far below the machine: model FLOPs utilisation is {mfu:.2%}. "
         + "; ".join(hints)

@@ -57,6 +57,17 @@ from scratchlm.train.monitor import StabilityMonitor, Verdict, inject_fault
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.schedule import lr_factor
 
+# The settings that decide which tokens each step reads: (section, key).
+DATA_STREAM_SETTINGS = (("data", "mode"), ("train", "seed"), ("train", "seq_len"), ("train", "batch_tokens"))
+
+
+def _saved_setting(saved: dict[str, Any], section: str, key: str) -> Any:
+    """A value of the resolved config a checkpoint's train_state.json records, or None."""
+    config = saved.get("config")
+    table = config.get(section) if isinstance(config, dict) else None
+    return table.get(key) if isinstance(table, dict) else None
+
+
 # Steps left out of throughput judgements while caches, allocators and compilers warm up.
 WARMUP_STEPS_FOR_SPEED = 5
 
@@ -75,6 +86,7 @@ class TrainState:
     last_val_loss: float | None = None
     last_val_bpb: float | None = None
     last_val_step: int = -1
+    last_eval_step: int = -1  # the last step evaluated or sampled: a run without a val split has no val step
 
 
 @dataclass
@@ -310,7 +322,7 @@ class PretrainRun:
         st = self.state
         st.elapsed_s = session.elapsed()
         if stopped is None:
-            if st.last_val_step != st.step:
+            if st.last_eval_step != st.step:
                 self._evaluate(st.step, session.losses, final=True)
             self._check_loss_trend(session.losses)
             (signum,) = self._agree_max(float(self._stop_signal or 0))
@@ -545,6 +557,7 @@ class PretrainRun:
                 self._diagnose("repetitive_samples", found)
         if len(row) > 1:  # more than the step: something was measured
             self.log.log(row)
+            self.state.last_eval_step = step
         if len(losses) >= 50:
             self._check_loss_trend(losses)
 
@@ -584,6 +597,7 @@ class PretrainRun:
                 temperature=tc.sample_temperature,
                 top_k=tc.sample_top_k or None,
                 seed=tc.seed + step,
+                vocab_limit=self.tokenizer.vocab_size,  # a padded model vocab has ids no tokenizer decodes
             )
         return [int(i) for i in ids]
 
@@ -674,6 +688,8 @@ class PretrainRun:
         if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
             raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
         self._check_same_optimizer(saved, loaded["path"])
+        if resumed:
+            self._note_changed_data_settings(saved)
         optimizer_file = loaded["path"] / "optimizer.pt"
         ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
         tensors = loaded["model"]
@@ -715,13 +731,27 @@ class PretrainRun:
     def _check_same_optimizer(self, saved: dict[str, Any], path: Path) -> None:
         """A checkpoint's optimizer state only fits the optimizer that wrote it (the resolved
         config in train_state.json names it; older checkpoints without it fail at the load)."""
-        config = saved.get("config")
-        train_section = config.get("train") if isinstance(config, dict) else None
-        kind = train_section.get("optimizer") if isinstance(train_section, dict) else None
+        kind = _saved_setting(saved, "train", "optimizer")
         if kind is not None and kind != self.tc.optimizer:
             raise CheckpointError(
                 f"{path}: trained with train.optimizer = {kind!r}, but this run sets {self.tc.optimizer!r}; "
                 f"resume with train.optimizer = {kind!r} (or start a new run in another train.out)"
+            )
+
+    def _note_changed_data_settings(self, saved: dict[str, Any]) -> None:
+        """The batch stream continues by step number, so settings that shape it, changed between
+        runs, change which data comes next (a bigger batch skips ahead, a new seed or mode starts
+        another order). Allowed, but said, since a sequential epoch then no longer sees every window once."""
+        now = to_dict(self.config)
+        changed = [
+            f"{section}.{key} {old!r} -> {now[section][key]!r}"
+            for section, key in DATA_STREAM_SETTINGS
+            if (old := _saved_setting(saved, section, key)) is not None and old != now[section][key]
+        ]
+        if changed:
+            self.log.say(
+                "resuming with changed data settings (" + ", ".join(changed) + "): the batch stream "
+                "continues by step, so the data that follows differs from an uninterrupted run"
             )
 
     # --- processes and signals -------------------------------------------------------------

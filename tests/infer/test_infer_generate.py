@@ -133,3 +133,12 @@ def test_generation_checks_the_sampling_settings_once_not_per_token(model, monke
     monkeypatch.setattr(generate_module, "check_sampling", counting_check)
     assert len(generate(model, [1, 2], 6, temperature=0.7, top_k=5, seed=0)) == 6
     assert len(calls) == 1
+
+
+def test_vocab_limit_draws_only_ids_below_it(model):
+    limit = model.cfg.vocab_size // 4
+    for seed in range(5):
+        ids = generate(model, [1, 2, 3], 20, temperature=3.0, seed=seed, vocab_limit=limit)
+        assert ids and max(ids) < limit
+    with pytest.raises(ModelError, match="vocab_limit"):
+        generate(model, [1], 2, vocab_limit=model.cfg.vocab_size + 1)

@@ -69,3 +69,13 @@ def test_starved_run_reports_low_throughput(tokens, tmp_path):
     train(cfg)
     (diag,) = [e for e in events(read_rows(tmp_path / "run"), "diagnosis") if e["kind"] == "low_throughput"]
     assert "utilisation" in diag["message"] and "GPU" in diag["message"]
+
+
+def test_cpu_advice_counts_the_threads_of_every_process(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    alone = diagnosis.low_throughput(0.001, 0.01, torch.device("cpu"), 1)
+    assert "uses 2 of 4 cores" in alone
+    assert "cores" not in diagnosis.low_throughput(0.001, 0.01, torch.device("cpu"), 2)  # 2 processes × 2 threads

@@ -193,3 +193,37 @@ def test_seeds_beyond_32_bits_train(tokens, tmp_path, seed):
     (plus rank or step) would overflow 64 bits is refused."""
     summary = train(tiny_config(tokens, tmp_path / "run", train={"max_steps": 1, "seed": seed}))
     assert summary["steps"] == 1
+
+
+def test_samples_from_a_padded_vocab_use_only_the_tokenizers_ids(tokens, tmp_path):
+    """A model vocab padded past the tokenizer's (documented as allowed) has ids nothing decodes."""
+    import json as json_module
+
+    vocab = json_module.loads((tokens / "meta.json").read_text())["vocab_size"]
+    padded = (vocab // 64 + 2) * 64
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, model={"vocab_size": padded}, train={
+        "max_steps": 4, "eval_every": 2, "sample_tokens": 24, "sample_top_k": 0, "sample_temperature": 2.0,
+    })
+    assert train(cfg)["steps"] == 4
+    assert len([r for r in read_rows(out) if "sample" in r]) == 2
+
+
+def test_a_run_without_a_val_split_samples_each_evaluated_step_once(tmp_path):
+    (tmp_path / "data").mkdir()
+    no_val = build_tokens_dir(tmp_path / "data", val_every=0)
+    out = tmp_path / "run"
+    cfg = tiny_config(no_val, out, train={"max_steps": 4, "eval_every": 2, "sample_tokens": 4})
+    train(cfg)
+    train(cfg, resume=True)  # a finished run resumed: nothing to train, nothing to sample again
+    assert [r["step"] for r in read_rows(out) if "sample" in r] == [2, 4]
+
+
+def test_resuming_with_changed_data_settings_says_so(tokens, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2, "checkpoint_every": 2, "sample_tokens": 0}))
+    capsys.readouterr()
+    train(tiny_config(tokens, out, train={"max_steps": 4, "sample_tokens": 0, "batch_tokens": 256}), resume=True)
+    assert "changed data settings (train.batch_tokens 128 -> 256)" in capsys.readouterr().err
+    train(tiny_config(tokens, out, train={"max_steps": 6, "sample_tokens": 0, "batch_tokens": 256}), resume=True)
+    assert "changed data settings" not in capsys.readouterr().err
