@@ -216,10 +216,10 @@ def load_config(
     overrides: Iterable[str] = (),
     base: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults ← `base` (e.g. CLI flags) ← TOML file ← `--set` overrides, then type-checked."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        data = merge(data, read_toml(path))
+    """Defaults ← TOML file ← `base` (the flags given on the command line) ← `--set` overrides,
+    then type-checked. What is typed on the command line wins over a file written earlier."""
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    data = merge(data, base or {})
     apply_overrides(data, overrides)
     return from_dict(cls, data)
 

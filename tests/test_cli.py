@@ -117,3 +117,18 @@ def test_a_directory_the_system_refuses_to_make_is_a_one_line_error(capsys, tmp_
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("scratchlm: error: /proc/scratchlm-none"), err
+
+
+def test_flags_win_over_the_config_file(capsys, tmp_path):
+    for i in (1, 2):
+        (tmp_path / f"{i}.txt").write_text(f"document {i} has enough words to be kept by every filter here. " * 20)
+    cfg = tmp_path / "prep.toml"
+    cfg.write_text(f'inputs = ["{tmp_path / "2.txt"}"]\nout = "{tmp_path / "from-file"}"\nworkers = 1\n')
+    code = main(["data", "prepare", "--config", str(cfg), "--out", str(tmp_path / "from-flag"),
+                 str(tmp_path / "1.txt"), "--no-filters"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "from-flag").is_dir() and not (tmp_path / "from-file").exists()
+    import pyarrow.parquet as pq
+
+    sources = {s for part in (tmp_path / "from-flag").glob("*/*.parquet") for s in pq.read_table(part)["source"].to_pylist()}
+    assert sources == {str(tmp_path / "1.txt")}

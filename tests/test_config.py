@@ -33,9 +33,10 @@ class Stage:
 def test_defaults_file_and_overrides_layer_in_order(tmp_path):
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('name = "file"\n[train]\nlr = 1e-3\nsteps = 5\n')
-    cfg = load_config(Stage, cfg_file, ["train.steps=7", "train.tags=['a','b']"], base={"name": "base"})
-    assert cfg.name == "file"
-    assert cfg.train.lr == 1e-3
+    flags = {"name": "flag", "train": {"lr": 2e-3, "steps": 6}}  # what was typed on the command line
+    cfg = load_config(Stage, cfg_file, ["train.steps=7", "train.tags=['a','b']"], base=flags)
+    assert cfg.name == "flag"  # a flag wins over the file
+    assert cfg.train.lr == 2e-3
     assert cfg.train.steps == 7
     assert cfg.train.tags == ["a", "b"]
     assert cfg.train.precision == "fp32"

@@ -44,30 +44,34 @@ def register(root, groups) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced as a whole)")
     p.add_argument("--special", action="append", metavar="TOKEN", help="add a special token (repeatable)")
     p.add_argument("--tiktoken", metavar="FILE", help="also write tiktoken's rank file here")
-    add_config_args(p, config_file=False)
     p.set_defaults(func=_import)
 
     p = sub.add_parser("encode", help="print the ids of some text as JSON")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--text", help="text to encode (default: read stdin)")
-    p.add_argument("--allow-special", action="store_true", help="turn special-token text into control tokens")
-    p.add_argument("--plain-special", action="store_true", help="encode special-token text as plain text")
-    add_config_args(p, config_file=False)
+    specials = p.add_mutually_exclusive_group()
+    specials.add_argument("--allow-special", action="store_true", help="turn special-token text into control tokens")
+    specials.add_argument("--plain-special", action="store_true", help="encode special-token text as plain text")
     p.set_defaults(func=_encode)
 
     p = sub.add_parser("decode", help="print the text of ids (arguments or a JSON list on stdin)")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("ids", nargs="*", help="token ids (default: a JSON list read from stdin)")
-    add_config_args(p, config_file=False)
     p.set_defaults(func=_decode)
 
     p = sub.add_parser("stats", help="bytes per token, most common tokens and unused merges on some input")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--top", type=int, default=20, help="how many common tokens to list")
+    p.add_argument("--top", type=_count, default=20, help="how many common tokens to list")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
-    add_config_args(p, config_file=False)
     p.set_defaults(func=_stats)
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number ≥ 0 (a negative slice bound would list nearly everything)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return int(text)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ class TrainSection:
     eval_every: int = 250  # 0: only at the end
     eval_batches: int = 20
     eval_batch_size: int = 0  # 0: the micro batch
-    sample_every: int = 0  # 0: a sample with every evaluation
+    sample_every: int = 0  # steps between samples, evaluation or not; 0: a sample with every evaluation
     sample_tokens: int = 64
     sample_prompt: str = "\n"
     sample_temperature: float = 0.8
@@ -181,11 +181,9 @@ def build_model_config(section: dict[str, Any], vocab_size: int, seq_len: int):
     fields.update(user)
     if user.get("vocab_size") in (None, 0):
         fields["vocab_size"] = vocab_size
-    elif int(user["vocab_size"]) < vocab_size:
-        raise ConfigError(
-            f"model.vocab_size = {user['vocab_size']} is smaller than the tokenizer's {vocab_size} tokens"
-        )
-    cfg = from_dict(ModelConfig, fields, "model")
+    cfg = from_dict(ModelConfig, fields, "model")  # types checked here, before any comparison
+    if cfg.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size = {cfg.vocab_size} is smaller than the tokenizer's {vocab_size} tokens")
     if cfg.max_seq_len < seq_len:
         raise ConfigError(f"train.seq_len = {seq_len} exceeds model.max_seq_len = {cfg.max_seq_len}")
     return cfg

@@ -22,8 +22,23 @@ DEFAULT_STEPS = 200
 
 
 def lr_label(lr: float) -> str:
-    """The run folder's name: every distinct rate gets its own (1e-3 and 1.2e-3 differ)."""
-    return f"lr-{lr:g}"
+    """The run folder's name: every distinct rate gets its own (`repr` is exact, so 1e-3 and
+    1.0000001e-3 differ, where a rounded form would send both to one folder)."""
+    return f"lr-{lr!r}"
+
+
+def checked_rates(lrs: list[float] | tuple[float, ...]) -> list[float]:
+    """The grid as given, each rate finite and positive and none twice (one folder each)."""
+    rates = [float(lr) for lr in lrs]
+    if not rates:
+        raise ConfigError("a learning-rate sweep needs at least one rate")
+    for lr in rates:
+        if not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"learning rates must be finite and positive, got {lr!r}")
+    repeated = sorted({lr for lr in rates if rates.count(lr) > 1})
+    if repeated:
+        raise ConfigError(f"learning rate {repeated[0]!r} is listed twice")
+    return rates
 
 
 def sweep_lr(
@@ -38,12 +53,13 @@ def sweep_lr(
     rates (when no run's signal handlers are installed) still leaves a true partial report."""
     from scratchlm.train.trainer import train
 
+    rates = checked_rates(lrs)
     _check_val_split(config.data.tokens)
     out = Path(config.train.out)
     results: list[dict[str, Any]] = []
     stopped = None
-    for lr in lrs:
-        run_cfg = _run_config(config, float(lr), steps, out / lr_label(lr))
+    for lr in rates:
+        run_cfg = _run_config(config, lr, steps, out / lr_label(lr))
         summary = train(run_cfg)
         stopped = summary["stopped"]
         if stopped:  # a signal: the interrupted rate has no result, and the rest are not tried

@@ -292,8 +292,9 @@ class PretrainRun:
                 step = self.state.step
                 if step % tc.log_every == 0 or step == 1:
                     self._log_progress(outcome, session, bar)
-                if tc.eval_every and step % tc.eval_every == 0:
-                    self._evaluate(step, session.losses)
+                eval_due = bool(tc.eval_every) and step % tc.eval_every == 0
+                if eval_due or (tc.sample_every and step % tc.sample_every == 0):
+                    self._evaluate(step, session.losses, measure_val=eval_due)
                 checkpoint_due = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due
                 if checkpoint_due:
                     self._interval_checkpoint(session)
@@ -534,11 +535,12 @@ class PretrainRun:
             return 0.0
         return mfu(self.flops_per_token, tokens_per_s / self.dist.world_size, self.peak_flops)
 
-    def _evaluate(self, step: int, losses: list[float], final: bool = False) -> None:
-        """Validation loss and a sample, logged as one row. A stop signal cuts the evaluation short
-        and records nothing: a loss over part of the batches would not compare with the others."""
+    def _evaluate(self, step: int, losses: list[float], final: bool = False, measure_val: bool = True) -> None:
+        """Validation loss (unless only a sample is due) and a sample, logged as one row. A stop
+        signal cuts the evaluation short and records nothing: a loss over part of the batches
+        would not compare with the others."""
         row: dict[str, Any] = {"step": step}
-        if self.val_batches:
+        if self.val_batches and measure_val:
             try:
                 result = evaluate_loss(
                     self.model, self._val_batches_until_stopped(), self.token_bytes, self.precision, self.device
@@ -557,7 +559,8 @@ class PretrainRun:
                 self._diagnose("repetitive_samples", found)
         if len(row) > 1:  # more than the step: something was measured
             self.log.log(row)
-            self.state.last_eval_step = step
+            if measure_val or not self.val_batches:  # without a val split, a sample is the whole evaluation
+                self.state.last_eval_step = step
         if len(losses) >= 50:
             self._check_loss_trend(losses)
 

@@ -255,3 +255,14 @@ def test_tokenizer_output_never_replaces_a_model_directory_holding_a_tokenizer(c
     again = tmp_path / "again"
     assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(again)]) == 0
     assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(again)]) == 0  # a tokenizer dir: replaced
+
+
+@pytest.mark.parametrize("extra", [
+    ["encode", "--text", "hi", "--allow-special", "--plain-special"],  # contradictory: one wins silently
+    ["stats", "x.txt", "--top", "-2"],  # a negative slice bound listed nearly every token
+    ["encode", "--text", "hi", "--set", "bogus.key=1"],  # accepted and ignored before
+])
+def test_contradictory_or_meaningless_options_are_refused(small_dir, extra):
+    with pytest.raises(SystemExit) as stopped:
+        main(["tokenizer", extra[0], "--tokenizer", str(small_dir), *extra[1:]])
+    assert stopped.value.code == 2

@@ -227,3 +227,40 @@ def test_resuming_with_changed_data_settings_says_so(tokens, tmp_path, capsys):
     assert "changed data settings (train.batch_tokens 128 -> 256)" in capsys.readouterr().err
     train(tiny_config(tokens, out, train={"max_steps": 6, "sample_tokens": 0, "batch_tokens": 256}), resume=True)
     assert "changed data settings" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["abc", [1], 1.5])
+def test_a_model_vocab_size_of_the_wrong_type_is_a_config_error(tokens, tmp_path, value):
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train(tiny_config(tokens, tmp_path / "run", model={"vocab_size": value}))
+
+
+@pytest.mark.parametrize(("lrs", "message"), [
+    ([float("nan")], "finite and positive"),
+    ([float("inf")], "finite and positive"),
+    ([-1e-3], "finite and positive"),
+    ([1e-3, 0.001], "listed twice"),
+])
+def test_sweep_refuses_rates_that_cannot_train_or_share_a_folder(tokens, tmp_path, lrs, message):
+    from scratchlm.train.sweep import lr_label, sweep_lr
+
+    with pytest.raises(ConfigError, match=message):
+        sweep_lr(tiny_config(tokens, tmp_path / "sweep"), lrs, steps=1)
+    assert not (tmp_path / "sweep").exists()
+    assert lr_label(1e-3) != lr_label(1.0000001e-3)
+
+
+def test_samples_follow_sample_every_between_evaluations(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 7, "eval_every": 2, "sample_every": 3, "sample_tokens": 4}))
+    rows = read_rows(out)
+    assert [r["step"] for r in rows if "sample" in r] == [3, 6, 7]  # 7: the final evaluation samples too
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6, 7]
+
+
+def test_a_sample_only_step_at_the_end_still_gets_the_final_evaluation(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 6, "eval_every": 4, "sample_every": 3, "sample_tokens": 4}))
+    rows = read_rows(out)
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 6]
+    assert [r["step"] for r in rows if "sample" in r] == [3, 6, 6]  # the sample-only row, then the final evaluation's
