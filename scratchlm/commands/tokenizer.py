@@ -32,6 +32,7 @@ def register(root, groups) -> None:
     p.add_argument("--min-frequency", type=int, help="stop when the best pair is rarer than this")
     p.add_argument("--workers", type=int, help="word-counting processes (0 = all cores)")
     p.add_argument("--split", choices=["train", "val", "all"], help="split of a prepared dir to read")
+    p.add_argument("--text-field", metavar="NAME", help="JSON/parquet field holding the text (default: text)")
     add_config_args(p)
     p.set_defaults(func=_train)
 
@@ -63,6 +64,7 @@ def register(root, groups) -> None:
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--top", type=_count, default=20, help="how many common tokens to list")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="JSON/parquet field holding the text")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=_stats)
 
@@ -86,6 +88,7 @@ def _train(args: argparse.Namespace) -> int:
         min_frequency=args.min_frequency,
         workers=args.workers,
         split=args.split,
+        text_field=args.text_field,
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
     tok = train_tokenizer(cfg)
@@ -187,12 +190,13 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from scratchlm.data.sources import iter_documents
+    from scratchlm.data.sources import SourceOptions, iter_documents
     from scratchlm.tokenizer import Tokenizer
     from scratchlm.tokenizer.stats import tokenizer_stats
 
     tok = Tokenizer.load(args.tokenizer)
-    stats = tokenizer_stats(tok, (d.text for d in iter_documents(args.inputs)), top=args.top)
+    documents = iter_documents(args.inputs, SourceOptions(text_field=args.text_field))
+    stats = tokenizer_stats(tok, (d.text for d in documents), top=args.top)
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
         return 0

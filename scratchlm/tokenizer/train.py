@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,14 +58,23 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
     inputs = local_input_paths(cfg.inputs)
     check_output_dir(cfg.out, inputs=inputs, **_OUTPUT_RULES)  # before training, not after
     options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
-    texts = (doc.text for doc in iter_documents(cfg.inputs, options))
+    read = 0
+
+    def texts() -> Iterator[str]:
+        nonlocal read
+        for doc in iter_documents(cfg.inputs, options):
+            read += 1
+            yield doc.text
+
     tok = Tokenizer.train(
-        texts,
+        texts(),
         cfg.vocab_size,
         pattern=cfg.pattern,
         special_tokens=cfg.special_tokens,
         min_frequency=cfg.min_frequency,
         workers=cfg.workers or (os.cpu_count() or 1),
     )
+    if not read:  # a tokenizer of bytes alone, saved as if trained, would hide the mistake
+        raise TokenizerError(f"no documents in the inputs ({', '.join(map(str, cfg.inputs))}): nothing to train on")
     save_tokenizer_dir(tok, cfg.out, inputs)
     return tok

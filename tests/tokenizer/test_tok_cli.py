@@ -266,3 +266,24 @@ def test_contradictory_or_meaningless_options_are_refused(small_dir, extra):
     with pytest.raises(SystemExit) as stopped:
         main(["tokenizer", extra[0], "--tokenizer", str(small_dir), *extra[1:]])
     assert stopped.value.code == 2
+
+
+def test_train_refuses_inputs_without_documents(capsys, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "zero.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
+    assert main(["tokenizer", "train", str(empty), "--vocab-size", "300", "--out", str(tmp_path / "tok")]) == 2
+    assert "no documents in the inputs" in capsys.readouterr().err
+    assert not (tmp_path / "tok").exists()
+
+
+def test_train_and_stats_read_the_text_field_named(capsys, tmp_path):
+    data = tmp_path / "body.jsonl"
+    data.write_text("".join(json.dumps({"body": f"words and more words {i}"}) + "\n" for i in range(30)))
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", str(data), "--text-field", "body", "--vocab-size", "300", "--out", str(out)]) == 0
+    assert main(["tokenizer", "stats", "--tokenizer", str(out), str(data), "--text-field", "body", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["documents"] == 30
