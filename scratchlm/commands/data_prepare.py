@@ -30,8 +30,12 @@ def register(root, groups) -> None:
     p.add_argument(
         "--separator", help=r"split .txt files into documents on this string (\n and \t understood)"
     )
+    p.add_argument("--hf-split", metavar="NAME", help="hf:NAME inputs: the split to read (default: train)")
     p.add_argument(
-        "--include", action="append", metavar="GLOB", help="only read matching files in directories"
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="only read matching files in directories (case-sensitive; the default globs ignore case)",
     )
     p.add_argument("--exclude", action="append", metavar="GLOB", help="skip matching files in directories")
     p.add_argument("--skip-bad-records", action="store_true", default=None, help="count and skip bad records")
@@ -51,8 +55,9 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("out", "val_fraction", "workers"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
-    if args.text_field is not None:
-        source["text_field"] = args.text_field
+    for key in ("text_field", "hf_split"):
+        if getattr(args, key) is not None:
+            source[key] = getattr(args, key)
     if args.separator is not None:
         source["separator"] = args.separator.replace("\\n", "\n").replace("\\t", "\t")
     for key in ("include", "exclude"):

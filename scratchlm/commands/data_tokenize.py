@@ -32,6 +32,7 @@ def register(root, groups) -> None:
         "--val-every", type=int, metavar="N", help="raw inputs: every N-th of their documents goes to val"
     )
     tok.add_argument("--text-field", metavar="NAME", help="raw JSON/parquet inputs: the text field")
+    tok.add_argument("--hf-split", metavar="NAME", help="hf:NAME inputs: the split to read (default: train)")
     add_config_args(tok)
     tok.set_defaults(func=run_tokenize)
 
@@ -60,6 +61,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         append=args.append,
         val_every=args.val_every,
         text_field=args.text_field,
+        hf_split=args.hf_split,
     )
     config = load_config(TokenizeConfig, args.config, args.overrides, base)
     start = time.perf_counter()

@@ -51,6 +51,12 @@ def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     return counts
 
 
+def _bytes_per_text_token(text_bytes: int, text_tokens: int) -> float | None:
+    """Bytes per token without the one end-of-text marker per document, which encodes no bytes:
+    the same measure as `tokenizer stats`, so the two numbers compare."""
+    return text_bytes / text_tokens if text_tokens > 0 and text_bytes else None
+
+
 def _split_report(ds: TokenDataset, tokenizer: Tokenizer | None, config: InspectConfig) -> dict[str, Any]:
     lengths = ds.document_lengths()
     recorded_bytes = int(ds.meta["splits"][ds.split].get("bytes", 0))
@@ -58,7 +64,7 @@ def _split_report(ds: TokenDataset, tokenizer: Tokenizer | None, config: Inspect
         "tokens": len(ds),
         "documents": ds.num_documents,
         "bytes": recorded_bytes,
-        "bytes_per_token": recorded_bytes / len(ds) if len(ds) and recorded_bytes else None,
+        "bytes_per_token": _bytes_per_text_token(recorded_bytes, len(ds) - ds.num_documents),
         "document_tokens": None,
         "histogram": length_histogram(lengths),
     }
@@ -120,7 +126,7 @@ def format_report(info: dict[str, Any]) -> str:
         lines.append(f"note: {info['tokenizer_note']}")
     for name, s in info["splits"].items():
         lines.append("")
-        bpt = f"  {s['bytes_per_token']:.2f} bytes/token" if s["bytes_per_token"] else ""
+        bpt = f"  {s['bytes_per_token']:.2f} bytes/token (end-of-text left out)" if s["bytes_per_token"] else ""
         lines.append(f"[{name}]  {s['tokens']:,} tokens  {s['documents']:,} documents{bpt}")
         if s["document_tokens"]:
             d = s["document_tokens"]

@@ -9,6 +9,7 @@ Problems a user can fix (missing path, a line that is not JSON, a missing field)
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import gzip
 import io
@@ -53,7 +54,9 @@ class SourceOptions:
 
     text_field: str = "text"
     separator: str | None = None  # split .txt files on this string; None = one document per file
-    include: list[str] = field(default_factory=list)  # globs for files inside directories
+    # Globs for files inside directories. The default ones ignore case, as the format check does
+    # (DATA.JSONL is JSONL); globs the user gives match case-sensitively, like the shell's.
+    include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     skip_bad_records: bool = False  # count and skip bad JSON lines / missing fields instead of failing
     # Which split of a prepared directory to read: all by default, since re-preparing one must not
@@ -181,28 +184,56 @@ def _compression_of(path: Path) -> str | None:
     return next((comp for comp in COMPRESSIONS if name.endswith(comp)), None)
 
 
-def _matches(rel: str, patterns: Iterable[str]) -> bool:
+def _matches(rel: str, patterns: Iterable[str], fold_case: bool = False) -> bool:
+    """Whether a glob matches the path below the root or the bare file name; `fold_case` for the
+    (lowercase) default globs, since the format check ignores case."""
+    if fold_case:
+        rel = rel.lower()
     name = rel.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
-    """Every matching file below `root`, recursively, in sorted order; hidden entries are skipped."""
+    """Every matching file below `root`, recursively, in sorted order; hidden entries are skipped.
+
+    A prepared dataset inside is read as one (its documents, not its stats or removed examples)
+    unless `exclude` matches it; `include` picks files only.
+    """
     include = options.include or list(DEFAULT_INCLUDE)
     found = False
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if not _matches(rel, include) or _matches(rel, options.exclude):
-                continue
-            found = True
-            yield from _iter_file(path, options, stats)
+    for path, prepared in _walk(root, {os.path.realpath(root)}):
+        rel = path.relative_to(root).as_posix()
+        if _matches(rel, options.exclude) or not (
+            prepared or _matches(rel, include, fold_case=not options.include)
+        ):
+            continue
+        found = True
+        yield from _iter_prepared(path, options) if prepared else _iter_file(path, options, stats)
     if not found:
         raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
+
+
+def _walk(directory: Path, seen: set[str]) -> Iterator[tuple[Path, bool]]:
+    """The files below `directory` and the prepared datasets (flagged True), files of a directory
+    before its subdirectories, each in name order. Linked directories are followed, as linked
+    files are read; `seen` holds the real paths visited, so a link loop or a second link to the
+    same directory is read once."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"{directory}: cannot list directory: {e.strerror}") from None
+    dirs = [Path(e.path) for e in entries if e.is_dir()]
+    yield from ((Path(e.path), False) for e in entries if not e.is_dir())  # broken links too: an error, not a skip
+    for path in dirs:
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        if is_prepared_dir(path):
+            yield path, True
+        else:
+            yield from _walk(path, seen)
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -296,11 +327,21 @@ def _iter_file(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
         raise
 
 
+def _without_bom(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """A file's pieces, the first without a leading UTF-8 BOM: Windows editors write one, and it
+    marks the encoding, it is not text (JSON parsers refuse it, tokenizers would learn it)."""
+    pieces = iter(pieces)
+    for first in pieces:
+        yield first.removeprefix(codecs.BOM_UTF8)
+        break
+    yield from pieces
+
+
 def _iter_txt(path: Path, options: SourceOptions) -> Iterator[Document]:
     source = _source_name(path)
     with _open_binary(path) as f:
         pieces = _split_stream(f, options.separator.encode("utf-8")) if options.separator else [f.read()]
-        for piece in pieces:
+        for piece in _without_bom(pieces):
             text, bad = _decode(piece)
             yield Document(text, source, bad)
 
@@ -346,12 +387,11 @@ def _text_of_record(record: object, source: str, where: str, options: SourceOpti
 def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
     source = _source_name(path)
     with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(_without_bom(f), 1):
             if not raw.strip():
                 continue
-            line, bad = _decode(raw)
             try:
-                record = parse_json(line, f"{source}:{lineno}", DataError)
+                record = parse_json(_decode_escaped(raw), f"{source}:{lineno}", DataError)
             except DataError as e:
                 if not options.skip_bad_records:
                     raise
@@ -359,7 +399,7 @@ def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Itera
                 continue
             text = _text_of_record(record, source, str(lineno), options, stats)
             if text is not None:
-                yield Document(text, source, bad)
+                yield _repaired_document(text, source)
 
 
 def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
@@ -370,14 +410,24 @@ def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
     """
     source = _source_name(path)
     with _open_binary(path) as f:
-        data = f.read().decode("utf-8", errors="surrogateescape")
+        data = _decode_escaped(f.read().removeprefix(codecs.BOM_UTF8))
     value = parse_json(data, source, DataError)
     records = value if isinstance(value, list) else [value]
     for i, record in enumerate(records):
         text = record if isinstance(record, str) else _text_of_record(record, source, f"item {i}", options, stats)
         if text is not None:
-            repaired, bad = _repair_escaped_bytes(text)
-            yield Document(repaired, source, bad)
+            yield _repaired_document(text, source)
+
+
+def _decode_escaped(data: bytes) -> str:
+    """JSON bytes as text with invalid bytes kept as escapes, for `_repaired_document` to mend
+    in the text field only: a bad byte in another field must not mark the document."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _repaired_document(text: str, source: str) -> Document:
+    repaired, bad = _repair_escaped_bytes(text)
+    return Document(repaired, source, bad)
 
 
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")  # what errors="surrogateescape" makes of invalid bytes
@@ -466,11 +516,7 @@ def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[
         if local.is_dir() and (
             (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()
         ):
-            ds = datasets.load_from_disk(str(local))
-            if isinstance(ds, datasets.DatasetDict):
-                if options.hf_split not in ds:
-                    raise DataError(f"hf:{name}: no split '{options.hf_split}' (splits: {', '.join(ds)})")
-                ds = ds[options.hf_split]
+            ds = _pick_split(datasets.load_from_disk(str(local)), name, options.hf_split)
         else:
             ds = datasets.load_dataset(name, split=options.hf_split, streaming=True)
     except DataError:
@@ -485,3 +531,17 @@ def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[
         )
     source = f"{HF_PREFIX}{name}"
     yield from _iter_text_values((record.get(column) for record in ds), source, column, options, stats)
+
+
+def _pick_split(ds, name: str, split: str):
+    """One split of a saved `DatasetDict`. A saved single `Dataset` has no splits: asking it for
+    one other than the default "train" is refused, not silently answered with all its rows."""
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"hf:{name}: no split '{split}' (splits: {', '.join(ds)})")
+        return ds[split]
+    if split != "train":
+        raise DataError(f"hf:{name}: a saved single Dataset has no splits; cannot read split '{split}'")
+    return ds

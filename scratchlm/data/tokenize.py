@@ -70,6 +70,7 @@ class TokenizeConfig:
     val_every: int = 100  # raw inputs only: every N-th document goes to val (0 = no val split)
     chunk_chars: int = 1 << 19  # text per work unit handed to a worker (smaller: less idle tail)
     text_field: str = "text"  # raw JSON/parquet inputs: the field holding the text
+    hf_split: str = "train"  # hf:NAME inputs: which split of the dataset to read
 
     def validate(self) -> None:
         if not self.inputs:
@@ -82,6 +83,8 @@ class TokenizeConfig:
             raise ConfigError(f"tokenize: workers must be >= 0, got {self.workers}")
         if self.val_every < 0:
             raise ConfigError(f"tokenize: val_every must be >= 0, got {self.val_every}")
+        if not self.hf_split:
+            raise ConfigError("tokenize: hf_split must name a split, e.g. train")
         if self.chunk_chars < 1:
             raise ConfigError(f"tokenize: chunk_chars must be >= 1, got {self.chunk_chars}")
 
@@ -140,7 +143,7 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
 
 def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: Iterator[int]) -> Iterator[Chunk]:
     """Raw inputs' documents; `numbers` counts raw documents across calls for the val rule."""
-    documents = iter_documents(inputs, SourceOptions(text_field=config.text_field))
+    documents = iter_documents(inputs, SourceOptions(text_field=config.text_field, hf_split=config.hf_split))
     every = config.val_every
     texts: list[str] = []
     flags: list[bool] = []

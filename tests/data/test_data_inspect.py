@@ -39,7 +39,9 @@ def test_inspect_reports_counts_histogram_and_sample(tokens_dir: Path) -> None:
     assert train["documents"] == len(TRAIN_DOCS)
     assert sum(c for _, _, c in train["histogram"]) == len(TRAIN_DOCS)
     assert train["sample"] == TRAIN_DOCS[0][:20]
-    assert train["bytes_per_token"] == pytest.approx(sum(len(t.encode()) for t in TRAIN_DOCS) / train["tokens"])
+    # like `tokenizer stats`: the end-of-text marker closing each document encodes no bytes
+    text_tokens = train["tokens"] - len(TRAIN_DOCS)
+    assert train["bytes_per_token"] == pytest.approx(sum(len(t.encode()) for t in TRAIN_DOCS) / text_tokens)
     # the end-of-text token closes every document, so it is counted once per document
     eot = next(t for t in train["top_tokens"] if t["id"] == meta["eot_id"])
     assert eot["count"] == len(TRAIN_DOCS)
@@ -51,7 +53,7 @@ def test_cli_inspect_text_and_json(tokens_dir: Path, capsys: pytest.CaptureFixtu
     assert main(["data", "inspect", str(tokens_dir), "--split", "val"]) == 0
     text = capsys.readouterr().out
     assert f"{len(VAL_DOCS)} documents" in text and "[val]" in text and "[train]" not in text
-    assert VAL_DOCS[0][:30] in text
+    assert VAL_DOCS[0][:30] in text and "bytes/token (end-of-text left out)" in text
     assert main(["data", "inspect", str(tokens_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["splits"]) == {"train", "val"}

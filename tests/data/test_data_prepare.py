@@ -313,3 +313,24 @@ def test_skipped_records_with_undecodable_keys_are_reported_not_a_crash(tmp_path
     assert prepare(config)["removed"] == {"bad_record": 1}
     (example,) = [json.loads(line) for line in (tmp_path / "out" / "removed_examples.jsonl").read_text().splitlines()]
     assert "no field 'text' (keys: b\\udcff)" in example["source"]
+
+
+def test_cli_reads_a_prepared_dataset_inside_a_directory_without_its_removed_examples(tmp_path, capsys):
+    corpus, _ = make_corpus(tmp_path)
+    parent = tmp_path / "parent"
+    run([corpus], parent / "prepared", val_fraction=0.2)
+    kept = read_split(parent / "prepared", "train") + read_split(parent / "prepared", "val")
+    again = tmp_path / "again"
+    assert main(["data", "prepare", str(parent), "--out", str(again), "--skip-bad-records"]) == 0
+    stats = json.loads((again / "stats.json").read_text())
+    assert stats["documents_in"] == len(kept) and stats["removed"] == {}
+
+
+def test_cli_hf_split_reads_the_named_split(tmp_path):
+    from tokens_testdata import save_validation_only
+
+    rng = random.Random(5)
+    saved = save_validation_only(tmp_path / "dict", [prose(rng), prose(rng)])
+    out = tmp_path / "out"
+    assert main(["data", "prepare", f"hf:{saved}", "--out", str(out), "--hf-split", "validation"]) == 0
+    assert json.loads((out / "stats.json").read_text())["documents_out"] == 2

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from tokens_testdata import save_validation_only
 
 from scratchlm.data.sources import SourceOptions, SourceStats, iter_documents
 from scratchlm.errors import DataError
@@ -236,3 +237,68 @@ def test_prepared_directory_with_a_null_text_is_one_error(tmp_path):
     for split in ("train", "all"):
         with pytest.raises(DataError, match=r"part-00001\.parquet: the 'text' column has null values"):
             texts([out], split=split)
+
+
+def test_a_prepared_dataset_inside_a_directory_is_read_as_one(tmp_path):
+    from scratchlm.data.sources import write_prepared_dir
+
+    (tmp_path / "a.txt").write_text("loose")
+    out = write_prepared_dir(tmp_path / "prepared", ["kept train"], ["kept val"])
+    write_jsonl(out / "removed_examples.jsonl", [{"reason": "exact_dup", "source": "x", "text": "removed"}])
+    assert texts([tmp_path]) == ["loose", "kept train", "kept val"]
+    assert texts([tmp_path], split="val") == ["loose", "kept val"]
+    assert texts([tmp_path], exclude=["prepared"]) == ["loose"]
+
+
+def test_default_globs_ignore_case_user_globs_do_not(tmp_path):
+    write_jsonl(tmp_path / "DATA.JSONL", [{"text": "upper"}])
+    pq.write_table(pa.table({"text": ["mixed"]}), tmp_path / "x.Parquet")
+    (tmp_path / "NOTES.MD").write_text("markdown")
+    assert texts([tmp_path]) == ["upper", "mixed"]
+    assert texts([tmp_path], include=["*.jsonl", "*.MD"]) == ["markdown"]
+
+
+def test_linked_directories_are_followed_once_even_in_a_loop(tmp_path):
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "a.txt").write_text("linked")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "link").symlink_to(real)
+    (real / "sub" / "loop").symlink_to(real)  # a link back up: must not recurse forever
+    (corpus / "z.txt").write_text("own")
+    assert texts([corpus]) == ["own", "linked"]
+
+
+@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress])
+def test_a_leading_utf8_bom_is_dropped(tmp_path, compress):
+    bom = b"\xef\xbb\xbf"
+    suffix = ".gz" if compress is gzip.compress else ""
+    files = {"a.txt": b"plain", "b.jsonl": b'{"text": "line"}\n', "c.json": b'["whole"]'}
+    paths = []
+    for name, data in files.items():
+        paths.append(tmp_path / (name + suffix))
+        paths[-1].write_bytes(compress(bom + data))
+    assert texts(paths) == ["plain", "line", "whole"]
+    assert texts(paths[:1], separator="|") == ["plain"]
+
+
+def test_jsonl_counts_invalid_utf8_only_in_the_text_field(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "fine", "id": "\xff"}\n{"text": "bad \xff byte"}\n')
+    docs = list(iter_documents([str(path)]))
+    assert [d.text for d in docs] == ["fine", "bad \ufffd byte"]
+    assert [d.invalid_utf8 for d in docs] == [False, True]
+
+
+def test_hf_split_of_a_saved_dataset_dict_and_a_single_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    saved = save_validation_only(tmp_path / "dict", ["held out"])
+    assert texts([f"hf:{saved}"], hf_split="validation") == ["held out"]
+    with pytest.raises(DataError, match="no split 'train' \\(splits: validation\\)"):
+        texts([f"hf:{saved}"])
+    single = tmp_path / "single"
+    datasets.Dataset.from_dict({"text": ["only"]}).save_to_disk(str(single))
+    assert texts([f"hf:{single}"]) == ["only"]
+    with pytest.raises(DataError, match="single Dataset has no splits; cannot read split 'validation'"):
+        texts([f"hf:{single}"], hf_split="validation")

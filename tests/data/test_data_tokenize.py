@@ -236,3 +236,14 @@ def test_a_plain_run_replaces_a_dir_left_by_an_interrupted_append(
     os.replace(out / "meta.json", out / APPEND_MARKER)  # what a killed append leaves
     run([prepared], tokenizer_dir, out, workers=1)
     assert read_all(out) == before and not (out / APPEND_MARKER).exists()
+
+
+def test_cli_hf_split_reads_the_named_split(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from tokens_testdata import save_validation_only
+
+    saved = save_validation_only(tmp_path / "dict", VAL_DOCS)
+    out = tmp_path / "tokens"
+    code = main(["data", "tokenize", f"hf:{saved}", "--tokenizer", str(tokenizer_dir), "--out", str(out),
+                 "--workers", "1", "--hf-split", "validation", "--val-every", "0"])  # fmt: skip
+    assert code == 0
+    assert decoded(out, "train", tokenizer_dir) == VAL_DOCS

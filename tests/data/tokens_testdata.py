@@ -39,3 +39,12 @@ def train_tiny_tokenizer(path: Path, vocab_size: int = 320) -> Tokenizer:
     tok = Tokenizer.train([TOKENIZER_TEXT], vocab_size=vocab_size)
     tok.save(path)
     return Tokenizer.load(path)
+
+
+def save_validation_only(path: Path, docs: Sequence[str]) -> Path:
+    """A `datasets.DatasetDict` saved with `save_to_disk` whose only split is 'validation'."""
+    import pytest
+
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": list(docs)})}).save_to_disk(str(path))
+    return path
