@@ -71,7 +71,7 @@ def register(root, groups) -> None:
 
 def _count(text: str) -> int:
     """An argparse type: a whole number ≥ 0 (a negative slice bound would list nearly everything)."""
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # as for token ids: no other scripts' digits
         raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
     return int(text)
 

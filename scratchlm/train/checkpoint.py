@@ -105,7 +105,7 @@ def save_checkpoint(
     # Any step dir under the run's checkpoints/ is the run's own: one without its state file (an
     # interrupted copy) is skipped by `find_latest`, so the resumed run comes back to this step
     # and must be able to replace it.
-    with atomic_directory(final, what="a checkpoint", replaceable=lambda _: True, error=CheckpointError) as tmp:
+    with atomic_directory(final, replaceable=lambda _: True, error=CheckpointError) as tmp:
         write_weights_and_config(tmp, weights, model_config)
         if tokenizer_dir is not None:
             write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
