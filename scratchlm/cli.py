@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "scratchlm.commands.tokenizer",
     "scratchlm.commands.interop",
     "scratchlm.commands.pretrain",
+    "scratchlm.commands.generate",
 ]
 
 

@@ -12,12 +12,16 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from scratchlm.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Weights held or written in one number format ("auto": as they are stored).
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WeightDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

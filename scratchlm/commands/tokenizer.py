@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from scratchlm.cli import add_config_args, given_flags
+from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
 from scratchlm.fsutil import brief, is_json_int, parse_json
@@ -117,7 +118,7 @@ def _encode(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(args.tokenizer)
-    text = _checked_text(args.text) if args.text is not None else _read_stdin()
+    text = checked_arg_text("--text", args.text, TokenizerError) if args.text is not None else read_stdin_text(TokenizerError)
     if args.allow_special:
         ids = tok.encode(text, allowed_special="all")
     elif args.plain_special:
@@ -128,40 +129,13 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_stdin() -> str:
-    """All of stdin as UTF-8: a byte that is not UTF-8 is an error, never a silent U+FFFD."""
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"stdin is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}") from None
-
-
-def _checked_text(text: str) -> str:
-    """--text as given: Python keeps argv bytes that are not UTF-8 as lone surrogates, refused here."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        offset = len(text[: e.start].encode("utf-8"))
-        raise TokenizerError(
-            f"--text is not UTF-8: byte {_escaped_byte(text[e.start])} at offset {offset}"
-        ) from None
-    return text
-
-
-def _escaped_byte(char: str) -> str:
-    """The original byte of a surrogate-escaped character (U+DC80..U+DCFF), else the code point."""
-    code = ord(char)
-    return f"0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
-
-
 _ID = re.compile(r"-?[0-9]+")  # ASCII only: int() would also take '1_0' and other scripts' digits
 
 
 def _parse_ids(args: argparse.Namespace) -> list[int]:
     if args.ids:
         return [_id_from_text(part) for item in args.ids for part in re.split(r"[\s,\[\]]+", item) if part]
-    data = parse_json(_read_stdin() or "[]", "stdin (a JSON list of ids)", TokenizerError)
+    data = parse_json(read_stdin_text(TokenizerError) or "[]", "stdin (a JSON list of ids)", TokenizerError)
     return [_id_from_json(item) for item in (data if isinstance(data, list) else [data])]
 
 

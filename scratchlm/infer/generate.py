@@ -6,7 +6,7 @@ reads the cached keys and values of everything before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
@@ -33,13 +33,15 @@ def stream_tokens(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
     seed: int | None = None,
     vocab_limit: int | None = None,
+    suppress_ids: Collection[int] = (),
 ) -> Iterator[int]:
     """Yield new token ids one at a time (for streaming output); see `generate`."""
     check_sampling(temperature, top_k, top_p)
     ids = _as_ids(prompt_ids)
+    stop_ids = _id_set("eos_id", eos_id)
     model = unwrap(model)  # decode eagerly: compiled or DDP wrappers add nothing here
     cfg = model.cfg
     if not ids:
@@ -50,6 +52,10 @@ def stream_tokens(
         raise ModelError(f"prompt token ids must be in [0, {cfg.vocab_size}), got {min(ids)}..{max(ids)}")
     if vocab_limit is not None and not 0 < vocab_limit <= cfg.vocab_size:
         raise ModelError(f"vocab_limit must be in [1, {cfg.vocab_size}], got {vocab_limit}")
+    drawable = cfg.vocab_size if vocab_limit is None else vocab_limit
+    suppressed = sorted(i for i in _id_set("suppress_ids", suppress_ids) if 0 <= i < drawable)
+    if len(suppressed) == drawable:
+        raise ModelError("suppress_ids leaves no token id to draw")
     # Positions are bounded by max_seq_len: generation stops there.
     steps = max(0, min(max_new_tokens, cfg.max_seq_len - len(ids)))
     if steps == 0:
@@ -67,10 +73,14 @@ def stream_tokens(
             x = torch.tensor([ids], dtype=torch.long, device=device)
             logits = model(x, cache, start_pos=0)[:, -1]
             pos = len(ids)
+            banned = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
             for i in range(steps):
-                token = sample_next_unchecked(logits[..., :vocab_limit], temperature, top_k, top_p, generator)
+                logits = logits[..., :vocab_limit]
+                if banned is not None:
+                    logits = logits.index_fill(-1, banned, float("-inf"))
+                token = sample_next_unchecked(logits, temperature, top_k, top_p, generator)
                 tok = int(token.item())
-                if eos_id is not None and tok == eos_id:
+                if tok in stop_ids:
                     return
                 yield tok
                 if i + 1 < steps:
@@ -80,6 +90,16 @@ def stream_tokens(
         model.train(was_training)
 
 
+def _id_set(name: str, ids: int | Collection[int] | None) -> frozenset[int]:
+    """Token ids given as one int, a collection of ints, or None (none), checked to be ints."""
+    if ids is None:
+        return frozenset()
+    values = [ids] if isinstance(ids, int) else list(ids)
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in values):
+        raise ModelError(f"{name} must be token ids (integers), got {ids!r}")
+    return frozenset(values)
+
+
 def generate(
     model: GPT,
     prompt_ids: Sequence[int] | torch.Tensor,
@@ -87,19 +107,23 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
     seed: int | None = None,
     vocab_limit: int | None = None,
+    suppress_ids: Collection[int] = (),
 ) -> list[int]:
     """The new token ids that follow `prompt_ids` (the prompt itself is not included).
 
     Greedy when `temperature` is 0 (or below float32's smallest normal number); otherwise
     sampling, optionally restricted to the top-k / top-p tokens, reproducible with `seed`. A
     non-finite or negative temperature, top_k < 1 or top_p outside (0, 1] is a ConfigError.
-    Stops after `max_new_tokens`, before `eos_id` (which is not returned), or when the model's
-    max_seq_len is reached. With `vocab_limit`, only ids below it are drawn: a model whose vocab
-    was padded (say to a multiple of 64) has ids its tokenizer cannot decode.
+    Stops after `max_new_tokens`, before an end-of-sequence id (`eos_id`: one id or several,
+    never returned), or when the model's max_seq_len is reached. With `vocab_limit`, only ids
+    below it are drawn: a model whose vocab was padded (say to a multiple of 64) has ids its
+    tokenizer cannot decode; `suppress_ids` are never drawn either (a tokenizer's unused ids).
     """
     return list(
-        stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed, vocab_limit)
+        stream_tokens(
+            model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed, vocab_limit, suppress_ids
+        )
     )

@@ -20,11 +20,12 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from scratchlm.device import WEIGHT_DTYPES, WeightDtype
 from scratchlm.errors import ConfigError, ModelError
 from scratchlm.fsutil import atomic_directory, read_json_object
 from scratchlm.model.config import ROPE_SCALING_KEYS, ModelConfig
@@ -51,8 +52,6 @@ TOKENIZER_FILES = (
 )
 
 HEAD = "lm_head.weight"  # the output head's name in both families and in ours
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 Tensors = dict[str, torch.Tensor]
 
 
@@ -62,7 +61,7 @@ class HFExportConfig:
 
     model: str = ""
     out: str = ""
-    dtype: DtypeName = "auto"
+    dtype: WeightDtype = "auto"
 
     def validate(self) -> None:
         if not self.model or not self.out:
@@ -75,7 +74,7 @@ class HFImportConfig:
 
     source: str = ""
     out: str = ""
-    dtype: DtypeName = "auto"
+    dtype: WeightDtype = "auto"
 
     def validate(self) -> None:
         if not self.source or not self.out:
@@ -357,10 +356,10 @@ def family_of(cfg: ModelConfig) -> str:
     return "gpt2" if cfg.pos == "learned" else "llama"
 
 
-def _cast(tensors: Tensors, dtype: DtypeName) -> Tensors:
+def _cast(tensors: Tensors, dtype: WeightDtype) -> Tensors:
     if dtype == "auto":
         return tensors
-    return {k: v.to(DTYPES[dtype]) for k, v in tensors.items()}
+    return {k: v.to(WEIGHT_DTYPES[dtype]) for k, v in tensors.items()}
 
 
 # --- in-memory conversion -----------------------------------------------------------------------
@@ -468,7 +467,7 @@ def eos_id_from_tokenizer(directory: Path) -> int | None:
 # --- the two commands ---------------------------------------------------------------------------
 
 
-def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: DtypeName = "auto") -> Path:
+def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDtype = "auto") -> Path:
     """Convert a transformers GPT-2/Llama directory into a scratchlm model directory."""
     source = Path(source)
     hf_config = read_hf_config(source)
@@ -479,7 +478,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: DtypeNam
     return save_model(model, out, extra_files=extra, inputs=[source])
 
 
-def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: DtypeName = "auto") -> Path:
+def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: WeightDtype = "auto") -> Path:
     """Convert a scratchlm model directory into one `AutoModelForCausalLM.from_pretrained` loads."""
     model_dir = resolve_model_dir(model_dir)
     cfg = load_model_config(model_dir)

@@ -365,6 +365,11 @@ class Tokenizer:
     def _valid_ids(self) -> set[int]:
         return set(self.ranks.values()) | set(self.special_tokens.values())
 
+    def unused_ids(self) -> list[int]:
+        """Ids below `vocab_size` that name no token (gaps some imported files leave): a sampler
+        must never draw them, since they have no text."""
+        return [i for i in range(self.vocab_size) if i not in self._valid_ids]
+
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of a sequence of ids; bytes that are not valid UTF-8 become U+FFFD by default."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)

@@ -142,3 +142,25 @@ def test_vocab_limit_draws_only_ids_below_it(model):
         assert ids and max(ids) < limit
     with pytest.raises(ModelError, match="vocab_limit"):
         generate(model, [1], 2, vocab_limit=model.cfg.vocab_size + 1)
+
+
+def test_any_of_several_eos_ids_stops_generation(model):
+    greedy = generate(model, [5], 6, temperature=0)
+    stop_at = greedy[3]
+    expected = greedy[: greedy.index(stop_at)]
+    assert generate(model, [5], 6, temperature=0, eos_id=[39, stop_at]) == expected
+    assert generate(model, [5], 6, temperature=0, eos_id={stop_at}) == expected
+    with pytest.raises(ModelError, match="eos_id must be token ids"):
+        generate(model, [5], 2, eos_id=[1.5])
+
+
+def test_suppressed_ids_are_never_drawn(model):
+    first = generate(model, [5], 1, temperature=0)[0]
+    assert generate(model, [5], 1, temperature=0, suppress_ids=[first])[0] != first
+    banned = set(range(0, 40, 2))
+    drawn = {t for s in range(20) for t in generate(model, [1, 2], 8, temperature=5.0, seed=s, suppress_ids=banned)}
+    assert drawn and not drawn & banned
+    with pytest.raises(ModelError, match="no token id to draw"):
+        generate(model, [5], 2, suppress_ids=range(40))
+    with pytest.raises(ModelError, match="no token id to draw"):
+        generate(model, [5], 2, vocab_limit=3, suppress_ids=[0, 1, 2, 50])

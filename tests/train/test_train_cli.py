@@ -31,6 +31,10 @@ def test_pretrain_with_overrides_then_resume(tokens, tmp_path, capsys):
     assert main(["pretrain", "--config", str(toml), "--resume"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
     assert events(read_rows(out), "resume")[0]["step"] == 2
+    # the run folder is a model directory for generation: its latest checkpoint, with its tokenizer
+    assert main(["generate", "--model", str(out), "the", "--max-new-tokens", "4", "--seed", "0", "--jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["prompt"] == "the" and row["completion_tokens"] + row["prompt_tokens"] >= 2
 
 
 def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):

@@ -1,0 +1,98 @@
+"""`scratchlm generate`: continue a prompt with a model directory, streaming the text."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scratchlm.cli import add_config_args, given_flags
+from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
+from scratchlm.config import load_config
+from scratchlm.errors import ConfigError
+from scratchlm.fsutil import read_text_file
+
+
+def register(root, groups) -> None:
+    """Add `generate`."""
+    p = root.add_parser(
+        "generate",
+        help="continue a prompt with a trained or imported model",
+        description=(
+            "Continue a prompt with a model directory (a checkpoint, a run folder or an imported "
+            "Hugging Face model), printing the text as it is generated."
+        ),
+    )
+    p.add_argument("prompt", nargs="?", help="the text to continue (or --prompt-file)")
+    p.add_argument("--model", metavar="DIR", help="model directory, checkpoint, or run folder (its latest)")
+    p.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': standard input)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer (default: the one in the model directory)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens to add at most (default 200)")
+    p.add_argument("--temperature", type=float, metavar="T", help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, metavar="K", help="draw from the K likeliest tokens; 0: all (default 200)")
+    p.add_argument("--top-p", type=float, metavar="P", help="draw from the smallest set holding P of the mass")
+    p.add_argument("--seed", type=int, help="make the draws repeatable (sample i uses seed + i)")
+    p.add_argument("--samples", type=int, metavar="N", help="continuations of the same prompt (default 1)")
+    specials = p.add_mutually_exclusive_group()
+    specials.add_argument("--allow-special", action="store_true",
+                          help="special-token text in the prompt becomes control tokens")
+    specials.add_argument("--plain-special", action="store_true",
+                          help="special-token text in the prompt is plain text")
+    p.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at end-of-text")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="weights in memory")
+    p.add_argument("--no-echo", action="store_true", help="print only the new text, not the prompt before it")
+    p.add_argument("--jsonl", action="store_true",
+                   help="print one JSON object per sample (text, token counts, finish reason, speed)")
+    add_config_args(p)
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from scratchlm.infer.text import GenerateConfig, TextGenerator
+
+    special = "allow" if args.allow_special else "plain" if args.plain_special else None
+    prompt = None if args.prompt is None else checked_arg_text("the prompt", args.prompt, ConfigError)
+    cfg = load_config(GenerateConfig, args.config, args.overrides, given_flags(
+        model=args.model, tokenizer=args.tokenizer, prompt=prompt, prompt_file=args.prompt_file,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, samples=args.samples, special=special, ignore_eos=args.ignore_eos,
+        device=args.device, dtype=args.dtype,
+    ))
+    text = _prompt_text(cfg)
+    generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype)
+    prompt_ids = generator.encode_prompt(text, cfg.special)
+    for i in range(cfg.samples):
+        if not args.jsonl and cfg.samples > 1:
+            print(f"--- sample {i + 1} of {cfg.samples} ---", flush=True)
+        if not args.jsonl and not args.no_echo:
+            print(text, end="", flush=True)
+        done = generator.complete(
+            prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+            top_p=cfg.top_p, seed=None if cfg.seed is None else cfg.seed + i, ignore_eos=cfg.ignore_eos,
+            on_text=None if args.jsonl else _write,
+        )
+        if args.jsonl:
+            print(json.dumps({
+                "sample": i, "prompt": text, "text": done.text, "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": len(done.ids), "finish_reason": done.finish_reason,
+                "seconds": round(done.seconds, 4), "seed": None if cfg.seed is None else cfg.seed + i,
+            }, ensure_ascii=False), flush=True)
+        else:
+            print(flush=True)
+        print(f"[{len(done.ids)} new tokens after {done.prompt_tokens} of prompt, finished by {done.finish_reason}, "
+              f"{done.tokens_per_second:.1f} tokens/s]", file=sys.stderr, flush=True)
+    return 0
+
+
+def _prompt_text(cfg) -> str:
+    if cfg.prompt_file == "-":
+        return read_stdin_text(ConfigError)
+    if cfg.prompt_file:
+        return read_text_file(cfg.prompt_file, ConfigError)
+    return cfg.prompt
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()

@@ -1,0 +1,225 @@
+"""Text in, text out: a model directory and its tokenizer behind one object.
+
+Why a layer above `generate`: the model works on token ids, but a user types text and reads
+text. Between the two sit choices that every front end (the `generate` command today) must
+make the same way, so they live here once:
+
+- which tokenizer: the one saved beside the weights, unless another is named;
+- how a prompt starts: a tokenizer imported from Hugging Face may ask for a begin-of-text token
+  before every text (its `post_processor` template), as Llama 3's does; models trained that
+  way produce poor text without it;
+- where to stop: the model directory's `generation_config.json` (`eos_token_id`, one id or a
+  list), else `tokenizer_config.json`'s `eos_token`, else `<|endoftext|>`;
+- what to print while streaming: a token can end inside a multi-byte UTF-8 character, so bytes
+  are held back until the character is whole, and the streamed pieces join up to exactly the
+  decoded text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from scratchlm.config import require_finite_number
+from scratchlm.device import WEIGHT_DTYPES, WeightDtype, resolve_device
+from scratchlm.errors import ConfigError, ModelError, TokenizerError
+from scratchlm.fsutil import is_json_int, read_json_object
+from scratchlm.infer.generate import stream_tokens
+from scratchlm.infer.sampling import check_sampling
+from scratchlm.model.io import load_model, load_model_config, resolve_model_dir
+from scratchlm.tokenizer.tokenizer import CONFIG_FILE, EOT, TOKENIZER_FILE, Tokenizer
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+SpecialText = Literal["refuse", "allow", "plain"]
+
+
+@dataclass
+class GenerateConfig:
+    """`scratchlm generate`: continue a prompt with a trained or imported model."""
+
+    model: str = ""  # model directory, checkpoint, `latest` pointer or run folder
+    tokenizer: str = ""  # default: the tokenizer saved in the model directory
+    prompt: str = ""
+    prompt_file: str = ""  # read the prompt from this file ("-": standard input)
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0: greedy
+    top_k: int = 200  # 0: no top-k cut
+    top_p: float = 1.0  # 1: no nucleus cut
+    seed: int | None = None  # sample i uses seed + i; none: a fresh draw every run
+    samples: int = 1
+    special: SpecialText = "refuse"  # special-token text in the prompt: an error, control tokens, or plain text
+    ignore_eos: bool = False  # keep going past the end-of-sequence token
+    device: str = "auto"
+    dtype: WeightDtype = "auto"  # weights in memory; auto: as stored
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("generate needs a model directory (--model)")
+        if self.prompt and self.prompt_file:
+            raise ConfigError("give the prompt as text or as --prompt-file, not both")
+        if isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"samples must be ≥ 1, got {self.samples}")
+        if isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ConfigError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
+        require_finite_number("top_p", self.top_p)
+        check_sampling(self.temperature, self.top_k or None, self.top_p)
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63 - self.samples:
+            raise ConfigError(f"seed must be in [-2**63, 2**63 - samples), got {self.seed}")
+
+
+@dataclass
+class Completion:
+    """One finished continuation: its text, ids and why it ended (`eos`, `length`: max_new_tokens,
+    or `context`: the model's max_seq_len)."""
+
+    prompt_tokens: int
+    ids: list[int]
+    text: str
+    finish_reason: str
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.ids) / self.seconds if self.seconds > 0 else math.inf
+
+
+class TextGenerator:
+    """A model and the tokenizer that reads and writes its ids, ready to continue text."""
+
+    def __init__(self, model_dir: str | Path, tokenizer: str | Path = "", device: str = "auto",
+                 dtype: WeightDtype = "auto") -> None:
+        directory = resolve_model_dir(model_dir)
+        if dtype not in ("auto", *WEIGHT_DTYPES):
+            raise ConfigError(f"dtype must be one of auto, {', '.join(WEIGHT_DTYPES)}; got {dtype!r}")
+        self.device = resolve_device(device)
+        vocab = load_model_config(directory).vocab_size  # a wrong directory is named before anything is read
+        tokenizer_dir = Path(tokenizer) if tokenizer else directory
+        if not tokenizer and not (directory / TOKENIZER_FILE).is_file():
+            raise TokenizerError(f"{directory} holds no {TOKENIZER_FILE}; name one with --tokenizer DIR")
+        self.tokenizer = Tokenizer.load(tokenizer_dir)
+        if self.tokenizer.vocab_size > vocab:
+            raise ModelError(
+                f"the tokenizer has {self.tokenizer.vocab_size} ids but the model only {vocab}: "
+                "they were not made for each other"
+            )
+        tokenizer_file = tokenizer_dir / TOKENIZER_FILE if tokenizer_dir.is_dir() else tokenizer_dir
+        self.prefix_ids = prefix_ids(tokenizer_file, self.tokenizer)
+        self.eos_ids = eos_ids(directory, tokenizer_file.parent, self.tokenizer)
+        self._unused = self.tokenizer.unused_ids()
+        # the weights last: every cheaper mistake above is reported without reading them
+        self.model = load_model(directory, self.device, None if dtype == "auto" else WEIGHT_DTYPES[dtype])
+
+    def encode_prompt(self, text: str, special: SpecialText = "refuse") -> list[int]:
+        """The prompt's ids, after the tokenizer's begin-of-text token if it asks for one."""
+        if special == "allow":
+            ids = self.tokenizer.encode(text, allowed_special="all")
+        elif special == "plain":
+            ids = self.tokenizer.encode_ordinary(text)
+        else:
+            try:
+                ids = self.tokenizer.encode(text)
+            except TokenizerError as e:
+                raise TokenizerError(f"prompt: {e} (--allow-special or --plain-special)") from None
+        ids = self.prefix_ids + ids
+        if not ids:  # an empty prompt starts where a document starts
+            ids = list(self.eos_ids[:1])
+        if not ids:
+            raise ConfigError("the prompt is empty and this tokenizer has no token that starts a text")
+        limit = self.model.cfg.max_seq_len
+        if len(ids) >= limit:
+            raise ConfigError(f"the prompt is {len(ids)} tokens; the model reads at most {limit}, with room to add one")
+        return ids
+
+    def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:
+        """(token id, text) pairs as they are drawn; a piece's text may be empty while a UTF-8
+        character is incomplete, and a final ("", rest) flushes what is held back."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for token in stream_tokens(
+            self.model, prompt_ids, max_new_tokens,
+            temperature=temperature, top_k=top_k or None, top_p=None if top_p >= 1.0 else top_p,
+            eos_id=None if ignore_eos else self.eos_ids, seed=seed,
+            vocab_limit=self.tokenizer.vocab_size, suppress_ids=self._unused,
+        ):
+            yield token, decoder.decode(self.tokenizer.id_to_bytes(token))
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            yield -1, rest
+
+    def complete(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False,
+                 on_text=None) -> Completion:
+        """Generate one continuation, handing each piece of text to `on_text` as it comes."""
+        started = time.perf_counter()
+        ids, pieces = [], []
+        for token, piece in self.stream(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos):
+            if token >= 0:
+                ids.append(token)
+            if piece:
+                pieces.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+        seconds = time.perf_counter() - started
+        return Completion(len(prompt_ids), ids, "".join(pieces), self._finish_reason(prompt_ids, ids, max_new_tokens),
+                          seconds)
+
+    def _finish_reason(self, prompt_ids: list[int], ids: list[int], max_new_tokens: int) -> str:
+        if len(ids) >= max_new_tokens:
+            return "length"
+        if len(prompt_ids) + len(ids) >= self.model.cfg.max_seq_len:
+            return "context"
+        return "eos"
+
+
+def prefix_ids(tokenizer_file: Path, tokenizer: Tokenizer) -> list[int]:
+    """Special tokens a Hugging Face tokenizer puts before every single text (`post_processor` of
+    type TemplateProcessing, alone or in a Sequence), as `transformers` encodes a prompt."""
+    data = _json_or_empty(tokenizer_file)
+    processor = data.get("post_processor")
+    if isinstance(processor, dict) and processor.get("type") == "Sequence":
+        processor = next((p for p in processor.get("processors") or [] if isinstance(p, dict)
+                          and p.get("type") == "TemplateProcessing"), None)
+    if not isinstance(processor, dict) or processor.get("type") != "TemplateProcessing":
+        return []
+    ids = []
+    for item in processor.get("single") or []:
+        special = item.get("SpecialToken") if isinstance(item, dict) else None
+        if not isinstance(special, dict):
+            break  # the template's text ("Sequence") comes next; anything after it is a suffix
+        name = special.get("id")
+        if name not in tokenizer.special_tokens:
+            raise TokenizerError(f"{tokenizer_file}: its template starts texts with {name!r}, which it does not define")
+        ids.append(tokenizer.special_tokens[name])
+    return ids
+
+
+def eos_ids(model_dir: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> list[int]:
+    """The ids that end a continuation, first the one an empty prompt starts from (see module doc)."""
+    configured = _json_or_empty(model_dir / GENERATION_CONFIG_FILE).get("eos_token_id")
+    if configured is not None:
+        values = configured if isinstance(configured, list) else [configured]
+        if not values or not all(is_json_int(v) for v in values):
+            raise ModelError(f"{model_dir / GENERATION_CONFIG_FILE}: eos_token_id must be a token id or a list of them")
+        bad = [v for v in values if not 0 <= v < tokenizer.vocab_size]
+        if bad:
+            raise ModelError(f"{model_dir / GENERATION_CONFIG_FILE}: eos_token_id {bad[0]} is not in the tokenizer")
+        return list(dict.fromkeys(values))
+    name = _json_or_empty(tokenizer_dir / CONFIG_FILE).get("eos_token")
+    if isinstance(name, dict):  # older transformers files store an AddedToken object
+        name = name.get("content")
+    if isinstance(name, str) and name in tokenizer.special_tokens:
+        return [tokenizer.special_tokens[name]]
+    return [tokenizer.special_tokens[EOT]] if EOT in tokenizer.special_tokens else []
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    """A JSON object file's contents, or {} when it is absent; a damaged one is an error."""
+    return read_json_object(path, ModelError) if path.is_file() else {}
