@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from scratchlm.cli import add_config_args, given_flags
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import ConfigError
 from scratchlm.fsutil import read_text_file
+
+if TYPE_CHECKING:
+    from scratchlm.infer.text import GenerateConfig
 
 
 def register(root, groups) -> None:
@@ -85,7 +89,8 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_text(cfg) -> str:
+def _prompt_text(cfg: GenerateConfig) -> str:
+    """The prompt: typed, read from a file, or read from standard input."""
     if cfg.prompt_file == "-":
         return read_stdin_text(ConfigError)
     if cfg.prompt_file:

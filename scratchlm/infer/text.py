@@ -139,8 +139,9 @@ class TextGenerator:
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:
-        """(token id, text) pairs as they are drawn; a piece's text may be empty while a UTF-8
-        character is incomplete, and a final ("", rest) flushes what is held back."""
+        """(token id, text) pairs as they are drawn; a piece's text is empty while a UTF-8
+        character is incomplete, and a last (-1, text) pair, with no token, flushes bytes that
+        never completed a character (as U+FFFD)."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for token in stream_tokens(
             self.model, prompt_ids, max_new_tokens,
