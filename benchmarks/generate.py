@@ -37,7 +37,7 @@ def twin_models(size: str, family: str, dtype: torch.dtype):
     _, tensors = hf_from_ours(cfg, weights_for_saving(ours))
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)
     assert not unexpected and all(name == "lm_head.weight" for name in missing), (missing, unexpected)
-    theirs.config.use_cache = True
+    theirs.config.use_cache = theirs.generation_config.use_cache = True  # model.py builds them for training
     return ours.to(dtype), theirs.to(dtype)
 
 
@@ -55,7 +55,7 @@ def measure(size: str, family: str, dtype: torch.dtype, args: argparse.Namespace
     def run_theirs():
         out = theirs.generate(
             prompt[None], attention_mask=mask, max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+            min_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True,
         )
         return out[0, args.prompt_tokens:].tolist()
 

@@ -56,14 +56,22 @@ def run_generate(args: argparse.Namespace) -> int:
     from scratchlm.infer.text import GenerateConfig, TextGenerator
 
     special = "allow" if args.allow_special else "plain" if args.plain_special else None
-    prompt = None if args.prompt is None else checked_arg_text("the prompt", args.prompt, ConfigError)
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ConfigError("give the prompt as text or as --prompt-file, not both")
+    # One form typed on the command line replaces both forms of a config file (flags win).
+    prompt, prompt_file = args.prompt, args.prompt_file
+    if prompt is not None or prompt_file is not None:
+        prompt, prompt_file = prompt or "", prompt_file or ""
     cfg = load_config(GenerateConfig, args.config, args.overrides, given_flags(
-        model=args.model, tokenizer=args.tokenizer, prompt=prompt, prompt_file=args.prompt_file,
+        model=args.model, tokenizer=args.tokenizer, prompt=prompt, prompt_file=prompt_file,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, samples=args.samples, special=special, ignore_eos=args.ignore_eos,
         device=args.device, dtype=args.dtype,
     ))
     text = _prompt_text(cfg)
+    encoding = getattr(sys.stdout, "encoding", None)
+    if encoding and encoding.lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # a terminal that cannot show a character
     generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype)
     prompt_ids = generator.encode_prompt(text, cfg.special)
     for i in range(cfg.samples):
@@ -91,11 +99,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _prompt_text(cfg: GenerateConfig) -> str:
     """The prompt: typed, read from a file, or read from standard input."""
-    if cfg.prompt_file == "-":
-        return read_stdin_text(ConfigError)
     if cfg.prompt_file:
-        return read_text_file(cfg.prompt_file, ConfigError)
-    return cfg.prompt
+        text = read_stdin_text(ConfigError) if cfg.prompt_file == "-" else read_text_file(cfg.prompt_file, ConfigError)
+        return text.removeprefix("\ufeff")  # a byte-order mark is no part of the prompt
+    return checked_arg_text("the prompt", cfg.prompt, ConfigError)  # argv and --set keep bytes that are not UTF-8
 
 
 def _write(piece: str) -> None:

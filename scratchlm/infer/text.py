@@ -31,10 +31,10 @@ from scratchlm.errors import ConfigError, ModelError, TokenizerError
 from scratchlm.fsutil import is_json_int, read_json_object
 from scratchlm.infer.generate import stream_tokens
 from scratchlm.infer.sampling import check_sampling
+from scratchlm.interop.hf import GENERATION_CONFIG
 from scratchlm.model.io import load_model, load_model_config, resolve_model_dir
 from scratchlm.tokenizer.tokenizer import CONFIG_FILE, EOT, TOKENIZER_FILE, Tokenizer
 
-GENERATION_CONFIG_FILE = "generation_config.json"
 SpecialText = Literal["refuse", "allow", "plain"]
 
 
@@ -70,8 +70,8 @@ class GenerateConfig:
             raise ConfigError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
         require_finite_number("top_p", self.top_p)
         check_sampling(self.temperature, self.top_k or None, self.top_p)
-        if self.seed is not None and not -(2**63) <= self.seed < 2**63 - self.samples:
-            raise ConfigError(f"seed must be in [-2**63, 2**63 - samples), got {self.seed}")
+        if self.seed is not None and not -(2**63) <= self.seed <= 2**63 - self.samples:
+            raise ConfigError(f"seed must be in [-2**63, 2**63 - samples] (sample i uses seed + i), got {self.seed}")
 
 
 @dataclass
@@ -112,6 +112,7 @@ class TextGenerator:
         tokenizer_file = tokenizer_dir / TOKENIZER_FILE if tokenizer_dir.is_dir() else tokenizer_dir
         self.prefix_ids = prefix_ids(tokenizer_file, self.tokenizer)
         self.eos_ids = eos_ids(directory, tokenizer_file.parent, self.tokenizer)
+        self.bos_id = _generation_setting(directory, "bos_token_id", self.tokenizer)
         self._unused = self.tokenizer.unused_ids()
         # the weights last: every cheaper mistake above is reported without reading them
         self.model = load_model(directory, self.device, None if dtype == "auto" else WEIGHT_DTYPES[dtype])
@@ -128,13 +129,15 @@ class TextGenerator:
             except TokenizerError as e:
                 raise TokenizerError(f"prompt: {e} (--allow-special or --plain-special)") from None
         ids = self.prefix_ids + ids
-        if not ids:  # an empty prompt starts where a document starts
-            ids = list(self.eos_ids[:1])
+        if not ids:  # an empty prompt starts where a text starts: an unconditional sample
+            ids = [self.bos_id] if self.bos_id is not None else list(self.eos_ids[:1])
         if not ids:
             raise ConfigError("the prompt is empty and this tokenizer has no token that starts a text")
         limit = self.model.cfg.max_seq_len
         if len(ids) >= limit:
-            raise ConfigError(f"the prompt is {len(ids)} tokens; the model reads at most {limit}, with room to add one")
+            raise ConfigError(
+                f"the prompt is {len(ids)} tokens, which leaves no room for a new one: the model reads at most {limit}"
+            )
         return ids
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
@@ -142,6 +145,7 @@ class TextGenerator:
         """(token id, text) pairs as they are drawn; a piece's text is empty while a UTF-8
         character is incomplete, and a last (-1, text) pair, with no token, flushes bytes that
         never completed a character (as U+FFFD)."""
+        check_sampling(temperature, top_k or None, top_p)  # here too: 0 and 1 mean "off" only after this
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for token in stream_tokens(
             self.model, prompt_ids, max_new_tokens,
@@ -181,44 +185,84 @@ class TextGenerator:
 
 
 def prefix_ids(tokenizer_file: Path, tokenizer: Tokenizer) -> list[int]:
-    """Special tokens a Hugging Face tokenizer puts before every single text (`post_processor` of
-    type TemplateProcessing, alone or in a Sequence), as `transformers` encodes a prompt."""
-    data = _json_or_empty(tokenizer_file)
-    processor = data.get("post_processor")
+    """Special tokens a Hugging Face tokenizer puts before every single text, as `transformers`
+    encodes a prompt: the leading special tokens of a TemplateProcessing `single` template (alone
+    or inside a Sequence), or the `cls` token of Roberta/Bert processing. Tokens a template puts
+    after the text are left out: a prompt is continued, not closed."""
+    processor = _json_or_empty(tokenizer_file).get("post_processor")
+
+    def malformed(what: str) -> TokenizerError:
+        return TokenizerError(f"{tokenizer_file}: its post_processor is malformed ({what})")
+
     if isinstance(processor, dict) and processor.get("type") == "Sequence":
-        processor = next((p for p in processor.get("processors") or [] if isinstance(p, dict)
-                          and p.get("type") == "TemplateProcessing"), None)
-    if not isinstance(processor, dict) or processor.get("type") != "TemplateProcessing":
+        processors = processor.get("processors")
+        if not isinstance(processors, list):
+            raise malformed("a Sequence needs a list of processors")
+        processor = next((p for p in processors if isinstance(p, dict) and p.get("type") in _PREFIXING), None)
+    if not isinstance(processor, dict) or processor.get("type") not in _PREFIXING:
         return []
-    ids = []
-    for item in processor.get("single") or []:
+    if processor["type"] != "TemplateProcessing":  # RobertaProcessing, BertProcessing: [cls, id]
+        cls = processor.get("cls")
+        if not (isinstance(cls, list) and len(cls) == 2 and isinstance(cls[0], str)):
+            raise malformed("cls must be [token, id]")
+        return [_special_id(tokenizer_file, tokenizer, cls[0], [cls[1]])[0]]
+    single, table = processor.get("single"), processor.get("special_tokens") or {}
+    if not isinstance(single, list) or not isinstance(table, dict):
+        raise malformed("a template needs a list 'single' and a map 'special_tokens'")
+    ids: list[int] = []
+    for item in single:
         special = item.get("SpecialToken") if isinstance(item, dict) else None
-        if not isinstance(special, dict):
-            break  # the template's text ("Sequence") comes next; anything after it is a suffix
-        name = special.get("id")
-        if name not in tokenizer.special_tokens:
-            raise TokenizerError(f"{tokenizer_file}: its template starts texts with {name!r}, which it does not define")
-        ids.append(tokenizer.special_tokens[name])
+        if special is None:
+            break  # the text ("Sequence") comes next; what follows it is a suffix
+        name = special.get("id") if isinstance(special, dict) else None
+        if not isinstance(name, str):
+            raise malformed("a SpecialToken needs a string id")
+        entry = table.get(name)
+        ids += _special_id(tokenizer_file, tokenizer, name, entry.get("ids") if isinstance(entry, dict) else None)
     return ids
 
 
+_PREFIXING = ("TemplateProcessing", "RobertaProcessing", "BertProcessing")
+
+
+def _special_id(where: Path, tokenizer: Tokenizer, name: str, ids: object) -> list[int]:
+    """The ids a template gives `name`: its own list when it has one (transformers uses those),
+    else the tokenizer's id for that special token."""
+    if ids is None:
+        if name not in tokenizer.special_tokens:
+            raise TokenizerError(f"{where}: its template starts texts with {name!r}, which it does not define")
+        return [tokenizer.special_tokens[name]]
+    if not isinstance(ids, list) or not ids or not all(is_json_int(i) and 0 <= i < tokenizer.vocab_size for i in ids):
+        raise TokenizerError(f"{where}: its template gives {name!r} the ids {ids!r}, which are not token ids here")
+    return list(ids)
+
+
 def eos_ids(model_dir: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> list[int]:
-    """The ids that end a continuation, first the one an empty prompt starts from (see module doc)."""
-    configured = _json_or_empty(model_dir / GENERATION_CONFIG_FILE).get("eos_token_id")
+    """The ids that end a continuation (see the module doc for where they come from)."""
+    configured = _generation_setting(model_dir, "eos_token_id", tokenizer, several=True)
     if configured is not None:
-        values = configured if isinstance(configured, list) else [configured]
-        if not values or not all(is_json_int(v) for v in values):
-            raise ModelError(f"{model_dir / GENERATION_CONFIG_FILE}: eos_token_id must be a token id or a list of them")
-        bad = [v for v in values if not 0 <= v < tokenizer.vocab_size]
-        if bad:
-            raise ModelError(f"{model_dir / GENERATION_CONFIG_FILE}: eos_token_id {bad[0]} is not in the tokenizer")
-        return list(dict.fromkeys(values))
+        return configured
     name = _json_or_empty(tokenizer_dir / CONFIG_FILE).get("eos_token")
     if isinstance(name, dict):  # older transformers files store an AddedToken object
         name = name.get("content")
     if isinstance(name, str) and name in tokenizer.special_tokens:
         return [tokenizer.special_tokens[name]]
     return [tokenizer.special_tokens[EOT]] if EOT in tokenizer.special_tokens else []
+
+
+def _generation_setting(model_dir: Path, key: str, tokenizer: Tokenizer, several: bool = False):
+    """A token id (or, with `several`, a list of ids) from `generation_config.json`; None if unset."""
+    path = model_dir / GENERATION_CONFIG
+    value = _json_or_empty(path).get(key)
+    if value is None:
+        return None
+    values = value if several and isinstance(value, list) else [value]
+    if not values or not all(is_json_int(v) for v in values):
+        raise ModelError(f"{path}: {key} must be a token id{' or a list of them' if several else ''}")
+    bad = [v for v in values if not 0 <= v < tokenizer.vocab_size]
+    if bad:
+        raise ModelError(f"{path}: {key} {bad[0]} is not in the tokenizer")
+    return list(dict.fromkeys(values)) if several else values[0]
 
 
 def _json_or_empty(path: Path) -> dict[str, Any]:

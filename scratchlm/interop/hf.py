@@ -50,6 +50,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "generation_config.json",
 )
+GENERATION_CONFIG = "generation_config.json"  # bos/eos ids for generation, carried along or made on import
 
 HEAD = "lm_head.weight"  # the output head's name in both families and in ours
 Tensors = dict[str, torch.Tensor]
@@ -474,7 +475,11 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDt
     cfg = config_from_hf(hf_config, str(source / CONFIG_FILE))
     tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
     model = build_from_tensors(cfg, tensors, str(source))  # checks every name and shape
-    extra = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
+    extra: dict[str, Path | bytes] = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
+    if GENERATION_CONFIG not in extra:  # transformers then takes these ids from config.json, which is replaced
+        kept = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if hf_config.get(key) is not None}
+        if kept:
+            extra[GENERATION_CONFIG] = (json.dumps(kept, indent=2) + "\n").encode()
     return save_model(model, out, extra_files=extra, inputs=[source])
 
 

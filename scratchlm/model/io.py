@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from scratchlm.config import from_dict, to_dict
 from scratchlm.errors import ConfigError, ModelError
-from scratchlm.fsutil import atomic_directory, atomic_write_json, read_json_object
+from scratchlm.fsutil import atomic_directory, atomic_write_json, read_json_object, read_text_file
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 
@@ -130,7 +130,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
     p = Path(path)
     if p.is_file() and p.name in POINTER_NAMES:
-        target = p.parent / p.read_text(encoding="utf-8").strip()
+        target = p.parent / read_text_file(p, ModelError).strip()
         if not target.is_dir():
             raise ModelError(f"{p} points to {target.name}, which does not exist")
         return target

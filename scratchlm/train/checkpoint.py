@@ -139,7 +139,7 @@ def find_latest(ckpt_root: str | Path) -> Path | None:
     root = Path(ckpt_root)
     pointer = root / "latest"
     if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        candidate = root / pointer.read_text(encoding="utf-8", errors="replace").strip()  # damaged: stale
         if STEP_DIR.match(candidate.name) and is_complete(candidate):
             return candidate
     found = list_checkpoints(root)

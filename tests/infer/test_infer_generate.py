@@ -70,6 +70,9 @@ def test_top_k_and_top_p_filters():
     assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, True, False, False]]
     assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.01)).sum() == 3  # the top token always stays
+    for tiny in (1e-300, 5e-324):  # 0 once rounded to float32, yet a valid setting
+        assert torch.isinf(filter_logits(logits, top_p=tiny)).tolist() == [[False, True, True, True]]
+        assert int(sample_next(logits, 1.0, top_p=tiny)) == 0
     g = torch.Generator().manual_seed(0)
     draws = [int(sample_next(logits, 1.0, top_p=0.85, generator=g)) for _ in range(300)]
     assert 1 not in draws and {0, 2, 3} <= set(draws)

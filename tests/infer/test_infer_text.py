@@ -210,3 +210,112 @@ def test_prompt_from_stdin_and_a_latest_pointer_as_the_model(tmp_path, tokenizer
     code, out, _ = run(capsys, "--model", str(run_dir / "checkpoints" / "latest"), "--prompt-file", "-", "--temperature", "0",
                        "--max-new-tokens", "8")
     assert code == 0 and out == "señor" + tokenizer.decode(ids) + "\n"
+
+
+def with_post_processor(path, tokenizer, processor):
+    data = json.loads(tokenizer.to_hf_json())
+    data["post_processor"] = processor
+    (path / "tokenizer.json").write_text(json.dumps(data))
+
+
+def template(single, table=None):
+    return {"type": "TemplateProcessing", "single": single, "pair": [], "special_tokens": table or {}}
+
+
+def test_begin_of_text_ids_follow_the_template_as_transformers_does(tmp_path, tokenizer):
+    model_dir(tmp_path / "m", tokenizer)
+    eot, im_start = tokenizer.eot_id, tokenizer.special_tokens["<|im_start|>"]
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    text = {"Sequence": {"id": "A", "type_id": 0}}
+    cases = [
+        (template([bos, text]), [im_start]),
+        # the template's own ids win over the tokenizer's (transformers reads them from the template)
+        (template([bos, text], {"<|im_start|>": {"id": "<|im_start|>", "ids": [eot], "tokens": ["<|im_start|>"]}}),
+         [eot]),
+        ({"type": "Sequence", "processors": [{"type": "ByteLevel"}, template([bos, text])]}, [im_start]),
+        (template([text, bos]), []),  # a suffix closes a text; a prompt is continued
+        ({"type": "RobertaProcessing", "cls": ["<|im_start|>", im_start], "sep": ["<|endoftext|>", eot]}, [im_start]),
+        ({"type": "ByteLevel"}, []),
+    ]
+    for processor, prefix in cases:
+        with_post_processor(tmp_path / "m", tokenizer, processor)
+        gen = TextGenerator(tmp_path / "m")
+        assert gen.prefix_ids == prefix, processor
+        assert gen.encode_prompt("the") == prefix + tokenizer.encode("the")
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        {"type": "Sequence", "processors": 5},
+        template(5),
+        template([{"SpecialToken": {"id": ["x"]}}]),
+        template([{"SpecialToken": {"id": "<|nope|>"}}]),
+        template([{"SpecialToken": {"id": "<|pad|>"}}], {"<|pad|>": {"ids": [10**6]}}),
+        {"type": "RobertaProcessing", "cls": "<s>"},
+    ],
+)
+def test_a_malformed_template_is_a_one_line_error(tmp_path, tokenizer, capsys, processor):
+    model_dir(tmp_path / "m", tokenizer)
+    with_post_processor(tmp_path / "m", tokenizer, processor)
+    code, out, err = run(capsys, "--model", str(tmp_path / "m"), "the", "--max-new-tokens", "1")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("scratchlm: error:") and "tokenizer.json" in err
+
+
+def test_an_empty_prompt_starts_from_the_configured_begin_of_text(tmp_path, tokenizer):
+    model_dir(tmp_path / "m", tokenizer)
+    pad = tokenizer.special_tokens["<|pad|>"]
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"bos_token_id": pad, "eos_token_id": 3}))
+    gen = TextGenerator(tmp_path / "m")
+    assert gen.encode_prompt("") == [pad] and gen.eos_ids == [3]
+
+
+def test_the_prompt_must_be_utf8_however_it_is_given_and_a_bom_is_dropped(tmp_path, tokenizer, capsys):
+    model_dir(tmp_path / "m", tokenizer)
+    m = str(tmp_path / "m")
+    code, out, err = run(capsys, "--model", m, "--set", 'prompt="a\udcffb"')
+    assert code == 2 and "the prompt is not UTF-8: byte 0xff at offset 1" in err
+    (tmp_path / "p.txt").write_text("\ufeffthe cat", encoding="utf-8")
+    code, out, _ = run(capsys, "--model", m, "--prompt-file", str(tmp_path / "p.txt"), "--jsonl",
+                       "--max-new-tokens", "1", "--seed", "0")
+    row = json.loads(out)
+    assert row["prompt"] == "the cat" and row["prompt_tokens"] == len(tokenizer.encode("the cat"))
+
+
+def test_a_prompt_typed_on_the_command_line_replaces_either_form_in_the_config_file(tmp_path, tokenizer, capsys):
+    model_dir(tmp_path / "m", tokenizer)
+    (tmp_path / "p.txt").write_text("from the file")
+    (tmp_path / "text.toml").write_text(f'model = "{tmp_path / "m"}"\nprompt = "from the config"\n')
+    (tmp_path / "file.toml").write_text(f'model = "{tmp_path / "m"}"\nprompt_file = "{tmp_path / "p.txt"}"\n')
+    common = ["--jsonl", "--max-new-tokens", "1", "--seed", "0"]
+    for config, argv, expected in [
+        ("text.toml", ["--prompt-file", str(tmp_path / "p.txt")], "from the file"),
+        ("file.toml", ["typed"], "typed"),
+        ("text.toml", [], "from the config"),
+    ]:
+        code, out, err = run(capsys, "--config", str(tmp_path / config), *argv, *common)
+        assert code == 0, err
+        assert json.loads(out)["prompt"] == expected
+    code, _, err = run(capsys, "--model", str(tmp_path / "m"), "x", "--prompt-file", str(tmp_path / "p.txt"))
+    assert code == 2 and "not both" in err
+
+
+def test_seeds_may_reach_the_top_of_torchs_range(tmp_path, tokenizer, capsys):
+    from scratchlm.errors import ConfigError
+    from scratchlm.infer.text import GenerateConfig
+
+    GenerateConfig(model="m", seed=2**63 - 2, samples=2).validate()
+    with pytest.raises(ConfigError, match="seed must be in"):
+        GenerateConfig(model="m", seed=2**63 - 1, samples=2).validate()
+    model_dir(tmp_path / "m", tokenizer)
+    code, out, _ = run(capsys, "--model", str(tmp_path / "m"), "x", "--seed", str(2**63 - 2), "--samples", "2",
+                       "--jsonl", "--max-new-tokens", "2")
+    assert code == 0 and [json.loads(line)["seed"] for line in out.splitlines()] == [2**63 - 2, 2**63 - 1]
+
+
+def test_a_pointer_file_that_is_not_text_is_a_one_line_error(tmp_path, tokenizer, capsys):
+    model_dir(tmp_path / "run" / "checkpoints" / "step-000001", tokenizer)
+    (tmp_path / "run" / "checkpoints" / "latest").write_bytes(b"\xff\xfe")
+    code, _, err = run(capsys, "--model", str(tmp_path / "run" / "checkpoints" / "latest"), "x")
+    assert code == 2 and "not UTF-8 text" in err and err.count("\n") == 1

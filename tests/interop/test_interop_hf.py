@@ -131,6 +131,22 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert "not a Hugging Face config" in capsys.readouterr().err
 
 
+def test_import_keeps_the_generation_ids_that_only_config_json_held(tmp_path):
+    """transformers falls back on config.json's bos/eos ids when generation_config.json is absent;
+    import replaces config.json, so the ids must survive in the model directory."""
+    hf = hf_llama()
+    hf.config.eos_token_id = [1, 2]
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").unlink(missing_ok=True)
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    kept = json.loads((tmp_path / "ours" / "generation_config.json").read_text())
+    assert kept == {"bos_token_id": 0, "eos_token_id": [1, 2]}
+    hf_llama().save_pretrained(tmp_path / "hf2")  # one transformers wrote is carried over as it is
+    import_hf(tmp_path / "hf2", tmp_path / "ours2")
+    assert (tmp_path / "ours2" / "generation_config.json").read_bytes() == (
+        tmp_path / "hf2" / "generation_config.json").read_bytes()
+
+
 def test_unexportable_and_unsupported_models_are_clear_errors(tmp_path):
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16, qk_norm=True)
     save_model(GPT(cfg), tmp_path / "m")
