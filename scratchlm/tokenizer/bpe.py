@@ -28,10 +28,12 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import regex
 
+from scratchlm.data.parallel import ordered_map
 from scratchlm.progress import progress
 from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN
 
@@ -125,26 +127,30 @@ def count_words(
     """
     total: dict[str, int] = {}
     chunks = _chunks(texts, chunk_chars, _SAFE_CUTS.get(pattern))
-    bar = progress(desc="counting words", unit="chunk", disable=None if show_progress else True)
     if workers <= 1:
+        bar = progress(desc="counting words", unit="chunk", disable=None if show_progress else True)
         for chunk in chunks:
             _add_counts(total, _count_chunk(pattern, chunk))
             bar.update(1)
         bar.close()
         return total
-    with _pool_context().Pool(workers) as pool:
-        pending = []
-        for chunk in chunks:
-            pending.append(pool.apply_async(_count_chunk, (pattern, chunk)))
-            # Bounded memory: at most two chunks per worker wait in the queue.
-            while len(pending) >= 2 * workers:
-                _add_counts(total, pending.pop(0).get())
-                bar.update(1)
-        for result in pending:
-            _add_counts(total, result.get())
+    # A process pool, not multiprocessing.Pool: if a worker dies (the out-of-memory killer), Pool
+    # waits forever for its lost chunk, deaf even to SIGTERM; this pool ends with a clear error.
+    bar = None
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+        jobs = ((None, (pattern, chunk)) for chunk in chunks)
+        for _, counts in ordered_map(pool, _count_job, jobs, 2 * workers, "word-counting"):
+            if bar is None:  # made once the workers are forked, so its helper thread is not forked along
+                bar = progress(desc="counting words", unit="chunk", disable=None if show_progress else True)
+            _add_counts(total, counts)
             bar.update(1)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return total
+
+
+def _count_job(job: tuple[str, Sequence[str]]) -> dict[str, int]:
+    return _count_chunk(*job)
 
 
 def _initial_pairs(words: list[str], counts: list[int]) -> tuple[dict[str, int], dict[str, set[int]]]:

@@ -87,6 +87,24 @@ def test_workers_and_chunking_do_not_change_the_result(corpus):
     assert a.ranks == b.ranks and a.sha256 == b.sha256
 
 
+def _die(job):
+    """Stands in for the word-counting worker: the process ends at once, as if killed."""
+    import os
+
+    os._exit(9)
+
+
+def test_a_word_counting_worker_that_dies_is_a_one_line_error_not_a_hang(corpus, monkeypatch):
+    """multiprocessing.Pool waited forever for a dead worker's chunk (and then hung in its own
+    clean-up on SIGTERM); the pool used now reports the death."""
+    import scratchlm.tokenizer.bpe as bpe
+    from scratchlm.errors import ScratchLMError
+
+    monkeypatch.setattr(bpe, "_count_job", _die)
+    with pytest.raises(ScratchLMError, match="a word-counting worker process died"):
+        count_words(corpus, GPT4_PATTERN, workers=2, chunk_chars=20_000, show_progress=False)
+
+
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_cutting_long_documents_changes_no_word(corpus, pattern):
     regex_text = PATTERNS[pattern]
