@@ -37,7 +37,7 @@ from scratchlm.data.sources import (
     local_input_paths,
 )
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
+from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
 from scratchlm.progress import progress
 
 _MASK64 = (1 << 64) - 1
@@ -243,7 +243,6 @@ def prepare(config: PrepareConfig) -> dict:
     out = Path(config.out)
     inputs = local_input_paths(config.inputs)
     output = dict(what="a prepared dataset", replaceable=is_prepared_dir, inputs=inputs, error=DataError)
-    check_output_dir(out, **output)  # before any work
     source_stats = SourceStats()
     removed: Counter[str] = Counter()
     examples: dict[str, list[dict]] = {}

@@ -31,8 +31,6 @@ import pyarrow.parquet as pq
 
 from scratchlm.data.parallel import ordered_map
 from scratchlm.data.sources import (
-    BUILTIN_PREFIX,
-    HF_PREFIX,
     SourceOptions,
     check_prepared_texts,
     is_prepared_dir,
@@ -166,8 +164,9 @@ def read_chunks(config: TokenizeConfig) -> tuple[Iterator[Chunk], int | None]:
     `val_every`-th of their documents (counted across all raw inputs) to val.
     """
     groups = [(prepared, list(specs)) for prepared, specs in groupby(config.inputs, key=_is_prepared)]
-    if len(groups) == 1 and groups[0][0]:
-        return _chunks(config, groups), _row_count(_prepared_files([Path(p) for p in config.inputs]))
+    if len(groups) == 1 and groups[0][0]:  # only prepared dirs: their row counts give the total
+        files = _prepared_files([Path(p) for p in config.inputs])
+        return _prepared_chunks(files, config.chunk_chars), _row_count(files)
     return _chunks(config, groups), None
 
 
@@ -444,8 +443,8 @@ def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
 def tokenize_dataset(config: TokenizeConfig) -> dict[str, Any]:
     """Tokenize `config.inputs` into the tokens dir `config.out`; returns its meta.json content."""
     config.validate()
-    for p in config.inputs:
-        if not p.startswith((BUILTIN_PREFIX, HF_PREFIX)) and not Path(p).exists():
+    for p in local_input_paths(config.inputs):
+        if not Path(p).exists():
             raise DataError(f"input not found: {p}")
     out = Path(config.out)
     check_output_dir(out, **_output_rules(config))  # before any work, for an append too

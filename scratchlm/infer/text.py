@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from scratchlm.config import require_finite_number
 from scratchlm.device import WEIGHT_DTYPES, WeightDtype, resolve_device
 from scratchlm.errors import ConfigError, ModelError, TokenizerError
 from scratchlm.fsutil import is_json_int, read_json_object
@@ -68,7 +67,6 @@ class GenerateConfig:
             raise ConfigError(f"samples must be ≥ 1, got {self.samples}")
         if isinstance(self.top_k, bool) or self.top_k < 0:
             raise ConfigError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
-        require_finite_number("top_p", self.top_p)
         check_sampling(self.temperature, self.top_k or None, self.top_p)
         if self.seed is not None and not -(2**63) <= self.seed <= 2**63 - self.samples:
             raise ConfigError(f"seed must be in [-2**63, 2**63 - samples] (sample i uses seed + i), got {self.seed}")
@@ -145,11 +143,10 @@ class TextGenerator:
         """(token id, text) pairs as they are drawn; a piece's text is empty while a UTF-8
         character is incomplete, and a last (-1, text) pair, with no token, flushes bytes that
         never completed a character (as U+FFFD)."""
-        check_sampling(temperature, top_k or None, top_p)  # here too: 0 and 1 mean "off" only after this
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for token in stream_tokens(
+        for token in stream_tokens(  # checks the settings; only exactly 0 and 1 are translated to "off"
             self.model, prompt_ids, max_new_tokens,
-            temperature=temperature, top_k=top_k or None, top_p=None if top_p >= 1.0 else top_p,
+            temperature=temperature, top_k=top_k or None, top_p=None if top_p == 1.0 else top_p,
             eos_id=None if ignore_eos else self.eos_ids, seed=seed,
             vocab_limit=self.tokenizer.vocab_size, suppress_ids=self._unused,
         ):

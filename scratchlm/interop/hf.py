@@ -40,6 +40,7 @@ from scratchlm.model.io import (
     save_model,
 )
 
+GENERATION_CONFIG = "generation_config.json"  # bos/eos ids for generation, carried along or made on import
 # Tokenizer (and generation) files carried along in both directions when present.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -48,9 +49,8 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
-    "generation_config.json",
+    GENERATION_CONFIG,
 )
-GENERATION_CONFIG = "generation_config.json"  # bos/eos ids for generation, carried along or made on import
 
 HEAD = "lm_head.weight"  # the output head's name in both families and in ours
 Tensors = dict[str, torch.Tensor]

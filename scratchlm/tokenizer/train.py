@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -58,23 +59,17 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
     inputs = local_input_paths(cfg.inputs)
     check_output_dir(cfg.out, inputs=inputs, **_OUTPUT_RULES)  # before training, not after
     options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
-    read = 0
-
-    def texts() -> Iterator[str]:
-        nonlocal read
-        for doc in iter_documents(cfg.inputs, options):
-            read += 1
-            yield doc.text
-
+    docs = iter_documents(cfg.inputs, options)
+    first = next(docs, None)
+    if first is None:  # a tokenizer of bytes alone, saved as if trained, would hide the mistake
+        raise TokenizerError(f"no documents in the inputs ({', '.join(map(str, cfg.inputs))}): nothing to train on")
     tok = Tokenizer.train(
-        texts(),
+        (doc.text for doc in chain([first], docs)),
         cfg.vocab_size,
         pattern=cfg.pattern,
         special_tokens=cfg.special_tokens,
         min_frequency=cfg.min_frequency,
         workers=cfg.workers or (os.cpu_count() or 1),
     )
-    if not read:  # a tokenizer of bytes alone, saved as if trained, would hide the mistake
-        raise TokenizerError(f"no documents in the inputs ({', '.join(map(str, cfg.inputs))}): nothing to train on")
     save_tokenizer_dir(tok, cfg.out, inputs)
     return tok

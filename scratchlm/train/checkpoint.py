@@ -38,10 +38,6 @@ REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CHECKPOINT_STATE_FILE, "optimizer.p
 RANK_KEY = re.compile(r"^rank\d+$")
 DAMAGED_ADVICE = "move this checkpoint directory away to resume from an earlier one"
 OPTIMIZER_MISFIT = "does not fit this run's optimizer and model"
-# A failed collective is about the processes, not the file: never relabelled as a misfit.
-DISTRIBUTED_ERRORS: tuple[type[BaseException], ...] = (
-    (torch.distributed.DistError,) if torch.distributed.is_available() else ()
-)
 
 
 def step_dir_name(step: int) -> str:
@@ -229,12 +225,10 @@ def _optimizer_misfit(saved: dict[str, Any], own_groups: list[dict[str, Any]]) -
 @contextmanager
 def as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
     """Turn torch's complaints about a state that does not fit (KeyError, ValueError, ... with a
-    traceback) into one CheckpointError naming the file. Wrap only work on this process: a
-    distributed error passes through as it is."""
+    traceback) into one CheckpointError naming the file. Wrap only work on this process: a failed
+    collective is about the processes, not the file."""
     try:
         yield
-    except DISTRIBUTED_ERRORS:
-        raise
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {_first_line(e)})") from None
 

@@ -253,7 +253,8 @@ class PretrainRun:
         """Train to the budget or a stop signal, evaluate, save. The signal handlers stay until the
         last checkpoint is written, so a signal at any point ends in a checkpoint."""
         session = Session(self.state.elapsed_s)
-        self._last_saved = (self.state.step, self._checkpoint_has_val())
+        has_val = self._checkpoint_has_val()
+        self._last_saved = (self.state.step, has_val)
         self._install_signal_handlers()
         try:
             stopped = self._train_loop(session)
@@ -293,8 +294,10 @@ class PretrainRun:
                 if step % tc.log_every == 0 or step == 1:
                     self._log_progress(outcome, session, bar)
                 eval_due = bool(tc.eval_every) and step % tc.eval_every == 0
-                if eval_due or (tc.sample_every and step % tc.sample_every == 0):
-                    self._evaluate(step, session.losses, measure_val=eval_due)
+                # samples come every sample_every steps, or with each evaluation when that is unset
+                sample_due = step % tc.sample_every == 0 if tc.sample_every else eval_due
+                if eval_due or sample_due:
+                    self._evaluate(step, session.losses, measure_val=eval_due, sample=sample_due)
                 checkpoint_due = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due
                 if checkpoint_due:
                     self._interval_checkpoint(session)
@@ -324,7 +327,7 @@ class PretrainRun:
         st.elapsed_s = session.elapsed()
         if stopped is None:
             if st.last_eval_step != st.step:
-                self._evaluate(st.step, session.losses, final=True)
+                self._evaluate(st.step, session.losses, measure_val=True, sample=True)
             self._check_loss_trend(session.losses)
             (signum,) = self._agree_max(float(self._stop_signal or 0))
             stopped = signal.Signals(int(signum)).name if signum else None
@@ -535,7 +538,7 @@ class PretrainRun:
             return 0.0
         return mfu(self.flops_per_token, tokens_per_s / self.dist.world_size, self.peak_flops)
 
-    def _evaluate(self, step: int, losses: list[float], final: bool = False, measure_val: bool = True) -> None:
+    def _evaluate(self, step: int, losses: list[float], measure_val: bool, sample: bool) -> None:
         """Validation loss (unless only a sample is due) and a sample, logged as one row. A stop
         signal cuts the evaluation short and records nothing: a loss over part of the batches
         would not compare with the others."""
@@ -548,8 +551,7 @@ class PretrainRun:
             except EvaluationInterrupted:
                 return
             row.update(self._record_val(step, float(result["val_loss"]), float(result["val_bpb"])))
-        every = self.tc.sample_every or self.tc.eval_every
-        if self.tc.sample_tokens > 0 and (final or not every or step % every == 0):
+        if self.tc.sample_tokens > 0 and sample:
             ids = self._sample(step)
             row["sample"] = self.tokenizer.decode(ids)
             found = diagnosis.repetitive_sample(
@@ -625,7 +627,8 @@ class PretrainRun:
     # --- checkpoints -----------------------------------------------------------------------
 
     def _save(self, reason: str) -> None:
-        self._last_saved = (self.state.step, self._checkpoint_has_val())
+        has_val = self._checkpoint_has_val()
+        self._last_saved = (self.state.step, has_val)
         weights, optim_state = self._full_states()
         rng_states = self._gather(ckpt.capture_rng())
         if self.dist.is_main:
@@ -634,7 +637,7 @@ class PretrainRun:
             st = self.state
             train_state = {
                 **asdict(st),
-                "val_loss": st.last_val_loss if st.last_val_step == st.step else None,
+                "val_loss": st.last_val_loss if has_val else None,
                 "monitor": self.monitor.state_dict(),
                 "schedule": {"kind": self.tc.schedule, "progress": self._progress()},
                 "world_size": self.dist.world_size,

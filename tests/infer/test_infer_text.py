@@ -319,3 +319,17 @@ def test_a_pointer_file_that_is_not_text_is_a_one_line_error(tmp_path, tokenizer
     (tmp_path / "run" / "checkpoints" / "latest").write_bytes(b"\xff\xfe")
     code, _, err = run(capsys, "--model", str(tmp_path / "run" / "checkpoints" / "latest"), "x")
     assert code == 2 and "not UTF-8 text" in err and err.count("\n") == 1
+
+
+def test_the_python_api_refuses_bad_settings_instead_of_turning_them_off(tmp_path, tokenizer):
+    from scratchlm.errors import ConfigError
+
+    model_dir(tmp_path / "m", tokenizer)
+    gen = TextGenerator(tmp_path / "m")
+    prompt = gen.encode_prompt("the")
+    for bad in (dict(top_p=1.5), dict(top_k=-1), dict(temperature=-1.0)):
+        settings = {"temperature": 1.0, **bad}
+        with pytest.raises(ConfigError):
+            gen.complete(prompt, max_new_tokens=2, **settings)
+    assert len(gen.complete(prompt, max_new_tokens=2, temperature=1.0, top_k=0, top_p=1.0,
+                            seed=0, ignore_eos=True).ids) == 2

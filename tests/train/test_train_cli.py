@@ -32,9 +32,16 @@ def test_pretrain_with_overrides_then_resume(tokens, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["steps"] == 3
     assert events(read_rows(out), "resume")[0]["step"] == 2
     # the run folder is a model directory for generation: its latest checkpoint, with its tokenizer
-    assert main(["generate", "--model", str(out), "the", "--max-new-tokens", "4", "--seed", "0", "--jsonl"]) == 0
-    row = json.loads(capsys.readouterr().out)
-    assert row["prompt"] == "the" and row["completion_tokens"] + row["prompt_tokens"] >= 2
+    rows = []
+    for model in (out, out / "checkpoints" / "step-000003"):
+        argv = ["generate", "--model", str(model), "the", "--max-new-tokens", "4", "--seed", "0", "--jsonl",
+                "--ignore-eos"]
+        assert main(argv) == 0
+        row = json.loads(capsys.readouterr().out)
+        row.pop("seconds")
+        rows.append(row)
+    assert rows[0] == rows[1]  # the run folder is its latest checkpoint
+    assert rows[0]["prompt"] == "the" and rows[0]["completion_tokens"] == 4 and rows[0]["finish_reason"] == "length"
 
 
 def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
