@@ -17,6 +17,12 @@ The result equals `F.cross_entropy(logits.float(), targets, ignore_index=...)` (
 targets that are not ignored) up to float rounding, with the same matmul FLOPs: nothing is
 recomputed. Options: tanh soft-capping of the logits (Gemma 2) and the z-loss (PaLM), the mean
 squared log-normaliser, added with a weight to the objective.
+
+Under `torch.compile` the same loss is written as plain tensor ops instead (`_composite_loss`):
+the compiler fuses softmax, gather and their gradients into a few kernels of its own, and the
+hand-made blocks only get in its way. Measured on 2 CPU cores, 10M shape, bf16 autocast: the
+compiled training step's lead over `transformers` went from 1.00–1.08× to 1.09–1.17× (Llama)
+and from 1.06–1.07× to 1.10–1.13× (GPT-2); float32 was no different.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from scratchlm.model.matmul import linear
 from scratchlm.model.tied import GradientHandoff
@@ -182,6 +189,9 @@ def head_cross_entropy(
     (a tied embedding, `model/tied.py`), the weight's gradient goes to the embedding's backward.
     """
     device_type = hidden.device.type
+    if torch.compiler.is_compiling():
+        return _composite_loss(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                               softcap, float(z_loss), ignore_index)
     compute_dtype = weight.dtype
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
@@ -190,3 +200,19 @@ def head_cross_entropy(
         softcap, float(z_loss), ignore_index, compute_dtype, handoff,
     )
     return HeadLoss(objective, loss)
+
+
+def _composite_loss(hidden, weight, targets, softcap, z_weight, ignore_index) -> HeadLoss:
+    """The fused loss's result in plain ops, for the compiler to fuse (see the module doc).
+
+    `F.cross_entropy` rather than logsumexp and gather: the compiler's code for its gradient was
+    measured faster. Summed, then divided by the kept rows, so all-ignored targets give 0, not NaN."""
+    z = linear(hidden, weight).float()  # the product in the compute dtype, the softmax in float32
+    if softcap is not None:
+        z = torch.tanh(z / softcap) * softcap
+    count = (targets != ignore_index).sum().clamp(min=1).to(torch.float32)
+    ce = F.cross_entropy(z, targets, ignore_index=ignore_index, reduction="sum") / count
+    if not z_weight:
+        return HeadLoss(ce, ce.detach())
+    lse = torch.logsumexp(z, dim=-1).masked_fill(targets == ignore_index, 0.0)
+    return HeadLoss(ce + z_weight * lse.square().sum() / count, ce.detach())

@@ -52,6 +52,36 @@ def test_loss_and_gradients_equal_the_materialised_cross_entropy(softcap, z_loss
     torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_the_plain_ops_run_under_torch_compile_give_the_same_loss_and_gradients(softcap, z_loss):
+    """`_composite_loss` is what `head_cross_entropy` becomes inside torch.compile."""
+    from scratchlm.model.loss import _composite_loss
+
+    hidden, weight = leaves((3, 40, 16), (VOCAB, 16), seed=9)
+    targets = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(2))
+    targets[1, 5:30] = IGNORE_INDEX
+    ref_loss, ref_objective = reference(hidden, weight, targets, softcap, z_loss)
+    ref_grads = torch.autograd.grad(0.5 * ref_objective, (hidden, weight))
+    out = _composite_loss(hidden.flatten(0, 1), weight, targets.flatten(), softcap, z_loss, IGNORE_INDEX)
+    grads = torch.autograd.grad(0.5 * out.objective, (hidden, weight))
+    assert out.loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert out.objective.item() == pytest.approx(ref_objective.item(), rel=1e-6)
+    assert not out.loss.requires_grad
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_plain_ops_give_zero_not_nan_when_every_row_is_ignored():
+    from scratchlm.model.loss import _composite_loss
+
+    hidden, weight = leaves((12, 8), (VOCAB, 8))
+    out = _composite_loss(hidden, weight, torch.full((12,), IGNORE_INDEX), None, 1e-2, IGNORE_INDEX)
+    grads = torch.autograd.grad(out.objective, (hidden, weight))
+    assert out.loss.item() == 0.0 and out.objective.item() == 0.0
+    assert all(g.abs().sum() == 0 for g in grads)
+
+
 def test_targets_far_below_the_top_logit_give_the_exact_large_loss():
     """The log-normaliser comes from the largest probability, so a target whose own probability
     underflows float32 (here e^-300) still gets its true loss of about 300 nats, not inf."""
@@ -228,15 +258,22 @@ def test_model_loss_gradients_equal_logits_then_cross_entropy(tie, family, keep_
 
 
 @pytest.mark.parametrize("tie,family", [(True, "gpt2"), (False, "llama")])
-def test_model_loss_under_torch_compile_matches_eager(tie, family):
-    """Also the hand-written autograd pieces (fused loss, tied hand-off, RMSNorm with q/k norm)
-    traced by dynamo."""
+def test_model_loss_under_torch_compile_matches_eager(tie, family, monkeypatch):
+    """Also the hand-written autograd pieces (tied hand-off, RMSNorm with q/k norm) traced by
+    dynamo; the loss there is the plain-ops form, never the hand-fused one."""
+    import scratchlm.model.loss as loss_module
+
     model = model_pair(tie, family, qk_norm=family == "llama")
     x, y = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
     eager = model(x, targets=y).objective
     eager.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
+
+    def not_under_compile(*args):
+        raise AssertionError("the hand-fused loss ran inside torch.compile")
+
+    monkeypatch.setattr(loss_module._FusedHeadCrossEntropy, "forward", staticmethod(not_under_compile))
     compiled = torch.compile(model)(x, targets=y).objective
     compiled.backward()
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-5)
