@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from scratchlm.cli import add_config_args
+from scratchlm.cli import add_config_args, given_flags
 from scratchlm.config import load_config
 
 
@@ -48,30 +48,17 @@ def register(root, groups) -> None:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, as the nested dict `load_config` merges."""
-    base: dict[str, Any] = {}
-    source: dict[str, Any] = {}
-    if args.inputs:
-        base["inputs"] = list(args.inputs)
-    for key in ("out", "val_fraction", "workers"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
-    for key in ("text_field", "hf_split"):
-        if getattr(args, key) is not None:
-            source[key] = getattr(args, key)
-    if args.separator is not None:
-        source["separator"] = args.separator.replace("\\n", "\n").replace("\\t", "\t")
-    for key in ("include", "exclude"):
-        if getattr(args, key):
-            source[key] = list(getattr(args, key))
-    if args.skip_bad_records:
-        source["skip_bad_records"] = True
-    if source:
-        base["source"] = source
-    if args.no_filters:
-        base["filters"] = {"enabled": False}
-    if args.no_dedup:
-        base["dedup"] = {"exact": False, "near": False}
-    return base
+    separator = None if args.separator is None else args.separator.replace("\\n", "\n").replace("\\t", "\t")
+    source = given_flags(
+        text_field=args.text_field, hf_split=args.hf_split, separator=separator,
+        include=args.include, exclude=args.exclude, skip_bad_records=args.skip_bad_records,
+    )
+    return given_flags(
+        inputs=args.inputs, out=args.out, val_fraction=args.val_fraction, workers=args.workers,
+        source=source or None,
+        filters={"enabled": False} if args.no_filters else None,
+        dedup={"exact": False, "near": False} if args.no_dedup else None,
+    )
 
 
 def _prepare(args: argparse.Namespace) -> int:

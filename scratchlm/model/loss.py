@@ -36,7 +36,10 @@ from scratchlm.model.matmul import linear
 from scratchlm.model.tied import GradientHandoff
 
 IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens)
-_BLOCK_BYTES = 4 << 20  # float32 work block: small enough to stay in cache and reuse freed memory
+_BLOCK_BYTES = 4 << 20  # CPU float32 work block: small enough to stay in cache and reuse freed memory
+# Elsewhere (GPUs) each block costs several kernel launches and there is no cache to fit: blocks
+# only bound the float32 temporaries' memory (GPT-2's 16 × 1,024 rows: 13 blocks, not 820).
+_ACCELERATOR_BLOCK_BYTES = 256 << 20
 _CAST_SLICE_BYTES = 8 << 20  # compute-dtype copy of one slice of the table's rows
 
 
@@ -107,7 +110,7 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
     ce_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     z_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    step = max(1, _BLOCK_BYTES // (4 * vocab))
+    step = _rows_per_block(h.device, vocab)
     for start in range(0, n_rows, step):
         rows = slice(start, min(start + step, n_rows))
         block = work[rows]
@@ -142,6 +145,12 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
         ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight)
     ctx.mark_non_differentiable(loss)
     return objective, loss
+
+
+def _rows_per_block(device: torch.device, vocab: int) -> int:
+    """Rows of logits turned into gradients at a time: a float32 block of the device's size."""
+    block_bytes = _BLOCK_BYTES if device.type == "cpu" else _ACCELERATOR_BLOCK_BYTES
+    return max(1, block_bytes // (4 * vocab))
 
 
 def _matmul_grads(work, h, weight, slices, last_slice, need_hidden: bool, need_weight: bool):

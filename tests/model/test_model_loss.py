@@ -117,6 +117,16 @@ def test_rows_are_processed_in_blocks_without_changing_the_result(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_blocks_are_cache_sized_on_cpu_and_launch_few_kernels_elsewhere():
+    from scratchlm.model.loss import _rows_per_block
+
+    gpt2_vocab, gpt2_rows = 50304, 16 * 1024
+    assert _rows_per_block(torch.device("cpu"), gpt2_vocab) == 20  # 4 MiB of float32
+    on_gpu = _rows_per_block(torch.device("cuda", 0), gpt2_vocab)
+    assert math.ceil(gpt2_rows / on_gpu) == 13
+    assert _rows_per_block(torch.device("cpu"), 10**9) == 1  # a huge vocabulary still makes progress
+
+
 def test_bf16_autocast_matches_autocast_linear_then_float32_cross_entropy():
     hidden, weight = leaves((4, 64, 32), (VOCAB, 32), seed=2)
     targets = torch.randint(0, VOCAB, (4, 64))
