@@ -21,8 +21,8 @@ squared log-normaliser, added with a weight to the objective.
 Under `torch.compile` the same loss is written as plain tensor ops instead (`_composite_loss`):
 the compiler fuses softmax, gather and their gradients into a few kernels of its own, and the
 hand-made blocks only get in its way. Measured on 2 CPU cores, 10M shape, bf16 autocast: the
-compiled training step's lead over `transformers` went from 1.00–1.08× to 1.09–1.17× (Llama)
-and from 1.06–1.07× to 1.10–1.13× (GPT-2); float32 was no different.
+compiled training step's lead over `transformers` went from 1.05–1.08× to 1.10–1.14× (Llama)
+and from 1.06–1.07× to 1.10× (GPT-2); float32 was no different (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
