@@ -195,7 +195,8 @@ def head_cross_entropy(
     Under autocast the matmuls run in the autocast dtype and the softmax in float32, like
     autocast would run `F.linear` + `F.cross_entropy(logits.float())`. Rows whose target is
     `ignore_index` count for nothing; if every row is ignored the loss is 0. With a `handoff`
-    (a tied embedding, `model/tied.py`), the weight's gradient goes to the embedding's backward.
+    (a tied embedding, `model/tied.py`), the weight's gradient goes to the embedding's backward;
+    under torch.compile it is not used, and autograd adds the two gradients itself.
     """
     device_type = hidden.device.type
     if torch.compiler.is_compiling():
