@@ -40,6 +40,15 @@ COMMAND_MODULES = [
 ]
 
 
+# `device.WeightDtype`'s values, here so that building the parser does not import torch.
+WEIGHT_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--dtype`: the number format of model weights ("auto": as stored)."""
+    parser.add_argument("--dtype", choices=WEIGHT_DTYPE_CHOICES, help=help)
+
+
 def add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
     """The options every command shares: a TOML config file and `--set section.key=value`."""
     if config_file:

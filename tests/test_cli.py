@@ -155,3 +155,18 @@ def test_flags_win_over_the_config_file(capsys, tmp_path):
 
     sources = {s for part in (tmp_path / "from-flag").glob("*/*.parquet") for s in pq.read_table(part)["source"].to_pylist()}
     assert sources == {str(tmp_path / "1.txt")}
+
+
+def test_every_dtype_flag_offers_exactly_the_weight_dtypes_the_library_accepts(capsys):
+    from typing import get_args
+
+    from scratchlm.cli import WEIGHT_DTYPE_CHOICES, build_parser
+    from scratchlm.device import WEIGHT_DTYPES, WeightDtype
+
+    assert WEIGHT_DTYPE_CHOICES == get_args(WeightDtype) == ("auto", *WEIGHT_DTYPES)
+    parser = build_parser()
+    for command in (["generate"], ["export", "hf"], ["import", "hf"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--dtype", "int8"])
+        err = capsys.readouterr().err
+        assert "invalid choice: 'int8'" in err and "'bfloat16'" in err, (command, err)

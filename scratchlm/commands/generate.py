@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from scratchlm.cli import add_config_args, given_flags
+from scratchlm.cli import add_config_args, add_dtype_arg, given_flags
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import ConfigError
@@ -44,7 +44,7 @@ def register(root, groups) -> None:
                           help="special-token text in the prompt is plain text")
     p.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at end-of-text")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="weights in memory")
+    add_dtype_arg(p, "weights in memory")
     p.add_argument("--no-echo", action="store_true", help="print only the new text, not the prompt before it")
     p.add_argument("--jsonl", action="store_true",
                    help="print one JSON object per sample (text, token counts, finish reason, speed)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchlm.cli import add_config_args, given_flags
+from scratchlm.cli import add_config_args, add_dtype_arg, given_flags
 from scratchlm.config import load_config
 
 
@@ -15,14 +15,14 @@ def register(root, groups) -> None:
     )
     export.add_argument("--model", help="scratchlm model directory (model.safetensors + config.json)")
     export.add_argument("--out", help="output directory for AutoModelForCausalLM.from_pretrained")
-    export.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="weight dtype")
+    add_dtype_arg(export, "weight dtype")
     add_config_args(export)
     export.set_defaults(func=run_export)
 
     imp = groups["import"].add_parser("hf", help="convert a transformers GPT-2/Llama checkpoint directory")
     imp.add_argument("source", nargs="?", help="transformers model directory (config.json + safetensors)")
     imp.add_argument("--out", help="output scratchlm model directory")
-    imp.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="weight dtype")
+    add_dtype_arg(imp, "weight dtype")
     add_config_args(imp)
     imp.set_defaults(func=run_import)
 
