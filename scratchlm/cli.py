@@ -40,7 +40,7 @@ COMMAND_MODULES = [
 ]
 
 
-# `device.WeightDtype`'s values, here so that building the parser does not import torch.
+# `device.WeightDtype`'s values, spelled out so that this module, imported by every command, needs no torch.
 WEIGHT_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
