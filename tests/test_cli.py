@@ -170,3 +170,19 @@ def test_every_dtype_flag_offers_exactly_the_weight_dtypes_the_library_accepts(c
             parser.parse_args([*command, "--dtype", "int8"])
         err = capsys.readouterr().err
         assert "invalid choice: 'int8'" in err and "'bfloat16'" in err, (command, err)
+
+
+def test_the_command_line_starts_without_importing_torch(tmp_path):
+    """Importing torch costs over a second; `scratchlm --help` and the data commands never use it."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "a short document"}\n', encoding="utf-8")
+    probe = (
+        "import sys\n"
+        "from scratchlm.cli import build_parser, main\n"
+        "build_parser().format_help()\n"
+        f"main(['data', 'prepare', {str(docs)!r}, '--out', {str(tmp_path / 'prepared')!r}])\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

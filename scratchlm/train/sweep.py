@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.loader import has_val_split, read_meta
 from scratchlm.errors import ConfigError
 from scratchlm.fsutil import atomic_write_json
 from scratchlm.train.config import PretrainConfig
@@ -119,6 +118,8 @@ def _result(lr: float, summary: dict[str, Any], out: str) -> dict[str, Any]:
 
 def _check_val_split(tokens_dir: str) -> None:
     """The sweep ranks by validation loss, so tokens without a val split cannot be swept."""
+    from scratchlm.data.loader import has_val_split, read_meta  # here: the CLI parser imports this module
+
     if not has_val_split(read_meta(tokens_dir)):
         raise ConfigError(
             f"{tokens_dir}: no val split, and sweep-lr ranks learning rates by validation loss; "
