@@ -264,3 +264,25 @@ def test_a_sample_only_step_at_the_end_still_gets_the_final_evaluation(tokens, t
     rows = read_rows(out)
     assert [r["step"] for r in rows if "val_loss" in r] == [4, 6]
     assert [r["step"] for r in rows if "sample" in r] == [3, 6, 6]  # the sample-only row, then the final evaluation's
+
+
+def test_a_compiled_run_trains_as_the_eager_one_and_saves_plain_weights(tokens, tmp_path):
+    """`train.compile`: the compiled step gives the eager run's losses, and evaluation, sampling and
+    checkpoints work beside it, the weights saved under their plain names (no `_orig_mod.`)."""
+    from scratchlm.model import load_model
+
+    settings = {"max_steps": 6, "eval_every": 3}
+    eager = train(tiny_config(tokens, tmp_path / "eager", train=settings))
+    compiled = train(tiny_config(tokens, tmp_path / "compiled", train={**settings, "compile": True}))
+    a, b = train_losses(read_rows(tmp_path / "eager")), train_losses(read_rows(tmp_path / "compiled"))
+    assert a.keys() == b.keys() == set(range(1, 7))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4)
+    evals = [r for r in read_rows(tmp_path / "compiled") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [3, 6] and all(isinstance(r["sample"], str) for r in evals)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
+    saved = load_model(tmp_path / "compiled" / "checkpoints" / "step-000006").state_dict()
+    reference = load_model(tmp_path / "eager" / "checkpoints" / "step-000006").state_dict()
+    assert saved.keys() == reference.keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], reference[name], rtol=1e-3, atol=1e-4)
