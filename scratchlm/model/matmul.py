@@ -17,6 +17,14 @@ Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor
 `F.linear` itself. The product is a registered custom op, so `torch.compile` keeps it too.
 Only this AMD machine was measured: on another CPU, `benchmarks/matmul.py` re-measures the rule
 and `set_onednn_matmul(False)` gives plain `F.linear` back.
+
+bf16 inference (bf16 weights, no gradients, CPU) takes a second oneDNN route: each `Linear`
+keeps a copy of its weight reordered once into oneDNN's blocked layout, so the product no longer
+re-arranges the weight at every call. Decoding one token reads every weight once, so that
+re-arranging was most of the work: greedy decoding in bf16 on 2 cores ran 1.6–2.0× faster for
+GPT-2 124M and 1.4–1.6× for the Llama-style 124M, with the same tokens (benchmarks/RESULTS.md). The copy costs the weights' memory once more;
+it is remade whenever the weight changes (another tensor, or an in-place update: its version
+counter moves), and dropped when a call does not qualify. float32 gained nothing from it.
 """
 
 from __future__ import annotations
@@ -39,7 +47,18 @@ def _onednn_linear_kernel():
         return None
 
 
+def _onednn_reorder_kernel():
+    """oneDNN's weight reorder for its linear op (the packed layout), or None without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
 _KERNEL = _onednn_linear_kernel()
+_REORDER = _onednn_reorder_kernel() if _KERNEL is not None else None
 _enabled = _KERNEL is not None
 
 
@@ -65,6 +84,17 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if type(x) not in (torch.Tensor, nn.Parameter) or type(weight) not in (torch.Tensor, nn.Parameter):
         return False
     return x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
+
+
+def uses_packed_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when `Linear` multiplies by its packed bf16 copy of `weight`: CPU inference in bf16."""
+    if not _enabled or _REORDER is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+        return False
+    if torch.is_autocast_enabled("cpu") or weight.device.type != "cpu":
+        return False
+    return type(x) in (torch.Tensor, nn.Parameter) and type(weight) in (torch.Tensor, nn.Parameter)
 
 
 @torch.library.custom_op(
@@ -109,7 +139,27 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, init and state dict) whose product is `linear` above."""
+    """`nn.Linear` (same parameters, init and state dict) whose product is `linear` above, or,
+    in bf16 inference, oneDNN's product with a packed copy of the weight (module doc)."""
+
+    # (weight's data pointer, its version counter, the packed copy): not part of the state dict
+    _packed: tuple[int, int, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if uses_packed_weight(x, self.weight):
+            return _KERNEL(x, self.packed_weight(), self.bias, "none", [], "")
+        self._packed = None  # training, another dtype: the copy would only hold memory
         return linear(x, self.weight, self.bias)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed weight behind: oneDNN's opaque tensor cannot be copied,
+        and the copy remakes it on its first bf16 inference call."""
+        return {key: value for key, value in self.__dict__.items() if key != "_packed"}
+
+    def packed_weight(self) -> torch.Tensor:
+        """The weight in oneDNN's layout, remade if the weight is another tensor or was changed in place."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version)
+        if self._packed is None or self._packed[:2] != key:
+            self._packed = (*key, _REORDER(weight.detach(), 1))
+        return self._packed[2]

@@ -185,3 +185,95 @@ def test_torch_compile_keeps_the_onednn_product_and_its_gradients():
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, grads_ref):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+# --- bf16 inference on a packed weight -----------------------------------------------------------
+
+needs_packing = pytest.mark.skipif(matmul._REORDER is None, reason="this PyTorch build cannot pack oneDNN weights")
+
+
+def bf16_linear(bias: bool = True, seed: int = 0) -> Linear:
+    torch.manual_seed(seed)
+    return Linear(64, 96, bias=bias).to(torch.bfloat16)
+
+
+def expected(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    """The plain product, in float32 from the same bf16 numbers (oneDNN accumulates in float32)."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [(1,), (3, 5)])
+def test_bf16_inference_runs_on_a_packed_weight_and_equals_the_plain_product(bias, rows):
+    layer = bf16_linear(bias)
+    x = torch.randn(*rows, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        y = layer(x)
+    assert layer._packed is not None and layer._packed[2].is_mkldnn
+    assert y.dtype == torch.bfloat16 and y.shape == (*rows, 96)
+    torch.testing.assert_close(y.float(), expected(layer, x), rtol=1e-2, atol=2e-2)
+
+
+@needs_packing
+def test_the_packed_weight_follows_every_change_to_the_weight():
+    layer = bf16_linear()
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        layer.weight.mul_(-2)  # in place, as an optimizer step or load_state_dict does
+        torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
+        other = bf16_linear(seed=1)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x).float(), expected(other, x), rtol=1e-2, atol=2e-2)
+        layer.weight = torch.nn.Parameter(torch.randn(96, 64).to(torch.bfloat16))  # another tensor
+        torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
+
+
+@needs_packing
+def test_training_float32_and_autocast_calls_use_no_packed_weight_and_drop_it():
+    layer = bf16_linear()
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+    assert layer._packed is not None
+    layer(x).sum().backward()  # gradients wanted: the plain product, which autograd can differentiate
+    assert layer._packed is None and layer.weight.grad is not None
+    with torch.no_grad():
+        layer(x)
+        assert layer._packed is not None
+        layer.float()(x.float())
+        assert layer._packed is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer.to(torch.bfloat16)(x)
+        assert layer._packed is None
+
+
+@needs_packing
+def test_a_model_that_has_run_bf16_inference_can_be_copied():
+    import copy
+
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, d_ff=64, max_seq_len=16)
+    model = GPT(cfg).to(torch.bfloat16).eval()
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        logits = model(idx)
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(twin(idx), logits)
+
+
+@needs_packing
+def test_bf16_model_logits_are_the_same_with_and_without_packed_weights(onednn_off):
+    cfg = ModelConfig(vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=128, max_seq_len=32,
+                      pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+    torch.manual_seed(0)
+    model = GPT(cfg).to(torch.bfloat16).eval()
+    idx = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        packed = model(idx).float()
+        assert all(m._packed is not None for m in model.modules() if isinstance(m, Linear))
+        onednn_off()
+        plain = model(idx).float()
+    assert all(m._packed is None for m in model.modules() if isinstance(m, Linear))
+    torch.testing.assert_close(packed, plain, rtol=0.05, atol=0.05)
