@@ -148,7 +148,8 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if uses_packed_weight(x, self.weight):
             return _KERNEL(x, self.packed_weight(), self.bias, "none", [], "")
-        self._packed = None  # training, another dtype: the copy would only hold memory
+        if self._packed is not None:  # training, another dtype: the copy would only hold memory
+            self._packed = None
         return linear(x, self.weight, self.bias)
 
     def __getstate__(self) -> dict:
