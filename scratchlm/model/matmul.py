@@ -37,28 +37,18 @@ ONEDNN_MIN_MACS = 1 << 26  # multiply-adds from which the oneDNN call was measur
 ONEDNN_MIN_WEIGHT = 1 << 20  # weights from which it is faster for any rows (decoding reads W once)
 
 
-def _onednn_linear_kernel():
-    """PyTorch's oneDNN linear op, or None in builds without oneDNN (e.g. some ARM wheels)."""
+def _onednn_op(name: str):
+    """PyTorch's oneDNN op `torch.ops.mkldnn.<name>`, or None in builds without oneDNN (e.g. some ARM wheels)."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
+        return getattr(torch.ops.mkldnn, name).default
     except (AttributeError, RuntimeError):
         return None
 
 
-def _onednn_reorder_kernel():
-    """oneDNN's weight reorder for its linear op (the packed layout), or None without oneDNN."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight.default
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_KERNEL = _onednn_linear_kernel()
-_REORDER = _onednn_reorder_kernel() if _KERNEL is not None else None
+_KERNEL = _onednn_op("_linear_pointwise")  # x·Wᵀ + b
+_REORDER = _onednn_op("_reorder_linear_weight") if _KERNEL is not None else None  # W, packed
 _enabled = _KERNEL is not None
 
 
