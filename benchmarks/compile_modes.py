@@ -18,6 +18,8 @@ Prints a Markdown table and writes benchmarks/results/compile-modes.md.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
-from model import SHAPES, Shape, our_config  # benchmarks/model.py
+from model import SHAPES, make_step, our_config  # benchmarks/model.py
 
 from scratchlm.model import GPT
 from scratchlm.train.host_memory import keep_freed_memory
@@ -44,33 +46,19 @@ CASES = {
 def time_modes(case: str, steps: int) -> dict[str, float]:
     """Median ms per bf16-autocast training step of each mode, in this process."""
     size, family, vocab = CASES[case]
-    base = SHAPES[size]
-    shape = Shape(base.name, vocab or base.vocab, base.n_layer, base.n_head, base.d_model, base.seq_len,
-                  base.batch, steps)
-    cfg = our_config(shape, family)
+    shape = dataclasses.replace(SHAPES[size], vocab=vocab or SHAPES[size].vocab)
     torch.manual_seed(0)
-    models = {"whole": GPT(cfg), "blocks": GPT(cfg), "eager": GPT(cfg)}
-    for model in models.values():
-        model.load_state_dict(models["eager"].state_dict())
-        model.train()
+    base = GPT(our_config(shape, family)).train()
+    models = {name: copy.deepcopy(base) for name in ("whole", "blocks", "eager")}
     for block in models["blocks"].blocks:
         block.compile()
-    forwards = {"whole": torch.compile(models["whole"]), "blocks": models["blocks"], "eager": models["eager"]}
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=g)
-    y = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=g)
-
-    def step_of(mode: str):
-        def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = forwards[mode](x, targets=y).objective
-            loss.backward()
-            models[mode].zero_grad(set_to_none=False)
-
-        return step
-
-    names = list(models)
-    times = alternate([step_of(name) for name in names], steps, warmup=2)
+    steps_of = {  # the model benchmark's step; "whole" compiles the call of the model, so the whole model
+        name: make_step(model, lambda x, y, m=model: m(x, targets=y).objective, shape, bf16=True,
+                        compiled=name == "whole")
+        for name, model in models.items()
+    }
+    names = list(steps_of)
+    times = alternate([steps_of[name] for name in names], steps, warmup=2)
     return {name: 1000 * statistics.median(samples) for name, samples in zip(names, times)}
 
 

@@ -22,9 +22,10 @@ bf16 inference (bf16 weights, no gradients, CPU) takes a second oneDNN route: ea
 keeps a copy of its weight reordered once into oneDNN's blocked layout, so the product no longer
 re-arranges the weight at every call. Decoding one token reads every weight once, so that
 re-arranging was most of the work: greedy decoding in bf16 on 2 cores ran 1.6–2.0× faster for
-GPT-2 124M and 1.4–1.6× for the Llama-style 124M, with the same tokens (benchmarks/RESULTS.md). The copy costs the weights' memory once more;
-it is remade whenever the weight changes (another tensor, or an in-place update: its version
-counter moves), and dropped when a call does not qualify. float32 gained nothing from it.
+GPT-2 124M and 1.4–1.6× for the Llama-style 124M, with the same tokens (benchmarks/RESULTS.md).
+The copy costs the weights' memory once more. It is remade whenever the weight changes in place
+(its version counter moves) or is another tensor, dropped when the module is converted or moved
+(`.to()`, `.float()`, ...) and when a call does not qualify. float32 gained nothing from it.
 """
 
 from __future__ import annotations
@@ -65,26 +66,27 @@ def set_onednn_matmul(enabled: bool) -> bool:
     return previous
 
 
-def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when `linear(x, weight)` runs on oneDNN: a large plain float32 CPU product."""
+def _plain_cpu_operands(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Both operands plain CPU tensors of `dtype`, outside autocast, with the oneDNN route on."""
     if not _enabled or x.device.type != "cpu" or weight.device.type != "cpu":
         return False
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+    if x.dtype != dtype or weight.dtype != dtype or torch.is_autocast_enabled("cpu"):
         return False
-    if type(x) not in (torch.Tensor, nn.Parameter) or type(weight) not in (torch.Tensor, nn.Parameter):
+    return type(x) in (torch.Tensor, nn.Parameter) and type(weight) in (torch.Tensor, nn.Parameter)
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when `linear(x, weight)` runs on oneDNN: a large plain float32 CPU product."""
+    if not _plain_cpu_operands(x, weight, torch.float32):
         return False
     return x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
 
 
 def uses_packed_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when `Linear` multiplies by its packed bf16 copy of `weight`: CPU inference in bf16."""
-    if not _enabled or _REORDER is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if _REORDER is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
-        return False
-    if torch.is_autocast_enabled("cpu") or weight.device.type != "cpu":
-        return False
-    return type(x) in (torch.Tensor, nn.Parameter) and type(weight) in (torch.Tensor, nn.Parameter)
+    return _plain_cpu_operands(x, weight, torch.bfloat16)
 
 
 @torch.library.custom_op(
@@ -141,6 +143,12 @@ class Linear(nn.Linear):
         if self._packed is not None:  # training, another dtype: the copy would only hold memory
             self._packed = None
         return linear(x, self.weight, self.bias)
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to()`, `.float()`, `.cuda()`, ...: the weight may now live in memory the old one freed,
+        at the same address and version, so the packed copy is dropped rather than trusted."""
+        self._packed = None
+        return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the packed weight behind: oneDNN's opaque tensor cannot be copied,

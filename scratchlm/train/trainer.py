@@ -253,8 +253,7 @@ class PretrainRun:
         """Train to the budget or a stop signal, evaluate, save. The signal handlers stay until the
         last checkpoint is written, so a signal at any point ends in a checkpoint."""
         session = Session(self.state.elapsed_s)
-        has_val = self._checkpoint_has_val()
-        self._last_saved = (self.state.step, has_val)
+        self._last_saved = (self.state.step, self._checkpoint_has_val())
         self._install_signal_handlers()
         try:
             stopped = self._train_loop(session)

@@ -231,6 +231,20 @@ def test_the_packed_weight_follows_every_change_to_the_weight():
         torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
 
 
+
+@needs_packing
+def test_converting_or_moving_the_module_drops_the_packed_weight():
+    """After `.float().bfloat16()` the new weight may sit at the freed one's address with the same
+    version, so no packed copy may survive a conversion to be mistaken for it."""
+    layer = bf16_linear()
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        assert layer._packed is not None
+        layer.float().to(torch.bfloat16)
+        assert layer._packed is None
+        torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=2e-2)
+
 @needs_packing
 def test_training_float32_and_autocast_calls_use_no_packed_weight_and_drop_it():
     layer = bf16_linear()
