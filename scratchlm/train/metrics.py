@@ -1,8 +1,13 @@
-"""`metrics.jsonl` (one JSON object per line) and, when installed, TensorBoard.
+"""`metrics.jsonl` (one JSON object per line), when installed TensorBoard, and the lines a person
+watching the run reads on stderr.
 
 Rows: train (`step`, `loss`, `lr`, `grad_norm`, `tokens`, `tokens_per_s`, `mfu`, `elapsed_s`),
 eval (`step`, `val_loss`, `val_bpb`, `sample`) and events (`event` plus details). Floats are
 written at full precision so runs can be compared bit for bit. Only the main process writes.
+
+On stderr: evaluations always get a line; training rows get one only where no progress bar
+shows them (stderr is a file or a pipe: `nohup`, `| tee`, a cluster's job log), so a run's log
+says how it is going without the bar's carriage returns.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
+
+SAMPLE_CHARS = 160  # of a sample, in an evaluation's line
 
 
 def _plain(value: Any) -> Any:
@@ -47,9 +56,11 @@ class MetricsLogger:
         self.log({"event": name, "step": step, **details})
 
     def say(self, message: str) -> None:
-        """A line for the person watching (stderr, main process only)."""
+        """A line for the person watching (stderr, main process only), above a progress bar if one
+        is shown rather than through it."""
         if self.enabled:
-            print(f"scratchlm: {message}", file=sys.stderr, flush=True)
+            tqdm.write(f"scratchlm: {message}", file=sys.stderr)
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self._file is not None:
@@ -58,6 +69,40 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def train_line(row: dict[str, Any], max_steps: int = 0) -> str:
+    """A training row as one line of a log: step (of max_steps when known), loss, lr, gradient
+    norm, speed, MFU and time."""
+    step = f"{row['step']}/{max_steps}" if max_steps else str(row["step"])
+    return (
+        f"step {step}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  grad_norm {row['grad_norm']:.3f}  "
+        f"{row['tokens_per_s']:,.0f} tok/s  mfu {row['mfu']:.1%}  {_clock(row['elapsed_s'])}"
+    )
+
+
+def eval_line(row: dict[str, Any], best_val_loss: float | None = None) -> str:
+    """An evaluation row as one line: validation loss and bits per byte (marked when it is the
+    best so far), and the start of the sample, quoted so its newlines stay on the line."""
+    parts = [f"step {row['step']}"]
+    if "val_loss" in row:
+        best = "  (best)" if best_val_loss is not None and row["val_loss"] <= best_val_loss else ""
+        parts.append(f"val_loss {row['val_loss']:.4f}  val_bpb {row['val_bpb']:.4f}{best}")
+    if "sample" in row:
+        text = row["sample"]
+        cut = "…" if len(text) > SAMPLE_CHARS else ""
+        parts.append("sample " + json.dumps(text[:SAMPLE_CHARS], ensure_ascii=False) + cut)
+    return "  ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    """Elapsed time as 12s, 3m05s or 2h01m."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _tensorboard_writer(log_dir: Path):

@@ -51,7 +51,7 @@ from scratchlm.train.distributed import (
     wrap_model,
 )
 from scratchlm.train.host_memory import keep_freed_memory
-from scratchlm.train.metrics import MetricsLogger
+from scratchlm.train.metrics import MetricsLogger, eval_line, train_line
 from scratchlm.train.mfu import mfu, peak_flops_per_s
 from scratchlm.train.monitor import StabilityMonitor, Verdict, inject_fault
 from scratchlm.train.optim import build_optimizer
@@ -315,7 +315,10 @@ class PretrainRun:
     def _log_progress(self, outcome: dict[str, Any], session: Session, bar: Any) -> None:
         tps = session.tokens_per_s_since_last_row(self.tc.batch_tokens)
         row = self._log_train_row(outcome, tps, session.elapsed())
-        bar.set_postfix(loss=f"{outcome['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
+        if bar.disable:  # no bar to show the row: a line in the log instead
+            self.log.say(train_line(row, self.tc.max_steps))
+        else:
+            bar.set_postfix(loss=f"{outcome['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{row['mfu']:.1%}")
         if session.applied > WARMUP_STEPS_FOR_SPEED + self.tc.log_every:
             self._diagnose_speed(row["mfu"])
 
@@ -560,6 +563,7 @@ class PretrainRun:
                 self._diagnose("repetitive_samples", found)
         if len(row) > 1:  # more than the step: something was measured
             self.log.log(row)
+            self.log.say(eval_line(row, self.state.best_val_loss))
             if measure_val or not self.val_batches:  # without a val split, a sample is the whole evaluation
                 self.state.last_eval_step = step
         if len(losses) >= 50:

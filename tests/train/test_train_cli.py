@@ -155,3 +155,25 @@ def test_a_sweep_killed_between_rates_leaves_a_partial_report(tokens, tmp_path, 
     report = json.loads((out / "sweep.json").read_text())
     assert [r["lr"] for r in report["results"]] == [1e-3]
     assert report["finished"] is False and report["best_lr"] is None
+
+
+def test_a_run_without_a_terminal_logs_its_progress_as_lines(tokens, tmp_path, capsys):
+    """stderr captured (as under nohup, `| tee` or a cluster's job log): no bar, so every logged
+    training row and every evaluation is a line, with the same figures as metrics.jsonl."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 6, "log_every": 3, "eval_every": 3, "progress_bar": True})
+    assert main(["pretrain", "--config", str(write_toml(cfg, tmp_path / "run.toml"))]) == 0
+    err = capsys.readouterr().err.splitlines()
+    rows = read_rows(out)
+    train_rows = [r for r in rows if "loss" in r and "event" not in r]
+    eval_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 3, 6] and [r["step"] for r in eval_rows] == [3, 6]
+    train_lines = [line for line in err if " loss " in line]
+    assert len(train_lines) == 3
+    for row, line in zip(train_rows, train_lines):
+        assert line.startswith(f"scratchlm: step {row['step']}/6  loss {row['loss']:.4f}  lr {row['lr']:.2e}")
+    eval_lines = [line for line in err if "val_loss" in line]
+    assert [line.split("  ")[0] for line in eval_lines] == ["scratchlm: step 3", "scratchlm: step 6"]
+    for row, line in zip(eval_rows, eval_lines):
+        assert f"val_loss {row['val_loss']:.4f}  val_bpb {row['val_bpb']:.4f}" in line
+        assert "sample " + json.dumps(row["sample"][:160], ensure_ascii=False) in line
