@@ -1,12 +1,25 @@
-"""Scaled dot-product attention, run in the precision whose kernel is faster.
+"""Scaled dot-product attention, run by the kernel that is fastest for its precision and shape.
 
 Why this exists: on CPU, PyTorch's flash-attention backward is much slower in bfloat16 than in
 float32 for short sequences (fwd + bwd on an AVX-512 BF16 machine: 1.2–3.4× at T ≤ 256 and
-head_dim ≤ 64; even at T = 512; bf16 ahead from T = 1024 or head_dim 128; forward alone is not
-slower). Under CPU autocast, which would run SDPA in bfloat16, attention that will be
-backpropagated at those short shapes runs through the float32 kernel instead: faster, and the
-result is the exact float32 answer rounded once. Everything else (GPUs, inference, long
-sequences, plain float32) calls SDPA unchanged. `benchmarks/attention.py` re-measures the rule.
+head_dim ≤ 64; even at T = 512; bf16 ahead from T = 1024; forward alone is not slower). So under
+CPU autocast, attention that will be backpropagated at T ≤ 256 does not run SDPA's bf16 kernel:
+
+- Causal self-attention without a mask or dropout (every pretraining step) with head_dim ≥ 32
+  runs over materialized scores (`scores_attention`): one batched product makes all the scores,
+  in float32; the softmax runs in float32; the products with V and the gradients' products run in
+  bf16 on bf16 probabilities, which is how SDPA's own bf16 kernel rounds them. At these lengths
+  the scores are small (256 × 256 floats a head), and a few large batched products beat the flash
+  kernel's many small tiles: on 2 cores 1.3–1.8× SDPA's float32 kernel at head_dim 32–64 and
+  1.7× its bf16 kernel at 128. At head_dim 16 the scores' elementwise work outweighs the products
+  and the two tie, so the float32 kernel keeps those. At T = 512 the scores were faster still, but
+  the probabilities saved for backward (T² per head) would then outweigh the rest of a layer's
+  activations, so the rule stops at 256.
+- The rest there (a mask, dropout, head_dim < 32 or up to 64) runs SDPA's float32 kernel on
+  float32 copies: the exact float32 answer, rounded once.
+
+Everything else (GPUs, inference, long sequences, plain float32) calls SDPA unchanged.
+`benchmarks/attention.py` times all three kernels on each shape and checks the rule's pick.
 """
 
 from __future__ import annotations
@@ -14,21 +27,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Up to these sizes the float32 kernel was measured faster for forward + backward.
-FLOAT32_MAX_SEQ_LEN = 256
-FLOAT32_MAX_HEAD_DIM = 64
+SHORT_SEQ_LEN = 256  # up to here SDPA's bf16 training kernel was the slowest of the three
+FLOAT32_MAX_HEAD_DIM = 64  # SDPA's float32 kernel beat its bf16 one up to this head size
+SCORES_MIN_HEAD_DIM = 32  # materialized scores beat both kernels from this head size
 
 
-def float32_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True for reduced-precision CPU attention that needs gradients, at short sequences."""
-    return (
+def choose_kernel(q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None, is_causal: bool, dropout_p: float) -> str:
+    """Which kernel `attend` runs: "sdpa" (SDPA in q's dtype), "scores" (`scores_attention`) or
+    "float32" (`float32_attention`); see the module doc."""
+    reduced_precision_training = (
         q.device.type == "cpu"
         and q.dtype in (torch.bfloat16, torch.float16)
         and torch.is_grad_enabled()
         and (q.requires_grad or k.requires_grad)
-        and q.shape[-1] <= FLOAT32_MAX_HEAD_DIM
-        and max(q.shape[-2], k.shape[-2]) <= FLOAT32_MAX_SEQ_LEN
     )
+    head_dim = q.shape[-1]
+    if not reduced_precision_training or max(q.shape[-2], k.shape[-2]) > SHORT_SEQ_LEN:
+        return "sdpa"
+    plain_causal = mask is None and is_causal and dropout_p == 0.0 and q.shape[-2] == k.shape[-2]
+    if plain_causal and head_dim >= SCORES_MIN_HEAD_DIM and not torch.compiler.is_compiling():
+        return "scores"
+    return "float32" if head_dim <= FLOAT32_MAX_HEAD_DIM else "sdpa"
 
 
 def attend(
@@ -42,8 +61,11 @@ def attend(
     enable_gqa: bool,
 ) -> torch.Tensor:
     """`F.scaled_dot_product_attention(q, k, v, ...)`, in q's dtype, through the faster kernel."""
-    kernel = float32_attention if float32_is_faster(q, k) else F.scaled_dot_product_attention
-    return kernel(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa)
+    kernel = choose_kernel(q, k, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    if kernel == "scores":
+        return scores_attention(q, k, v)
+    sdpa = float32_attention if kernel == "float32" else F.scaled_dot_product_attention
+    return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa)
 
 
 def float32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **sdpa_args) -> torch.Tensor:
@@ -51,3 +73,63 @@ def float32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **sdpa_
     with torch.autocast(q.device.type, enabled=False):
         y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **sdpa_args)
     return y.to(q.dtype)
+
+
+def scores_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal self-attention of q (B, H, T, d) over k, v (B, H_kv, T, d), H a multiple of H_kv, by
+    materialized scores (module doc). Equals `F.scaled_dot_product_attention(q, k, v,
+    is_causal=True, enable_gqa=True)` up to the rounding of the probabilities to q's dtype."""
+    return _ScoresAttention.apply(q, k, v)
+
+
+_causal_biases: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _causal_bias(group: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """0 where a query may look, −inf after it: (group · T, T), the T × T mask once per query head
+    of a group, as the group's queries are stacked into one product."""
+    key = (group, seq_len, device)
+    if key not in _causal_biases:
+        future = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).triu_(1)
+        bias = torch.zeros(seq_len, seq_len, device=device).masked_fill_(future, float("-inf"))
+        _causal_biases[key] = bias.repeat(group, 1)
+    return _causal_biases[key]
+
+
+class _ScoresAttention(torch.autograd.Function):
+    """The query heads sharing one K/V head are stacked (rows g·T + t), so a group's scores are a
+    single product and K/V are never repeated. Saved for backward: q, k, v and the probabilities
+    in q's dtype; the softmax backward is PyTorch's fused one."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        batch, heads, seq_len, head_dim = q.shape
+        kv_heads = k.shape[1]
+        group = heads // kv_heads
+        scale = head_dim**-0.5
+        with torch.autocast(q.device.type, enabled=False):
+            qg = q.reshape(batch * kv_heads, group * seq_len, head_dim)
+            kg = k.reshape(batch * kv_heads, seq_len, head_dim)
+            vg = v.reshape(batch * kv_heads, seq_len, head_dim)
+            bias = _causal_bias(group, seq_len, q.device)
+            scores = torch.baddbmm(bias, qg.float(), kg.float().transpose(1, 2), alpha=scale)
+            torch.softmax(scores, dim=-1, out=scores)
+            probs = scores.to(q.dtype)
+            y = torch.bmm(probs, vg)
+        ctx.save_for_backward(qg, kg, vg, probs)
+        ctx.scale, ctx.q_shape, ctx.kv_shape = scale, q.shape, k.shape
+        return y.view(batch, heads, seq_len, head_dim)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        qg, kg, vg, probs = ctx.saved_tensors
+        batch_heads, rows, head_dim = qg.shape
+        with torch.autocast(grad_y.device.type, enabled=False):
+            grad_y = grad_y.to(probs.dtype).reshape(batch_heads, rows, head_dim)
+            grad_v = torch.bmm(probs.transpose(1, 2), grad_y)
+            grad_probs = torch.bmm(grad_y, vg.transpose(1, 2))
+            # softmax backward, d(scores) = p · (dp − Σ p·dp), in one pass (PyTorch's own kernel)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            grad_q = torch.bmm(grad_scores, kg).mul_(ctx.scale)
+            grad_k = torch.bmm(grad_scores.transpose(1, 2), qg).mul_(ctx.scale)
+        return grad_q.view(ctx.q_shape), grad_k.view(ctx.kv_shape), grad_v.view(ctx.kv_shape)

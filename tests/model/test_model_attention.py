@@ -1,4 +1,5 @@
-"""attend(): SDPA, with CPU reduced-precision training attention run through the float32 kernel."""
+"""attend(): SDPA, with CPU reduced-precision training attention run by a faster kernel:
+materialized scores for plain causal attention, SDPA's float32 kernel for the rest."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.model.attention import FLOAT32_MAX_HEAD_DIM, FLOAT32_MAX_SEQ_LEN, attend, float32_is_faster
+from scratchlm.model.attention import (
+    FLOAT32_MAX_HEAD_DIM,
+    SCORES_MIN_HEAD_DIM,
+    SHORT_SEQ_LEN,
+    attend,
+    choose_kernel,
+    scores_attention,
+)
 
 
 def qkv(B=2, H=4, KV=2, T=32, hd=16, dtype=torch.bfloat16, grad=True):
@@ -15,21 +23,72 @@ def qkv(B=2, H=4, KV=2, T=32, hd=16, dtype=torch.bfloat16, grad=True):
     return tuple(t.requires_grad_(grad) for t in (q, k, v))
 
 
-def test_float32_kernel_is_chosen_only_for_short_reduced_precision_cpu_training():
-    q, k, _ = qkv()
-    assert float32_is_faster(q, k)
-    assert float32_is_faster(*qkv(dtype=torch.float16)[:2])
-    assert not float32_is_faster(*qkv(dtype=torch.float32)[:2])  # already float32
-    assert not float32_is_faster(*qkv(grad=False)[:2])  # inference: bf16 forward is as fast
+def kernel(q, k, mask=None, is_causal=True, dropout_p=0.0):
+    return choose_kernel(q, k, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+
+
+def test_the_kernel_rule_covers_short_reduced_precision_cpu_training_only():
+    wide = SCORES_MIN_HEAD_DIM
+    assert kernel(*qkv(hd=wide)[:2]) == "scores"
+    assert kernel(*qkv(hd=wide, dtype=torch.float16)[:2]) == "scores"
+    assert kernel(*qkv(hd=2 * FLOAT32_MAX_HEAD_DIM, B=1, H=1, KV=1)[:2]) == "scores"
+    assert kernel(*qkv(T=SHORT_SEQ_LEN, hd=wide, B=1, H=1, KV=1)[:2]) == "scores"
+    assert kernel(*qkv(hd=SCORES_MIN_HEAD_DIM // 2)[:2]) == "float32"  # narrow heads: the fused kernel wins
+    q, k, _ = qkv(hd=wide)
+    mask = torch.ones(32, 32, dtype=torch.bool).tril()
+    assert kernel(q, k, mask=mask, is_causal=False) == "float32"  # masks and dropout: SDPA's float32 kernel
+    assert kernel(q, k, dropout_p=0.1) == "float32"
+    assert kernel(q, k[:, :, :16]) == "float32"  # queries and keys of different lengths
+    q, k, _ = qkv(hd=2 * FLOAT32_MAX_HEAD_DIM, B=1, H=1, KV=1)
+    assert kernel(q, k, mask=torch.ones(32, 32, dtype=torch.bool), is_causal=False) == "sdpa"
+    assert kernel(*qkv(T=SHORT_SEQ_LEN + 1, hd=wide, B=1, H=1, KV=1)[:2]) == "sdpa"  # long: bf16 SDPA
+    assert kernel(*qkv(hd=wide, dtype=torch.float32)[:2]) == "sdpa"  # already float32
+    assert kernel(*qkv(hd=wide, grad=False)[:2]) == "sdpa"  # inference: the bf16 forward is as fast
     with torch.no_grad():
-        assert not float32_is_faster(q, k)
-    assert not float32_is_faster(*qkv(T=FLOAT32_MAX_SEQ_LEN + 1, B=1, H=1, KV=1)[:2])
-    assert not float32_is_faster(*qkv(hd=2 * FLOAT32_MAX_HEAD_DIM, B=1, H=1, KV=1)[:2])
-    assert float32_is_faster(*qkv(T=FLOAT32_MAX_SEQ_LEN, hd=FLOAT32_MAX_HEAD_DIM, B=1, H=1, KV=1)[:2])
+        assert kernel(q, k) == "sdpa"
+
+
+def _forward_backward(attention, q, k, v, grad_out):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    y = attention(q, k, v)
+    y.backward(grad_out.to(y.dtype))
+    return [t.double() for t in (y, q.grad, k.grad, v.grad)]
+
+
+@pytest.mark.parametrize("H,KV,T", [(4, 4, 32), (4, 2, 33), (6, 1, 17)])
+def test_scores_attention_is_sdpa_and_as_accurate_as_its_bf16_kernel(H, KV, T):
+    """MHA, GQA and MQA, output and all three gradients: equal to SDPA in float64 (up to the float32
+    scores), and in bf16 no further from the float64 answer than SDPA's own bf16 kernel."""
+    q, k, v = qkv(H=H, KV=KV, T=T, hd=32, dtype=torch.float64)
+    grad_out = torch.randn(q.shape[0], T, H, 32, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64).transpose(1, 2)  # strided, as the model's gradient arrives
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)
+
+    truth = _forward_backward(sdpa, q, k, v, grad_out)
+    exact = _forward_backward(scores_attention, q, k, v, grad_out)
+    for ours, ref in zip(exact, truth):
+        assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+    low = [t.to(torch.bfloat16) for t in (q, k, v)]
+    ours = _forward_backward(scores_attention, *low, grad_out)
+    theirs = _forward_backward(sdpa, *low, grad_out)
+    for name, a, b, ref in zip(("y", "dq", "dk", "dv"), ours, theirs, truth):
+        our_err, their_err = (a - ref).norm() / ref.norm(), (b - ref).norm() / ref.norm()
+        assert our_err <= 1.25 * their_err, (name, our_err.item(), their_err.item())
+
+
+def test_bf16_training_in_the_model_runs_the_scores_kernel():
+    """Through `attend`, under autocast, as the model calls it: the scores kernel's result."""
+    q, k, v = qkv(hd=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, mask=None, is_causal=True, dropout_p=0.0, enable_gqa=True)
+    assert y.dtype == torch.bfloat16 and y.grad_fn.name() == "_ScoresAttentionBackward"
+    assert torch.equal(y, scores_attention(q, k, v))
 
 
 @pytest.mark.parametrize("H,KV", [(4, 4), (4, 2), (4, 1)])
-def test_bf16_training_attention_equals_the_float32_kernel_rounded_once(H, KV):
+def test_bf16_training_attention_with_narrow_heads_equals_the_float32_kernel_rounded_once(H, KV):
     """Under autocast the result is exactly float32 SDPA on the same bf16 inputs, rounded to bf16
     at the end — output and all three gradients — so it is at least as accurate as bf16 SDPA."""
     q, k, v = qkv(H=H, KV=KV)
