@@ -206,6 +206,13 @@ class Block(nn.Module):
 # --- the model ----------------------------------------------------------------------------------
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """`nn.Embedding(num, dim)` without its own initialisation: `GPT.reset_parameters` fills the
+    table. Why: on the meta device (where `load_model` builds a model before reading its weights)
+    PyTorch's normal_ init imports the whole compiler stack, 1.3 s of every `generate`'s start-up."""
+    return nn.Embedding.from_pretrained(torch.empty(num, dim), freeze=False)
+
+
 class GPT(nn.Module):
     """A decoder-only transformer language model: `forward(idx) -> logits`."""
 
@@ -213,15 +220,16 @@ class GPT(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        self.tok_emb = _embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = _embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
         self.emb_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg, cfg.d_model)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.reset_rope()
-        self.reset_parameters()
+        if not self.tok_emb.weight.is_meta:  # built on the meta device to be loaded: nothing to fill
+            self.reset_parameters()
 
     def tie_weights(self) -> None:
         """Share one matrix between the token embedding and the output head, if configured."""
@@ -234,8 +242,10 @@ class GPT(nn.Module):
             self.rope_cos = self.rope_sin = None
             return
         device = self.tok_emb.weight.device
-        device = None if device.type == "meta" else device
-        cos, sin = rope_tables(self.cfg, device)
+        if device.type == "meta":  # built to be loaded: placeholders, recomputed once on a real device
+            cos = sin = torch.empty(self.cfg.max_seq_len, self.cfg.head_dim, device=device)
+        else:
+            cos, sin = rope_tables(self.cfg, device)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

@@ -170,6 +170,16 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_state_into(model: GPT, tensors: Mapping[str, torch.Tensor], source: str) -> None:
     """Copy `tensors` into `model`, checking every name and shape first."""
     model = unwrap(model)
+    expected = check_tensors(model, tensors, source)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in expected:
+            params[name].copy_(tensors[name])
+
+
+def check_tensors(model: GPT, tensors: Mapping[str, torch.Tensor], source: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor `model` needs is in `tensors` with its shape, and nothing else is; returns the
+    needed names and shapes. One clear error naming the tensor otherwise."""
     expected = expected_shapes(model)
     for name in tensors:
         if name not in expected and not (name == "lm_head.weight" and model.cfg.tie_embeddings):
@@ -182,10 +192,7 @@ def load_state_into(model: GPT, tensors: Mapping[str, torch.Tensor], source: str
             raise ModelError(
                 f"{source}: tensor '{name}' has shape {tuple(tensors[name].shape)}, the config needs {shape}"
             )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in expected:
-            params[name].copy_(tensors[name])
+    return expected
 
 
 def check_tied_head(tensors: Mapping[str, torch.Tensor], tied: bool, source: str) -> None:
@@ -223,15 +230,19 @@ def build_from_tensors(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
 ) -> GPT:
-    """A GPT holding exactly `tensors`, allocated once (built on the meta device, no init)."""
+    """A GPT holding copies of exactly `tensors`, each parameter allocated once, in its final
+    device and dtype. Built on the meta device, so nothing is initialised only to be overwritten;
+    the parameters are then made directly, not by `to_empty`, whose meta-tensor path imports
+    PyTorch's symbolic-shapes machinery (0.5 s of every `generate`'s start-up)."""
     if dtype is None:
         dtype = tensors["tok_emb.weight"].dtype if "tok_emb.weight" in tensors else torch.float32
     with torch.device("meta"):
         model = GPT(cfg)
-    model.to_empty(device=device)
-    model.tie_weights()  # to_empty gives every parameter its own storage
-    model.to(dtype)
-    load_state_into(model, tensors, source)
+    expected = check_tensors(model, tensors, source)
+    # own, contiguous storage for each: inputs may be views (a transposed HF weight) or shared
+    state = {name: torch.empty(shape, dtype=dtype, device=device).copy_(tensors[name]) for name, shape in expected.items()}
+    model.load_state_dict(state, strict=False, assign=True)  # every name checked above; a tied head comes next
+    model.tie_weights()
     model.reset_rope()
     model.eval()
     return model

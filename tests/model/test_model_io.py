@@ -1,6 +1,8 @@
 """The model directory: safetensors + config.json, exact round trips, clear errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,6 +31,28 @@ def test_save_load_round_trip_is_exact(tmp_path, tie):
     assert torch.equal(loaded(idx), model(idx))
     # a tied head is stored once
     assert ("lm_head.weight" in load_file(tmp_path / "m" / "model.safetensors")) == (not tie)
+
+
+def test_a_loaded_model_owns_its_weights_and_loading_starts_no_compiler_machinery(tmp_path):
+    """Loading builds on the meta device: no parameter or buffer may be left there, none may share
+    memory with the file's tensors or another parameter, and (in a fresh interpreter) neither the
+    compiler nor the symbolic-shapes machinery is imported — together 1.8 s of `generate`'s start."""
+    torch.manual_seed(0)
+    save_model(GPT(small(pos="rope", tie_embeddings=False)), tmp_path / "m")
+    loaded = load_model(tmp_path / "m", dtype=torch.bfloat16)
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors) and loaded.rope_cos is not None
+    pointers = [p.data_ptr() for p in loaded.parameters()]
+    assert len(set(pointers)) == len(pointers) and all(p.is_contiguous() for p in loaded.parameters())
+    probe = (
+        "import sys, torch\n"
+        "from scratchlm.model import load_model\n"
+        f"model = load_model({str(tmp_path / 'm')!r})\n"
+        "model(torch.zeros(1, 3, dtype=torch.long))\n"
+        "print(sorted(m for m in ('torch._dynamo', 'torch.fx.experimental.symbolic_shapes') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_load_in_another_dtype_and_extra_files(tmp_path):
