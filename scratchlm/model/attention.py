@@ -15,8 +15,10 @@ CPU autocast, attention that will be backpropagated at T ≤ 256 does not run SD
   and the two tie, so the float32 kernel keeps those. At T = 512 the scores were faster still, but
   the probabilities saved for backward (T² per head) would then outweigh the rest of a layer's
   activations, so the rule stops at 256.
-- The rest there (a mask, dropout, head_dim < 32 or up to 64) runs SDPA's float32 kernel on
-  float32 copies: the exact float32 answer, rounded once.
+- The rest at T ≤ 256 (a mask, dropout, head_dim below 32, or any of it under `torch.compile`,
+  where scores made the compiled step no faster) runs SDPA's float32 kernel on float32 copies:
+  the exact float32 answer, rounded once. Above head_dim 64 that kernel lost, so these cases
+  keep SDPA's bf16 kernel there.
 
 Everything else (GPUs, inference, long sequences, plain float32) calls SDPA unchanged.
 `benchmarks/attention.py` times all three kernels on each shape and checks the rule's pick.
