@@ -78,7 +78,7 @@ def test_scores_attention_is_sdpa_and_as_accurate_as_its_bf16_kernel(H, KV, T):
         assert our_err <= 1.25 * their_err, (name, our_err.item(), their_err.item())
 
 
-def test_bf16_training_in_the_model_runs_the_scores_kernel():
+def test_attend_under_autocast_runs_the_scores_kernel():
     """Through `attend`, under autocast, as the model calls it: the scores kernel's result."""
     q, k, v = qkv(hd=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):

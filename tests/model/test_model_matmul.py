@@ -216,12 +216,20 @@ def test_bf16_inference_runs_on_a_packed_weight_and_equals_the_plain_product(bia
     torch.testing.assert_close(y.float(), expected(layer, x), rtol=1e-2, atol=2e-2)
 
 
-@needs_packing
-def test_the_packed_weight_follows_every_change_to_the_weight():
+def packed_linear() -> tuple[Linear, torch.Tensor]:
+    """A bf16 `Linear` after one inference call, so it holds a packed copy, and that call's input."""
     layer = bf16_linear()
     x = torch.randn(4, 64).to(torch.bfloat16)
     with torch.no_grad():
         layer(x)
+    assert layer._packed is not None
+    return layer, x
+
+
+@needs_packing
+def test_the_packed_weight_follows_every_change_to_the_weight():
+    layer, x = packed_linear()
+    with torch.no_grad():
         layer.weight.mul_(-2)  # in place, as an optimizer step or load_state_dict does
         torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
         other = bf16_linear(seed=1)
@@ -231,37 +239,34 @@ def test_the_packed_weight_follows_every_change_to_the_weight():
         torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
 
 
-
 @needs_packing
 def test_converting_or_moving_the_module_drops_the_packed_weight():
     """After `.float().bfloat16()` the new weight may sit at the freed one's address with the same
     version, so no packed copy may survive a conversion to be mistaken for it."""
-    layer = bf16_linear()
-    x = torch.randn(4, 64).to(torch.bfloat16)
+    layer, x = packed_linear()
+    layer.float().to(torch.bfloat16)
+    assert layer._packed is None
     with torch.no_grad():
-        layer(x)
-        assert layer._packed is not None
-        layer.float().to(torch.bfloat16)
-        assert layer._packed is None
         torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=2e-2)
 
+
 @needs_packing
-def test_training_float32_and_autocast_calls_use_no_packed_weight_and_drop_it():
-    layer = bf16_linear()
-    x = torch.randn(4, 64).to(torch.bfloat16)
-    with torch.no_grad():
-        layer(x)
-    assert layer._packed is not None
+def test_training_and_autocast_calls_use_no_packed_weight_and_drop_it():
+    """Each call here leaves the module's dtype alone, so only `forward` itself can drop the copy."""
+    layer, x = packed_linear()
     layer(x).sum().backward()  # gradients wanted: the plain product, which autograd can differentiate
     assert layer._packed is None and layer.weight.grad is not None
-    with torch.no_grad():
+    layer, x = packed_linear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
-        assert layer._packed is not None
-        layer.float()(x.float())
-        assert layer._packed is None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            layer.to(torch.bfloat16)(x)
-        assert layer._packed is None
+    assert layer._packed is None
+
+
+def test_a_float32_layer_never_packs_its_weight():
+    layer = bf16_linear().float()
+    with torch.no_grad():
+        layer(torch.randn(4, 64))
+    assert layer._packed is None
 
 
 @needs_packing
