@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 from collections import Counter
 from pathlib import Path
 
 import torch
 from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
-from model import SHAPES, Shape, hf_model, make_step, our_config  # benchmarks/model.py
+from matmul import product_pairs  # benchmarks/matmul.py
+from model import SHAPES, Shape, compare, hf_model, make_step, our_config  # benchmarks/model.py
 
 from scratchlm.model import GPT
 from scratchlm.model.matmul import onednn_available, onednn_linear
@@ -43,22 +43,16 @@ def linear_shapes(model: torch.nn.Module) -> Counter[tuple[int, int]]:
 
 
 def product_seconds(rows: int, n_in: int, n_out: int, dtype: torch.dtype, rounds: int) -> float:
-    """Seconds of one layer's three training products (x·Wᵀ, G·W, Gᵀ·x), each by its faster kernel, in
-    its fastest round: a floor, which a busy moment on a shared machine must not raise."""
+    """Seconds of one layer's three training products (x·Wᵀ, G·W, Gᵀ·x), each by its faster kernel
+    (`benchmarks/matmul.py`'s pairs; oneDNN only for float32, as bf16 `torch.mm` is oneDNN already),
+    in its fastest round: a floor, which a busy moment on a shared machine must not raise."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, n_in, generator=g).to(dtype)
-    w = torch.randn(n_out, n_in, generator=g).to(dtype)
-    grad = torch.randn(rows, n_out, generator=g).to(dtype)
-    candidates = [
-        [lambda: torch.mm(x, w.t())],
-        [lambda: torch.mm(grad, w)],
-        [lambda: torch.mm(grad.t(), x)],
-    ]
-    if dtype == torch.float32 and onednn_available():
-        candidates[0].append(lambda: onednn_linear(x, w, None))
-        candidates[1].append(lambda: onednn_linear(grad, w.t(), None))
-        candidates[2].append(lambda: onednn_linear(grad.t().contiguous(), x.t(), None))
-    return sum(min(min(samples) for samples in alternate(kernels, rounds, warmup=2)) for kernels in candidates)
+    x, w, grad = (torch.randn(*s, generator=g).to(dtype) for s in ((rows, n_in), (n_out, n_in), (rows, n_out)))
+    both = dtype == torch.float32 and onednn_available()
+    total = 0.0
+    for dnn, plain in product_pairs(lambda a, b: onednn_linear(a, b, None), x, w, grad):
+        total += min(min(samples) for samples in alternate([plain, dnn] if both else [plain], rounds, warmup=2))
+    return total
 
 
 def step_floor(model: torch.nn.Module, shape: Shape, dtype: torch.dtype, rounds: int) -> float:
@@ -95,12 +89,13 @@ def main() -> None:
             ours, theirs = GPT(cfg), hf_model(cfg, family)
             for bf16 in dtypes:
                 floor = step_floor(ours, shape, torch.bfloat16 if bf16 else torch.float32, args.rounds)
-                ours_t, theirs_t = alternate([
+                ours_tps, theirs_tps, speedup = compare(
                     make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, False),
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, False),
-                ], shape.steps, warmup=1)
-                a, b = statistics.median(ours_t), statistics.median(theirs_t)
-                speedup = statistics.median(t / o for o, t in zip(ours_t, theirs_t))
+                    shape, warmup=1,
+                )
+                tokens = shape.batch * shape.seq_len
+                a, b = tokens / ours_tps, tokens / theirs_tps  # median step seconds
                 row = (size, family, "bf16" if bf16 else "fp32", f"{floor * 1e3:,.1f}", f"{a * 1e3:,.1f}",
                        f"{b * 1e3:,.1f}", f"{speedup:.2f}×", f"{b / floor:.2f}×", f"{(a - floor) * 1e3:,.1f}",
                        f"{(b - floor) * 1e3:,.1f}", f"{(b / 1.2 - floor) * 1e3:,.1f}")
