@@ -79,8 +79,9 @@ def model_rows(rounds: int) -> list[tuple[str, ...]]:
         for family in ("gpt2", "llama"):
             model = GPT(our_config(shape, family))
             step = make_step(model, lambda x, y, m=model: m(x, targets=y).objective, shape, False, False)
-            on, off, speedup = compare(with_route(True, step), with_route(False, step), shape, warmup=1)
-            rows.append((f"train step, {size} {family}", f"{off:,.1f}", f"{on:,.1f}", f"{speedup:.2f}×"))
+            result = compare(with_route(True, step), with_route(False, step), shape, warmup=1)
+            rows.append((f"train step, {size} {family}", f"{result.theirs:,.1f}", f"{result.ours:,.1f}",
+                         f"{result.speedup:.2f}×"))
             print(" | ".join(rows[-1]), flush=True)
     model = GPT(get_preset("gpt2-124m")).eval()
     prompt, new_tokens = list(range(16)), 24

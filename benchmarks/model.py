@@ -23,6 +23,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
@@ -100,14 +101,37 @@ def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool):
     return step
 
 
-def compare(ours, theirs, shape: Shape, warmup: int) -> tuple[float, float, float]:
-    """(our tokens/s, their tokens/s, speedup), timed in alternation: throughputs are medians over
-    the rounds, the speedup is the median of the per-round ratios (robust to slow drifts in
-    background load)."""
+class Comparison(NamedTuple):
+    """Throughputs (tokens/s, medians over rounds) and the per-round speedup's median and quartiles."""
+
+    ours: float
+    theirs: float
+    speedup: float
+    low: float  # lower quartile of the per-round ratios: three rounds in four were at least this fast
+    high: float  # upper quartile
+
+
+def compare(ours, theirs, shape: Shape, warmup: int) -> Comparison:
+    """Both steps timed in alternation. Throughputs are medians over the rounds; the speedup is the
+    median of the per-round ratios (robust to slow drifts in background load), and its quartiles
+    show how far one run's rounds scatter, so a row near the target can be read as noise or not."""
     ours_t, theirs_t = alternate([ours, theirs], shape.steps, warmup)
     tokens = shape.batch * shape.seq_len
-    speedup = statistics.median(t / o for o, t in zip(ours_t, theirs_t))
-    return tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t), speedup
+    ratios = [t / o for o, t in zip(ours_t, theirs_t)]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return Comparison(tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t),
+                      statistics.median(ratios), low, high)
+
+
+def verdict_lines(results: list[Comparison], target: float) -> list[str]:
+    """How many rows reach the target, and how many of either kind do so beyond their own scatter."""
+    reached = [r for r in results if r.speedup >= target]
+    return [
+        f"- rows ≥ {target}×: {len(reached)} of {len(results)}; of these, lower quartile also ≥ {target}×: "
+        f"{sum(r.low >= target for r in reached)}",
+        f"- rows below {target}×: {len(results) - len(reached)}; of these, upper quartile also below {target}× "
+        f"(short of it in most rounds): {sum(r.high < target for r in results if r.speedup < target)}",
+    ]
 
 
 def main() -> None:
@@ -134,7 +158,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_start = os.getloadavg()[0]
-    rows = []
+    rows, results = [], []
     dtypes = [False] if args.no_bf16 else [False, True]
     for size in args.sizes:
         shape = SHAPES[size]
@@ -147,18 +171,21 @@ def main() -> None:
             for bf16, compiled in [(b, c) for c in compiles for b in dtypes]:
                 torch._dynamo.reset()
                 started = time.perf_counter()
-                a, b, speedup = compare(
+                result = compare(
                     make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, compiled),
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, compiled),
                     shape, warmup=2 if compiled else 1,
                 )
+                results.append(result)
                 row = (size, family, f"{cfg.num_params() / 1e6:.1f}M", "bf16" if bf16 else "fp32",
-                       "yes" if compiled else "no", f"{a:,.0f}", f"{b:,.0f}", f"{speedup:.2f}×")
+                       "yes" if compiled else "no", f"{result.ours:,.0f}", f"{result.theirs:,.0f}",
+                       f"{result.speedup:.2f}×", f"{result.low:.2f}–{result.high:.2f}")
                 rows.append(row)
                 print(" | ".join(row), f"({time.perf_counter() - started:.0f} s)", flush=True)
             del ours, theirs
 
-    header = ("shape", "family", "params", "dtype", "compile", "scratchlm tok/s", "transformers tok/s", "speedup")
+    header = ("shape", "family", "params", "dtype", "compile", "scratchlm tok/s", "transformers tok/s", "speedup",
+              "quartiles")
     lines = [
         *header_lines("Model forward+backward throughput (CPU)"),
         f"- 1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} "
@@ -170,7 +197,10 @@ def main() -> None:
         + ", ".join(f"{s}: {SHAPES[s].batch}×{SHAPES[s].seq_len}" for s in args.sizes),
         "- glibc malloc: " + ("freed memory kept in the process (`--keep-host-memory`, as `train.keep_host_memory = true` sets it)"
                               if args.keep_host_memory else "defaults (large blocks returned to the kernel when freed)"),
+        "- quartiles: of the per-step ratios (one step of each, side by side, is one round; "
+        + ", ".join(f"{s}: {SHAPES[s].steps} rounds" for s in args.sizes) + ")",
         "- target: scratchlm ≥ 1.2× transformers for the same shape and dtype",
+        *verdict_lines(results, 1.2),
         "",
         *table(header, rows),
     ]

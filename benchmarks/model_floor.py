@@ -89,15 +89,15 @@ def main() -> None:
             ours, theirs = GPT(cfg), hf_model(cfg, family)
             for bf16 in dtypes:
                 floor = step_floor(ours, shape, torch.bfloat16 if bf16 else torch.float32, args.rounds)
-                ours_tps, theirs_tps, speedup = compare(
+                result = compare(
                     make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, False),
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, False),
                     shape, warmup=1,
                 )
                 tokens = shape.batch * shape.seq_len
-                a, b = tokens / ours_tps, tokens / theirs_tps  # median step seconds
+                a, b = tokens / result.ours, tokens / result.theirs  # median step seconds
                 row = (size, family, "bf16" if bf16 else "fp32", f"{floor * 1e3:,.1f}", f"{a * 1e3:,.1f}",
-                       f"{b * 1e3:,.1f}", f"{speedup:.2f}×", f"{b / floor:.2f}×", f"{(a - floor) * 1e3:,.1f}",
+                       f"{b * 1e3:,.1f}", f"{result.speedup:.2f}×", f"{b / floor:.2f}×", f"{(a - floor) * 1e3:,.1f}",
                        f"{(b - floor) * 1e3:,.1f}", f"{(b / 1.2 - floor) * 1e3:,.1f}")
                 rows.append(row)
                 print(" | ".join(row), flush=True)
