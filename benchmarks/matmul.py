@@ -79,7 +79,7 @@ def model_rows(rounds: int) -> list[tuple[str, ...]]:
         for family in ("gpt2", "llama"):
             model = GPT(our_config(shape, family))
             step = make_step(model, lambda x, y, m=model: m(x, targets=y).objective, shape, False, False)
-            result = compare(with_route(True, step), with_route(False, step), shape, warmup=1)
+            result = compare(with_route(True, step), with_route(False, step), shape, warmup=1)  # ours: route on
             rows.append((f"train step, {size} {family}", f"{result.theirs:,.1f}", f"{result.ours:,.1f}",
                          f"{result.speedup:.2f}×"))
             print(" | ".join(rows[-1]), flush=True)

@@ -107,8 +107,8 @@ class Comparison(NamedTuple):
     ours: float
     theirs: float
     speedup: float
-    low: float  # lower quartile of the per-round ratios: three rounds in four were at least this fast
-    high: float  # upper quartile
+    low: float  # lower quartile of the per-round ratios: three rounds in four had at least this speedup
+    high: float  # upper quartile: one round in four had more
 
 
 def compare(ours, theirs, shape: Shape, warmup: int) -> Comparison:
