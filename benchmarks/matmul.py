@@ -80,7 +80,7 @@ def model_rows(rounds: int) -> list[tuple[str, ...]]:
             model = GPT(our_config(shape, family))
             step = make_step(model, lambda x, y, m=model: m(x, targets=y).objective, shape, False, False)
             result = compare(with_route(True, step), with_route(False, step), shape, warmup=1)  # ours: route on
-            rows.append((f"train step, {size} {family}", f"{result.theirs:,.1f}", f"{result.ours:,.1f}",
+            rows.append((f"train step, {size} {family}", f"{result.theirs_tps:,.1f}", f"{result.ours_tps:,.1f}",
                          f"{result.speedup:.2f}×"))
             print(" | ".join(rows[-1]), flush=True)
     model = GPT(get_preset("gpt2-124m")).eval()

@@ -101,29 +101,59 @@ def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool):
     return step
 
 
-class Comparison(NamedTuple):
-    """Throughputs (tokens/s, medians over rounds) and the per-round speedup's median and quartiles."""
+TARGET = 1.2  # the issue's target: scratchlm's tokens/s ÷ transformers', same shape and dtype
 
-    ours: float
-    theirs: float
+
+class Comparison(NamedTuple):
+    """Median seconds per step of each side, tokens per step, and the per-round speedup's median
+    and quartiles."""
+
+    ours_s: float
+    theirs_s: float
+    tokens: int
     speedup: float
     low: float  # lower quartile of the per-round ratios: three rounds in four had at least this speedup
     high: float  # upper quartile: one round in four had more
 
+    @property
+    def ours_tps(self) -> float:
+        return self.tokens / self.ours_s
+
+    @property
+    def theirs_tps(self) -> float:
+        return self.tokens / self.theirs_s
+
 
 def compare(ours, theirs, shape: Shape, warmup: int) -> Comparison:
-    """Both steps timed in alternation. Throughputs are medians over the rounds; the speedup is the
+    """Both steps timed in alternation. Step times are medians over the rounds; the speedup is the
     median of the per-round ratios (robust to slow drifts in background load), and its quartiles
     show how far one run's rounds scatter, so a row near the target can be read as noise or not."""
     ours_t, theirs_t = alternate([ours, theirs], shape.steps, warmup)
-    tokens = shape.batch * shape.seq_len
     ratios = [t / o for o, t in zip(ours_t, theirs_t)]
     low, _, high = statistics.quantiles(ratios, n=4)
-    return Comparison(tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t),
+    return Comparison(statistics.median(ours_t), statistics.median(theirs_t), shape.batch * shape.seq_len,
                       statistics.median(ratios), low, high)
 
 
-def verdict_lines(results: list[Comparison], target: float) -> list[str]:
+def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """`--keep-host-memory`: the trainer's CPU malloc setting for the whole benchmark process."""
+    parser.add_argument(
+        "--keep-host-memory", action="store_true",
+        help="first apply the trainer's CPU malloc setting (train.keep_host_memory, on by default) to this process: both "
+        "implementations run under it",
+    )
+
+
+def apply_host_memory_flag(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """Apply `--keep-host-memory` if given (a parser error where it cannot be); the report's line on it."""
+    if args.keep_host_memory and not keep_freed_memory():
+        parser.error("--keep-host-memory needs Linux with glibc")
+    return "- glibc malloc: " + ("freed memory kept in the process (`--keep-host-memory`, as "
+                                 "`train.keep_host_memory = true` sets it)" if args.keep_host_memory
+                                 else "defaults (large blocks returned to the kernel when freed)")
+
+
+def verdict_lines(results: list[Comparison], target: float = TARGET) -> list[str]:
     """How many rows reach the target, and how many of either kind do so beyond their own scatter."""
     reached = [r for r in results if r.speedup >= target]
     return [
@@ -144,15 +174,10 @@ def main() -> None:
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument(
-        "--keep-host-memory", action="store_true",
-        help="first apply the trainer's CPU malloc setting (train.keep_host_memory, on by default) to this process: both "
-        "implementations run under it",
-    )
+    add_host_memory_flag(parser)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.md"))
     args = parser.parse_args()
-    if args.keep_host_memory and not keep_freed_memory():
-        parser.error("--keep-host-memory needs Linux with glibc")
+    malloc_line = apply_host_memory_flag(args, parser)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,7 +203,7 @@ def main() -> None:
                 )
                 results.append(result)
                 row = (size, family, f"{cfg.num_params() / 1e6:.1f}M", "bf16" if bf16 else "fp32",
-                       "yes" if compiled else "no", f"{result.ours:,.0f}", f"{result.theirs:,.0f}",
+                       "yes" if compiled else "no", f"{result.ours_tps:,.0f}", f"{result.theirs_tps:,.0f}",
                        f"{result.speedup:.2f}×", f"{result.low:.2f}–{result.high:.2f}")
                 rows.append(row)
                 print(" | ".join(row), f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -195,12 +220,11 @@ def main() -> None:
         "backward + zero_grad(set_to_none=False); ours and theirs alternate step by step; tok/s = "
         "median over steps, speedup = median of per-step time ratios; batch×seq: "
         + ", ".join(f"{s}: {SHAPES[s].batch}×{SHAPES[s].seq_len}" for s in args.sizes),
-        "- glibc malloc: " + ("freed memory kept in the process (`--keep-host-memory`, as `train.keep_host_memory = true` sets it)"
-                              if args.keep_host_memory else "defaults (large blocks returned to the kernel when freed)"),
+        malloc_line,
         "- quartiles: of the per-step ratios (one step of each, side by side, is one round; "
         + ", ".join(f"{s}: {SHAPES[s].steps} rounds" for s in args.sizes) + ")",
-        "- target: scratchlm ≥ 1.2× transformers for the same shape and dtype",
-        *verdict_lines(results, 1.2),
+        f"- target: scratchlm ≥ {TARGET}× transformers for the same shape and dtype",
+        *verdict_lines(results),
         "",
         *table(header, rows),
     ]

@@ -30,11 +30,20 @@ from pathlib import Path
 import torch
 from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
 from matmul import product_pairs  # benchmarks/matmul.py
-from model import SHAPES, Shape, compare, hf_model, make_step, our_config  # benchmarks/model.py
+from model import (  # benchmarks/model.py
+    SHAPES,
+    TARGET,
+    Shape,
+    add_host_memory_flag,
+    apply_host_memory_flag,
+    compare,
+    hf_model,
+    make_step,
+    our_config,
+)
 
 from scratchlm.model import GPT
 from scratchlm.model.matmul import onednn_available, onednn_linear
-from scratchlm.train.host_memory import keep_freed_memory
 
 
 def linear_shapes(model: torch.nn.Module) -> Counter[tuple[int, int]]:
@@ -69,12 +78,10 @@ def main() -> None:
     parser.add_argument("--no-fp32", action="store_true", help="only the bf16 autocast rows")
     parser.add_argument("--no-bf16", action="store_true", help="only the float32 rows")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per product (steps: the shape's own count)")
-    parser.add_argument("--keep-host-memory", action="store_true",
-                        help="the trainer's CPU malloc setting for this process, as in benchmarks/model.py")
+    add_host_memory_flag(parser)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model-floor.md"))
     args = parser.parse_args()
-    if args.keep_host_memory and not keep_freed_memory():
-        parser.error("--keep-host-memory needs Linux with glibc")
+    malloc_line = apply_host_memory_flag(args, parser)
     dtypes = [d for d, skip in ((False, args.no_fp32), (True, args.no_bf16)) if not skip]
     if not dtypes:
         parser.error("--no-fp32 and --no-bf16 together leave nothing to measure")
@@ -94,26 +101,24 @@ def main() -> None:
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, False),
                     shape, warmup=1,
                 )
-                tokens = shape.batch * shape.seq_len
-                a, b = tokens / result.ours, tokens / result.theirs  # median step seconds
+                a, b = result.ours_s, result.theirs_s
                 row = (size, family, "bf16" if bf16 else "fp32", f"{floor * 1e3:,.1f}", f"{a * 1e3:,.1f}",
                        f"{b * 1e3:,.1f}", f"{result.speedup:.2f}×", f"{b / floor:.2f}×", f"{(a - floor) * 1e3:,.1f}",
-                       f"{(b - floor) * 1e3:,.1f}", f"{(b / 1.2 - floor) * 1e3:,.1f}")
+                       f"{(b - floor) * 1e3:,.1f}", f"{(b / TARGET - floor) * 1e3:,.1f}")
                 rows.append(row)
                 print(" | ".join(row), flush=True)
             del ours, theirs
 
     header = ("shape", "family", "dtype", "products ms", "scratchlm step ms", "transformers step ms", "speedup",
-              "ceiling", "scratchlm other ms", "transformers other ms", "other for 1.2× ms")
+              "ceiling", "scratchlm other ms", "transformers other ms", f"other for {TARGET}× ms")
     lines = [
         *header_lines("Training step: the matrix products' floor beside both libraries' steps (CPU, eager)"),
         f"- 1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}",
         "- products ms: every linear layer's and the head's x·Wᵀ, G·W and Gᵀ·x for one step, each timed alone "
         "(fastest of alternating rounds) with its fastest kernel; attention's products not included",
         "- steps as in benchmarks/model.py (eager; median over alternating steps); other = step − products",
-        "- ceiling = transformers step ÷ products; other for 1.2× = transformers step ÷ 1.2 − products",
-        "- glibc malloc: " + ("freed memory kept in the process (`--keep-host-memory`)" if args.keep_host_memory
-                              else "defaults"),
+        f"- ceiling = transformers step ÷ products; other for {TARGET}× = transformers step ÷ {TARGET} − products",
+        malloc_line,
         "",
         *table(header, rows),
     ]
