@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scratchlm import __version__
-from scratchlm.errors import ScratchLMError
+from scratchlm.errors import ScratchLMError, Terminated
 
 # Command groups: `scratchlm data prepare`, `scratchlm tokenizer train`, ...
 GROUPS = {
@@ -92,10 +92,6 @@ def _group_help(group_parser: argparse.ArgumentParser):
         return 2
 
     return show
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be: code that rolls back on an interrupt does so for both."""
 
 
 def _stop_on_sigterm(main_pid: int):

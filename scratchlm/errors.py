@@ -34,3 +34,8 @@ class CheckpointError(ScratchLMError):
 
 class TrainingStopped(ScratchLMError):
     """Training stopped on purpose (e.g. too many rollbacks); the message is the diagnosis."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: code that rolls back on an interrupt does so for both,
+    and the CLI exits 143 for it (130 for Ctrl-C)."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -133,7 +135,8 @@ def atomic_directory(
     """
     final = check_output_dir(final, what=what, replaceable=replaceable, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    remove_abandoned_temp_dirs(final.parent, final.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_writer_tag()}.", suffix=".partial", dir=final.parent))
     try:
         _as_created(tmp, 0o777)
         yield tmp
@@ -149,6 +152,43 @@ def atomic_directory(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _writer_tag() -> str:
+    """HOST-PID of this process (dots in the host name made underscores), part of each temp
+    directory's name, so that a later writer can tell an abandoned one from one being written."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this host with this id runs (or might: when unsure, it does)."""
+    if os.name != "posix":  # elsewhere signal 0 is not a harmless probe
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = None) -> int:
+    """Delete the temp directories `atomic_directory` left in `parent` (for the output `name`, or
+    for any) when its process was killed outright (kill -9, out of memory, power loss), which no
+    clean-up runs for: a checkpoint's or a tokens dir's worth of disk each. Only directories whose
+    writer ran on this host and is gone are deleted. Returns how many were."""
+    pattern = f".{glob.escape(name) if name is not None else '*'}.*.partial"
+    host = _writer_tag().rpartition("-")[0]
+    removed = 0
+    for path in Path(parent).glob(pattern):
+        parts = path.name[: -len(".partial")].rsplit(".", 2)  # [".NAME", "HOST-PID", random]
+        writer_host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
+        if writer_host != host or not pid.isdigit() or _process_alive(int(pid)) or not path.is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def read_text_file(path: str | os.PathLike, error: type[ScratchLMError]) -> str:

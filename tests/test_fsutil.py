@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
-from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
+from scratchlm.fsutil import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    remove_abandoned_temp_dirs,
+)
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -44,6 +55,47 @@ def test_atomic_directory_failure_keeps_previous_output(tmp_path):
     with atomic_directory(final, **ours) as tmp:
         atomic_write_text(tmp / "v3.txt", "3")
     assert sorted(p.name for p in final.iterdir()) == ["v3.txt"]
+
+
+def writer_inside_atomic_directory(final) -> subprocess.Popen:
+    """Another process, paused halfway through writing `final` (its temp directory exists)."""
+    code = textwrap.dedent(f"""
+        import time
+        from scratchlm.fsutil import atomic_directory, atomic_write_text
+        with atomic_directory({str(final)!r}) as tmp:
+            atomic_write_text(tmp / "half.bin", "x" * 1000)
+            print("writing", flush=True)
+            time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    return child
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kill -9 and the liveness probe are POSIX")
+def test_temp_dirs_of_killed_writers_are_removed_and_those_of_live_ones_kept(tmp_path):
+    """kill -9 runs no clean-up: its temp directory (a checkpoint's size) must not stay forever."""
+    final = tmp_path / "out"
+    killed = writer_inside_atomic_directory(final)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (abandoned,) = tmp_path.glob(".out.*.partial")
+    assert f"-{killed.pid}." in abandoned.name and (abandoned / "half.bin").exists()
+    assert remove_abandoned_temp_dirs(tmp_path, "other") == 0  # another output's name: not touched
+    assert abandoned.exists()
+    live = writer_inside_atomic_directory(final)  # the next writer of `out` clears the dead one's
+    try:
+        (in_progress,) = tmp_path.glob(".out.*.partial")
+        assert f"-{live.pid}." in in_progress.name
+        with atomic_directory(final) as tmp:  # a live writer's is left alone
+            atomic_write_text(tmp / "whole.txt", "done")
+        assert list(tmp_path.glob(".out.*.partial")) == [in_progress]
+        assert (final / "whole.txt").read_text() == "done"
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_abandoned_temp_dirs(tmp_path) == 1
+    assert list(tmp_path.glob(".*.partial")) == []
 
 
 def test_read_json_object_gives_one_clear_error_of_the_callers_kind(tmp_path):

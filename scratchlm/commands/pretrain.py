@@ -35,6 +35,8 @@ def register(root, groups) -> None:
     sweep.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in DEFAULT_GRID), metavar="LR,LR,...",
                        help="the grid")
     sweep.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="steps per learning rate")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue a sweep into the same OUT: keep its finished rates, resume the interrupted one")
     sweep.set_defaults(func=run_sweep)
 
 
@@ -68,7 +70,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--lrs expects comma-separated numbers, got {args.lrs!r}") from None
     if not lrs or args.steps < 1:
         raise ConfigError("--lrs needs at least one value and --steps must be positive")
-    report = sweep_lr(_config(args), lrs, args.steps)
+    report = sweep_lr(_config(args), lrs, args.steps, resume=args.resume)
     print(f"{'lr':>10}  {'val_loss':>10}  {'val_bpb':>8}", file=sys.stdout)
     for r in report["results"]:
         val = "diverged" if r["diverged"] else f"{r['val_loss']:.4f}"

@@ -14,6 +14,7 @@ from scratchlm.errors import ModelError
 from scratchlm.infer.sampling import check_sampling, sample_next_unchecked
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import unwrap
+from scratchlm.model.matmul import packed_weights
 
 
 def _as_ids(prompt_ids: Sequence[int] | torch.Tensor) -> list[int]:
@@ -68,7 +69,7 @@ def stream_tokens(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), packed_weights(model):
             cache = model.new_cache(1, len(ids) + steps)
             x = torch.tensor([ids], dtype=torch.long, device=device)
             logits = model(x, cache, start_pos=0)[:, -1]
@@ -76,6 +77,11 @@ def stream_tokens(
             banned = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
             for i in range(steps):
                 logits = logits[..., :vocab_limit]
+                if not bool(torch.isfinite(logits).all()):  # else: greedy picks junk, sampling fails in torch
+                    raise ModelError(
+                        f"the model's logits at position {pos} are not finite (NaN or inf): its weights hold "
+                        f"NaN/inf values or overflow in {logits.dtype}"
+                    )
                 if banned is not None:
                     logits = logits.index_fill(-1, banned, float("-inf"))
                 token = sample_next_unchecked(logits, temperature, top_k, top_p, generator)

@@ -187,11 +187,24 @@ def llama_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
     return cfg
 
 
+_ROPE_KEY_ALIASES = {"type": "rope_type"}  # the name early transformers versions wrote
+
+
 def llama_rope_parameters(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The RoPE settings of a Llama config, refusing those that would rotate differently from ours."""
-    # transformers ≥ 5 writes rope_parameters; 4.x wrote rope_theta and rope_scaling.
-    rope = {**_table(hf, "rope_scaling"), **_table(hf, "rope_parameters")}
-    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    # transformers ≥ 5 writes rope_parameters; 4.x wrote rope_theta and rope_scaling (with "type"
+    # in early versions). A config with both tables is read only where they agree: which one a
+    # given transformers version obeys differs, so a clash has no one right reading.
+    scaling, parameters = ({_ROPE_KEY_ALIASES.get(k, k): v for k, v in _table(hf, key).items()}
+                           for key in ("rope_scaling", "rope_parameters"))
+    clashes = sorted(key for key in scaling.keys() & parameters.keys() if scaling[key] != parameters[key])
+    if clashes:
+        raise ModelError(
+            f"rope_scaling and rope_parameters disagree on {', '.join(clashes)}: "
+            f"{ {k: scaling[k] for k in clashes} } vs { {k: parameters[k] for k in clashes} }; keep one of the two tables"
+        )
+    rope = {**scaling, **parameters}
+    rope_type = rope.get("rope_type") or "default"
     if rope_type not in ("default", "llama3"):
         raise ModelError(f"Llama RoPE scaling {rope_type!r} is not supported (only none or 'llama3')")
     partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))

@@ -62,6 +62,12 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_objective, grad_loss):
+        if getattr(ctx, "spent", False):
+            raise RuntimeError(
+                "the fused head loss allows one backward pass per forward (it scales its saved gradients "
+                "in place); for backward(retain_graph=True) twice, take the loss from the logits "
+                "(model(idx) then F.cross_entropy)"
+            )
         grad_hidden, grad_weight = ctx.saved_tensors
         if not _is_one(grad_objective):
             # Scaling in place: these are ours alone, and a fresh copy of a vocab × width
@@ -69,9 +75,11 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
             for grad in (grad_hidden, grad_weight):
                 if grad is not None:
                     grad.mul_(grad_objective.to(grad.dtype))
+            ctx.spent = True
         if ctx.handoff is not None:  # a tied embedding's backward adds its rows and returns it
             ctx.handoff.put(grad_weight)
             grad_weight = None
+            ctx.spent = True
         return grad_hidden, grad_weight, None, None, None, None, None, None
 
 

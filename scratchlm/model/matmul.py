@@ -18,17 +18,24 @@ Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor
 Only this AMD machine was measured: on another CPU, `benchmarks/matmul.py` re-measures the rule
 and `set_onednn_matmul(False)` gives plain `F.linear` back.
 
-bf16 inference (bf16 weights, no gradients, CPU) takes a second oneDNN route: each `Linear`
-keeps a copy of its weight reordered once into oneDNN's blocked layout, so the product no longer
-re-arranges the weight at every call. Decoding one token reads every weight once, so that
-re-arranging was most of the work: greedy decoding in bf16 on 2 cores ran 1.6–2.0× faster for
-GPT-2 124M and 1.4–1.6× for the Llama-style 124M, with the same tokens (benchmarks/RESULTS.md).
-The copy costs the weights' memory once more. It is remade whenever the weight changes in place
-(its version counter moves) or is another tensor, dropped when the module is converted or moved
-(`.to()`, `.float()`, ...) and when a call does not qualify. float32 gained nothing from it.
+bf16 inference (bf16 weights, no gradients, CPU) inside a `packed_weights(model)` scope, as
+decoding runs, takes a second oneDNN route: each `Linear` keeps a copy of its weight reordered
+once into oneDNN's blocked layout, so the product no longer re-arranges the weight at every call.
+Decoding one token reads every weight once, so that re-arranging was most of the work: greedy
+decoding in bf16 on 2 cores ran 1.6–2.0× faster for GPT-2 124M and 1.4–1.6× for the Llama-style
+124M, with the same tokens (benchmarks/RESULTS.md). The copy costs the weights' memory once more,
+until the scope ends. Why a scope and not a cache kept for the module's lifetime: a write through
+`weight.data` changes the numbers without moving the version counter, so a long-lived copy could
+go stale unseen and give wrong logits; one decoding run does not change its weights. Within the
+scope the copy is still remade when the weight changes in place (its version counter moves) or is
+another tensor, and dropped when the module is converted or moved (`.to()`, `.float()`, ...) and
+when a call does not qualify. float32 gained nothing from it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -136,9 +143,10 @@ class Linear(nn.Linear):
 
     # (weight's data pointer, its version counter, the packed copy): not part of the state dict
     _packed: tuple[int, int, torch.Tensor] | None = None
+    _packing_scopes = 0  # open `packed_weights` scopes around this module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if uses_packed_weight(x, self.weight):
+        if self._packing_scopes and uses_packed_weight(x, self.weight):
             return _KERNEL(x, self.packed_weight(), self.bias, "none", [], "")
         if self._packed is not None:  # training, another dtype: the copy would only hold memory
             self._packed = None
@@ -151,9 +159,9 @@ class Linear(nn.Linear):
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self) -> dict:
-        """Copies and pickles leave the packed weight behind: oneDNN's opaque tensor cannot be copied,
-        and the copy remakes it on its first bf16 inference call."""
-        return {key: value for key, value in self.__dict__.items() if key != "_packed"}
+        """Copies and pickles leave the packed weight and the scope count behind: oneDNN's opaque
+        tensor cannot be copied, and the copy is in no scope until one is opened around it."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("_packed", "_packing_scopes")}
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout, remade if the weight is another tensor or was changed in place."""
@@ -162,3 +170,19 @@ class Linear(nn.Linear):
         if self._packed is None or self._packed[:2] != key:
             self._packed = (*key, _REORDER(weight.detach(), 1))
         return self._packed[2]
+
+
+@contextmanager
+def packed_weights(model: nn.Module) -> Iterator[None]:
+    """Within this scope, bf16 CPU inference through `model`'s `Linear`s multiplies by packed copies
+    of their weights, made at first use; leaving it drops the copies (module doc: why a scope)."""
+    layers = [module for module in model.modules() if isinstance(module, Linear)]
+    for layer in layers:
+        layer._packing_scopes += 1
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._packing_scopes -= 1
+            if not layer._packing_scopes:
+                layer._packed = None

@@ -8,11 +8,12 @@ same seed and batches, so the only difference between runs is the learning rate.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
 
-from scratchlm.errors import ConfigError
+from scratchlm.errors import ConfigError, TrainingStopped
 from scratchlm.fsutil import atomic_write_json
 from scratchlm.train.config import PretrainConfig
 
@@ -41,31 +42,65 @@ def checked_rates(lrs: list[float] | tuple[float, ...]) -> list[float]:
 
 
 def sweep_lr(
-    config: PretrainConfig, lrs: list[float] | tuple[float, ...] = DEFAULT_GRID, steps: int = DEFAULT_STEPS
+    config: PretrainConfig,
+    lrs: list[float] | tuple[float, ...] = DEFAULT_GRID,
+    steps: int = DEFAULT_STEPS,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train `steps` steps per learning rate under `config.train.out/lr-*`; the best has the lowest
     final validation loss. Writes `sweep.json` beside the runs and returns the same dict.
 
-    A stop signal (Ctrl-C, SIGTERM) ends the sweep: `stopped` names the signal, `results` holds
-    only the rates that finished, and no best is named from a partial grid. `sweep.json` is
-    rewritten after every finished rate with `finished: false`, so a process killed between
-    rates (when no run's signal handlers are installed) still leaves a true partial report."""
+    A rate whose run the trainer stops as unstable (non-finite losses, too many rollbacks) is
+    recorded as diverged, with the trainer's reason, and the sweep goes on: finding the rates that
+    diverge is what a sweep is for. A stop signal (Ctrl-C, SIGTERM) ends the sweep: `stopped` names
+    the signal, `results` holds only the rates that finished, and no best is named from a partial
+    grid. `sweep.json` is rewritten after every finished rate with `finished: false`, so a process
+    killed between rates (when no run's signal handlers are installed) still leaves a true partial
+    report. With `resume`, the rates `sweep.json` already holds are kept, the interrupted rate
+    continues from its checkpoint and the rest start."""
     from scratchlm.train.trainer import train
 
     rates = checked_rates(lrs)
     _check_val_split(config.data.tokens)
     out = Path(config.train.out)
+    done = _finished_rates(out, steps) if resume else {}
     results: list[dict[str, Any]] = []
     stopped = None
     for lr in rates:
+        if lr in done:
+            results.append(done[lr])
+            continue
         run_cfg = _run_config(config, lr, steps, out / lr_label(lr))
-        summary = train(run_cfg)
-        stopped = summary["stopped"]
-        if stopped:  # a signal: the interrupted rate has no result, and the rest are not tried
-            break
-        results.append(_result(float(lr), summary, run_cfg.train.out))
+        try:
+            summary = train(run_cfg, resume=resume)
+        except TrainingStopped as unstable:
+            results.append(_diverged_result(lr, str(unstable), run_cfg.train.out))
+        else:
+            stopped = summary["stopped"]
+            if stopped:  # a signal: the interrupted rate has no result, and the rest are not tried
+                break
+            results.append(_result(float(lr), summary, run_cfg.train.out))
         _write_report(out, steps, results, stopped=None, finished=False)
     return _write_report(out, steps, results, stopped=stopped, finished=True)
+
+
+def _finished_rates(out: Path, steps: int) -> dict[float, dict[str, Any]]:
+    """The results an earlier sweep into `out` recorded, by rate; none if it has no report yet."""
+    path = out / "sweep.json"
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        recorded = {float(r["lr"]): r for r in report["results"]}
+        recorded_steps = report["steps"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a sweep report this sweep can resume ({e})") from None
+    if recorded_steps != steps:
+        raise ConfigError(
+            f"{path}: that sweep ran {recorded_steps} steps per rate; resume it with --steps {recorded_steps} "
+            "or choose another train.out"
+        )
+    return recorded
 
 
 def _write_report(
@@ -112,8 +147,15 @@ def _result(lr: float, summary: dict[str, Any], out: str) -> dict[str, Any]:
         "val_bpb": summary["val_bpb"],
         "final_loss": summary["final_loss"],
         "diverged": not finite,
+        "reason": None if finite else "non-finite validation loss",
         "out": out,
     }
+
+
+def _diverged_result(lr: float, reason: str, out: str) -> dict[str, Any]:
+    """A rate whose run the trainer stopped as unstable: no losses to rank, the trainer's reason."""
+    return {"lr": lr, "val_loss": None, "val_bpb": None, "final_loss": None, "diverged": True,
+            "reason": reason, "out": out}
 
 
 def _check_val_split(tokens_dir: str) -> None:

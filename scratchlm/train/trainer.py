@@ -35,9 +35,9 @@ from scratchlm.data.loader import (
     validation_batches,
 )
 from scratchlm.device import autocast, resolve_precision
-from scratchlm.errors import CheckpointError, ConfigError, DataError, TrainingStopped
+from scratchlm.errors import CheckpointError, ConfigError, DataError, Terminated, TrainingStopped
 from scratchlm.eval.bpb import evaluate_loss
-from scratchlm.fsutil import atomic_write_json
+from scratchlm.fsutil import atomic_write_json, remove_abandoned_temp_dirs
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
@@ -59,6 +59,9 @@ from scratchlm.train.schedule import lr_factor
 
 # The settings that decide which tokens each step reads: (section, key).
 DATA_STREAM_SETTINGS = (("data", "mode"), ("train", "seed"), ("train", "seq_len"), ("train", "batch_tokens"))
+# Settings the optimizer's parameter groups carry; a resume takes them from this run's config.
+OPTIMIZER_SETTINGS = (("train", "lr"), ("train", "weight_decay"), ("train", "beta1"), ("train", "beta2"),
+                      ("train", "muon_lr"))
 
 
 def _saved_setting(saved: dict[str, Any], section: str, key: str) -> Any:
@@ -156,6 +159,7 @@ class PretrainRun:
             self._open_data()
             self._check_batch_geometry()
             self._build_model()
+            self.sample_prompt = self._sample_prompt_ids()
             self.state = TrainState()
             self.monitor = StabilityMonitor(config.monitor)
             self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
@@ -230,6 +234,10 @@ class PretrainRun:
         self.peak_flops = peak_flops_per_s(self.device, dtype)
 
     def _start_or_resume(self, resume: bool) -> None:
+        if self.dist.is_main and self.ckpt_root.is_dir():
+            removed = remove_abandoned_temp_dirs(self.ckpt_root)
+            if removed:
+                self.log.say(f"removed {removed} unfinished checkpoint folder(s) that a killed run left in {self.ckpt_root}")
         latest = ckpt.find_latest(self.ckpt_root)
         if resume and latest is not None:
             self._restore(ckpt.load_checkpoint(latest), resumed=True)
@@ -590,18 +598,29 @@ class PretrainRun:
         if found:
             self._diagnose("loss_not_decreasing", found)
 
+    def _sample_prompt_ids(self) -> list[int]:
+        """`train.sample_prompt` as token ids, checked before training: found at the first sample,
+        a prompt the model's context cannot hold would end the run."""
+        tc = self.tc
+        prompt = self.tokenizer.encode_ordinary(tc.sample_prompt) or [self.tokenizer.eot_id]
+        if tc.sample_tokens and len(prompt) >= self.model_cfg.max_seq_len:
+            raise ConfigError(
+                f"train.sample_prompt is {len(prompt)} tokens, which leaves no room to sample in the model's "
+                f"{self.model_cfg.max_seq_len}-token context; shorten it or set train.sample_tokens = 0"
+            )
+        return prompt
+
     def _sample(self, step: int) -> list[int]:
         """A short continuation of `train.sample_prompt`, drawn without disturbing training RNG."""
         from scratchlm.infer import generate
 
         tc = self.tc
-        prompt = self.tokenizer.encode_ordinary(tc.sample_prompt) or [self.tokenizer.eot_id]
-        room = self.model_cfg.max_seq_len - len(prompt)
+        room = self.model_cfg.max_seq_len - len(self.sample_prompt)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             ids = generate(
                 self.model,
-                prompt,
-                max_new_tokens=max(0, min(tc.sample_tokens, room)),
+                self.sample_prompt,
+                max_new_tokens=min(tc.sample_tokens, room),
                 temperature=tc.sample_temperature,
                 top_k=tc.sample_top_k or None,
                 seed=tc.seed + step,
@@ -690,17 +709,26 @@ class PretrainRun:
     def _restore(self, loaded: dict[str, Any], resumed: bool) -> None:
         """Put weights, optimizer, RNG, monitor and position back as a checkpoint holds them."""
         saved = loaded["train_state"]
+        # The tokenizer first: another tokenizer's vocabulary also changes the model config, and
+        # blaming [model] would send the user to the wrong section.
+        if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
+            raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
         if loaded["model_config"] != to_dict(self.model_cfg):
             raise CheckpointError(
                 f"{loaded['path']}: the checkpoint's model config differs from this run's [model] section"
             )
-        if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
-            raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
         self._check_same_optimizer(saved, loaded["path"])
         if resumed:
-            self._note_changed_data_settings(saved)
+            self._note_changed_settings(
+                saved, DATA_STREAM_SETTINGS, "data", "the batch stream continues by step, so the data that "
+                "follows differs from an uninterrupted run",
+            )
+            self._note_changed_settings(saved, OPTIMIZER_SETTINGS, "optimizer", "they apply from this step on")
         optimizer_file = loaded["path"] / "optimizer.pt"
         ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
+        # Loading an optimizer state brings back the hyperparameters it was saved with; this run's
+        # config has the last word on them (a resume with a lower lr must train with the lower lr).
+        own_settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         tensors = loaded["model"]
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -721,6 +749,8 @@ class PretrainRun:
             load_state_into(self.model, tensors, str(loaded["path"]))
             with ckpt.as_checkpoint_error(optimizer_file, ckpt.OPTIMIZER_MISFIT):
                 self.optimizer.load_state_dict(loaded["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, own_settings):
+            group.update(settings)
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         rng = loaded["rng"].get(f"rank{self.dist.rank}")
@@ -747,21 +777,22 @@ class PretrainRun:
                 f"resume with train.optimizer = {kind!r} (or start a new run in another train.out)"
             )
 
-    def _note_changed_data_settings(self, saved: dict[str, Any]) -> None:
-        """The batch stream continues by step number, so settings that shape it, changed between
-        runs, change which data comes next (a bigger batch skips ahead, a new seed or mode starts
-        another order). Allowed, but said, since a sequential epoch then no longer sees every window once."""
+    def _note_changed_settings(
+        self, saved: dict[str, Any], settings: tuple[tuple[str, str], ...], kind: str, consequence: str
+    ) -> None:
+        """Says which of `settings` differ from the checkpoint's run. Changing them is allowed, but
+        a resumed run then differs from an uninterrupted one: the batch stream continues by step
+        number, so data settings change which data comes next (a bigger batch skips ahead, a new
+        seed or mode starts another order, a sequential epoch no longer sees every window once);
+        optimizer settings change the updates from here on."""
         now = to_dict(self.config)
         changed = [
             f"{section}.{key} {old!r} -> {now[section][key]!r}"
-            for section, key in DATA_STREAM_SETTINGS
+            for section, key in settings
             if (old := _saved_setting(saved, section, key)) is not None and old != now[section][key]
         ]
         if changed:
-            self.log.say(
-                "resuming with changed data settings (" + ", ".join(changed) + "): the batch stream "
-                "continues by step, so the data that follows differs from an uninterrupted run"
-            )
+            self.log.say(f"resuming with changed {kind} settings (" + ", ".join(changed) + f"): {consequence}")
 
     # --- processes and signals -------------------------------------------------------------
 
@@ -780,8 +811,8 @@ class PretrainRun:
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self._stop_signal is not None:  # a second signal: stop right away
-            raise KeyboardInterrupt
+        if self._stop_signal is not None:  # a second signal: stop right away, as that signal would
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self._stop_signal = signum
 
     def _restore_signal_handlers(self) -> None:

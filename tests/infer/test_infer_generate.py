@@ -5,7 +5,8 @@ import torch
 
 from scratchlm.errors import ConfigError, ModelError
 from scratchlm.infer import filter_logits, generate, sample_next, stream_tokens
-from scratchlm.model import GPT, ModelConfig
+from scratchlm.model import GPT, ModelConfig, matmul
+from scratchlm.model.matmul import Linear
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,33 @@ def test_suppressed_ids_are_never_drawn(model):
         generate(model, [5], 2, suppress_ids=range(40))
     with pytest.raises(ModelError, match="no token id to draw"):
         generate(model, [5], 2, vocab_limit=3, suppress_ids=[0, 1, 2, 50])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_non_finite_logits_are_a_clear_error_not_junk_tokens(model, temperature):
+    """Greedy decoding would pick the argmax of NaNs; sampling would fail inside torch."""
+    broken = GPT(model.cfg)
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.norm_f.weight.fill_(float("nan"))
+    with pytest.raises(ModelError, match=r"logits at position 2 are not finite \(NaN or inf\)"):
+        generate(broken, [3, 1], 4, temperature=temperature, seed=0)
+
+
+@pytest.mark.skipif(matmul._REORDER is None, reason="this PyTorch build cannot pack oneDNN weights")
+def test_bf16_decoding_packs_weights_only_while_it_runs_and_sees_data_writes_between_runs(model):
+    """A packed weight kept across calls would miss a write through `.data` (no version change)."""
+    m = GPT(model.cfg)
+    m.load_state_dict(model.state_dict())
+    m = m.to(torch.bfloat16)
+    layers = [module for module in m.modules() if isinstance(module, Linear)]
+    generate(m, [3, 1], 5, temperature=0)
+    assert all(layer._packed is None for layer in layers)
+    for p in m.parameters():
+        p.data.mul_(-1.5)
+    tokens = stream_tokens(m, [3, 1], 5, temperature=0)
+    next(tokens)
+    for layer in layers:  # the copies in use were made from the weights as they are now
+        assert torch.equal(layer._packed[2].to_dense(), layer.weight)
+    list(tokens)
+    assert all(layer._packed is None for layer in layers)

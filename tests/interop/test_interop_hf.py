@@ -254,6 +254,8 @@ def test_a_rope_that_rotates_only_part_of_each_head_is_refused():
         (dict(rope_parameters=[500.0]), "'rope_parameters' must be a table"),
         (dict(model_type=["llama"]), "unsupported Hugging Face model_type"),
         (dict(rope_parameters={**LLAMA3_ROPE, "factor": "8"}), r": rope_parameters\.factor must be a finite number"),
+        # transformers obeys this rope_scaling over the default rope_parameters: taking either is a guess
+        (dict(rope_scaling={"type": "linear", "factor": 4.0}), "rope_scaling and rope_parameters disagree on rope_type"),
     ],
 )
 def test_bad_hf_config_values_are_one_line_errors_naming_the_key(tmp_path, changes, message):

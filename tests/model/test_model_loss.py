@@ -267,6 +267,29 @@ def test_model_loss_gradients_equal_logits_then_cross_entropy(tie, family, keep_
         torch.testing.assert_close(fused[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("tie,family,scale", [(True, "gpt2", 1.0), (False, "llama", 0.5)])
+def test_a_second_backward_through_the_loss_is_a_clear_error_once_its_gradients_were_spent(tie, family, scale):
+    """The saved gradients are scaled in place (or lent to the tied embedding), so a retained graph
+    cannot be backpropagated again; torch's own error would point at an unnamed in-place op."""
+    model = model_pair(tie, family)
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(5))
+    objective = model(x, targets=x).objective * scale
+    objective.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="allows one backward pass per forward"):
+        objective.backward()
+
+
+def test_an_untied_loss_backpropagated_unscaled_can_be_backpropagated_again():
+    model = model_pair(False, "llama")
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(5))
+    objective = model(x, targets=x).objective
+    objective.backward(retain_graph=True)
+    once = {n: p.grad.clone() for n, p in model.named_parameters()}
+    objective.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * once[name], msg=name)
+
+
 @pytest.mark.parametrize("tie,family", [(True, "gpt2"), (False, "llama")])
 def test_model_loss_under_torch_compile_matches_eager(tie, family, monkeypatch):
     """Also the hand-written autograd pieces (tied hand-off, RMSNorm with q/k norm) traced by

@@ -15,6 +15,7 @@ from scratchlm.model.matmul import (
     Linear,
     linear,
     onednn_available,
+    packed_weights,
     set_onednn_matmul,
     uses_onednn,
 )
@@ -209,26 +210,53 @@ def expected(layer: Linear, x: torch.Tensor) -> torch.Tensor:
 def test_bf16_inference_runs_on_a_packed_weight_and_equals_the_plain_product(bias, rows):
     layer = bf16_linear(bias)
     x = torch.randn(*rows, 64).to(torch.bfloat16)
-    with torch.no_grad():
+    with torch.no_grad(), packed_weights(layer):
         y = layer(x)
-    assert layer._packed is not None and layer._packed[2].is_mkldnn
+        assert layer._packed is not None and layer._packed[2].is_mkldnn
     assert y.dtype == torch.bfloat16 and y.shape == (*rows, 96)
     torch.testing.assert_close(y.float(), expected(layer, x), rtol=1e-2, atol=2e-2)
 
 
-def packed_linear() -> tuple[Linear, torch.Tensor]:
-    """A bf16 `Linear` after one inference call, so it holds a packed copy, and that call's input."""
+@pytest.fixture
+def packed_linear():
+    """A bf16 `Linear` inside a packing scope after one inference call, so it holds a packed copy,
+    and that call's input."""
     layer = bf16_linear()
     x = torch.randn(4, 64).to(torch.bfloat16)
-    with torch.no_grad():
-        layer(x)
-    assert layer._packed is not None
-    return layer, x
+    with packed_weights(layer):
+        with torch.no_grad():
+            layer(x)
+        assert layer._packed is not None
+        yield layer, x
 
 
 @needs_packing
-def test_the_packed_weight_follows_every_change_to_the_weight():
-    layer, x = packed_linear()
+def test_bf16_inference_outside_a_packing_scope_keeps_no_copy():
+    layer = bf16_linear()
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        y = layer(x)
+    assert layer._packed is None
+    torch.testing.assert_close(y.float(), expected(layer, x), rtol=1e-2, atol=2e-2)
+
+
+@needs_packing
+def test_leaving_the_scope_drops_the_copy_so_a_write_through_data_is_seen_next_time():
+    """A `.data` write moves no version counter: only the end of the scope can retire the copy."""
+    layer = bf16_linear()
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        with packed_weights(layer), packed_weights(layer):  # scopes nest: the copy lives to the outer end
+            layer(x)
+        assert layer._packed is None
+        layer.weight.data.mul_(-2)
+        with packed_weights(layer):
+            torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
+
+
+@needs_packing
+def test_the_packed_weight_follows_every_change_to_the_weight(packed_linear):
+    layer, x = packed_linear
     with torch.no_grad():
         layer.weight.mul_(-2)  # in place, as an optimizer step or load_state_dict does
         torch.testing.assert_close(layer(x).float(), expected(layer, x), rtol=1e-2, atol=4e-2)
@@ -240,10 +268,10 @@ def test_the_packed_weight_follows_every_change_to_the_weight():
 
 
 @needs_packing
-def test_converting_or_moving_the_module_drops_the_packed_weight():
+def test_converting_or_moving_the_module_drops_the_packed_weight(packed_linear):
     """After `.float().bfloat16()` the new weight may sit at the freed one's address with the same
     version, so no packed copy may survive a conversion to be mistaken for it."""
-    layer, x = packed_linear()
+    layer, x = packed_linear
     layer.float().to(torch.bfloat16)
     assert layer._packed is None
     with torch.no_grad():
@@ -251,12 +279,14 @@ def test_converting_or_moving_the_module_drops_the_packed_weight():
 
 
 @needs_packing
-def test_training_and_autocast_calls_use_no_packed_weight_and_drop_it():
+def test_training_and_autocast_calls_use_no_packed_weight_and_drop_it(packed_linear):
     """Each call here leaves the module's dtype alone, so only `forward` itself can drop the copy."""
-    layer, x = packed_linear()
+    layer, x = packed_linear
     layer(x).sum().backward()  # gradients wanted: the plain product, which autograd can differentiate
     assert layer._packed is None and layer.weight.grad is not None
-    layer, x = packed_linear()
+    with torch.no_grad():
+        layer(x)
+    assert layer._packed is not None
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
     assert layer._packed is None
@@ -264,9 +294,9 @@ def test_training_and_autocast_calls_use_no_packed_weight_and_drop_it():
 
 def test_a_float32_layer_never_packs_its_weight():
     layer = bf16_linear().float()
-    with torch.no_grad():
+    with torch.no_grad(), packed_weights(layer):
         layer(torch.randn(4, 64))
-    assert layer._packed is None
+        assert layer._packed is None
 
 
 @needs_packing
@@ -276,10 +306,11 @@ def test_a_model_that_has_run_bf16_inference_can_be_copied():
     cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, d_ff=64, max_seq_len=16)
     model = GPT(cfg).to(torch.bfloat16).eval()
     idx = torch.randint(0, 64, (1, 8))
-    with torch.no_grad():
+    with torch.no_grad(), packed_weights(model):
         logits = model(idx)
         twin = copy.deepcopy(model)
         torch.testing.assert_close(twin(idx), logits)
+    assert all(m._packing_scopes == 0 for m in twin.modules() if isinstance(m, Linear))  # the copy is in no scope
 
 
 @needs_packing
@@ -289,10 +320,10 @@ def test_bf16_model_logits_are_the_same_with_and_without_packed_weights(onednn_o
     torch.manual_seed(0)
     model = GPT(cfg).to(torch.bfloat16).eval()
     idx = torch.randint(0, 512, (2, 16))
-    with torch.no_grad():
+    with torch.no_grad(), packed_weights(model):
         packed = model(idx).float()
         assert all(m._packed is not None for m in model.modules() if isinstance(m, Linear))
         onednn_off()
         plain = model(idx).float()
-    assert all(m._packed is None for m in model.modules() if isinstance(m, Linear))
+        assert all(m._packed is None for m in model.modules() if isinstance(m, Linear))
     torch.testing.assert_close(packed, plain, rtol=0.05, atol=0.05)

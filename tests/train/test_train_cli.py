@@ -126,6 +126,23 @@ def test_pretrain_stopped_by_sigint_exits_130_after_saving(tokens, tmp_path, cap
     assert [(e["step"], e["reason"]) for e in events(read_rows(out), "checkpoint")] == [(2, "signal")]
 
 
+def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(tokens, tmp_path, monkeypatch):
+    """The first signal asks for a checkpoint; a second one ends the run at once, and a scheduler
+    that sent SIGTERM twice must still see 143, not Ctrl-C's 130."""
+    real_step = PretrainRun._step
+
+    def step_then_two_sigterms(self):
+        outcome = real_step(self)
+        if self.state.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return outcome
+
+    monkeypatch.setattr(PretrainRun, "_step", step_then_two_sigterms)
+    toml = write_toml(tiny_config(tokens, tmp_path / "run", train={"max_steps": 6}), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml)]) == 143
+
+
 def test_ctrl_c_stops_the_sweep_without_a_false_result(tokens, tmp_path, capsys, monkeypatch):
     ctrl_c_after_step(monkeypatch, 2)
     out = tmp_path / "sweep"
@@ -137,13 +154,48 @@ def test_ctrl_c_stops_the_sweep_without_a_false_result(tokens, tmp_path, capsys,
     assert report["stopped"] == "SIGINT" and report["results"] == [] and report["best_lr"] is None
 
 
+def test_an_interrupted_sweep_resumes_its_interrupted_rate_and_keeps_the_finished_ones(
+    tokens, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "sweep"
+    toml = str(write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml"))
+    sweep = ["sweep-lr", "--config", toml, "--lrs", "1e-3,1e-2", "--steps", "8"]
+    ctrl_c_after_step(monkeypatch, 2)
+    assert main(sweep) == 130
+    monkeypatch.undo()
+    assert main(sweep) == 2  # the rate's folder holds a checkpoint: continuing is asked for, not assumed
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*sweep, "--resume"]) == 0
+    rows = read_rows(out / "lr-0.001")
+    assert [e["step"] for e in events(rows, "resume")] == [2]  # continued, not restarted
+    first = json.loads((out / "sweep.json").read_text())
+    assert [r["lr"] for r in first["results"]] == [1e-3, 1e-2] and first["finished"] and first["best_lr"] is not None
+    assert main([*sweep, "--resume"]) == 0  # a finished sweep resumed: its results, no run again
+    assert json.loads((out / "sweep.json").read_text())["results"] == first["results"]
+    assert len(events(read_rows(out / "lr-0.001"), "resume")) == 1
+    capsys.readouterr()
+    assert main(["sweep-lr", "--config", toml, "--lrs", "1e-3,1e-2", "--steps", "9", "--resume"]) == 2
+    assert "resume it with --steps 8" in capsys.readouterr().err
+
+
+def test_a_rate_that_diverges_is_recorded_and_the_sweep_goes_on(tokens, tmp_path, capsys):
+    cfg = tiny_config(tokens, tmp_path / "sweep", monitor={"max_nonfinite": 1})
+    toml = write_toml(cfg, tmp_path / "sweep.toml")
+    assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e6,1e-2", "--steps", "8"]) == 0
+    report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    diverged, trained = report["results"]
+    assert diverged["lr"] == 1e6 and diverged["diverged"] and "non-finite" in diverged["reason"]
+    assert trained["lr"] == 1e-2 and not trained["diverged"] and report["best_lr"] == 1e-2
+    assert "best learning rate: 0.01" in capsys.readouterr().out
+
+
 def test_a_sweep_killed_between_rates_leaves_a_partial_report(tokens, tmp_path, monkeypatch):
     """Between rates no run has signal handlers installed, so SIGTERM ends the process at once:
     the report of the rates that finished must already be on disk."""
     from scratchlm.train import trainer
     from scratchlm.train.sweep import sweep_lr
 
-    def train_then_die(cfg):
+    def train_then_die(cfg, resume=False):
         if cfg.train.lr == 1e-2:
             raise SystemExit(143)  # as the process dies, for the sweep
         return {"stopped": None, "val_loss": 3.0, "val_bpb": 1.5, "final_loss": 3.1}

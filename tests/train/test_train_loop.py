@@ -229,6 +229,65 @@ def test_resuming_with_changed_data_settings_says_so(tokens, tmp_path, capsys):
     assert "changed data settings" not in capsys.readouterr().err
 
 
+def test_resuming_with_changed_optimizer_settings_trains_with_the_new_ones(tokens, tmp_path, capsys):
+    """The optimizer state in a checkpoint carries the old lr, weight decay and betas; a resume that
+    changes them (as a diagnosis advising a lower lr asks) must train with the new values."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    base = {"max_steps": 2, "checkpoint_every": 2, "sample_tokens": 0, "lr": 3e-3, "warmup_steps": 1}
+    train(tiny_config(tokens, first, train=base))
+    for name in ("same", "lower"):
+        shutil.copytree(first, tmp_path / name)
+    capsys.readouterr()
+    train(tiny_config(tokens, tmp_path / "same", train={**base, "max_steps": 4}), resume=True)
+    assert "changed optimizer settings" not in capsys.readouterr().err
+    train(tiny_config(tokens, tmp_path / "lower", train={**base, "max_steps": 4, "lr": 3e-9, "weight_decay": 0.0}),
+          resume=True)
+    assert "changed optimizer settings (train.lr 0.003 -> 3e-09, train.weight_decay 0.1 -> 0.0)" in capsys.readouterr().err
+    weights = {
+        name: load_file(tmp_path / name / "checkpoints" / step / "model.safetensors")
+        for name, step in (("first", "step-000002"), ("same", "step-000004"), ("lower", "step-000004"))
+    }
+    for key, at_two in weights["first"].items():  # lr 3e-9 and no decay: two more steps barely move a weight
+        torch.testing.assert_close(weights["lower"][key], at_two, rtol=0, atol=1e-6, msg=key)
+    assert any((weights["same"][key] - at_two).abs().max() > 1e-3 for key, at_two in weights["first"].items())
+    lrs = [row["lr"] for row in read_rows(tmp_path / "lower") if row.get("step", 0) > 2 and "lr" in row]
+    assert lrs and max(lrs) <= 3e-9
+
+
+def test_resuming_removes_the_unfinished_checkpoint_a_killed_run_left(tokens, tmp_path, capsys):
+    """A kill -9 during a save leaves the temp folder (the model's size on disk) that nothing else removes."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 2, "checkpoint_every": 2, "sample_tokens": 0})
+    train(cfg)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname().replace(".", "_")
+    abandoned = out / "checkpoints" / f".step-000004.{host}-{int(gone.stdout)}.k9x2ab7c.partial"
+    abandoned.mkdir()
+    (abandoned / "model.safetensors").write_bytes(b"\0" * 1000)
+    capsys.readouterr()
+    train(tiny_config(tokens, out, train={"max_steps": 3, "checkpoint_every": 2, "sample_tokens": 0}), resume=True)
+    assert not abandoned.exists()
+    assert "removed 1 unfinished checkpoint folder(s)" in capsys.readouterr().err
+
+
+def test_a_sample_prompt_the_context_cannot_hold_is_refused_before_training(tokens, tmp_path):
+    """Found at the first sample it would end the run, before any checkpoint was written."""
+    out = tmp_path / "run"
+    prompt = "the king shall speak " * 40  # far more than the model's 32 positions
+    with pytest.raises(ConfigError, match=r"train.sample_prompt is \d+ tokens, which leaves no room to sample"):
+        train(tiny_config(tokens, out, train={"max_steps": 2, "eval_every": 1, "sample_prompt": prompt}))
+    assert not (out / "metrics.jsonl").exists() or not read_rows(out)
+    assert train(tiny_config(tokens, out, train={"max_steps": 2, "sample_prompt": prompt, "sample_tokens": 0}))["steps"] == 2
+
+
 @pytest.mark.parametrize("value", ["abc", [1], 1.5])
 def test_a_model_vocab_size_of_the_wrong_type_is_a_config_error(tokens, tmp_path, value):
     with pytest.raises(ConfigError, match="vocab_size"):

@@ -139,6 +139,16 @@ def test_resume_with_another_optimizer_is_a_checkpoint_error(tokens, tmp_path):
         train(tiny_config(tokens, out, train={"max_steps": 4, "optimizer": "muon"}), resume=True)
 
 
+def test_resume_on_tokens_of_another_tokenizer_names_the_tokenizer_not_the_model(tokens, tmp_path):
+    """Another vocabulary changes the model config too; the message must point at the real cause."""
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2, "checkpoint_every": 2, "sample_tokens": 0}))
+    (tmp_path / "other").mkdir()
+    other = build_tokens_dir(tmp_path / "other", vocab_size=360)
+    with pytest.raises(CheckpointError, match="made with another tokenizer than the tokens dir's"):
+        train(tiny_config(other, out, train={"max_steps": 4, "sample_tokens": 0}), resume=True)
+
+
 def test_resume_from_an_optimizer_state_that_does_not_fit_is_a_checkpoint_error(tokens, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(tokens, out, train={"max_steps": 2}))
