@@ -41,6 +41,15 @@ def require_finite_number(name: str, value: object, *, positive: bool = False) -
     return float(value)
 
 
+MAX_WORKERS = 1024  # far above any machine's cores; beyond it a count is a typo (and overflows C ints)
+
+
+def check_workers(value: int, zero_means: str, prefix: str = "") -> None:
+    """One ConfigError for a worker count outside 0 (`zero_means`) .. MAX_WORKERS."""
+    if not 0 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{prefix}workers must be 0 ({zero_means}) to {MAX_WORKERS}, got {value}")
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:

@@ -27,6 +27,20 @@ def test_user_error_is_one_line_and_exit_2(capsys, tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("stage", [
+    ["data", "prepare", "{text}", "--out", "{out}"],
+    ["data", "tokenize", "{text}", "--tokenizer", "{out}", "--out", "{out}"],
+    ["tokenizer", "train", "{text}", "--vocab-size", "300", "--out", "{out}"],
+])
+def test_a_worker_count_no_machine_has_is_a_one_line_error(capsys, tmp_path, stage):
+    """Past C's int it used to end in an OverflowError traceback deep in multiprocessing."""
+    (tmp_path / "a.txt").write_text("some text to read")
+    args = [a.format(text=tmp_path / "a.txt", out=tmp_path / "o") for a in stage]
+    assert main([*args, "--workers", "99999999999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "workers must be 0" in err[0] and "to 1024, got 99999999999" in err[0]
+
+
 def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "scratchlm", "--debug", "data", "prepare", str(tmp_path / "nope.txt"),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchlm.config import check_workers
 from scratchlm.data.clean import CleanConfig, clean_text
 from scratchlm.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_key, near_duplicate_features
 from scratchlm.data.filters import FilterConfig, first_failing_rule
@@ -65,8 +66,7 @@ class PrepareConfig:
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be 0 (auto) or more, got {self.workers}")
+        check_workers(self.workers, "auto")
         if self.batch_bytes < 1 or self.part_bytes < 1 or self.examples_per_rule < 0:
             raise ConfigError("batch_bytes and part_bytes must be positive, examples_per_rule not negative")
         self.dedup.validate()

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from scratchlm.config import check_workers
 from scratchlm.data.parallel import ordered_map
 from scratchlm.data.sources import (
     SourceOptions,
@@ -77,8 +78,7 @@ class TokenizeConfig:
             raise ConfigError("tokenize: 'tokenizer' (a tokenizer dir) is required")
         if not self.out:
             raise ConfigError("tokenize: 'out' (the tokens dir to write) is required")
-        if self.workers < 0:
-            raise ConfigError(f"tokenize: workers must be >= 0, got {self.workers}")
+        check_workers(self.workers, "auto", "tokenize: ")
         if self.val_every < 0:
             raise ConfigError(f"tokenize: val_every must be >= 0, got {self.val_every}")
         if not self.hf_split:

@@ -9,6 +9,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Literal
 
+from scratchlm.config import check_workers
 from scratchlm.errors import ConfigError, TokenizerError
 from scratchlm.fsutil import atomic_directory, check_output_dir
 from scratchlm.tokenizer.tokenizer import Tokenizer, is_tokenizer_dir
@@ -37,8 +38,7 @@ class TokenizerTrainConfig:
             raise ConfigError(f"vocab_size {self.vocab_size} is too small (256 byte tokens + specials)")
         if self.min_frequency < 1:
             raise ConfigError(f"min_frequency must be at least 1, got {self.min_frequency}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be 0 (all cores) or more, got {self.workers}")
+        check_workers(self.workers, "all cores")
 
 
 # What a tokenizer output may replace: an earlier tokenizer directory, never an input.
