@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
@@ -27,11 +29,17 @@ def ordered_map(
     At most `in_flight` jobs are submitted ahead of the one being waited for: enough to keep
     every worker busy, few enough that memory stays bounded. A worker process that dies (killed,
     out of memory) ends the stage with one clear error instead of a traceback.
+
+    Interrupts belong to this process: workers start (inside `submit`) with Ctrl-C held, so one
+    pressed in a terminal, which reaches the whole process group, stops the stage here instead of
+    killing workers halfway through their start-up with tracebacks of their own. Whatever ends
+    the stage early, the pool is stopped at once (`stop_pool_now`).
     """
     pending: deque[tuple[Key, Future]] = deque()
     try:
         for key, argument in jobs:
-            pending.append((key, pool.submit(function, argument)))
+            with _ctrl_c_held():
+                pending.append((key, pool.submit(function, argument)))
             if len(pending) >= in_flight:
                 done, future = pending.popleft()
                 yield done, future.result()
@@ -39,9 +47,50 @@ def ordered_map(
             done, future = pending.popleft()
             yield done, future.result()
     except BrokenProcessPool:
+        stop_pool_now(pool)
         raise ScratchLMError(
             f"a {stage} worker process died (killed or out of memory?); retry, or use workers=1"
         ) from None
+    except BaseException:
+        stop_pool_now(pool)
+        raise
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile: processes started now inherit the mask, so they
+    never see it; here one that arrives is only delayed, to the end of the block."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: no process-group Ctrl-C to keep out
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
     finally:
-        for _, future in pending:
-            future.cancel()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def stop_pool_now(pool: Executor) -> None:
+    """End a pool's work now: a process pool's workers are terminated, without waiting for them.
+
+    Why not `shutdown(wait=True)`: after an interrupt (or a worker killed by a SIGTERM sent to the
+    whole process group) the pool's feeder thread can be stuck writing a batch into a pipe that no
+    worker reads any more, and the interpreter then waits for that thread at exit for ever. The
+    workers hold no results worth saving: the stage is being abandoned and rolled back. Queued
+    jobs of a process pool are not cancelled here: its manager thread fails them itself once it
+    sees the workers gone, and in Python 3.11 a job cancelled under it crashes that thread
+    (InvalidStateError) before it unblocks the feeder.
+    """
+    if not isinstance(pool, ProcessPoolExecutor):
+        pool.shutdown(wait=False, cancel_futures=True)
+        return
+    # CPython's own attributes (3.9-3.13), read before `shutdown` drops them; defensively, as
+    # they are not public API.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    call_queue = getattr(pool, "_call_queue", None)
+    pool.shutdown(wait=False)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    if call_queue is not None:
+        call_queue.cancel_join_thread()

@@ -41,11 +41,15 @@ class Document:
     """One document: its text and where it came from (a path, `builtin:...` or `hf:...`).
 
     `invalid_utf8` is set when the bytes read were not valid UTF-8 and were repaired with U+FFFD.
+    `split` names the split of the prepared dataset it was read from, so a reader that keeps
+    splits (`data tokenize`) can keep them for a prepared dataset found inside a directory too;
+    None for every other input.
     """
 
     text: str
     source: str
     invalid_utf8: bool = False
+    split: str | None = None
 
 
 @dataclass
@@ -79,8 +83,17 @@ class SourceStats:
 
 
 def local_input_paths(inputs: Sequence[str]) -> list[str]:
-    """The inputs that are files or directories here (not `builtin:` or `hf:` names)."""
-    return [str(spec) for spec in inputs if not str(spec).startswith((BUILTIN_PREFIX, HF_PREFIX))]
+    """The inputs that are files or directories here, so an output is never put in or over one:
+    paths, and `hf:NAME` where NAME is a local path (a saved dataset); not `builtin:` or hub names."""
+    paths = []
+    for spec in map(str, inputs):
+        if spec.startswith(HF_PREFIX):
+            name = spec[len(HF_PREFIX) :]
+            if name and Path(name).exists():
+                paths.append(name)
+        elif not spec.startswith(BUILTIN_PREFIX):
+            paths.append(spec)
+    return paths
 
 
 def iter_documents(
@@ -237,17 +250,27 @@ def _walk(directory: Path, seen: set[str]) -> Iterator[tuple[Path, bool]]:
 
 
 def _open_binary(path: Path) -> IO[bytes]:
-    """Open a file for reading bytes, decompressing .gz and .zst transparently."""
+    """Open a file for reading bytes, decompressing .gz and .zst transparently.
+
+    An empty .gz or .zst file is refused as truncated: both decompressors would read it as no
+    bytes at all, i.e. one empty document, hiding a download that never arrived.
+    """
+    compression = _compression_of(path)
     try:
         raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
-    compression = _compression_of(path)
+    if compression is None:
+        return raw
+    try:
+        if not raw.peek(1):
+            raise DataError(f"{path}: cannot read: the file is empty, a truncated {compression} archive")
+    except BaseException:
+        raw.close()
+        raise
     if compression == ".gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
-    if compression == ".zst":
-        return io.BufferedReader(_ZstdFrames(raw))
-    return raw
+    return io.BufferedReader(_ZstdFrames(raw))
 
 
 class _ZstdFrames(io.RawIOBase):
@@ -496,7 +519,7 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
                     texts = batch.column(0).to_pylist()
                     sources = batch.column(1).to_pylist()
                     for text, source in zip(texts, sources):
-                        yield Document(text, source or _source_name(part))
+                        yield Document(text, source or _source_name(part), split=split)
             except DataError:
                 raise
             except Exception as e:

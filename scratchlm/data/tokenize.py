@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from scratchlm.config import check_workers
 from scratchlm.data.parallel import ordered_map
 from scratchlm.data.sources import (
+    Document,
     SourceOptions,
     check_prepared_texts,
     is_prepared_dir,
@@ -142,13 +143,12 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
 def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: Iterator[int]) -> Iterator[Chunk]:
     """Raw inputs' documents; `numbers` counts raw documents across calls for the val rule."""
     documents = iter_documents(inputs, SourceOptions(text_field=config.text_field, hf_split=config.hf_split))
-    every = config.val_every
     texts: list[str] = []
     flags: list[bool] = []
     size = 0
-    for doc, i in zip(documents, numbers):  # documents first: no number is used up at the end
+    for doc in documents:
         texts.append(doc.text)
-        flags.append(every > 0 and i % every == every - 1)
+        flags.append(_goes_to_val(doc, numbers, config.val_every))
         size += len(doc.text)
         if size >= config.chunk_chars:
             yield Chunk(texts, np.array(flags, dtype=bool))
@@ -157,11 +157,21 @@ def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: Iterator
         yield Chunk(texts, np.array(flags, dtype=bool))
 
 
+def _goes_to_val(doc: Document, numbers: Iterator[int], every: int) -> bool:
+    """A document of a prepared dataset found inside a directory input keeps its split, so no
+    val document leaks into train; any other raw document takes the next number of the val rule."""
+    if doc.split is not None:
+        return doc.split == "val"
+    i = next(numbers)
+    return every > 0 and i % every == every - 1
+
+
 def read_chunks(config: TokenizeConfig) -> tuple[Iterator[Chunk], int | None]:
     """The input documents in order, in chunks of about `chunk_chars`, and their count if known.
 
-    A prepared dir keeps its own train/val split, also beside raw inputs; raw inputs send every
-    `val_every`-th of their documents (counted across all raw inputs) to val.
+    A prepared dir keeps its own train/val split, also beside raw inputs and inside a directory
+    input; raw inputs send every `val_every`-th of their other documents (counted across all raw
+    inputs) to val.
     """
     groups = [(prepared, list(specs)) for prepared, specs in groupby(config.inputs, key=_is_prepared)]
     if len(groups) == 1 and groups[0][0]:  # only prepared dirs: their row counts give the total

@@ -334,3 +334,43 @@ def test_cli_hf_split_reads_the_named_split(tmp_path):
     out = tmp_path / "out"
     assert main(["data", "prepare", f"hf:{saved}", "--out", str(out), "--hf-split", "validation"]) == 0
     assert json.loads((out / "stats.json").read_text())["documents_out"] == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_whole_process_group_stops_parallel_prepare_cleanly(tmp_path, signame):
+    """Ctrl-C in a terminal (or a container stop) signals the workers too, often while they are
+    still starting: the stage used to print their tracebacks, then hang for ever at exit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(0)
+    words = "to be or not that is the question whether tis nobler in mind suffer slings".split()
+    source = tmp_path / "docs.txt"
+    with open(source, "w") as f:
+        for i in range(40_000):
+            f.write(f"{i} " + " ".join(rng.choices(words, k=30)) + "\n\n")
+    sig = getattr(signal, signame)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", "data", "prepare", str(source), "--out", str(tmp_path / "out"),
+         "--separator", "\n\n", "--workers", "2"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job has it
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, "prepare ended before it could be signalled"
+            time.sleep(0.02)
+        time.sleep(0.3)  # the workers are starting up
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and "Exception" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.txt"]  # no output, no temp directory

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 from tokens_testdata import save_validation_only
 
-from scratchlm.data.sources import SourceOptions, SourceStats, iter_documents
+from scratchlm.data.sources import SourceOptions, SourceStats, iter_documents, local_input_paths
 from scratchlm.errors import DataError
 
 
@@ -302,3 +302,29 @@ def test_hf_split_of_a_saved_dataset_dict_and_a_single_dataset(tmp_path):
     assert texts([f"hf:{single}"]) == ["only"]
     with pytest.raises(DataError, match="single Dataset has no splits; cannot read split 'validation'"):
         texts([f"hf:{single}"], hf_split="validation")
+
+
+@pytest.mark.parametrize("name", ["zero.txt.gz", "zero.jsonl.zst"])
+def test_an_empty_archive_is_truncated_given_or_inside_a_directory(tmp_path, name):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / name).write_bytes(b"")
+    for given in (corpus / name, corpus):
+        with pytest.raises(DataError, match="the file is empty, a truncated") as info:
+            texts([given])
+        assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_prepared_dataset_inside_a_directory_tags_each_document_with_its_split(tmp_path):
+    from scratchlm.data.sources import write_prepared_dir
+
+    (tmp_path / "a.txt").write_text("loose")
+    write_prepared_dir(tmp_path / "prepared", ["kept train"], ["kept val"])
+    assert [d.split for d in iter_documents([str(tmp_path)])] == [None, "train", "val"]
+
+
+def test_local_input_paths_include_hf_names_of_local_paths(tmp_path):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    inputs = ["a.txt", f"hf:{saved}", "hf:someone/not-here", "builtin:python-docs"]
+    assert local_input_paths(inputs) == ["a.txt", str(saved)]

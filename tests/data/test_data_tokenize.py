@@ -247,3 +247,41 @@ def test_cli_hf_split_reads_the_named_split(tmp_path: Path, tokenizer_dir: Path)
                  "--workers", "1", "--hf-split", "validation", "--val-every", "0"])  # fmt: skip
     assert code == 0
     assert decoded(out, "train", tokenizer_dir) == VAL_DOCS
+
+
+def test_prepared_datasets_inside_a_directory_input_keep_their_split(tmp_path: Path, tokenizer_dir: Path) -> None:
+    corpus = tmp_path / "corpus"
+    write_prepared_dir(corpus / "a", TRAIN_DOCS[:5], VAL_DOCS[:1])
+    write_prepared_dir(corpus / "b", TRAIN_DOCS[5:10], VAL_DOCS[1:])
+    raw = [f"raw document {i}" for i in range(4)]
+    (corpus / "z").mkdir()
+    for i, text in enumerate(raw):  # two before the prepared datasets (files first), two after
+        (corpus / ("" if i < 2 else "z") / f"r{i}.txt").write_text(text)
+    out = tmp_path / "out"
+    run([corpus], tokenizer_dir, out, workers=1, val_every=2, chunk_chars=100)
+    # no val document reaches train; raw documents alone are numbered for --val-every
+    assert decoded(out, "train", tokenizer_dir) == [raw[0], *TRAIN_DOCS[:10], raw[2]]
+    assert decoded(out, "val", tokenizer_dir) == [raw[1], *VAL_DOCS, raw[3]]
+
+
+def test_refuses_an_output_inside_a_local_hf_dataset(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from tokens_testdata import save_validation_only
+
+    saved = save_validation_only(tmp_path / "dict", VAL_DOCS)
+    before = sorted(p.name for p in saved.iterdir())
+    with pytest.raises(DataError, match="is inside the input"):
+        run([f"hf:{saved}"], tokenizer_dir, saved / "tokens", workers=1, hf_split="validation")
+    assert sorted(p.name for p in saved.iterdir()) == before
+
+
+def test_cli_an_empty_archive_is_one_line_error(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    empty = tmp_path / "empty.txt.zst"
+    empty.write_bytes(b"")
+    out = tmp_path / "tokens"
+    code = main(["data", "tokenize", str(empty), "--tokenizer", str(tokenizer_dir), "--out", str(out),
+                 "--workers", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "empty.txt.zst: cannot read: the file is empty, a truncated .zst archive" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
