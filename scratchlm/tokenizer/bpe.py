@@ -27,15 +27,21 @@ import multiprocessing
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import regex
 
 from scratchlm.data.parallel import ordered_map
+from scratchlm.errors import TokenizerError
 from scratchlm.progress import progress
-from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN
+from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, encodable_text
+
+
+class NoTextError(TokenizerError):
+    """Training texts with no word but whitespace (or no word at all)."""
+
 
 # Documents are grouped into chunks of about this many characters for the counting workers.
 CHUNK_CHARS = 1 << 20
@@ -44,16 +50,17 @@ _worker_pattern: regex.Pattern | None = None
 
 
 def _count_chunk(pattern: str, texts: Sequence[str]) -> dict[str, int]:
-    """Count the words of a few documents (runs in a worker process or inline)."""
+    """Count the words of a few documents (runs in a worker process or inline), cut from the
+    text that encoding cuts (`encodable_text`)."""
     global _worker_pattern
     if _worker_pattern is None or _worker_pattern.pattern != pattern:
         _worker_pattern = regex.compile(pattern)
     findall = _worker_pattern.findall
     if len(texts) == 1:
-        return Counter(findall(texts[0]))
+        return Counter(findall(encodable_text(texts[0])))
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(findall(text))
+        counts.update(findall(encodable_text(text)))
     return counts
 
 
@@ -182,6 +189,7 @@ def learn_merges(
     num_new_tokens: int,
     min_frequency: int = 2,
     show_progress: bool = True,
+    forbidden: Collection[bytes] = (),
 ) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Learn up to `num_new_tokens` merges on top of the 256 byte tokens.
 
@@ -189,7 +197,8 @@ def learn_merges(
     bytes), `merges[k]` the pair of ids merged at step `k`. Stops early when the best pair occurs
     fewer than `min_frequency` times. If a merge yields bytes that already are a token (possible
     when two different splits of one string are both merged), the existing id is reused, as
-    Hugging Face's trainer does, and no vocab slot is spent.
+    Hugging Face's trainer does, and no vocab slot is spent. A merge that would make bytes in
+    `forbidden` (special tokens' text, which no ordinary token may share) is never made.
 
     A word is held as a `str` with one character per token (`chr(id)`), and a pair as the
     two-character string: finding, counting and replacing a pair in a word then run in C
@@ -199,6 +208,7 @@ def learn_merges(
         raise ValueError(f"at most {sys.maxunicode - 256} merges are supported")
     vocab = [bytes([i]) for i in range(256)]
     index = {b: i for i, b in enumerate(vocab)}
+    forbidden = frozenset(forbidden)
     words: list[str] = []
     counts: list[int] = []
     for word, n in word_counts.items():
@@ -228,6 +238,8 @@ def learn_merges(
         if current < min_frequency:
             break
         merged_bytes = left_bytes + right_bytes
+        if merged_bytes in forbidden:  # dropped for good: a re-pushed entry is dropped here again
+            continue
         c = index.get(merged_bytes)
         if c is None:
             c = len(vocab)
@@ -307,7 +319,16 @@ def train_bpe(
     min_frequency: int = 2,
     workers: int = 1,
     show_progress: bool = True,
+    forbidden: Collection[bytes] = (),
 ) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Count the words of `texts` with `pattern`, then learn merges (see `learn_merges`)."""
+    """Count the words of `texts` with `pattern`, then learn merges (see `learn_merges`).
+
+    Raises `NoTextError` when the texts hold no word but whitespace: a tokenizer of bytes (and
+    space runs) alone, saved as if trained, would hide the mistake (an empty file, a wrong field).
+    """
     word_counts = count_words(texts, pattern, workers=workers, show_progress=show_progress)
-    return learn_merges(word_counts, num_new_tokens, min_frequency, show_progress=show_progress)
+    if all(word.isspace() for word in word_counts):  # stops at the first word with text
+        raise NoTextError("the training texts are empty or whitespace: nothing to train on")
+    return learn_merges(
+        word_counts, num_new_tokens, min_frequency, show_progress=show_progress, forbidden=forbidden
+    )

@@ -46,6 +46,20 @@ PROBE_TEXTS = (
 _BYTES = {bytes([i]): i for i in range(256)}
 
 
+def encodable_text(text: str) -> str:
+    """`text` as the pattern sees it when encoding: tiktoken cannot take surrogate code points
+    (JSON escapes such as `\\ud800` make them), so it first joins each high + low pair into its
+    character and turns every other surrogate into U+FFFD. Training cuts this same text, so its
+    merges are learned on the very bytes that encoding produces."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # the repair tiktoken's `encode` and `encode_ordinary` make
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def resolve_pattern(pattern: str, probe: bool = True) -> str:
     """A preset name (`gpt2`, `gpt4`) or a custom regex, returned as a checked regex string.
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import regex
 
+from scratchlm.tokenizer.patterns import encodable_text
+
 
 def encode_word(word: bytes, ranks: Mapping[bytes, int]) -> list[int]:
     if word in ranks:
@@ -29,8 +31,9 @@ def encode_word(word: bytes, ranks: Mapping[bytes, int]) -> list[int]:
 
 
 def encode_ordinary(text: str, pattern: str, ranks: Mapping[bytes, int]) -> list[int]:
-    """Encode `text` with no special tokens (their text is encoded like any other text)."""
+    """Encode `text` with no special tokens (their text is encoded like any other text); surrogate
+    code points are first repaired as tiktoken repairs them (`encodable_text`)."""
     ids: list[int] = []
-    for word in regex.findall(pattern, text):
+    for word in regex.findall(pattern, encodable_text(text)):
         ids.extend(encode_word(word.encode("utf-8"), ranks))
     return ids

@@ -161,7 +161,8 @@ class Tokenizer:
 
         `special_tokens` are added after the defaults (`<|endoftext|>`, `<|pad|>`,
         `<|im_start|>`, `<|im_end|>`). The vocab is smaller when the data runs out of pairs
-        occurring at least `min_frequency` times.
+        occurring at least `min_frequency` times. No merge makes a special token's text, which
+        web text often holds literally: tokenizer.json cannot name two tokens alike.
         """
         names = _special_list(special_tokens)
         regex_text = resolve_pattern(pattern)
@@ -180,6 +181,7 @@ class Tokenizer:
             min_frequency=min_frequency,
             workers=max(1, workers),
             show_progress=show_progress,
+            forbidden={token for token in map(formats.byte_level_token, names) if token is not None},
         )
         ranks = {token: idx for idx, token in enumerate(vocab)}
         specials = {name: len(vocab) + i for i, name in enumerate(names)}

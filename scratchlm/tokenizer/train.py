@@ -12,6 +12,7 @@ from typing import Literal
 from scratchlm.config import check_workers
 from scratchlm.errors import ConfigError, TokenizerError
 from scratchlm.fsutil import atomic_directory, check_output_dir
+from scratchlm.tokenizer.bpe import NoTextError
 from scratchlm.tokenizer.tokenizer import Tokenizer, is_tokenizer_dir
 
 
@@ -61,15 +62,19 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
     options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
     docs = iter_documents(cfg.inputs, options)
     first = next(docs, None)
+    names = ", ".join(map(str, cfg.inputs))
     if first is None:  # a tokenizer of bytes alone, saved as if trained, would hide the mistake
-        raise TokenizerError(f"no documents in the inputs ({', '.join(map(str, cfg.inputs))}): nothing to train on")
-    tok = Tokenizer.train(
-        (doc.text for doc in chain([first], docs)),
-        cfg.vocab_size,
-        pattern=cfg.pattern,
-        special_tokens=cfg.special_tokens,
-        min_frequency=cfg.min_frequency,
-        workers=cfg.workers or (os.cpu_count() or 1),
-    )
+        raise TokenizerError(f"no documents in the inputs ({names}): nothing to train on")
+    try:
+        tok = Tokenizer.train(
+            (doc.text for doc in chain([first], docs)),
+            cfg.vocab_size,
+            pattern=cfg.pattern,
+            special_tokens=cfg.special_tokens,
+            min_frequency=cfg.min_frequency,
+            workers=cfg.workers or (os.cpu_count() or 1),
+        )
+    except NoTextError:  # documents of whitespace alone: the same mistake as none at all
+        raise TokenizerError(f"no text but whitespace in the inputs ({names}): nothing to train on") from None
     save_tokenizer_dir(tok, cfg.out, inputs)
     return tok

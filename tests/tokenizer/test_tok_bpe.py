@@ -13,8 +13,8 @@ from tok_testdata import MIXED, stdlib_text
 
 from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer import GPT4_PATTERN, PATTERNS, Tokenizer
-from scratchlm.tokenizer.bpe import count_words, learn_merges
-from scratchlm.tokenizer.patterns import check_pattern
+from scratchlm.tokenizer.bpe import NoTextError, count_words, learn_merges
+from scratchlm.tokenizer.patterns import check_pattern, encodable_text
 
 WORDS = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
 TEXT = " ".join(w for w, n in WORDS.items() for _ in range(n))
@@ -208,6 +208,40 @@ def test_special_that_is_a_byte_token_is_refused_before_training(special):
         Tokenizer.train(no_training(), 300, special_tokens=[special], show_progress=False)
 
 
-def test_special_that_training_learns_as_a_word_is_refused():
-    with pytest.raises(TokenizerError, match="delimited form"):
-        Tokenizer.train(["self self self self"], 300, special_tokens=["self"], show_progress=False)
+@pytest.mark.parametrize(("text", "special", "pattern"), [
+    ("self self self self", "self", "gpt4"),  # was refused after training ("use a delimited form")
+    ("hello world <|endoftext|> " * 20, "<|endoftext|>", r"\S+|\s+"),  # web text holds the literal
+])
+def test_training_never_learns_a_special_tokens_text(tmp_path, text, special, pattern):
+    tok = Tokenizer.train([text], 400, pattern=pattern, special_tokens=[special], show_progress=False)
+    assert special.encode() not in tok.ranks
+    assert Tokenizer.load(tok.save(tmp_path)).ranks == tok.ranks  # tokenizer.json reads back
+    plain = tok.encode_ordinary(text)
+    assert tok.decode(plain) == text and tok.special_tokens[special] not in plain
+    assert tok.encode(special, allowed_special="all") == [tok.special_tokens[special]]
+
+
+def test_learn_merges_skips_only_the_forbidden_merge():
+    vocab, _ = learn_merges({"abc": 5}, 10, show_progress=False, forbidden={b"ab"})
+    assert vocab[256:] == [b"bc", b"abc"]  # a+b (first on the tie) skipped; a token holding "ab" is fine
+
+
+SURROGATE_TEXTS = ["x\ud800y " * 30, "a\ud83d\ude00 " * 30 + "\udfff"]  # lone; a pair as two code points
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_training_reads_surrogates_as_encoding_does(workers):
+    # JSON escapes make them; training crashed (UnicodeEncodeError) where encoding repairs them.
+    tok = Tokenizer.train(SURROGATE_TEXTS, 400, workers=workers, show_progress=False)
+    assert "\ufffdy".encode() in tok.ranks  # a lone surrogate is learned as the U+FFFD it encodes to
+    assert "\U0001f600".encode() in tok.ranks and "\ufffd\ufffd".encode() not in tok.ranks  # a pair: its character
+    for text in SURROGATE_TEXTS:
+        assert tok.encode_ordinary(text) == tok.encode_ordinary(encodable_text(text))
+        assert tok.decode(tok.encode_ordinary(text)) == encodable_text(text)
+    assert tok.encode_ordinary("x\ud800y") == [tok.ranks[b"x"], tok.ranks["\ufffdy".encode()]]
+
+
+@pytest.mark.parametrize("texts", [[], [""], ["  \n\t \n" * 50, " "]])
+def test_training_on_no_text_but_whitespace_is_refused(texts):
+    with pytest.raises(NoTextError, match="empty or whitespace"):
+        Tokenizer.train(texts, 300, show_progress=False)

@@ -279,6 +279,16 @@ def test_train_refuses_inputs_without_documents(capsys, tmp_path):
     assert not (tmp_path / "tok").exists()
 
 
+@pytest.mark.parametrize("text", ["", " \n\t\n" * 100])
+def test_train_refuses_inputs_of_whitespace_alone(capsys, tmp_path, text):
+    data = tmp_path / "blank.txt"
+    data.write_text(text)  # one document, empty or blank: a tokenizer of bytes alone was saved
+    assert main(["tokenizer", "train", str(data), "--vocab-size", "300", "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert "no text but whitespace in the inputs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tok").exists()
+
+
 def test_train_and_stats_read_the_text_field_named(capsys, tmp_path):
     data = tmp_path / "body.jsonl"
     data.write_text("".join(json.dumps({"body": f"words and more words {i}"}) + "\n" for i in range(30)))

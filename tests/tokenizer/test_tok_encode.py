@@ -9,6 +9,7 @@ from tok_testdata import MIXED
 
 from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer import Tokenizer, reference
+from scratchlm.tokenizer.patterns import encodable_text
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -39,6 +40,14 @@ def test_tiktoken_matches_reference_on_corpus(tok, corpus):
 
 def test_lone_surrogates_become_replacement_characters(tok):
     assert tok.decode(tok.encode_ordinary("a\ud800b\udfffc")) == "a\ufffdb\ufffdc"
+
+
+@FAST
+@given(st.text(alphabet=st.sampled_from("ab \ud800\ud83d\ude00\udfffé🤖")))
+def test_surrogates_are_repaired_as_tiktoken_repairs_them(tok, text):
+    # `encodable_text` is the text training cuts; the reference encoder uses it too.
+    assert tok.encode_ordinary(text) == reference.encode_ordinary(text, tok.pattern, tok.ranks)
+    assert tok.decode(tok.encode_ordinary(text)) == encodable_text(text)
 
 
 @FAST
