@@ -14,7 +14,7 @@ from scratchlm.errors import ConfigError
 from scratchlm.fsutil import read_text_file
 
 if TYPE_CHECKING:
-    from scratchlm.infer.text import GenerateConfig
+    from scratchlm.infer.text import GenerateConfig, TextGenerator
 
 
 def register(root, groups) -> None:
@@ -54,6 +54,7 @@ def register(root, groups) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from scratchlm.infer.text import GenerateConfig, TextGenerator
+    from scratchlm.model.matmul import packed_weights
 
     special = "allow" if args.allow_special else "plain" if args.plain_special else None
     if args.prompt is not None and args.prompt_file is not None:
@@ -74,27 +75,35 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")  # a terminal that cannot show a character
     generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype)
     prompt_ids = generator.encode_prompt(text, cfg.special)
-    for i in range(cfg.samples):
-        if not args.jsonl and cfg.samples > 1:
-            print(f"--- sample {i + 1} of {cfg.samples} ---", flush=True)
-        if not args.jsonl and not args.no_echo:
-            print(text, end="", flush=True)
-        done = generator.complete(
-            prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, seed=None if cfg.seed is None else cfg.seed + i, ignore_eos=cfg.ignore_eos,
-            on_text=None if args.jsonl else _write,
-        )
-        if args.jsonl:
-            print(json.dumps({
-                "sample": i, "prompt": text, "text": done.text, "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": len(done.ids), "finish_reason": done.finish_reason,
-                "seconds": round(done.seconds, 4), "seed": None if cfg.seed is None else cfg.seed + i,
-            }, ensure_ascii=False), flush=True)
-        else:
-            print(flush=True)
-        print(f"[{len(done.ids)} new tokens after {done.prompt_tokens} of prompt, finished by {done.finish_reason}, "
-              f"{done.tokens_per_second:.1f} tokens/s]", file=sys.stderr, flush=True)
+    with packed_weights(generator.model):  # the samples share one packing of the weights (bf16 on CPU)
+        for i in range(cfg.samples):
+            _one_sample(args, cfg, generator, text, prompt_ids, i)
     return 0
+
+
+def _one_sample(
+    args: argparse.Namespace, cfg: GenerateConfig, generator: TextGenerator, text: str, prompt_ids: list[int], i: int
+) -> None:
+    """Print sample `i`: streamed text, or a JSON line with `--jsonl`; its speed on stderr."""
+    if not args.jsonl and cfg.samples > 1:
+        print(f"--- sample {i + 1} of {cfg.samples} ---", flush=True)
+    if not args.jsonl and not args.no_echo:
+        print(text, end="", flush=True)
+    done = generator.complete(
+        prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+        top_p=cfg.top_p, seed=None if cfg.seed is None else cfg.seed + i, ignore_eos=cfg.ignore_eos,
+        on_text=None if args.jsonl else _write,
+    )
+    if args.jsonl:
+        print(json.dumps({
+            "sample": i, "prompt": text, "text": done.text, "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": len(done.ids), "finish_reason": done.finish_reason,
+            "seconds": round(done.seconds, 4), "seed": None if cfg.seed is None else cfg.seed + i,
+        }, ensure_ascii=False), flush=True)
+    else:
+        print(flush=True)
+    print(f"[{len(done.ids)} new tokens after {done.prompt_tokens} of prompt, finished by {done.finish_reason}, "
+          f"{done.tokens_per_second:.1f} tokens/s]", file=sys.stderr, flush=True)
 
 
 def _prompt_text(cfg: GenerateConfig) -> str:
