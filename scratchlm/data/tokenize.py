@@ -51,6 +51,7 @@ from scratchlm.fsutil import (
 )
 from scratchlm.progress import progress
 from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer.patterns import encoded_length
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -222,7 +223,7 @@ def encode_texts(tokenizer: Tokenizer, texts: Sequence[str] | pa.Array, dtype: s
         nbytes = pc.binary_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)
         texts = texts.to_pylist()
     else:
-        nbytes = np.fromiter((len(t.encode("utf-8", "surrogatepass")) for t in texts), np.int64, len(texts))
+        nbytes = np.fromiter(map(encoded_length, texts), np.int64, len(texts))
     encode, eot = tokenizer.encode_ordinary, tokenizer.eot_id  # one thread: workers give the parallelism
     ids = [encode(text) for text in texts]
     for row in ids:

@@ -60,6 +60,17 @@ def encodable_text(text: str) -> str:
     return text
 
 
+def encoded_length(text: str) -> int:
+    """UTF-8 bytes of `text` as encoding sees it (`encodable_text`): the bytes its tokens spell, so
+    bytes-per-token and bits-per-byte figures count what the tokens hold."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return len(encodable_text(text).encode("utf-8"))
+
+
 def resolve_pattern(pattern: str, probe: bool = True) -> str:
     """A preset name (`gpt2`, `gpt4`) or a custom regex, returned as a checked regex string.
 

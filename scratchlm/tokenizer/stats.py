@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from scratchlm.tokenizer.patterns import encoded_length
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 BATCH = 256
@@ -26,7 +27,7 @@ def tokenizer_stats(tok: Tokenizer, texts: Iterable[str], top: int = 20) -> dict
 
     for text in texts:
         documents += 1
-        total_bytes += len(text.encode("utf-8", errors="surrogatepass"))
+        total_bytes += encoded_length(text)
         batch.append(text)
         if len(batch) >= BATCH:
             flush()

@@ -76,6 +76,10 @@ def _check_special_names(names: Iterable[object], ranks: Container[bytes]) -> No
     for name in names:
         if not isinstance(name, str) or not name:
             raise TokenizerError(f"special token {name!r} must be a non-empty string")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. argv bytes that are not UTF-8, kept as surrogate escapes
+            raise TokenizerError(f"special token {name!r} is not valid text (it holds bytes that are not UTF-8)") from None
         token = formats.byte_level_token(name)
         if token in ranks:
             raise TokenizerError(

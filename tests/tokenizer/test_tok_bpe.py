@@ -208,6 +208,17 @@ def test_special_that_is_a_byte_token_is_refused_before_training(special):
         Tokenizer.train(no_training(), 300, special_tokens=[special], show_progress=False)
 
 
+def test_a_special_token_that_is_not_utf8_text_is_refused_before_training():
+    """Bytes from argv that are not UTF-8 arrive as surrogate escapes; found after training, the
+    error blamed the pattern."""
+    def no_training():
+        raise AssertionError("the documents were read")
+        yield
+
+    with pytest.raises(TokenizerError, match="is not valid text"):
+        Tokenizer.train(no_training(), 300, special_tokens=["<|\udcff|>"], show_progress=False)
+
+
 @pytest.mark.parametrize(("text", "special", "pattern"), [
     ("self self self self", "self", "gpt4"),  # was refused after training ("use a delimited form")
     ("hello world <|endoftext|> " * 20, "<|endoftext|>", r"\S+|\s+"),  # web text holds the literal

@@ -159,3 +159,15 @@ def test_special_token_in_byte_stand_ins_is_refused(tok):
         tok.add_special_tokens(["Ġzzq"])
     accented = tok.add_special_tokens(["<|café|>"])  # stands for bytes that are not UTF-8: harmless
     assert accented.encode("<|café|>", allowed_special="all") == [tok.vocab_size]
+
+
+def test_byte_counts_are_the_bytes_the_tokens_spell_for_text_with_surrogates(tok):
+    """A pair written as two code points (JSON `\\ud83d\\ude00`) encodes as the 4-byte 😀, a lone one
+    as U+FFFD: counting their own bytes (6 and 3) would skew bytes per token and bits per byte."""
+    from scratchlm.data.tokenize import encode_texts
+    from scratchlm.tokenizer.stats import tokenizer_stats
+
+    texts = ["smile \ud83d\ude00 and \ud800 alone", "plain ascii", "é and 😀"]
+    spelled = [sum(tok.token_bytes()[i] for i in tok.encode_ordinary(t)) for t in texts]
+    assert tokenizer_stats(tok, texts)["bytes"] == sum(spelled)
+    assert encode_texts(tok, texts, "uint16").nbytes.tolist() == spelled
