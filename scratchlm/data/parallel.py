@@ -38,7 +38,7 @@ def ordered_map(
     pending: deque[tuple[Key, Future]] = deque()
     try:
         for key, argument in jobs:
-            with _ctrl_c_held():
+            with ctrl_c_held():
                 pending.append((key, pool.submit(function, argument)))
             if len(pending) >= in_flight:
                 done, future = pending.popleft()
@@ -57,7 +57,7 @@ def ordered_map(
 
 
 @contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
+def ctrl_c_held() -> Iterator[None]:
     """SIGINT blocked in this thread meanwhile: processes started now inherit the mask, so they
     never see it; here one that arrives is only delayed, to the end of the block."""
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX: no process-group Ctrl-C to keep out

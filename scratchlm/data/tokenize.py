@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scratchlm.config import check_workers
-from scratchlm.data.parallel import ordered_map
+from scratchlm.data.parallel import ctrl_c_held, ordered_map, stop_pool_now
 from scratchlm.data.sources import (
     Document,
     SourceOptions,
@@ -263,14 +263,24 @@ class ChunkEncoder:
             context = multiprocessing.get_context("fork" if fork else "spawn")
             initargs = (tokenizer if fork else tokenizer_dir, dtype)
             self._pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=initargs)
-            self._pool.submit(int).result()  # start the workers now
+            try:
+                with ctrl_c_held():  # workers start inside this submit: Ctrl-C is this process's to handle
+                    started = self._pool.submit(int)
+                started.result()  # start the workers now
+            except BaseException:
+                stop_pool_now(self._pool)
+                raise
 
     def __enter__(self) -> ChunkEncoder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self._pool is None:
+            return
+        if exc_type is None:
+            self._pool.shutdown(wait=True)
+        else:  # interrupted or failed: the workers' work is abandoned (`stop_pool_now`)
+            stop_pool_now(self._pool)
 
     def map(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, Encoded]]:
         """Yield `(chunk, encoded)` in input order; at most two chunks per worker in flight."""

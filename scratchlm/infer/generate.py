@@ -68,32 +68,50 @@ def stream_tokens(
 
     was_training = model.training
     model.eval()
+    # Inference mode only around the tensor work, never across a `yield`: the caller's code
+    # between tokens (and after an abandoned stream) must run in the mode it chose.
     try:
-        with torch.inference_mode(), packed_weights(model):
-            cache = model.new_cache(1, len(ids) + steps)
-            x = torch.tensor([ids], dtype=torch.long, device=device)
-            logits = model(x, cache, start_pos=0)[:, -1]
+        with packed_weights(model):
+            with torch.inference_mode():
+                cache = model.new_cache(1, len(ids) + steps)
+                x = torch.tensor([ids], dtype=torch.long, device=device)
+                logits = model(x, cache, start_pos=0)[:, -1]
+                banned = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
             pos = len(ids)
-            banned = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
             for i in range(steps):
-                logits = logits[..., :vocab_limit]
-                if not bool(torch.isfinite(logits).all()):  # else: greedy picks junk, sampling fails in torch
-                    raise ModelError(
-                        f"the model's logits at position {pos} are not finite (NaN or inf): its weights hold "
-                        f"NaN/inf values or overflow in {logits.dtype}"
-                    )
-                if banned is not None:
-                    logits = logits.index_fill(-1, banned, float("-inf"))
-                token = sample_next_unchecked(logits, temperature, top_k, top_p, generator)
+                with torch.inference_mode():
+                    token = _next_token(logits[..., :vocab_limit], pos, banned, temperature, top_k, top_p, generator)
                 tok = int(token.item())
                 if tok in stop_ids:
                     return
                 yield tok
                 if i + 1 < steps:
-                    logits = model(token.view(1, 1), cache, start_pos=pos)[:, -1]
+                    with torch.inference_mode():
+                        logits = model(token.view(1, 1), cache, start_pos=pos)[:, -1]
                     pos += 1
     finally:
         model.train(was_training)
+
+
+def _next_token(
+    logits: torch.Tensor,
+    pos: int,
+    banned: torch.Tensor | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The token drawn from one position's logits; non-finite logits are a ModelError, since greedy
+    decoding would pick junk and sampling fail inside torch."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelError(
+            f"the model's logits at position {pos} are not finite (NaN or inf): its weights hold "
+            f"NaN/inf values or overflow in {logits.dtype}"
+        )
+    if banned is not None:
+        logits = logits.index_fill(-1, banned, float("-inf"))
+    return sample_next_unchecked(logits, temperature, top_k, top_p, generator)
 
 
 def _id_set(name: str, ids: int | Collection[int] | None) -> frozenset[int]:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scratchlm.config import to_dict
 from scratchlm.errors import ConfigError, TrainingStopped
 from scratchlm.fsutil import atomic_write_json
 from scratchlm.train.config import PretrainConfig
@@ -63,8 +64,10 @@ def sweep_lr(
     rates = checked_rates(lrs)
     _check_val_split(config.data.tokens)
     out = Path(config.train.out)
-    done = _finished_rates(out, steps) if resume else {}
-    results: list[dict[str, Any]] = []
+    settings = _sweep_settings(config)
+    done = _finished_rates(out, steps, settings) if resume else {}
+    # Rates an earlier run of the sweep finished stay in the report, in or out of today's grid.
+    results: list[dict[str, Any]] = [result for lr, result in done.items() if lr not in rates]
     stopped = None
     for lr in rates:
         if lr in done:
@@ -80,19 +83,33 @@ def sweep_lr(
             if stopped:  # a signal: the interrupted rate has no result, and the rest are not tried
                 break
             results.append(_result(float(lr), summary, run_cfg.train.out))
-        _write_report(out, steps, results, stopped=None, finished=False)
-    return _write_report(out, steps, results, stopped=stopped, finished=True)
+        _write_report(out, steps, settings, results, stopped=None, finished=False)
+    return _write_report(out, steps, settings, results, stopped=stopped, finished=True)
 
 
-def _finished_rates(out: Path, steps: int) -> dict[float, dict[str, Any]]:
-    """The results an earlier sweep into `out` recorded, by rate; none if it has no report yet."""
+def _sweep_settings(config: PretrainConfig) -> dict[str, Any]:
+    """Everything a rate's result depends on but the rate: results are comparable only when it is
+    the same (the run folder and the sweep-set lr aside)."""
+    settings = json.loads(json.dumps(to_dict(config)))  # as sweep.json gives it back (lists, not tuples)
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("lr", "out")}
+    return settings
+
+
+_RESULT_KEYS = ("lr", "val_loss", "val_bpb", "final_loss", "diverged", "out")
+
+
+def _finished_rates(out: Path, steps: int, settings: dict[str, Any]) -> dict[float, dict[str, Any]]:
+    """The results an earlier sweep into `out` recorded, by rate, once it is sure they were made
+    the way today's would be; none if it has no report yet."""
     path = out / "sweep.json"
     if not path.exists():
         return {}
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-        recorded = {float(r["lr"]): r for r in report["results"]}
-        recorded_steps = report["steps"]
+        recorded = {float(r["lr"]): r for r in report["results"] if all(key in r for key in _RESULT_KEYS)}
+        if len(recorded) != len(report["results"]):
+            raise ValueError("a result lacks some of " + ", ".join(_RESULT_KEYS))
+        recorded_steps, recorded_settings = report["steps"], report["settings"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a sweep report this sweep can resume ({e})") from None
     if recorded_steps != steps:
@@ -100,17 +117,43 @@ def _finished_rates(out: Path, steps: int) -> dict[float, dict[str, Any]]:
             f"{path}: that sweep ran {recorded_steps} steps per rate; resume it with --steps {recorded_steps} "
             "or choose another train.out"
         )
+    changed = _changed_keys(recorded_settings, settings)
+    if changed:
+        raise ConfigError(
+            f"{path}: that sweep ran with other settings ({', '.join(changed)}); its results would not compare "
+            "with new ones: resume it with the same config or choose another train.out"
+        )
     return recorded
 
 
+def _changed_keys(before: Any, now: dict[str, Any]) -> list[str]:
+    """`section.key` of each setting that differs between two resolved configs."""
+    if not isinstance(before, dict):
+        return ["the whole config"]
+    return [
+        f"{section}.{key}"
+        for section in sorted(set(before) | set(now))
+        for key in sorted(set(_table(before, section)) | set(_table(now, section)))
+        if _table(before, section).get(key) != _table(now, section).get(key)
+    ]
+
+
+def _table(settings: dict[str, Any], section: str) -> dict[str, Any]:
+    table = settings.get(section)
+    return table if isinstance(table, dict) else {"": table}
+
+
 def _write_report(
-    out: Path, steps: int, results: list[dict[str, Any]], stopped: str | None, finished: bool
+    out: Path, steps: int, settings: dict[str, Any], results: list[dict[str, Any]], stopped: str | None,
+    finished: bool,
 ) -> dict[str, Any]:
-    """`sweep.json`; a best is named only when the whole grid ran."""
+    """`sweep.json`; a best is named only when the whole grid ran. `settings` let a resumed sweep
+    check that it continues the same experiment."""
     ranked = [r for r in results if r["val_loss"] is not None]
     best = min(ranked, key=lambda r: r["val_loss"]) if ranked and finished and not stopped else None
     report = {
         "steps": steps,
+        "settings": settings,
         "results": results,
         "best_lr": best["lr"] if best else None,
         "stopped": stopped,

@@ -198,3 +198,17 @@ def test_bf16_decoding_packs_weights_only_while_it_runs_and_sees_data_writes_bet
         assert torch.equal(layer._packed[2].to_dense(), layer.weight)
     list(tokens)
     assert all(layer._packed is None for layer in layers)
+
+
+def test_a_stream_leaves_the_callers_grad_mode_alone_between_tokens_and_after(model):
+    """Inference mode held across a `yield` leaked into the caller; two streams closed out of
+    order left it switched on for good, and training afterwards would fail."""
+    first = stream_tokens(model, [1, 2, 3], 5, temperature=0)
+    next(first)
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    second = stream_tokens(model, [1, 2, 3], 5, temperature=0)
+    next(second)
+    first.close()
+    second.close()
+    assert not torch.is_inference_mode_enabled()
+    assert list(stream_tokens(model, [3, 1, 4], 6, temperature=0)) == generate(model, [3, 1, 4], 6, temperature=0)

@@ -176,6 +176,26 @@ def test_an_interrupted_sweep_resumes_its_interrupted_rate_and_keeps_the_finishe
     capsys.readouterr()
     assert main(["sweep-lr", "--config", toml, "--lrs", "1e-3,1e-2", "--steps", "9", "--resume"]) == 2
     assert "resume it with --steps 8" in capsys.readouterr().err
+    assert main([*sweep, "--resume", "--set", "model.d_model=64"]) == 2  # another model: not comparable
+    assert "other settings (model.d_model)" in capsys.readouterr().err
+    # another grid: the rates already run stay in the report, and only the new one trains
+    assert main(["sweep-lr", "--config", toml, "--lrs", "1e-2,3e-3", "--steps", "8", "--resume"]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert [r["lr"] for r in report["results"]] == [1e-3, 1e-2, 3e-3] and report["finished"]
+    assert report["best_lr"] == min(report["results"], key=lambda r: r["val_loss"])["lr"]
+    assert len(events(read_rows(out / "lr-0.001"), "resume")) == 1
+
+
+@pytest.mark.parametrize("report", ['{"steps": 8, "results": [{"lr": 0.01}]}', "[1, 2", '{"results": []}'])
+def test_resuming_a_sweep_from_a_damaged_report_is_a_one_line_error(tokens, tmp_path, capsys, report):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(report)
+    toml = str(write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml"))
+    assert main(["sweep-lr", "--config", toml, "--lrs", "1e-2", "--steps", "8", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a sweep report this sweep can resume" in err[0]
+    assert not (out / "lr-0.01").exists()  # refused before any training
 
 
 def test_a_rate_that_diverges_is_recorded_and_the_sweep_goes_on(tokens, tmp_path, capsys):
