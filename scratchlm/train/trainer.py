@@ -723,7 +723,8 @@ class PretrainRun:
                 saved, DATA_STREAM_SETTINGS, "data", "the batch stream continues by step, so the data that "
                 "follows differs from an uninterrupted run",
             )
-            self._note_changed_settings(saved, OPTIMIZER_SETTINGS, "optimizer", "they apply from this step on")
+            in_use = tuple(k for k in OPTIMIZER_SETTINGS if k != ("train", "muon_lr") or self.tc.optimizer == "muon")
+            self._note_changed_settings(saved, in_use, "optimizer", "they apply from this step on")
         optimizer_file = loaded["path"] / "optimizer.pt"
         ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
         # Loading an optimizer state brings back the hyperparameters it was saved with; this run's

@@ -244,8 +244,8 @@ def test_resuming_with_changed_optimizer_settings_trains_with_the_new_ones(token
     capsys.readouterr()
     train(tiny_config(tokens, tmp_path / "same", train={**base, "max_steps": 4}), resume=True)
     assert "changed optimizer settings" not in capsys.readouterr().err
-    train(tiny_config(tokens, tmp_path / "lower", train={**base, "max_steps": 4, "lr": 3e-9, "weight_decay": 0.0}),
-          resume=True)
+    lower = {**base, "max_steps": 4, "lr": 3e-9, "weight_decay": 0.0, "muon_lr": 0.05}  # muon_lr: unused by AdamW
+    train(tiny_config(tokens, tmp_path / "lower", train=lower), resume=True)
     assert "changed optimizer settings (train.lr 0.003 -> 3e-09, train.weight_decay 0.1 -> 0.0)" in capsys.readouterr().err
     weights = {
         name: load_file(tmp_path / name / "checkpoints" / step / "model.safetensors")
