@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench_report import cpu_seconds  # benchmarks/bench_report.py
 
-from scratchlm.machine import cpu_model
+from scratchlm.machine import cpu_model, usable_cores
 
 MIN_DOC_CHARS = 200
 MAX_DOC_CHARS = 16_000  # long files (changelogs) are cut at blank lines into web-page-sized documents
@@ -267,7 +267,7 @@ def main() -> None:
         n_docs, n_bytes = build_corpus(corpus, int(args.mb * 1e6))
         say("# data prepare benchmark")
         say()
-        say(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, nproc={os.cpu_count()}, CPU: {cpu_model()}")
+        say(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, nproc={usable_cores()}, CPU: {cpu_model()}")
         say()
         say(
             f"Corpus: {n_docs:,} documents, {n_bytes / 1e6:.1f} MB (/usr/share/doc + Python stdlib sources, JSONL)."

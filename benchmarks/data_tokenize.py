@@ -35,7 +35,7 @@ from tokenizer import load_corpus  # benchmarks/tokenizer.py
 from scratchlm.data.loader import Batcher, TokenDataset
 from scratchlm.data.sources import write_prepared_dir
 from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
-from scratchlm.machine import cpu_model
+from scratchlm.machine import cpu_model, usable_cores
 from scratchlm.model.config import get_preset
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer import Tokenizer
@@ -175,7 +175,7 @@ def main() -> int:
         rss[copies] = peak_rss_mb(src, tok_dir, work / "tokens-rss", 2)
 
     seq_len, micro_batch = 256, 16
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     costs = loader_vs_step(work / "tokens-w1", tok.vocab_size, seq_len, micro_batch)
     fractions = {m: costs[m] / costs["step"] for m in ("random", "sequential", "document")}
 
@@ -183,7 +183,7 @@ def main() -> int:
     lines = [
         "# Tokenize and loader benchmark",
         "",
-        f"Date: {datetime.date.today().isoformat()}; `nproc` = {os.cpu_count()}; CPU: {cpu_model()}; "
+        f"Date: {datetime.date.today().isoformat()}; `nproc` = {usable_cores()}; CPU: {cpu_model()}; "
         f"Python {platform.python_version()}, torch {torch.__version__}, tiktoken {tiktoken.__version__}.",
         f"Corpus: {len(docs)} standard-library source files, {total_bytes / 1e6:.1f} MB of UTF-8 text, "
         f"as a prepared dir; tokenizer: scratchlm BPE, {tok.vocab_size} ids, GPT-4 pattern. Best of {args.repeats}.",
@@ -199,7 +199,7 @@ def main() -> int:
         "",
         f"Speedup 2 workers vs 1: **{speedup:.2f}x** (target >= 1.6x: {'met' if speedup >= 1.6 else 'MISSED'}); "
         f"output byte-identical: {'yes' if identical else 'NO'}. Load average (1 min) before/after the "
-        f"tokenize runs: {load_before:.1f} / {load_after:.1f} on {os.cpu_count()} cores, this process at "
+        f"tokenize runs: {load_before:.1f} / {load_after:.1f} on {usable_cores()} cores, this process at "
         f"niceness {os.nice(0)}; other work on the machine takes cores from the 2-worker run first.",
         "",
         "Peak resident memory of any process of `scratchlm data tokenize --workers 2` (CLI, end to end), "

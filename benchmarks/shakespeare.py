@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from scratchlm.data.sources import write_prepared_dir
-from scratchlm.machine import cpu_model
+from scratchlm.machine import cpu_model, usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_table(result: dict, seconds: float) -> None:
-    print(f"\nTiny Shakespeare, {seconds:g} s of training, {os.cpu_count()} cores ({cpu_model()})")
+    print(f"\nTiny Shakespeare, {seconds:g} s of training, {usable_cores()} cores ({cpu_model()})")
     print(f"{'':<34}{'val bits/byte':>14}{'tokens/s':>12}{'MFU':>8}{'steps':>8}")
     print(
         f"{'scratchlm (BPE ' + str(result['vocab_size']) + ', ' + result['precision'] + ')':<34}"

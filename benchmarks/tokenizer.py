@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench_report import cpu_seconds  # benchmarks/bench_report.py
 
-from scratchlm.machine import cpu_model
+from scratchlm.machine import cpu_model, usable_cores
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=10.0, help="training corpus size in MB")
     parser.add_argument("--heldout-mb", type=float, default=1.0)
     parser.add_argument("--vocab", type=int, nargs="+", default=[8192, 32768])
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes/threads for both")
+    parser.add_argument("--workers", type=int, default=usable_cores(), help="processes/threads for both")
     parser.add_argument("--repeats", type=int, default=1, help="training runs per trainer (best is kept)")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
     parser.add_argument("--child", choices=["ours", "hf", "encode"], help=argparse.SUPPRESS)
@@ -176,7 +176,7 @@ def main() -> None:
     lines = [
         f"# Tokenizer benchmark ({datetime.date.today().isoformat()})",
         "",
-        f"Machine: `nproc` = {os.cpu_count()}, CPU {cpu_model()}, Python {platform.python_version()}.",
+        f"Machine: `nproc` = {usable_cores()}, CPU {cpu_model()}, Python {platform.python_version()}.",
         f"Corpus: Python {platform.python_version()} standard library source, {train_mb:.1f} MB for training "
         f"({len(train)} files), {enc['heldout_mb']:.2f} MB held out ({len(held)} files). Pattern gpt4, "
         f"min_frequency 2, 4 special tokens, {args.workers} worker processes (ours) / threads (HF). "

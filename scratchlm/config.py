@@ -165,10 +165,14 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse the right side of `--set key=value` as a TOML value; bare words stay strings."""
+    """Parse the right side of `--set key=value` as a TOML value; bare words stay strings. A value
+    that opens a TOML string, list or table must close it: kept as text, `"val` would silently
+    name something else."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if text.startswith(('"', "'", "[", "{")):
+            raise ConfigError(f"--set value {text!r} is not a valid TOML value ({e})") from None
         return text
 
 

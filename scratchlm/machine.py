@@ -18,6 +18,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may use: its affinity mask where the OS has one (`taskset`,
+    container CPU sets), which `os.cpu_count()` ignores."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def describe_machine() -> str:
-    """One line: cores, CPU model and Python version."""
-    return f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}"
+    """One line: usable cores, CPU model and Python version."""
+    return f"{usable_cores()} cores, {cpu_model()}, Python {platform.python_version()}"

@@ -95,6 +95,13 @@ def test_parse_value_reads_toml_literals_and_keeps_bare_words():
     assert parse_value("[1, 2]") == [1, 2]
 
 
+@pytest.mark.parametrize("text", ['"val', "'val", "[1, 2", "{a = 1"])
+def test_a_value_that_opens_a_toml_string_or_list_and_never_closes_it_is_an_error(text):
+    """Kept as text, `"val` would name another split or file than the one meant, silently."""
+    with pytest.raises(ConfigError, match="is not a valid TOML value"):
+        parse_value(text)
+
+
 def test_override_into_value_is_an_error():
     with pytest.raises(ConfigError, match="is a value, not a section"):
         apply_overrides({"name": "x"}, ["name.sub=1"])

@@ -44,10 +44,15 @@ def length_histogram(lengths: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """How often each id below `vocab_size` occurs; ids at or above it are left out (the caller
+    compares the sum with the length), and never size a count table of their own: one damaged
+    uint32 id would ask for gigabytes."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for start in range(0, len(tokens), SCAN_CHUNK):
         chunk = np.asarray(tokens[start : start + SCAN_CHUNK])
-        counts += np.bincount(chunk, minlength=vocab_size)[:vocab_size]
+        if chunk.size and int(chunk.max()) >= vocab_size:
+            chunk = chunk[chunk < vocab_size]
+        counts += np.bincount(chunk, minlength=vocab_size)
     return counts
 
 

@@ -65,6 +65,9 @@ def _is_count(value: Any) -> bool:
     return is_json_int(value) and value >= 0
 
 
+MAX_VOCAB_SIZE = 1 << 24  # far above any tokenizer's (Gemma's 256K); beyond, meta.json is damaged
+
+
 def check_meta(meta: Mapping[str, Any], path: Path) -> None:
     """Refuse a meta.json whose fields have the wrong types, so no reader fails on them later."""
     for key in REQUIRED_META_KEYS:
@@ -74,6 +77,9 @@ def check_meta(meta: Mapping[str, Any], path: Path) -> None:
         raise DataError(f"{path}: dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}")
     if not _is_count(meta["vocab_size"]) or not meta["vocab_size"]:
         raise DataError(f"{path}: 'vocab_size' must be a positive integer, got {meta['vocab_size']!r}")
+    most = min(MAX_VOCAB_SIZE, 1 << (8 * np.dtype(meta["dtype"]).itemsize))
+    if meta["vocab_size"] > most:  # ids the dtype cannot hold, or tables no real vocabulary needs
+        raise DataError(f"{path}: 'vocab_size' {meta['vocab_size']} is more than {meta['dtype']} tokens allow ({most})")
     if not _is_count(meta["eot_id"]) or meta["eot_id"] >= meta["vocab_size"]:
         raise DataError(f"{path}: 'eot_id' must be an id below vocab_size, got {meta['eot_id']!r}")
     if not isinstance(meta["tokenizer_sha256"], str):
@@ -125,8 +131,8 @@ class TokenDataset:
         dtype = np.dtype(DTYPES[meta["dtype"]])
         tokens = _map_checked(tokens_dir / f"{split}.bin", dtype, n_tokens, "tokens")
         documents = _map_checked(tokens_dir / f"{split}.idx", np.dtype(np.int64), n_docs, "document offsets")
-        if n_docs and (documents[0] != 0 or not 0 <= documents[-1] < n_tokens):
-            raise DataError(f"{tokens_dir / f'{split}.idx'}: document offsets do not fit {split}.bin")
+        if n_docs and (documents[0] != 0 or not 0 <= documents[-1] < n_tokens or np.any(np.diff(documents) < 0)):
+            raise DataError(f"{tokens_dir / f'{split}.idx'}: document offsets do not fit {split}.bin (damaged?)")
         return cls(tokens, documents, meta, split, tokens_dir)
 
     def __len__(self) -> int:
@@ -338,6 +344,12 @@ class Batcher:
         x = torch.empty(shape, dtype=torch.int64, pin_memory=pin)
         y = torch.empty(shape, dtype=torch.int64, pin_memory=pin)
         windows = self.dataset.tokens[np.asarray(starts, dtype=np.int64)[:, None] + self._offsets]
+        vocab = self.dataset.meta["vocab_size"]
+        if windows.size and int(windows.max()) >= vocab:  # a damaged .bin: refused here, not deep in the model
+            raise DataError(
+                f"{self.dataset.path / f'{self.dataset.split}.bin'}: holds token ids >= vocab_size {vocab}, "
+                "so it is damaged; re-run `scratchlm data tokenize`"
+            )
         x.numpy()[:] = windows[:, :-1]
         y.numpy()[:] = windows[:, 1:]
         if device is None or device.type == "cpu":

@@ -70,16 +70,18 @@ def ctrl_c_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+_MANAGER_EXIT_S = 10.0  # the pool's manager thread ends within milliseconds once its workers are gone
+
+
 def stop_pool_now(pool: Executor) -> None:
     """End a pool's work now: a process pool's workers are terminated, without waiting for them.
 
-    Why not `shutdown(wait=True)`: after an interrupt (or a worker killed by a SIGTERM sent to the
-    whole process group) the pool's feeder thread can be stuck writing a batch into a pipe that no
-    worker reads any more, and the interpreter then waits for that thread at exit for ever. The
-    workers hold no results worth saving: the stage is being abandoned and rolled back. Queued
-    jobs of a process pool are not cancelled here: its manager thread fails them itself once it
-    sees the workers gone, and in Python 3.11 a job cancelled under it crashes that thread
-    (InvalidStateError) before it unblocks the feeder.
+    Why not `shutdown(wait=True)`: that lets the workers finish every queued job first, seconds
+    of work for a stage being abandoned and rolled back. Queued jobs are not cancelled here
+    either: the pool's manager thread fails them itself once it sees the workers gone, and in
+    Python 3.11 a job cancelled under it crashes that thread (InvalidStateError) before it
+    unblocks the feeder thread, which then stays stuck writing a batch into a pipe no worker
+    reads, and the interpreter waits for it at exit for ever.
     """
     if not isinstance(pool, ProcessPoolExecutor):
         pool.shutdown(wait=False, cancel_futures=True)
@@ -88,9 +90,15 @@ def stop_pool_now(pool: Executor) -> None:
     # they are not public API.
     processes = list((getattr(pool, "_processes", None) or {}).values())
     call_queue = getattr(pool, "_call_queue", None)
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False)
     for process in processes:
         if process.is_alive():
             process.terminate()
-    if call_queue is not None:
-        call_queue.cancel_join_thread()
+    # With its workers gone the manager thread fails the queued jobs, closes the pipe's read end
+    # (so the feeder's blocked write fails and it ends) and joins the feeder. Waited for here:
+    # left running, it races Python's exit hooks (an "Exception ignored ... Bad file descriptor").
+    if manager is not None:
+        manager.join(timeout=_MANAGER_EXIT_S)
+    if call_queue is not None and (manager is None or manager.is_alive()):
+        call_queue.cancel_join_thread()  # last resort: never wait at exit for a feeder stuck for good

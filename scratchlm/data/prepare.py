@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from scratchlm.data.sources import (
 )
 from scratchlm.errors import ConfigError, DataError
 from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+from scratchlm.machine import usable_cores
 from scratchlm.progress import progress
 
 _MASK64 = (1 << 64) - 1
@@ -151,7 +151,7 @@ def _batches(
 
 def _ordered_results(config: PrepareConfig, batches):
     """(sources, result) per batch, in input order, with a bounded number of batches in flight."""
-    workers = config.workers or max(1, min((os.cpu_count() or 1) - 1, 8))
+    workers = config.workers or max(1, min(usable_cores() - 1, 8))
     if workers <= 1:
         worker = _BatchWorker(config)
         for payload, sources in batches:

@@ -49,6 +49,7 @@ from scratchlm.fsutil import (
     fsync_dir,
     read_json_object,
 )
+from scratchlm.machine import usable_cores
 from scratchlm.progress import progress
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.tokenizer.patterns import encoded_length
@@ -292,13 +293,6 @@ class ChunkEncoder:
         yield from ordered_map(self._pool, _encode_in_worker, jobs, 2 * self.workers, "tokenize")
 
 
-def default_workers() -> int:
-    """The CPU cores this process may use (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 # --- writing -------------------------------------------------------------------------------------
 
 
@@ -353,7 +347,7 @@ def _stream_into(
     config: TokenizeConfig, tokenizer: Tokenizer, dtype: str, writers: dict[str, SplitWriter]
 ) -> None:
     """Encode every input document into `writers`, then close them (synced only on success)."""
-    workers = config.workers or default_workers()
+    workers = config.workers or usable_cores()
     try:
         with ChunkEncoder(tokenizer, config.tokenizer, dtype, workers) as encoder:
             chunks, total = read_chunks(config)

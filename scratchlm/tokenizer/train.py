@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -12,6 +11,7 @@ from typing import Literal
 from scratchlm.config import check_workers
 from scratchlm.errors import ConfigError, TokenizerError
 from scratchlm.fsutil import atomic_directory, check_output_dir
+from scratchlm.machine import usable_cores
 from scratchlm.tokenizer.bpe import NoTextError
 from scratchlm.tokenizer.tokenizer import Tokenizer, is_tokenizer_dir
 
@@ -72,7 +72,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
             pattern=cfg.pattern,
             special_tokens=cfg.special_tokens,
             min_frequency=cfg.min_frequency,
-            workers=cfg.workers or (os.cpu_count() or 1),
+            workers=cfg.workers or usable_cores(),
         )
     except NoTextError:  # documents of whitespace alone: the same mistake as none at all
         raise TokenizerError(f"no text but whitespace in the inputs ({names}): nothing to train on") from None

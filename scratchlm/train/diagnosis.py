@@ -6,10 +6,11 @@ prints each diagnosis once and logs it as a `diagnosis` event in `metrics.jsonl`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
+
+from scratchlm.machine import usable_cores
 
 
 def loss_not_decreasing(losses: Sequence[float], lr: float, min_steps: int = 20) -> str | None:
@@ -65,7 +66,7 @@ def low_throughput(mfu: float, threshold: float, device: torch.device, world_siz
     if device.type == "cpu" and torch.cuda.is_available():
         hints.append("a GPU is present but unused: set train.device = \"cuda\"")
     if device.type == "cpu":
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         used = torch.get_num_threads() * world_size  # each DDP process runs its own threads
         if used < cores:
             hints.append(f"the run uses {used} of {cores} cores: raise OMP_NUM_THREADS")

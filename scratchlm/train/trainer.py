@@ -189,6 +189,11 @@ class PretrainRun:
             )
         self.tokenizer = Tokenizer.load(self.tokenizer_dir)
         check_tokenizer_match(self.meta, self.tokenizer.sha256)
+        if self.meta["vocab_size"] != self.tokenizer.vocab_size:  # the model is sized from meta.json
+            raise DataError(
+                f"{tokens_dir / 'meta.json'}: vocab_size {self.meta['vocab_size']} differs from its tokenizer's "
+                f"{self.tokenizer.vocab_size}; the file is damaged: re-run `scratchlm data tokenize`"
+            )
         self.token_bytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.int64)
 
     def _check_batch_geometry(self) -> None:

@@ -96,6 +96,43 @@ def test_tokenizer_hash_mismatch(tokens_dir: Path) -> None:
         check_tokenizer_match(ds.meta, "cd" * 32)
 
 
+def test_offsets_that_go_backwards_are_a_damaged_idx(tokens_dir: Path) -> None:
+    """Passed on, they gave negative document lengths, windows past the end, or in document mode
+    the same window for every batch."""
+    offsets = np.fromfile(tokens_dir / "train.idx", dtype=np.int64)
+    offsets[5] = offsets[-1]
+    offsets.tofile(tokens_dir / "train.idx")
+    with pytest.raises(DataError, match=r"train\.idx: document offsets do not fit train\.bin"):
+        TokenDataset.open(tokens_dir, "train")
+
+
+@pytest.mark.parametrize("mode", ["random", "sequential", "document"])
+def test_ids_the_vocabulary_lacks_are_refused_before_they_reach_a_model(tokens_dir: Path, mode: str) -> None:
+    """One damaged id used to end in the embedding's IndexError (on a GPU: a device-side assert)."""
+    ids = np.fromfile(tokens_dir / "train.bin", dtype=np.uint32)
+    ids[::7] = 70_000  # vocab_size is 70,000
+    ids.tofile(tokens_dir / "train.bin")
+    batcher = Batcher(TokenDataset.open(tokens_dir, "train"), seq_len=16, micro_batch=4, seed=0, mode=mode)
+    with pytest.raises(DataError, match=r"train\.bin: holds token ids >= vocab_size 70000"):
+        batcher.batch(0)
+
+
+@pytest.mark.parametrize(("dtype", "vocab_size"), [("uint16", 65_537), ("uint32", 2**40)])
+def test_a_vocab_size_the_token_dtype_cannot_hold_is_refused(tokens_dir: Path, dtype: str, vocab_size: int) -> None:
+    """An impossible vocab_size sized tables of terabytes in inspect and in the model."""
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    (tokens_dir / "meta.json").write_text(json.dumps({**meta, "dtype": dtype, "vocab_size": vocab_size}))
+    with pytest.raises(DataError, match=f"'vocab_size' {vocab_size} is more than {dtype} tokens allow"):
+        TokenDataset.open(tokens_dir, "train")
+
+
+def test_counting_tokens_with_a_huge_damaged_id_allocates_no_huge_table() -> None:
+    from scratchlm.data.inspect import token_counts
+
+    ids = np.array([1, 2, 2, 0xFFFFFFF0], dtype=np.uint32)
+    assert token_counts(ids, 5).tolist() == [0, 1, 2, 0, 0]  # the damaged id is left out, not counted
+
+
 @pytest.mark.parametrize("mode", ["random", "sequential", "document"])
 def test_batches_are_pure_functions_of_their_slot(tokens_dir: Path, mode: str) -> None:
     ds = TokenDataset.open(tokens_dir, "train")

@@ -72,9 +72,7 @@ def test_starved_run_reports_low_throughput(tokens, tmp_path):
 
 
 def test_cpu_advice_counts_the_threads_of_every_process(monkeypatch):
-    import os
-
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(diagnosis, "usable_cores", lambda: 4)  # the cores this process may use
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     alone = diagnosis.low_throughput(0.001, 0.01, torch.device("cpu"), 1)
     assert "uses 2 of 4 cores" in alone

@@ -278,6 +278,18 @@ def test_resuming_removes_the_unfinished_checkpoint_a_killed_run_left(tokens, tm
     assert "removed 1 unfinished checkpoint folder(s)" in capsys.readouterr().err
 
 
+def test_a_meta_vocab_size_that_is_not_the_tokenizers_is_refused(tokens, tmp_path):
+    """The model is sized from meta.json: a damaged vocab_size built a model for another vocabulary."""
+    import shutil
+
+    damaged = tmp_path / "tokens"
+    shutil.copytree(tokens, damaged)
+    meta = json.loads((damaged / "meta.json").read_text())
+    (damaged / "meta.json").write_text(json.dumps({**meta, "vocab_size": meta["vocab_size"] + 100}))
+    with pytest.raises(DataError, match=r"meta\.json: vocab_size \d+ differs from its tokenizer's \d+"):
+        train(tiny_config(damaged, tmp_path / "run", train={"max_steps": 1}))
+
+
 def test_a_sample_prompt_the_context_cannot_hold_is_refused_before_training(tokens, tmp_path):
     """Found at the first sample it would end the run, before any checkpoint was written."""
     out = tmp_path / "run"
