@@ -90,11 +90,23 @@ def stop_pool_now(pool: Executor) -> None:
     # they are not public API.
     processes = list((getattr(pool, "_processes", None) or {}).values())
     call_queue = getattr(pool, "_call_queue", None)
+    result_queue = getattr(pool, "_result_queue", None)
     manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False)
     for process in processes:
         if process.is_alive():
             process.terminate()
+    for process in processes:
+        process.join(timeout=_MANAGER_EXIT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=_MANAGER_EXIT_S)
+    # A worker killed while sending a result leaves half a message in the result pipe, and the
+    # manager thread would wait for its end for ever: this process holds a write end too. Closed,
+    # the read ends at EOF once the workers are gone, which the manager takes as a broken pool.
+    writer = getattr(result_queue, "_writer", None)
+    if writer is not None:
+        writer.close()
     # With its workers gone the manager thread fails the queued jobs, closes the pipe's read end
     # (so the feeder's blocked write fails and it ends) and joins the feeder. Waited for here:
     # left running, it races Python's exit hooks (an "Exception ignored ... Bad file descriptor").
