@@ -1,4 +1,5 @@
-"""The ordered parallel map that `data prepare` and `data tokenize` share."""
+"""The ordered parallel map that `data prepare`, `data tokenize` and `tokenizer train` share, and
+the way to stop its process pool at once."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ _MANAGER_EXIT_S = 10.0  # the pool's manager thread ends within milliseconds onc
 
 
 def stop_pool_now(pool: Executor) -> None:
-    """End a pool's work now: a process pool's workers are terminated, without waiting for them.
+    """End a pool's work now: its queued jobs are dropped, and a process pool's workers are
+    terminated (killed if they linger) and its threads wound down before this returns.
 
     Why not `shutdown(wait=True)`: that lets the workers finish every queued job first, seconds
     of work for a stage being abandoned and rolled back. Queued jobs are not cancelled here
