@@ -17,6 +17,14 @@ from tokens_testdata import train_tiny_tokenizer
 pytestmark = pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
 
 
+# The CLI with Python's own Ctrl-C handler, as a terminal's foreground job has it, even when this
+# test runs where SIGINT is ignored (a background job inherits that, and so would the CLI).
+LAUNCH = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'scratchlm'; runpy.run_module('scratchlm', run_name='__main__', alter_sys=True)"
+)
+
+
 def write_documents(path: Path) -> Path:
     """About 6 MB of text: a few seconds of work for two workers."""
     rng = random.Random(0)
@@ -39,10 +47,9 @@ def test_a_signal_to_the_whole_process_group_stops_a_parallel_stage_cleanly(tmp_
         args = ["data", "tokenize", str(source), "--tokenizer", str(tmp_path / "tok")]
     before = set(tmp_path.iterdir())
     sig = getattr(signal, signame)
+    cli = [*args, "--out", str(tmp_path / "out"), "--workers", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scratchlm", *args, "--out", str(tmp_path / "out"), "--workers", "2"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job has it
+        [sys.executable, "-c", LAUNCH, *cli], stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
