@@ -370,13 +370,17 @@ def _iter_txt(path: Path, options: SourceOptions) -> Iterator[Document]:
 
 
 def _split_stream(f: IO[bytes], sep: bytes) -> Iterator[bytes]:
-    """The pieces of a stream between separators, read `_TEXT_CHUNK` bytes at a time.
+    """The pieces of a stream between separators, read up to `_TEXT_CHUNK` bytes at a time.
 
     Each byte is searched once (plus `len(sep) - 1` bytes of overlap for a separator straddling
-    two chunks), so a long stretch without a separator costs linear time, not quadratic.
+    two chunks), so a long stretch without a separator costs linear time, not quadratic. `read1`,
+    not `read`: from a pipe or a slow source, `read(n)` waits in C until all n bytes came, and a
+    Ctrl-C or SIGTERM that the kernel hands to another thread waits with it; `read1` returns what
+    one read gives, so the stage sees the signal as soon as the input moves.
     """
+    read = getattr(f, "read1", f.read)
     piece = bytearray()
-    while chunk := f.read(_TEXT_CHUNK):
+    while chunk := read(_TEXT_CHUNK):
         search_from = max(0, len(piece) - len(sep) + 1)
         piece += chunk
         start = 0

@@ -328,3 +328,21 @@ def test_local_input_paths_include_hf_names_of_local_paths(tmp_path):
     saved.mkdir()
     inputs = ["a.txt", f"hf:{saved}", "hf:someone/not-here", "builtin:python-docs"]
     assert local_input_paths(inputs) == ["a.txt", str(saved)]
+
+
+def test_pieces_of_a_pipe_come_as_the_input_arrives_not_a_whole_chunk_later():
+    """`read(1 MB)` on a pipe waits in C for the whole megabyte, and with it any Ctrl-C or SIGTERM
+    the kernel handed to another thread (a stage fed by a slow pipe could not be stopped)."""
+    import os
+    import threading
+
+    from scratchlm.data.sources import _split_stream
+
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as reader, open(write_end, "wb", buffering=0) as writer:
+        writer.write(b"first\n===\nsecond")  # the writer stays open: no EOF, far less than a chunk
+        got = []
+        thread = threading.Thread(target=lambda: got.append(next(_split_stream(reader, b"\n===\n"))), daemon=True)
+        thread.start()
+        thread.join(timeout=10)
+        assert got == [b"first"]
