@@ -154,10 +154,16 @@ def atomic_directory(
         raise
 
 
+def _host() -> str:
+    """This host's name as temp directory names hold it: dots made underscores, so that the name
+    splits on its dots unambiguously."""
+    return socket.gethostname().replace(".", "_")
+
+
 def _writer_tag() -> str:
-    """HOST-PID of this process (dots in the host name made underscores), part of each temp
-    directory's name, so that a later writer can tell an abandoned one from one being written."""
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+    """HOST-PID of this process, part of each temp directory's name, so that a later writer can
+    tell an abandoned one from one being written."""
+    return f"{_host()}-{os.getpid()}"
 
 
 def _process_alive(pid: int) -> bool:
@@ -179,7 +185,7 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
     clean-up runs for: a checkpoint's or a tokens dir's worth of disk each. Only directories whose
     writer ran on this host and is gone are deleted. Returns how many were."""
     pattern = f".{glob.escape(name) if name is not None else '*'}.*.partial"
-    host = _writer_tag().rpartition("-")[0]
+    host = _host()
     removed = 0
     for path in Path(parent).glob(pattern):
         parts = path.name[: -len(".partial")].rsplit(".", 2)  # [".NAME", "HOST-PID", random]

@@ -69,17 +69,17 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                 "(model(idx) then F.cross_entropy)"
             )
         grad_hidden, grad_weight = ctx.saved_tensors
-        if not _is_one(grad_objective):
+        scaled = not _is_one(grad_objective)
+        ctx.spent = scaled or ctx.handoff is not None  # the saved gradients are changed below
+        if scaled:
             # Scaling in place: these are ours alone, and a fresh copy of a vocab × width
             # gradient would cost more than the scaling itself.
             for grad in (grad_hidden, grad_weight):
                 if grad is not None:
                     grad.mul_(grad_objective.to(grad.dtype))
-            ctx.spent = True
         if ctx.handoff is not None:  # a tied embedding's backward adds its rows and returns it
             ctx.handoff.put(grad_weight)
             grad_weight = None
-            ctx.spent = True
         return grad_hidden, grad_weight, None, None, None, None, None, None
 
 

@@ -110,7 +110,9 @@ def _finished_rates(out: Path, steps: int, settings: dict[str, Any]) -> dict[flo
         if len(recorded) != len(report["results"]):
             raise ValueError("a result lacks some of " + ", ".join(_RESULT_KEYS))
         recorded_steps, recorded_settings = report["steps"], report["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not all(isinstance(table, dict) for table in recorded_settings.values()):
+            raise ValueError("its settings are not tables of values")
+    except (AttributeError, OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a sweep report this sweep can resume ({e})") from None
     if recorded_steps != steps:
         raise ConfigError(
@@ -126,21 +128,14 @@ def _finished_rates(out: Path, steps: int, settings: dict[str, Any]) -> dict[flo
     return recorded
 
 
-def _changed_keys(before: Any, now: dict[str, Any]) -> list[str]:
+def _changed_keys(before: dict[str, dict], now: dict[str, dict]) -> list[str]:
     """`section.key` of each setting that differs between two resolved configs."""
-    if not isinstance(before, dict):
-        return ["the whole config"]
     return [
         f"{section}.{key}"
-        for section in sorted(set(before) | set(now))
-        for key in sorted(set(_table(before, section)) | set(_table(now, section)))
-        if _table(before, section).get(key) != _table(now, section).get(key)
+        for section in sorted(before.keys() | now.keys())
+        for key in sorted(before.get(section, {}).keys() | now.get(section, {}).keys())
+        if before.get(section, {}).get(key) != now.get(section, {}).get(key)
     ]
-
-
-def _table(settings: dict[str, Any], section: str) -> dict[str, Any]:
-    table = settings.get(section)
-    return table if isinstance(table, dict) else {"": table}
 
 
 def _write_report(

@@ -59,9 +59,9 @@ from scratchlm.train.schedule import lr_factor
 
 # The settings that decide which tokens each step reads: (section, key).
 DATA_STREAM_SETTINGS = (("data", "mode"), ("train", "seed"), ("train", "seq_len"), ("train", "batch_tokens"))
-# Settings the optimizer's parameter groups carry; a resume takes them from this run's config.
-OPTIMIZER_SETTINGS = (("train", "lr"), ("train", "weight_decay"), ("train", "beta1"), ("train", "beta2"),
-                      ("train", "muon_lr"))
+# Settings each optimizer's parameter groups carry; a resume takes them from this run's config.
+_ADAMW_SETTINGS = (("train", "lr"), ("train", "weight_decay"), ("train", "beta1"), ("train", "beta2"))
+OPTIMIZER_SETTINGS = {"adamw": _ADAMW_SETTINGS, "muon": (*_ADAMW_SETTINGS, ("train", "muon_lr"))}
 
 
 def _saved_setting(saved: dict[str, Any], section: str, key: str) -> Any:
@@ -728,8 +728,9 @@ class PretrainRun:
                 saved, DATA_STREAM_SETTINGS, "data", "the batch stream continues by step, so the data that "
                 "follows differs from an uninterrupted run",
             )
-            in_use = tuple(k for k in OPTIMIZER_SETTINGS if k != ("train", "muon_lr") or self.tc.optimizer == "muon")
-            self._note_changed_settings(saved, in_use, "optimizer", "they apply from this step on")
+            self._note_changed_settings(
+                saved, OPTIMIZER_SETTINGS[self.tc.optimizer], "optimizer", "they apply from this step on"
+            )
         optimizer_file = loaded["path"] / "optimizer.pt"
         ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
         # Loading an optimizer state brings back the hyperparameters it was saved with; this run's

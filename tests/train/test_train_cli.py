@@ -186,7 +186,10 @@ def test_an_interrupted_sweep_resumes_its_interrupted_rate_and_keeps_the_finishe
     assert len(events(read_rows(out / "lr-0.001"), "resume")) == 1
 
 
-@pytest.mark.parametrize("report", ['{"steps": 8, "results": [{"lr": 0.01}]}', "[1, 2", '{"results": []}'])
+@pytest.mark.parametrize("report", [
+    '{"steps": 8, "results": [{"lr": 0.01}]}', "[1, 2", '{"results": []}',
+    '{"steps": 8, "results": [], "settings": [1]}', '{"steps": 8, "results": [], "settings": {"train": 3}}',
+])
 def test_resuming_a_sweep_from_a_damaged_report_is_a_one_line_error(tokens, tmp_path, capsys, report):
     out = tmp_path / "sweep"
     out.mkdir()
