@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import sys
 import types
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,17 @@ def require_finite_number(name: str, value: object, *, positive: bool = False) -
     if positive and value <= 0:
         raise ConfigError(f"{name} must be positive, got {value!r}")
     return float(value)
+
+
+def integer_value(value: object) -> int | None:
+    """`value` as a Python int when it is an integer of any kind (int, NumPy integer, integer 0-d
+    tensor), else None: a float or a bool passed where a count or an id belongs is a mistake."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 MAX_WORKERS = 1024  # far above any machine's cores; beyond it a count is a typo (and overflows C ints)

@@ -70,8 +70,7 @@ def run_generate(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype,
     ))
     text = _prompt_text(cfg)
-    encoding = getattr(sys.stdout, "encoding", None)
-    if encoding and encoding.lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
+    if not _stdout_is_utf8() and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a terminal that cannot show a character
     generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype)
     prompt_ids = generator.encode_prompt(text, cfg.special)
@@ -99,11 +98,17 @@ def _one_sample(
             "sample": i, "prompt": text, "text": done.text, "prompt_tokens": done.prompt_tokens,
             "completion_tokens": len(done.ids), "finish_reason": done.finish_reason,
             "seconds": round(done.seconds, 4), "seed": None if cfg.seed is None else cfg.seed + i,
-        }, ensure_ascii=False), flush=True)
+        }, ensure_ascii=not _stdout_is_utf8()), flush=True)  # JSON's \u escapes, never Python's
     else:
         print(flush=True)
     print(f"[{len(done.ids)} new tokens after {done.prompt_tokens} of prompt, finished by {done.finish_reason}, "
           f"{done.tokens_per_second:.1f} tokens/s]", file=sys.stderr, flush=True)
+
+
+def _stdout_is_utf8() -> bool:
+    """Whether standard output encodes UTF-8; when not, text that it cannot encode is escaped."""
+    encoding = getattr(sys.stdout, "encoding", None) or ""
+    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _prompt_text(cfg: GenerateConfig) -> str:

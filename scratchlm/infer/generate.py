@@ -10,7 +10,8 @@ from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
-from scratchlm.errors import ModelError
+from scratchlm.config import integer_value
+from scratchlm.errors import ConfigError, ModelError
 from scratchlm.infer.sampling import check_sampling, sample_next_unchecked
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import unwrap
@@ -41,6 +42,12 @@ def stream_tokens(
 ) -> Iterator[int]:
     """Yield new token ids one at a time (for streaming output); see `generate`."""
     check_sampling(temperature, top_k, top_p)
+    wanted = integer_value(max_new_tokens)
+    if wanted is None or wanted < 0:
+        raise ConfigError(f"max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
+    seed_value = None if seed is None else integer_value(seed)
+    if seed is not None and (seed_value is None or not -(2**63) <= seed_value < 2**64):
+        raise ConfigError(f"seed must be an integer in [-2**63, 2**64), torch's seed range, got {seed!r}")
     ids = _as_ids(prompt_ids)
     stop_ids = _id_set("eos_id", eos_id)
     model = unwrap(model)  # decode eagerly: compiled or DDP wrappers add nothing here
@@ -58,13 +65,13 @@ def stream_tokens(
     if len(suppressed) == drawable:
         raise ModelError("suppress_ids leaves no token id to draw")
     # Positions are bounded by max_seq_len: generation stops there.
-    steps = max(0, min(max_new_tokens, cfg.max_seq_len - len(ids)))
+    steps = min(wanted, cfg.max_seq_len - len(ids))
     if steps == 0:
         return
     device = model.tok_emb.weight.device
     generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    if seed_value is not None:
+        generator = torch.Generator(device=device).manual_seed(seed_value)
 
     was_training = model.training
     model.eval()
@@ -115,13 +122,17 @@ def _next_token(
 
 
 def _id_set(name: str, ids: int | Collection[int] | None) -> frozenset[int]:
-    """Token ids given as one int, a collection of ints, or None (none), checked to be ints."""
+    """Token ids given as one integer, a collection of integers, or None (none), as Python ints."""
     if ids is None:
         return frozenset()
-    values = [ids] if isinstance(ids, int) else list(ids)
-    if any(isinstance(i, bool) or not isinstance(i, int) for i in values):
+    values = [ids] if integer_value(ids) is not None else ids
+    try:
+        checked = [integer_value(i) for i in values]
+    except TypeError:  # neither one id nor a collection of them
+        checked = [None]
+    if None in checked:
         raise ModelError(f"{name} must be token ids (integers), got {ids!r}")
-    return frozenset(values)
+    return frozenset(checked)
 
 
 def generate(
@@ -140,7 +151,8 @@ def generate(
 
     Greedy when `temperature` is 0 (or below float32's smallest normal number); otherwise
     sampling, optionally restricted to the top-k / top-p tokens, reproducible with `seed`. A
-    non-finite or negative temperature, top_k < 1 or top_p outside (0, 1] is a ConfigError.
+    non-finite or negative temperature, top_k < 1, top_p outside (0, 1], a max_new_tokens that is
+    not an integer ≥ 0 or a seed outside torch's integer range is a ConfigError.
     Stops after `max_new_tokens`, before an end-of-sequence id (`eos_id`: one id or several,
     never returned), or when the model's max_seq_len is reached. With `vocab_limit`, only ids
     below it are drawn: a model whose vocab was padded (say to a multiple of 64) has ids its

@@ -69,7 +69,8 @@ class GenerateConfig:
             raise ConfigError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
         check_sampling(self.temperature, self.top_k or None, self.top_p)
         if self.seed is not None and not -(2**63) <= self.seed <= 2**63 - self.samples:
-            raise ConfigError(f"seed must be in [-2**63, 2**63 - samples] (sample i uses seed + i), got {self.seed}")
+            raise ConfigError(f"seed must be in [-2**63, 2**63 - samples] (sample i uses seed + i), got seed "
+                              f"{self.seed} with samples {self.samples}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.config import integer_value
 from scratchlm.errors import ModelError
 from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
@@ -297,9 +298,13 @@ class GPT(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """A zeroed KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len)."""
+        """A zeroed KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len),
+        in `dtype` (default the weights'; under autocast, the autocast dtype the keys are made in)."""
         cfg = self.cfg
         max_len = cfg.max_seq_len if max_len is None else max_len
+        for name, value in (("batch_size", batch_size), ("max_len", max_len)):
+            if integer_value(value) is None or value < 1:
+                raise ModelError(f"KV cache {name} must be an integer ≥ 1, got {value!r}")
         if max_len > cfg.max_seq_len:
             raise ModelError(f"KV cache length {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
         weight = self.tok_emb.weight
@@ -309,6 +314,30 @@ class GPT(nn.Module):
         return KVCache(
             k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype)
         )
+
+    def _check_cache(self, cache: KVCache, batch: int, end: int) -> None:
+        """A cache made by `new_cache` for this model's layout, device and compute dtype, large enough:
+        one that is not would fail deep inside the attention, or write past its end."""
+        cfg = self.cfg
+        layout = (cfg.n_layer, cfg.n_kv_head, cfg.head_dim)
+        found = (cache.k.shape[0], cache.k.shape[2], cache.k.shape[4]) if cache.k.dim() == 5 else None
+        if found != layout or cache.v.shape != cache.k.shape:
+            raise ModelError(
+                f"KV cache of shape {tuple(cache.k.shape)} is not this model's (layers, batch, kv heads, "
+                f"positions, head_dim) = ({layout[0]}, *, {layout[1]}, *, {layout[2]}): make it with new_cache"
+            )
+        if end > cache.max_len or batch > cache.batch_size:
+            raise ModelError(
+                f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {batch} up to position {end}"
+            )
+        device = self.tok_emb.weight.device
+        compute = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        dtype = compute or self.tok_emb.weight.dtype
+        if cache.k.dtype != dtype or cache.v.dtype != dtype:
+            raise ModelError(f"KV cache holds {cache.k.dtype} but this model computes in {dtype}: "
+                             f"make it with new_cache(..., dtype={dtype})")
+        if cache.k.device != device or cache.v.device != device:
+            raise ModelError(f"KV cache is on {cache.k.device} but the model is on {device}")
 
     def forward(
         self,
@@ -328,15 +357,15 @@ class GPT(nn.Module):
         targets other than `ignore_index`, plus `z_loss` times the z-loss in `objective`).
         """
         B, T = idx.shape
+        if integer_value(start_pos) is None or start_pos < 0:
+            raise ModelError(f"start_pos must be an integer ≥ 0, got {start_pos!r}")
         end = start_pos + T
         if end > self.cfg.max_seq_len:
             raise ModelError(f"sequence of {end} positions exceeds the model's max_seq_len {self.cfg.max_seq_len}")
         if cache is None and start_pos != 0:
             raise ModelError("start_pos > 0 needs a KV cache holding the earlier positions")
-        if cache is not None and (end > cache.max_len or B > cache.batch_size):
-            raise ModelError(
-                f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {B} up to position {end}"
-            )
+        if cache is not None:
+            self._check_cache(cache, B, end)
 
         x, handoff = self._embed_tokens(idx, with_loss=targets is not None)
         if self.pos_emb is not None:

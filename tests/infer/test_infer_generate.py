@@ -148,6 +148,36 @@ def test_vocab_limit_draws_only_ids_below_it(model):
         generate(model, [1], 2, vocab_limit=model.cfg.vocab_size + 1)
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(max_new_tokens=-5), "max_new_tokens must be an integer ≥ 0, got -5"),
+        (dict(max_new_tokens=2.5), "max_new_tokens must be an integer ≥ 0, got 2.5"),
+        (dict(max_new_tokens=True), "max_new_tokens must be an integer ≥ 0, got True"),
+        (dict(seed=1.5), r"seed must be an integer in \[-2\*\*63, 2\*\*64\)"),
+        (dict(seed="7"), "seed must be an integer"),
+        (dict(seed=2**64), "seed must be an integer"),
+    ],
+)
+def test_bad_lengths_and_seeds_are_config_errors_not_silent_or_torch_errors(model, settings, message):
+    """A negative length used to return nothing, True to count as 1, and a float or string seed
+    to fail inside torch."""
+    with pytest.raises(ConfigError, match=message):
+        generate(model, [1, 2], **{"max_new_tokens": 3, **settings})
+
+
+def test_integers_of_any_kind_serve_as_lengths_seeds_and_ids(model):
+    """NumPy and 0-d tensor integers are integers: the same tokens as with Python ints."""
+    np = pytest.importorskip("numpy")
+    expected = generate(model, [1, 2], 5, seed=3)
+    assert generate(model, [1, 2], np.int64(5), seed=np.int64(3)) == expected
+    assert generate(model, [1, 2], torch.tensor(5), seed=torch.tensor(3)) == expected
+    assert generate(model, [1, 2], 5, seed=2**64 - 1) == generate(model, [1, 2], 5, seed=2**64 - 1)
+    assert generate(model, [1, 2], 0) == []
+    stop_at = expected[2]
+    assert generate(model, [1, 2], 5, seed=3, eos_id=np.int64(stop_at)) == expected[: expected.index(stop_at)]
+
+
 def test_any_of_several_eos_ids_stops_generation(model):
     greedy = generate(model, [5], 6, temperature=0)
     stop_at = greedy[3]

@@ -1,6 +1,9 @@
 """Text in, text out: `TextGenerator` and `scratchlm generate` on real model directories."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -301,6 +304,25 @@ def test_a_prompt_typed_on_the_command_line_replaces_either_form_in_the_config_f
     assert code == 2 and "not both" in err
 
 
+def test_jsonl_stays_json_when_standard_output_is_not_utf8(tmp_path, tokenizer):
+    """An ASCII stdout used to get Python's escapes (\\xf1) in the JSON lines, which no JSON reader takes."""
+    model_dir(tmp_path / "m", tokenizer)
+    prompt = "señor 漢字 😀"
+    done = subprocess.run(
+        [sys.executable, "-m", "scratchlm", "generate", "--model", str(tmp_path / "m"), prompt, "--jsonl",
+         "--seed", "1", "--samples", "2", "--temperature", "3", "--max-new-tokens", "12", "--ignore-eos"],
+        capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    rows = [json.loads(line) for line in done.stdout.decode("ascii").splitlines()]
+    assert [row["prompt"] for row in rows] == [prompt, prompt]
+    gen = TextGenerator(tmp_path / "m")
+    for row in rows:
+        same = gen.complete(gen.encode_prompt(prompt), max_new_tokens=12, temperature=3, top_k=200,
+                            seed=row["seed"], ignore_eos=True)
+        assert row["text"] == same.text and any(ord(c) > 127 for c in row["text"])
+
+
 def test_seeds_may_reach_the_top_of_torchs_range(tmp_path, tokenizer, capsys):
     from scratchlm.errors import ConfigError
     from scratchlm.infer.text import GenerateConfig
@@ -308,6 +330,8 @@ def test_seeds_may_reach_the_top_of_torchs_range(tmp_path, tokenizer, capsys):
     GenerateConfig(model="m", seed=2**63 - 2, samples=2).validate()
     with pytest.raises(ConfigError, match="seed must be in"):
         GenerateConfig(model="m", seed=2**63 - 1, samples=2).validate()
+    with pytest.raises(ConfigError, match=f"got seed 0 with samples {10**20}"):  # the samples are the fault
+        GenerateConfig(model="m", seed=0, samples=10**20).validate()
     model_dir(tmp_path / "m", tokenizer)
     code, out, _ = run(capsys, "--model", str(tmp_path / "m"), "x", "--seed", str(2**63 - 2), "--samples", "2",
                        "--jsonl", "--max-new-tokens", "2")

@@ -58,6 +58,39 @@ def test_cached_decoding_equals_a_full_forward(n_kv_head, pos):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_cached_decoding_under_autocast_takes_a_cache_in_the_autocast_dtype():
+    model = random_model(tiny(n_kv_head=2))
+    idx = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(idx)
+        cache = model.new_cache(1, dtype=torch.bfloat16)
+        pieces = [model(idx[:, :6], cache, start_pos=0)]
+        pieces += [model(idx[:, t : t + 1], cache, start_pos=t) for t in range(6, 12)]
+        with pytest.raises(ModelError, match="holds torch.float32 but this model computes in torch.bfloat16"):
+            model(idx[:, :1], model.new_cache(1), start_pos=0)  # the weights' dtype: wrong here
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=0.1, rtol=0.05)
+
+
+_IDX = torch.zeros(1, 3, dtype=torch.long)
+MISUSED_CACHES = {  # what the call does wrong: (the call on a GQA model, the error it must give)
+    "negative start_pos": (lambda m: m(_IDX, m.new_cache(1), start_pos=-1), "start_pos must be an integer ≥ 0"),
+    "negative start_pos, no cache": (lambda m: m(_IDX, None, start_pos=-1), "start_pos must be an integer ≥ 0"),
+    "float start_pos": (lambda m: m(_IDX, m.new_cache(1), start_pos=1.0), "start_pos must be an integer"),
+    "other kv heads": (lambda m: m(_IDX, GPT(tiny(n_kv_head=4)).new_cache(1)), r"= \(2, \*, 2, \*, 8\)"),
+    "fewer layers": (lambda m: m(_IDX, GPT(tiny(n_layer=1, n_kv_head=2)).new_cache(1)), "not this model's"),
+    "other dtype": (lambda m: m(_IDX, m.new_cache(1, dtype=torch.bfloat16)), "make it with new_cache"),
+    "negative max_len": (lambda m: m.new_cache(1, max_len=-1), "max_len must be an integer ≥ 1, got -1"),
+    "no batch": (lambda m: m.new_cache(0), "batch_size must be an integer ≥ 1, got 0"),
+}
+
+
+@pytest.mark.parametrize("misuse", MISUSED_CACHES)
+def test_a_cache_that_does_not_fit_the_model_or_a_bad_position_is_one_model_error(misuse):
+    call, message = MISUSED_CACHES[misuse]
+    with torch.no_grad(), pytest.raises(ModelError, match=message):
+        call(random_model(tiny(n_kv_head=2)))
+
+
 def test_kv_cache_shrinks_by_heads_over_kv_heads():
     sizes = {kv: GPT(tiny(n_head=8, n_kv_head=kv)).new_cache(3, 32).nbytes() for kv in (8, 2, 1)}
     assert sizes[8] == 2 * 2 * 3 * 8 * 32 * 4 * 4  # k and v, layers, batch, heads, len, hd, fp32
