@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -117,6 +118,21 @@ def _path_text(name: object) -> str:
     return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else f"file descriptor {name}"
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, or torch's (a RuntimeError, or its CUDA subclass)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def describe_out_of_memory(e: BaseException) -> str:
+    """One line for a failed allocation: torch's CPU message spans an enforce prefix and an error code."""
+    wanted = re.search(r"tried to allocate (\d+) bytes", str(e))
+    if wanted:
+        return f"out of memory: an allocation of {int(wanted[1]) / 2**30:,.1f} GiB failed"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"out of memory: {first}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -145,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"scratchlm: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if args.debug or not is_out_of_memory(e):
+            raise
+        print(f"scratchlm: error: {describe_out_of_memory(e)}", file=sys.stderr)
         return 2
     finally:
         if in_main_thread:

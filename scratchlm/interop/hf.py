@@ -7,6 +7,10 @@ Two families map one-to-one onto `ModelConfig`:
   attention, no biases. Separate q/k/v and gate/up matrices are stacked into scratchlm's fused
   `qkv` and `fc` matrices (and split again on export).
 
+Dropout, which changes training only, maps to scratchlm's one `dropout` rate: GPT-2's three rates
+when they are equal, and Llama's `attention_dropout` (Llama has no other; scratchlm's rate also
+drops the residual branches and the embeddings), written back the same way on export.
+
 Only config.json and safetensors files are read or written, so neither direction needs
 `transformers` installed, and nothing is unpickled.
 """
@@ -29,10 +33,13 @@ from scratchlm.device import WEIGHT_DTYPES, WeightDtype
 from scratchlm.errors import ConfigError, ModelError
 from scratchlm.fsutil import atomic_directory, read_json_object
 from scratchlm.model.config import ROPE_SCALING_KEYS, ModelConfig
+from scratchlm.model.gpt import GPT
 from scratchlm.model.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     build_from_tensors,
+    check_weight,
+    expected_shapes,
     is_model_dir,
     load_model_config,
     read_weights,
@@ -49,6 +56,9 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",  # where transformers ≥ 4.50 saves a chat template
+    "chat_template.json",
     GENERATION_CONFIG,
 )
 
@@ -89,8 +99,9 @@ GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 GPT2_KEYS = {
     "vocab_size": "vocab_size", "n_layer": "n_layer", "n_head": "n_head", "d_model": "n_embd", "d_ff": "n_inner",
     "max_seq_len": "n_positions", "norm_eps": "layer_norm_epsilon", "tie_embeddings": "tie_word_embeddings",
-    "init_std": "initializer_range",
+    "init_std": "initializer_range", "dropout": "resid_pdrop",
 }
+GPT2_DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT2Config's default for each: 0.1
 
 
 def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
@@ -101,11 +112,18 @@ def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
         raise ModelError("GPT-2 checkpoints with non-standard attention scaling are not supported")
     if hf.get("add_cross_attention", False):
         raise ModelError("GPT-2 checkpoints with cross-attention are not supported")
+    dropouts = {key: hf.get(key, 0.1) for key in GPT2_DROPOUTS}
+    if len(set(dropouts.values())) > 1:
+        raise ModelError(
+            f"GPT-2 dropouts differ ({', '.join(f'{k} {v}' for k, v in dropouts.items())}): scratchlm has one "
+            "model.dropout for all three; make them equal in config.json (dropout does not change inference)"
+        )
     return _checked(
         GPT2_KEYS, vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_kv_head=hf["n_head"],
         d_model=hf["n_embd"], d_ff=hf.get("n_inner"), max_seq_len=hf["n_positions"], pos="learned",
         norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True), init_std=hf.get("initializer_range", 0.02),
+        dropout=dropouts["resid_pdrop"],
     )
 
 
@@ -149,11 +167,15 @@ def gpt2_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], sourc
     hf = {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in hf.items()}
     names = gpt2_names(cfg)
     reject_unmapped(hf, {name for _, name, _ in names}, GPT2_BUFFERS, source)
-    return {ours: _take(hf, name, source, t) for ours, name, t in names}
+    shapes = our_shapes(cfg)  # Conv1D stores the transpose of ours
+    return {
+        ours: _take(hf, name, source, shape=shapes[ours][::-1] if t else shapes[ours], transpose=t)
+        for ours, name, t in names
+    }
 
 
 def gpt2_tensors_from_ours(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> Tensors:
-    return {name: _take(ours, o, "scratchlm model", t) for o, name, t in gpt2_names(cfg)}
+    return {name: _take(ours, o, "scratchlm model", transpose=t) for o, name, t in gpt2_names(cfg)}
 
 
 # --- Llama --------------------------------------------------------------------------------------
@@ -164,6 +186,7 @@ LLAMA_KEYS = {
     "n_kv_head": "num_key_value_heads", "d_model": "hidden_size", "d_ff": "intermediate_size",
     "max_seq_len": "max_position_embeddings", "rope_theta": "rope_theta", "rope_scaling": "rope_parameters",
     "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings", "init_std": "initializer_range",
+    "dropout": "attention_dropout",
 }
 
 
@@ -181,6 +204,7 @@ def llama_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
         rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), rope_scaling=llama3_scaling(rope),
         norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=bool(hf.get("attention_bias", False)),
         tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
+        dropout=hf.get("attention_dropout", 0.0),
     )
     if hf.get("head_dim") not in (None, cfg.head_dim):
         raise ModelError(f"Llama head_dim {hf['head_dim']!r} ≠ hidden_size / num_attention_heads is not supported")
@@ -285,10 +309,13 @@ def llama_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], sour
     layers = [llama_layer_parts(cfg, i) for i in range(cfg.n_layer)]
     mapped = {name for _, name in top_level} | {name for layer in layers for parts in layer.values() for name, _ in parts}
     reject_unmapped(hf, mapped, LLAMA_BUFFERS, source)
-    out = {ours: _take(hf, name, source) for ours, name in top_level}
+    shapes = our_shapes(cfg)
+    out = {ours: _take(hf, name, source, shape=shapes[ours]) for ours, name in top_level}
     for layer in layers:
-        for ours, parts in layer.items():
-            out[ours] = torch.cat([_take(hf, name, source) for name, _ in parts], dim=0)
+        for ours, parts in layer.items():  # each part: its rows of our stacked tensor
+            out[ours] = torch.cat(
+                [_take(hf, name, source, shape=(rows, *shapes[ours][1:])) for name, rows in parts], dim=0
+            )
     return out
 
 
@@ -358,11 +385,29 @@ def reject_unmapped(
             raise ModelError(f"{source}: unexpected tensor '{name}' (its config.json has no place for it)")
 
 
-def _take(tensors: Mapping[str, torch.Tensor], name: str, source: str, transpose: bool = False) -> torch.Tensor:
+def _take(
+    tensors: Mapping[str, torch.Tensor],
+    name: str,
+    source: str,
+    *,
+    shape: tuple[int, ...] | None = None,
+    transpose: bool = False,
+) -> torch.Tensor:
+    """Tensor `name`, transposed if asked; when `shape` is given, checked first for that shape and
+    a weight dtype, so a malformed checkpoint is one error naming its tensor, not a torch error
+    from the transposition or stacking."""
     if name not in tensors:
         raise ModelError(f"{source}: missing tensor '{name}'")
     t = tensors[name]
+    if shape is not None:
+        check_weight(t, name, shape, source)
     return t.t().contiguous() if transpose else t
+
+
+def our_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of each of our parameters for `cfg` (a model on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        return expected_shapes(GPT(cfg))
 
 
 def family_of(cfg: ModelConfig) -> str:

@@ -17,6 +17,12 @@ from scratchlm.errors import ConfigError
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")
 
 
+# Positions a RoPE model may have: beyond every released checkpoint (4M-context Llama 3
+# fine-tunes exist), where the cos/sin tables made for every position reach 4 GB at head_dim 128.
+# A learned-position model needs no bound: its position table is a weight the file must hold.
+MAX_ROPE_POSITIONS = 1 << 22
+
+
 @dataclass
 class ModelConfig:
     """The shape and the architectural choices of a decoder-only transformer.
@@ -83,6 +89,11 @@ class ModelConfig:
             raise ConfigError(f"model.pos = 'rope' needs an even head size, got {self.head_dim}")
         if self.pos == "rope":  # unused by learned positions, so left unchecked there
             require_finite_number("model.rope_theta", self.rope_theta, positive=True)
+            if self.max_seq_len > MAX_ROPE_POSITIONS:
+                raise ConfigError(
+                    f"model.max_seq_len must be ≤ {MAX_ROPE_POSITIONS:,} with pos = 'rope', got {self.max_seq_len:,} "
+                    "(its RoPE tables are made for every position)"
+                )
         for name in ("qk_norm", "bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

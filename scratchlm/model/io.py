@@ -188,11 +188,23 @@ def check_tensors(model: GPT, tensors: Mapping[str, torch.Tensor], source: str) 
     for name, shape in expected.items():
         if name not in tensors:
             raise ModelError(f"{source}: missing tensor '{name}'")
-        if tuple(tensors[name].shape) != shape:
-            raise ModelError(
-                f"{source}: tensor '{name}' has shape {tuple(tensors[name].shape)}, the config needs {shape}"
-            )
+        check_weight(tensors[name], name, shape, source)
     return expected
+
+
+WEIGHT_TENSOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def check_weight(tensor: torch.Tensor, name: str, shape: tuple[int, ...], source: str) -> None:
+    """One clear error for a weight of another shape, or of a dtype the model cannot compute in:
+    integers would be copied in as numbers silently, float8 fails only at the first forward."""
+    if tuple(tensor.shape) != shape:
+        raise ModelError(f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, the config needs {shape}")
+    if tensor.dtype not in WEIGHT_TENSOR_DTYPES:
+        names = ", ".join(str(dtype).removeprefix("torch.") for dtype in WEIGHT_TENSOR_DTYPES)
+        raise ModelError(
+            f"{source}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')}; weights must be one of {names}"
+        )
 
 
 def check_tied_head(tensors: Mapping[str, torch.Tensor], tied: bool, source: str) -> None:

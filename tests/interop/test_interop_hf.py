@@ -167,7 +167,7 @@ def test_hf_checkpoint_with_wrong_shapes_or_only_pickles(tmp_path):
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     config["n_positions"] = 64
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="'pos_emb.weight' has shape"):
+    with pytest.raises(ModelError, match=r"'transformer.wpe.weight' has shape \(\d+, \d+\), the config needs \(64, "):  # the file's name
         import_hf(tmp_path / "hf", tmp_path / "out")
     (tmp_path / "hf" / "model.safetensors").unlink()
     (tmp_path / "hf" / "pytorch_model.bin").write_bytes(b"pickle")
@@ -316,3 +316,86 @@ def test_export_refuses_to_replace_a_training_checkpoint(tmp_path, capsys):
     assert sorted(p.name for p in step.iterdir()) == before
     assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
     assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0  # re-export
+
+
+def edit_tensors(directory, **changes):
+    """Rewrite model.safetensors with some tensors replaced (name → tensor)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(directory / "model.safetensors"))
+    assert set(changes) <= set(tensors)
+    save_file({**tensors, **changes}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "family, name, make, message",
+    [
+        ("llama", "model.embed_tokens.weight", lambda t: t.long(), "'model.embed_tokens.weight' is int64; weights must"),
+        ("llama", "model.layers.0.self_attn.q_proj.weight", lambda t: t.to(torch.int8), "is int8"),
+        ("llama", "model.norm.weight", lambda t: t.to(torch.float8_e4m3fn), "is float8_e4m3fn"),
+        ("gpt2", "transformer.h.0.attn.c_attn.weight", lambda t: t[None], r"has shape \(1, 32, 96\), the config needs"),
+        ("llama", "model.layers.1.self_attn.k_proj.weight", lambda t: t[:, :16].contiguous(),
+         r"'model.layers.1.self_attn.k_proj.weight' has shape \(16, 16\), the config needs \(16, 32\)"),
+    ],
+)
+def test_weights_of_another_dtype_or_shape_are_refused_naming_the_tensor(tmp_path, family, name, make, message):
+    """Integers were copied in as numbers silently, float8 failed at the first forward, and a 3-D
+    or narrow matrix raised torch's error from the transposition or stacking."""
+    (hf_gpt2() if family == "gpt2" else hf_llama()).save_pretrained(tmp_path / "hf")
+    from safetensors.torch import load_file
+
+    edit_tensors(tmp_path / "hf", **{name: make(load_file(str(tmp_path / "hf" / "model.safetensors"))[name])})
+    with pytest.raises(ModelError, match=message):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_directory_holding_integer_weights_is_refused(tmp_path):
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), tmp_path / "m")
+    from safetensors.torch import load_file
+
+    edit_tensors(tmp_path / "m", **{"norm_f.weight": load_file(str(tmp_path / "m" / "model.safetensors"))[
+        "norm_f.weight"].to(torch.int32)})
+    for call in (lambda: load_model(tmp_path / "m"), lambda: export_hf(tmp_path / "m", tmp_path / "hf")):
+        with pytest.raises(ModelError, match="'norm_f.weight' is int32"):
+            call()
+
+
+def test_an_absurd_context_length_is_a_one_line_error_not_an_allocation(tmp_path, capsys):
+    hf_llama().save_pretrained(tmp_path / "hf")
+    edit_config(tmp_path / "hf", max_position_embeddings=10**12)
+    capsys.readouterr()  # transformers' own progress bar while saving
+    assert main(["import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "max_position_embeddings must be ≤ 4,194,304 with pos = 'rope'" in err[0]
+
+
+def test_the_chat_template_and_added_tokens_survive_both_directions(tmp_path):
+    hf_llama().save_pretrained(tmp_path / "hf")
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    (tmp_path / "hf" / "chat_template.jinja").write_text(template)
+    (tmp_path / "hf" / "added_tokens.json").write_text('{"<|user|>": 96}')
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    export_hf(tmp_path / "ours", tmp_path / "back")
+    for directory in ("ours", "back"):
+        assert (tmp_path / directory / "chat_template.jinja").read_text() == template
+        assert (tmp_path / directory / "added_tokens.json").read_text() == '{"<|user|>": 96}'
+
+
+def test_dropout_survives_a_round_trip_and_gpt2_rates_that_differ_are_refused(tmp_path):
+    """Import used to drop dropout (0.1 → 0.0): logits were the same, fine-tuning after it not."""
+    for family, make, keys in [
+        ("gpt2", lambda: hf_gpt2(), ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+        ("llama", lambda: hf_llama(attention_dropout=0.15), ("attention_dropout",)),
+    ]:
+        make().save_pretrained(tmp_path / family)
+        rate = json.loads((tmp_path / family / "config.json").read_text())[keys[0]]
+        assert rate > 0
+        import_hf(tmp_path / family, tmp_path / f"{family}-ours")
+        assert load_model(tmp_path / f"{family}-ours").cfg.dropout == rate
+        export_hf(tmp_path / f"{family}-ours", tmp_path / f"{family}-back")
+        back = json.loads((tmp_path / f"{family}-back" / "config.json").read_text())
+        assert [back[key] for key in keys] == [rate] * len(keys)
+    edit_config(tmp_path / "gpt2", embd_pdrop=0.0)
+    with pytest.raises(ModelError, match="GPT-2 dropouts differ .*embd_pdrop 0.0.*make them equal"):
+        import_hf(tmp_path / "gpt2", tmp_path / "refused")

@@ -53,6 +53,15 @@ def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_a_model_too_large_for_memory_is_a_one_line_error(tokens, tmp_path, capsys):
+    """torch's failed allocation used to end the command with a traceback."""
+    toml = write_toml(tiny_config(tokens, tmp_path / "run"), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml), "--set", f"model.d_ff={10**12}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["scratchlm: error: out of memory: an allocation of 238,418.6 GiB failed"]  # 10¹² × 64 floats
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_sweep_lr_reports_the_best(tokens, tmp_path, capsys):
     toml = write_toml(tiny_config(tokens, tmp_path / "sweep"), tmp_path / "sweep.toml")
     assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e-6,1e-2", "--steps", "8"]) == 0
