@@ -54,14 +54,17 @@ def stopped_exit_code(stopped: str | None) -> int:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    from scratchlm.train.distributed import is_main_process
     from scratchlm.train.trainer import train
 
     summary = train(_config(args), resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    if is_main_process():  # one summary on stdout, however many processes trained
+        print(json.dumps(summary, indent=2))
     return stopped_exit_code(summary["stopped"])
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from scratchlm.train.distributed import is_main_process
     from scratchlm.train.sweep import sweep_lr
 
     try:
@@ -71,6 +74,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not lrs or args.steps < 1:
         raise ConfigError("--lrs needs at least one value and --steps must be positive")
     report = sweep_lr(_config(args), lrs, args.steps, resume=args.resume)
+    if not is_main_process():  # rank 0 reports for all; the exit code is the same on every rank
+        return _sweep_exit_code(report)
     print(f"{'lr':>10}  {'val_loss':>10}  {'val_bpb':>8}", file=sys.stdout)
     for r in report["results"]:
         val = "diverged" if r["diverged"] else f"{r['val_loss']:.4f}"
@@ -82,9 +87,15 @@ def run_sweep(args: argparse.Namespace) -> int:
             "no best learning rate is named",
             file=sys.stderr,
         )
-        return stopped_exit_code(report["stopped"])
-    if report["best_lr"] is None:
+    elif report["best_lr"] is None:
         print("every learning rate diverged; try smaller values", file=sys.stderr)
-        return 1
-    print(f"best learning rate: {report['best_lr']:g}")
-    return 0
+    else:
+        print(f"best learning rate: {report['best_lr']:g}")
+    return _sweep_exit_code(report)
+
+
+def _sweep_exit_code(report: dict) -> int:
+    """A signal's code for a stopped sweep, 1 when every rate diverged, else 0."""
+    if report["stopped"]:
+        return stopped_exit_code(report["stopped"])
+    return 1 if report["best_lr"] is None else 0

@@ -222,6 +222,29 @@ def _optimizer_misfit(saved: dict[str, Any], own_groups: list[dict[str, Any]]) -
     return None
 
 
+def optimizer_state_by_name(
+    saved: dict[str, Any], optimizer: torch.optim.Optimizer, model: torch.nn.Module
+) -> dict[str, Any]:
+    """`saved` with its parameters named by path (`blocks.0.attn.qkv.weight`), as FSDP's loading of a
+    whole optimizer state needs. A run without FSDP saves `Optimizer.state_dict()`, which numbers
+    them in the order of the param groups; FSDP's own checkpoints are named already and pass
+    through. Call it after `check_optimizer_fits`, which guarantees the groups line up."""
+    names = {param: name for name, param in model.named_parameters()}
+    by_number: dict[Any, str] = {}
+    for group, own_group in zip(saved["param_groups"], optimizer.param_groups):
+        for key, param in zip(group["params"], own_group["params"]):
+            if isinstance(key, int):
+                by_number[key] = names[param]
+    if not by_number:
+        return saved
+    return {
+        "state": {by_number.get(key, key): state for key, state in saved["state"].items()},
+        "param_groups": [
+            {**group, "params": [by_number.get(key, key) for key in group["params"]]} for group in saved["param_groups"]
+        ],
+    }
+
+
 @contextmanager
 def as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
     """Turn torch's complaints about a state that does not fit (KeyError, ValueError, ... with a

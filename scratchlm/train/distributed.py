@@ -168,6 +168,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def is_main_process() -> bool:
+    """True for the process that speaks for the run (rank 0, or a run without torchrun): the
+    others train alongside it, and their summaries would repeat its own on standard output."""
+    return _env_int("RANK", 0) == 0
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Average `t` over all processes, in place, and return it (no-op for a single process)."""
     if not is_distributed():

@@ -749,7 +749,8 @@ class PretrainRun:
             options = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.model, tensors, options=options)
             # Collectives inside: the fit was checked above, so an error here is the processes'.
-            set_optimizer_state_dict(self.model, self.optimizer, loaded["optimizer"], options=options)
+            by_name = ckpt.optimizer_state_by_name(loaded["optimizer"], self.optimizer, self.model)
+            set_optimizer_state_dict(self.model, self.optimizer, by_name, options=options)
         else:
             from scratchlm.model.io import load_state_into
 

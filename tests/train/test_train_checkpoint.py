@@ -186,3 +186,41 @@ def test_optimizer_state_of_other_shapes_or_groups_does_not_fit(tmp_path):
     with pytest.raises(CheckpointError, match="parameter groups differ"):
         ckpt.check_optimizer_fits(saved, two_params, tmp_path / "optimizer.pt")
     ckpt.check_optimizer_fits(saved, torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))]), tmp_path / "optimizer.pt")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_an_optimizer_state_saved_without_fsdp_loads_the_way_fsdp_loads_it(optimizer):
+    """FSDP loads a whole optimizer state keyed by parameter name; a run without FSDP saves one keyed
+    by number, and resuming it with strategy fsdp failed with KeyError: 'state.0.step'. The loading
+    call is FSDP's own (`set_optimizer_state_dict`), which needs no process group for a plain module."""
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    from scratchlm.model import GPT, ModelConfig
+    from scratchlm.train.optim import build_optimizer
+
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=16, tie_embeddings=False)
+    torch.manual_seed(0)
+    model, ids = GPT(cfg), torch.randint(0, 64, (2, 8))
+    opt = build_optimizer(model, optimizer, lr=1e-3)
+    for _ in range(2):
+        model(ids, targets=ids).objective.backward()
+        opt.step()
+        opt.zero_grad()
+    saved = copy.deepcopy(opt.state_dict())
+    assert all(isinstance(key, int) for key in saved["state"]) and len(opt.param_groups) > 1
+    twin = GPT(cfg)
+    twin.load_state_dict(model.state_dict())
+    options = StateDictOptions(full_state_dict=True)
+    with pytest.raises(KeyError):  # what FSDP made of the numbered state
+        set_optimizer_state_dict(twin, build_optimizer(twin, optimizer, lr=1e-3), copy.deepcopy(saved), options=options)
+    twin_opt = build_optimizer(twin, optimizer, lr=1e-3)
+    by_name = ckpt.optimizer_state_by_name(saved, twin_opt, twin)
+    assert ckpt.optimizer_state_by_name(by_name, twin_opt, twin) is by_name  # FSDP's own: as it is
+    set_optimizer_state_dict(twin, twin_opt, by_name, options=options)
+    for param, twin_param in zip(model.parameters(), twin.parameters()):
+        assert opt.state[param].keys() == twin_opt.state[twin_param].keys()
+        for key, value in opt.state[param].items():
+            restored = twin_opt.state[twin_param][key]
+            assert torch.equal(value, restored) if isinstance(value, torch.Tensor) else value == restored, key

@@ -3,6 +3,7 @@ as one process with twice the gradient accumulation."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_two_processes_match_one_process_with_double_accumulation(tokens, tmp_pa
     val_one = [r["val_loss"] for r in read_rows(single) if "val_loss" in r]
     val_two = [r["val_loss"] for r in read_rows(ddp) if "val_loss" in r]
     assert val_two == pytest.approx(val_one, abs=1e-5)
-    # Only rank 0 wrote: one train row per step, one checkpoint dir per save.
+    # Only rank 0 wrote: one train row per step, one checkpoint dir per save, one summary on stdout
+    # (every rank used to print its own, so stdout was not one JSON document).
     assert len([r for r in read_rows(ddp) if "loss" in r and "event" not in r]) == 6
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 6 and summary["world_size"] == 2
     assert (ddp / "checkpoints" / "step-000006" / "model.safetensors").is_file()
