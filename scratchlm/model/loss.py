@@ -55,10 +55,13 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
     """Forward returns (objective, loss) and, when gradients are wanted, also computes them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype, handoff):
+    def forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype, handoff, grad_enabled):
         ctx.handoff = handoff
+        # Which gradients to make now: `needs_input_grad` says only which inputs require them, and
+        # stays true under no_grad (evaluation), where no backward can follow.
+        wanted = tuple(grad_enabled and needed for needed in ctx.needs_input_grad[:2])
         with torch.autocast(hidden.device.type, enabled=False):
-            return _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype)
+            return _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype, wanted)
 
     @staticmethod
     def backward(ctx, grad_objective, grad_loss):
@@ -80,7 +83,7 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         if ctx.handoff is not None:  # a tied embedding's backward adds its rows and returns it
             ctx.handoff.put(grad_weight)
             grad_weight = None
-        return grad_hidden, grad_weight, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None
 
 
 def _is_one(grad: torch.Tensor) -> bool:
@@ -99,7 +102,7 @@ def _vocab_slices(weight: torch.Tensor, compute_dtype: torch.dtype) -> list[slic
     return [slice(start, min(start + rows, vocab)) for start in range(0, vocab, rows)]
 
 
-def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype):
+def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, compute_dtype, wanted):
     h = hidden.to(compute_dtype)
     n_rows, vocab = h.shape[0], weight.shape[0]
     slices = _vocab_slices(weight, compute_dtype)
@@ -115,7 +118,7 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     safe_targets = torch.where(valid, targets, 0).unsqueeze(1)
     inv_count = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
     row_weight = valid.to(torch.float32) * inv_count  # each kept row's share of the mean
-    want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    want_grad = any(wanted)
     ce_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     z_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     step = _rows_per_block(h.device, vocab)
@@ -149,7 +152,7 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
     loss = ce_total
     objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()
     if want_grad:
-        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices, table_slice, *ctx.needs_input_grad[:2])
+        grad_hidden, grad_weight = _matmul_grads(work, h, weight, slices, table_slice, *wanted)
         ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight)
     ctx.mark_non_differentiable(loss)
     return objective, loss
@@ -215,7 +218,7 @@ def head_cross_entropy(
         compute_dtype = torch.get_autocast_dtype(device_type)
     objective, loss = _FusedHeadCrossEntropy.apply(
         hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-        softcap, float(z_loss), ignore_index, compute_dtype, handoff,
+        softcap, float(z_loss), ignore_index, compute_dtype, handoff, torch.is_grad_enabled(),
     )
     return HeadLoss(objective, loss)
 

@@ -312,3 +312,23 @@ def test_model_loss_under_torch_compile_matches_eager(tie, family, monkeypatch):
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_without_grad_mode_the_loss_makes_only_the_logits_product():
+    """Under no_grad (evaluation) the weights still require gradients, and the loss used to make the
+    two gradient products of the head as well: three times the head's work for a validation loss."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows, width, vocab = 24, 16, 40
+    hidden = torch.randn(rows, width, requires_grad=True)
+    weight = torch.randn(vocab, width, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,))
+    one_product = 2 * rows * width * vocab
+    for grad_mode, products in ((torch.no_grad, 1), (torch.enable_grad, 3)):
+        with grad_mode(), FlopCounterMode(display=False) as counter:
+            loss = head_cross_entropy(hidden, weight, targets)
+        assert counter.get_total_flops() == products * one_product
+        assert loss.objective.requires_grad == (products == 3)
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets)
+    with torch.no_grad():
+        torch.testing.assert_close(head_cross_entropy(hidden, weight, targets).loss, expected.detach())
