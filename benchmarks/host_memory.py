@@ -28,7 +28,7 @@ from shakespeare import build_tokens  # benchmarks/shakespeare.py
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A ~14M-parameter Llama-style model at batch 8 x 256: logits 2,048 x 8,192 (64 MB in fp32).
+# A ~16M-parameter Llama-style model at batch 8 x 256: logits 2,048 x 8,192 (64 MB in fp32).
 RUN_SETTINGS = [
     "model.n_layer=6", "model.n_head=8", "model.n_kv_head=4", "model.d_model=384", "model.d_ff=1024",
     "model.max_seq_len=256", 'model.pos="rope"', 'model.norm="rmsnorm"', 'model.mlp="swiglu"',
