@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from scratchlm.device import WEIGHT_DTYPES, WeightDtype
 from scratchlm.errors import ConfigError, ModelError
@@ -45,6 +44,7 @@ from scratchlm.model.io import (
     read_weights,
     resolve_model_dir,
     save_model,
+    write_weights,
 )
 
 GENERATION_CONFIG = "generation_config.json"  # bos/eos ids for generation, carried along or made on import
@@ -553,7 +553,7 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: Weigh
     with atomic_directory(
         out, what="a model directory", replaceable=is_model_dir, inputs=[model_dir], error=ModelError
     ) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_weights(tmp / WEIGHTS_FILE, {k: v.contiguous() for k, v in tensors.items()})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         copy_tokenizer_files(model_dir, tmp)
     return Path(out)

@@ -8,6 +8,7 @@ so an interrupted save never leaves a directory that looks complete.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -96,8 +97,20 @@ def write_weights_and_config(
 ) -> None:
     """The two files of a model directory from tensors ready to save and a config dict."""
     directory = Path(directory)
-    save_file(dict(weights), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_weights(directory / WEIGHTS_FILE, weights)
     atomic_write_json(directory / CONFIG_FILE, dict(config))
+
+
+def write_weights(path: Path, weights: Mapping[str, torch.Tensor]) -> None:
+    """A safetensors file of `weights`. A failed write (a full disk) is an OSError, as for any other
+    file, not the library's own error type, so callers and the command line treat it as one."""
+    try:
+        save_file(dict(weights), str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code:
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+        raise OSError(f"{path}: {e}") from None
 
 
 def write_extra_files(directory: Path, extra_files: ExtraFiles | None) -> None:

@@ -101,15 +101,22 @@ def save_checkpoint(
     # Any step dir under the run's checkpoints/ is the run's own: one without its state file (an
     # interrupted copy) is skipped by `find_latest`, so the resumed run comes back to this step
     # and must be able to replace it.
-    with atomic_directory(final, replaceable=lambda _: True, error=CheckpointError) as tmp:
-        write_weights_and_config(tmp, weights, model_config)
-        if tokenizer_dir is not None:
-            write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save({f"rank{r}": s for r, s in enumerate(rng_states)}, tmp / "rng.pt")
-        # Written last: a step dir with a train_state.json has every other file.
-        atomic_write_json(tmp / CHECKPOINT_STATE_FILE, train_state)
-    atomic_write_text(root / "latest", final.name + "\n")
+    try:
+        with atomic_directory(final, replaceable=lambda _: True, error=CheckpointError) as tmp:
+            write_weights_and_config(tmp, weights, model_config)
+            if tokenizer_dir is not None:
+                write_extra_files(tmp, sorted(Path(tokenizer_dir).glob("*.json")))
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            torch.save({f"rank{r}": s for r, s in enumerate(rng_states)}, tmp / "rng.pt")
+            # Written last: a step dir with a train_state.json has every other file.
+            atomic_write_json(tmp / CHECKPOINT_STATE_FILE, train_state)
+        atomic_write_text(root / "latest", final.name + "\n")
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, a size limit: say what the run still has
+        # torch.save reports a failed write as a RuntimeError of its zip writer, not an OSError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _torch_error_text(e)
+        survivor = find_latest(root)
+        then = f"--resume continues from {survivor.name}" if survivor else "no earlier checkpoint to resume from"
+        raise CheckpointError(f"{final}: the checkpoint could not be written ({reason}); {then}") from None
     return final
 
 
@@ -254,6 +261,11 @@ def as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
         yield
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _torch_error_text(error: Exception) -> str:
+    """The first line of an error, without the `[enforce fail at file.cc:N] .` prefix of torch's C++ checks."""
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", _first_line(error))
 
 
 def _first_line(error: Exception) -> str:

@@ -399,3 +399,20 @@ def test_dropout_survives_a_round_trip_and_gpt2_rates_that_differ_are_refused(tm
     edit_config(tmp_path / "gpt2", embd_pdrop=0.0)
     with pytest.raises(ModelError, match="GPT-2 dropouts differ .*embd_pdrop 0.0.*make them equal"):
         import_hf(tmp_path / "gpt2", tmp_path / "refused")
+
+
+def test_an_export_that_cannot_be_written_is_a_one_line_error_and_leaves_nothing(tmp_path):
+    """safetensors reports a failed write with its own error type, which used to end in a traceback."""
+    import subprocess
+    import sys
+
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=64, max_seq_len=16)
+    save_model(GPT(cfg), tmp_path / "m")
+    child = ("import resource, sys; from scratchlm.cli import main; "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000)); sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", child, "export", "hf", "--model", str(tmp_path / "m"),
+                           "--out", str(tmp_path / "hf")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()  # written in a hidden temp directory beside --out
+    assert line.startswith(f"scratchlm: error: {tmp_path}/.hf.") and line.endswith("/model.safetensors: File too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
