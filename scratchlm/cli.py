@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scratchlm import __version__
-from scratchlm.errors import ScratchLMError, Terminated
+from scratchlm.errors import ScratchLMError, Terminated, torch_error_text
 
 # Command groups: `scratchlm data prepare`, `scratchlm tokenizer train`, ...
 GROUPS = {
@@ -118,19 +118,24 @@ def _path_text(name: object) -> str:
     return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else f"file descriptor {name}"
 
 
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")  # torch's CPU and CUDA wordings
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """A failed allocation: Python's MemoryError, or torch's (a RuntimeError, or its CUDA subclass)."""
-    text = str(e)
-    return isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(words in text for words in OUT_OF_MEMORY)
 
 
 def describe_out_of_memory(e: BaseException) -> str:
     """One line for a failed allocation: torch's CPU message spans an enforce prefix and an error code."""
     wanted = re.search(r"tried to allocate (\d+) bytes", str(e))
     if wanted:
-        return f"out of memory: an allocation of {int(wanted[1]) / 2**30:,.1f} GiB failed"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"out of memory: {first}"
+        size = int(wanted[1])
+        unit, scale = next((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("bytes", 1))
+                           if size >= s or s == 1)
+        return f"out of memory: an allocation of {size / scale:,.1f} {unit} failed"
+    return f"out of memory: {torch_error_text(e)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,8 +45,8 @@ def require_finite_number(name: str, value: object, *, positive: bool = False) -
 def integer_value(value: object) -> int | None:
     """`value` as a Python int when it is an integer of any kind (int, NumPy integer, integer 0-d
     tensor), else None: a float or a bool passed where a count or an id belongs is a mistake."""
-    if isinstance(value, bool):
-        return None
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("torch.bool", "bool"):
+        return None  # a bool, NumPy's or torch's included
     try:
         return operator.index(value)
     except TypeError:

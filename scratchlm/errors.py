@@ -7,6 +7,8 @@ files and bad requests; let genuine bugs raise ordinary exceptions so they are l
 
 from __future__ import annotations
 
+import re
+
 
 class ScratchLMError(Exception):
     """Base class: a problem the user caused and can fix. The message is the whole explanation."""
@@ -39,3 +41,15 @@ class TrainingStopped(ScratchLMError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be: code that rolls back on an interrupt does so for both,
     and the CLI exits 143 for it (130 for Ctrl-C)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("no details" when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+def torch_error_text(error: BaseException) -> str:
+    """The first line of an error, without the `[enforce fail at file.cc:N] CONDITION.` prefix that
+    torch's C++ checks put before their message."""
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*(?:.*?\.\s+)?", "", first_line(error))

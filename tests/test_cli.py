@@ -200,3 +200,24 @@ def test_the_command_line_starts_without_importing_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_out_of_memory_is_recognised_in_each_of_torchs_wordings():
+    """Linux (a real failed allocation), Windows' "not enough memory" and CUDA's wording; sizes in
+    the unit that reads; torch's C++ prefix dropped; other errors are not taken for it."""
+    import torch
+
+    from scratchlm.cli import describe_out_of_memory, is_out_of_memory
+
+    with pytest.raises(RuntimeError) as real:
+        torch.empty(1 << 50, dtype=torch.uint8)
+    assert is_out_of_memory(real.value)
+    assert describe_out_of_memory(real.value) == "out of memory: an allocation of 1,048,576.0 GiB failed"
+    windows = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 911360 bytes.")
+    assert is_out_of_memory(windows)
+    assert describe_out_of_memory(windows) == "out of memory: an allocation of 890.0 KiB failed"
+    cuda = RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.2 GiB total)\nmore lines")
+    assert is_out_of_memory(cuda)
+    assert describe_out_of_memory(cuda) == "out of memory: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.2 GiB total)"
+    assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))

@@ -117,3 +117,13 @@ def test_a_float_setting_must_be_a_finite_number():
     for value in (float("nan"), float("inf"), True, "1e-3"):
         with pytest.raises(ConfigError, match="train.lr must be a finite number"):
             from_dict(Stage, {"train": {"lr": value}})
+
+
+def test_integers_of_any_kind_are_integers_and_bools_of_any_kind_are_not():
+    import numpy as np
+    import torch
+
+    from scratchlm.config import integer_value
+
+    assert [integer_value(v) for v in (5, np.int64(4), torch.tensor(3))] == [5, 4, 3]
+    assert [integer_value(v) for v in (True, np.bool_(True), torch.tensor(True), 2.0, "7", None)] == [None] * 6

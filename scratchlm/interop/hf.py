@@ -7,9 +7,10 @@ Two families map one-to-one onto `ModelConfig`:
   attention, no biases. Separate q/k/v and gate/up matrices are stacked into scratchlm's fused
   `qkv` and `fc` matrices (and split again on export).
 
-Dropout, which changes training only, maps to scratchlm's one `dropout` rate: GPT-2's three rates
-when they are equal, and Llama's `attention_dropout` (Llama has no other; scratchlm's rate also
-drops the residual branches and the embeddings), written back the same way on export.
+Dropout, which changes training only, maps to scratchlm's one `dropout` rate: GPT-2's residual
+rate `resid_pdrop` (its embedding and attention rates are the same in every released checkpoint;
+export writes all three), and Llama's `attention_dropout` (Llama has no other; scratchlm's rate
+also drops the residual branches and the embeddings).
 
 Only config.json and safetensors files are read or written, so neither direction needs
 `transformers` installed, and nothing is unpickled.
@@ -101,7 +102,6 @@ GPT2_KEYS = {
     "max_seq_len": "n_positions", "norm_eps": "layer_norm_epsilon", "tie_embeddings": "tie_word_embeddings",
     "init_std": "initializer_range", "dropout": "resid_pdrop",
 }
-GPT2_DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT2Config's default for each: 0.1
 
 
 def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
@@ -112,18 +112,12 @@ def gpt2_config_to_ours(hf: Mapping[str, Any]) -> ModelConfig:
         raise ModelError("GPT-2 checkpoints with non-standard attention scaling are not supported")
     if hf.get("add_cross_attention", False):
         raise ModelError("GPT-2 checkpoints with cross-attention are not supported")
-    dropouts = {key: hf.get(key, 0.1) for key in GPT2_DROPOUTS}
-    if len(set(dropouts.values())) > 1:
-        raise ModelError(
-            f"GPT-2 dropouts differ ({', '.join(f'{k} {v}' for k, v in dropouts.items())}): scratchlm has one "
-            "model.dropout for all three; make them equal in config.json (dropout does not change inference)"
-        )
     return _checked(
         GPT2_KEYS, vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_kv_head=hf["n_head"],
         d_model=hf["n_embd"], d_ff=hf.get("n_inner"), max_seq_len=hf["n_positions"], pos="learned",
         norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True), init_std=hf.get("initializer_range", 0.02),
-        dropout=dropouts["resid_pdrop"],
+        dropout=hf.get("resid_pdrop", 0.1),
     )
 
 

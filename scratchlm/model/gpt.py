@@ -30,6 +30,8 @@ from scratchlm.model.matmul import Linear
 from scratchlm.model.norm import RMSNorm
 from scratchlm.model.tied import GradientHandoff, tied_embedding
 
+AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the floating dtypes autocast casts
+
 # --- the KV cache -------------------------------------------------------------------------------
 
 
@@ -299,7 +301,7 @@ class GPT(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> KVCache:
         """A zeroed KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len),
-        in `dtype` (default the weights'; under autocast, the autocast dtype the keys are made in)."""
+        in `dtype` (default: the dtype the keys are made in, `activation_dtype`)."""
         cfg = self.cfg
         max_len = cfg.max_seq_len if max_len is None else max_len
         for name, value in (("batch_size", batch_size), ("max_len", max_len)):
@@ -310,10 +312,18 @@ class GPT(nn.Module):
         weight = self.tok_emb.weight
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
         device = weight.device if device is None else device
-        dtype = weight.dtype if dtype is None else dtype
+        dtype = self.activation_dtype() if dtype is None else dtype
         return KVCache(
             k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype)
         )
+
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype activations, keys and values are made in: autocast's where autocast casts the
+        weights (it leaves float64 alone), else the weights'."""
+        weight = self.tok_emb.weight
+        if torch.is_autocast_enabled(weight.device.type) and weight.dtype in AUTOCAST_DTYPES:
+            return torch.get_autocast_dtype(weight.device.type)
+        return weight.dtype
 
     def _check_cache(self, cache: KVCache, batch: int, end: int) -> None:
         """A cache made by `new_cache` for this model's layout, device and compute dtype, large enough:
@@ -330,10 +340,13 @@ class GPT(nn.Module):
             raise ModelError(
                 f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {batch} up to position {end}"
             )
-        device = self.tok_emb.weight.device
-        compute = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        dtype = compute or self.tok_emb.weight.dtype
-        if cache.k.dtype != dtype or cache.v.dtype != dtype:
+        weight = self.tok_emb.weight
+        dtype, device = self.activation_dtype(), weight.device
+        # Under autocast the attention casts the cached keys and values itself; otherwise they
+        # must be in the queries' dtype.
+        autocast = torch.is_autocast_enabled(device.type) and weight.dtype in AUTOCAST_DTYPES
+        usable = AUTOCAST_DTYPES if autocast else (dtype,)
+        if cache.k.dtype not in usable or cache.v.dtype not in usable:
             raise ModelError(f"KV cache holds {cache.k.dtype} but this model computes in {dtype}: "
                              f"make it with new_cache(..., dtype={dtype})")
         if cache.k.device != device or cache.v.device != device:
@@ -374,7 +387,7 @@ class GPT(nn.Module):
 
         rope = None
         if self.rope_cos is not None:  # (T, 1, head_dim), cast once for every layer under autocast
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            dtype = self.activation_dtype()
             rope = tuple(t[start_pos:end, None].to(dtype) for t in (self.rope_cos, self.rope_sin))
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])

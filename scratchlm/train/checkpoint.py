@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scratchlm.errors import CheckpointError, ModelError
+from scratchlm.errors import CheckpointError, ModelError, first_line, torch_error_text
 from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, read_json_object
 from scratchlm.model.io import (
     CHECKPOINT_STATE_FILE,
@@ -112,11 +112,12 @@ def save_checkpoint(
             atomic_write_json(tmp / CHECKPOINT_STATE_FILE, train_state)
         atomic_write_text(root / "latest", final.name + "\n")
     except (OSError, RuntimeError) as e:  # a full disk, a quota, a size limit: say what the run still has
-        # torch.save reports a failed write as a RuntimeError of its zip writer, not an OSError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else _torch_error_text(e)
+        if isinstance(e, RuntimeError) and not is_write_failure(e):
+            raise  # a fault of the device or the state (a CUDA error while copying), not of the disk
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else torch_error_text(e)
         survivor = find_latest(root)
         then = f"--resume continues from {survivor.name}" if survivor else "no earlier checkpoint to resume from"
-        raise CheckpointError(f"{final}: the checkpoint could not be written ({reason}); {then}") from None
+        raise CheckpointError(f"{final}: the checkpoint could not be written ({reason}); {then}") from e
     return final
 
 
@@ -260,17 +261,15 @@ def as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
     try:
         yield
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {_first_line(e)})") from None
+        raise CheckpointError(f"{path}: {problem} ({type(e).__name__}: {first_line(e)})") from None
 
 
-def _torch_error_text(error: Exception) -> str:
-    """The first line of an error, without the `[enforce fail at file.cc:N] .` prefix of torch's C++ checks."""
-    return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", _first_line(error))
+# How torch.save's zip writer reports a short or failed write (a RuntimeError, not an OSError).
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
+def is_write_failure(error: RuntimeError) -> bool:
+    return any(words in str(error) for words in TORCH_WRITE_FAILURES)
 
 
 def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> list[Path]:

@@ -34,6 +34,15 @@ def test_greedy_generation_equals_repeated_full_forwards(model):
     assert generate(model, torch.tensor([prompt]), 10, temperature=0) == greedy_without_cache(model, prompt, 10)
 
 
+def test_generation_under_autocast_uses_a_cache_it_accepts(model):
+    """A caller's autocast used to meet a cache in the weights' dtype, which the model refused."""
+    prompt = [3, 1, 4, 1, 5]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = generate(model, prompt, 8, temperature=0)
+        expected = greedy_without_cache(model, prompt, 8)
+    assert got == expected
+
+
 def test_sampling_is_reproducible_with_a_seed(model):
     a = generate(model, [1, 2], 15, temperature=1.0, seed=7)
     assert a == generate(model, [1, 2], 15, temperature=1.0, seed=7)

@@ -58,17 +58,33 @@ def test_cached_decoding_equals_a_full_forward(n_kv_head, pos):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
-def test_cached_decoding_under_autocast_takes_a_cache_in_the_autocast_dtype():
+@pytest.mark.parametrize("cache_dtype", [None, torch.float32, torch.float16])
+def test_cached_decoding_under_autocast_equals_a_full_forward(cache_dtype):
+    """The default cache is in the dtype keys are made in (bf16 here); a cache in another dtype
+    autocast casts also works, as it did before caches were checked."""
     model = random_model(tiny(n_kv_head=2))
     idx = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(idx)
-        cache = model.new_cache(1, dtype=torch.bfloat16)
+        cache = model.new_cache(1, dtype=cache_dtype)
+        assert cache.k.dtype == (cache_dtype or torch.bfloat16) and model.activation_dtype() == torch.bfloat16
         pieces = [model(idx[:, :6], cache, start_pos=0)]
         pieces += [model(idx[:, t : t + 1], cache, start_pos=t) for t in range(6, 12)]
-        with pytest.raises(ModelError, match="holds torch.float32 but this model computes in torch.bfloat16"):
-            model(idx[:, :1], model.new_cache(1), start_pos=0)  # the weights' dtype: wrong here
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=0.1, rtol=0.05)
+
+
+def test_a_float64_model_under_autocast_keeps_float64_keys():
+    """Autocast leaves float64 alone, so its keys (and cache) stay float64."""
+    model = random_model(tiny(n_kv_head=2)).double()
+    idx = torch.randint(0, 61, (1, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.activation_dtype() == torch.float64 and model.new_cache(1).k.dtype == torch.float64
+        cache = model.new_cache(1)
+        pieces = [model(idx[:, :4], cache, start_pos=0)] + [model(idx[:, t : t + 1], cache, start_pos=t)
+                                                              for t in range(4, 8)]
+        with pytest.raises(ModelError, match="holds torch.bfloat16 but this model computes in torch.float64"):
+            model(idx[:, :1], model.new_cache(1, dtype=torch.bfloat16))
+        torch.testing.assert_close(torch.cat(pieces, dim=1), model(idx), atol=1e-9, rtol=1e-9)
 
 
 _IDX = torch.zeros(1, 3, dtype=torch.long)

@@ -189,19 +189,24 @@ def test_optimizer_state_of_other_shapes_or_groups_does_not_fit(tmp_path):
     ckpt.check_optimizer_fits(saved, torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))]), tmp_path / "optimizer.pt")
 
 
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_an_optimizer_state_saved_without_fsdp_loads_the_way_fsdp_loads_it(optimizer):
+def test_an_optimizer_state_saved_without_fsdp_loads_the_way_fsdp_loads_it(optimizer, tied):
     """FSDP loads a whole optimizer state keyed by parameter name; a run without FSDP saves one keyed
     by number, and resuming it with strategy fsdp failed with KeyError: 'state.0.step'. The loading
     call is FSDP's own (`set_optimizer_state_dict`), which needs no process group for a plain module."""
     import copy
 
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
 
     from scratchlm.model import GPT, ModelConfig
     from scratchlm.train.optim import build_optimizer
 
-    cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=16, tie_embeddings=False)
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=16, tie_embeddings=tied)
     torch.manual_seed(0)
     model, ids = GPT(cfg), torch.randint(0, 64, (2, 8))
     opt = build_optimizer(model, optimizer, lr=1e-3)
@@ -218,6 +223,8 @@ def test_an_optimizer_state_saved_without_fsdp_loads_the_way_fsdp_loads_it(optim
         set_optimizer_state_dict(twin, build_optimizer(twin, optimizer, lr=1e-3), copy.deepcopy(saved), options=options)
     twin_opt = build_optimizer(twin, optimizer, lr=1e-3)
     by_name = ckpt.optimizer_state_by_name(saved, twin_opt, twin)
+    # the names FSDP itself gives these parameters (a tied head is the embedding's one name)
+    assert set(by_name["state"]) == set(get_optimizer_state_dict(model, opt, options=options)["state"])
     assert ckpt.optimizer_state_by_name(by_name, twin_opt, twin) is by_name  # FSDP's own: as it is
     set_optimizer_state_dict(twin, twin_opt, by_name, options=options)
     for param, twin_param in zip(model.parameters(), twin.parameters()):
@@ -262,3 +269,17 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_naming_the_one_to_resu
                      "--resume continues from step-000001")
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]  # no partial directory
     assert ckpt.find_latest(root) == root / "step-000001"
+
+
+def test_a_fault_that_is_not_a_failed_write_stays_itself(tmp_path, monkeypatch):
+    """A device fault surfacing in torch.save (a CUDA error while copying the optimizer state to
+    the CPU, which this machine cannot make, so torch.save is made to raise one) is not reported as
+    a full disk: it stays the RuntimeError it is, and no partial directory is left."""
+
+    def device_fault(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(ckpt.torch, "save", device_fault)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        ckpt.save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {}, {}, [{}], {"step": 1})
+    assert list(tmp_path.iterdir()) == []
