@@ -7,12 +7,16 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scratchlm.cli import add_config_args, given_flags
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
-from scratchlm.fsutil import brief, is_json_int, parse_json
+from scratchlm.fsutil import brief, is_json_int, parse_json, read_json
+
+if TYPE_CHECKING:
+    from scratchlm.tokenizer import Tokenizer
 
 
 def register(root, groups) -> None:
@@ -105,13 +109,52 @@ def _import(args: argparse.Namespace) -> int:
     if args.special:  # new ids after the existing ones: every existing id keeps its meaning
         tok = tok.add_special_tokens(args.special)
     sources = list(args.gpt2) if args.gpt2 else [args.hf]
-    if args.tiktoken and Path(args.tiktoken).is_dir():  # checked before --out is replaced
-        raise TokenizerError(f"{args.tiktoken}: is a directory; --tiktoken names the file to write")
-    save_tokenizer_dir(tok, args.out, sources)
+    processor, config, read = _hf_extras(args.hf, tok) if args.hf else (None, {}, [])
+    if args.tiktoken:  # checked before --out is replaced
+        _check_tiktoken_path(args.tiktoken, args.out, sources + read)
+    save_tokenizer_dir(tok, args.out, sources, post_processor=processor, config=config)
     if args.tiktoken:
         tok.export_tiktoken(args.tiktoken)
     print(f"saved {args.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:16]}", file=sys.stderr)
     return 0
+
+
+def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[str]]:
+    """What generation needs from a Hugging Face source besides the tokens: its post_processor
+    (the begin-of-text template) and its tokenizer_config.json's bos/eos tokens; and the files read."""
+    from scratchlm.tokenizer import formats
+    from scratchlm.tokenizer.tokenizer import CONFIG_FILE, TOKENIZER_FILE
+
+    path = Path(source)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    doc = read_json(file, TokenizerError)  # read_hf_tokenizer has read it: a JSON object
+    processor = formats.carried_post_processor(doc.get("post_processor"), tok.special_tokens, str(file))
+    config_file = file.parent / CONFIG_FILE
+    if not config_file.is_file():
+        return processor, {}, [str(file)]
+    config = formats.carried_config(read_json(config_file, TokenizerError), tok.special_tokens, str(config_file))
+    return processor, config, [str(file), str(config_file)]
+
+
+def _check_tiktoken_path(path: str, out: str, sources: list[str]) -> None:
+    """Refuse, before anything is written, a --tiktoken file that would replace an input or a file
+    of --out (which is replaced after it), or that cannot be written where it is named."""
+    given = Path(path).expanduser()
+    try:
+        target = given.resolve()
+        inputs = [Path(source).expanduser().resolve() for source in sources]
+        out_dir = Path(out).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop
+        raise TokenizerError(f"{path}: cannot be resolved ({e})") from None
+    if target == out_dir or out_dir in target.parents:
+        raise TokenizerError(f"{path}: is inside --out {out}, which is replaced; choose a file outside it")
+    for source, resolved in zip(sources, inputs):
+        if target == resolved or resolved in target.parents:
+            raise TokenizerError(f"{path}: is the input {source}; choose another --tiktoken file")
+    if target.is_dir():
+        raise TokenizerError(f"{path}: is a directory; --tiktoken names the file to write")
+    if not given.parent.is_dir():
+        raise TokenizerError(f"{path}: {given.parent} is not a directory")
 
 
 def _encode(args: argparse.Namespace) -> int:

@@ -13,9 +13,12 @@ whole is looked up directly, as tiktoken does.
 
 Imported files are read the other way: a token's id becomes its rank, which requires ids to
 follow the merge order (GPT-2's files and `tokenizers`' trainer output do; a file that does not
-is refused with the merge line). Their merges are then applied by tiktoken's rule, which matches a
-merge list except in a corner that trained BPEs almost never reach: a word whose bytes are a token
-but which the merge list would not assemble (tiktoken returns the whole token).
+is refused with the merge line). Their merges are then applied by tiktoken's rule, which gives the
+merge list's ids exactly when, in addition, the merge list assembles every multi-byte token from
+its own bytes (`_check_tokens_assemble`): a pair that tiktoken could merge but the list does not
+name can only ever meet inside the bytes of the token it would make, so it shows up there. Trained
+files always pass; a truncated merges list, or one naming a token's parts in another order than its
+id (merges `a b`, `b c`, `a bc`), is refused with the token.
 
 Special tokens are written both in `added_tokens` and in the model vocab, with their ids, as
 Hugging Face does; files that list them only in `added_tokens` (scratchlm's earlier layout) are
@@ -249,25 +252,96 @@ def _split_regex(step: dict[str, Any], where: str) -> str:
 
 
 def _check_merge_order(merges: list[tuple[bytes, bytes]], ranks: Mapping[bytes, int], where: str) -> None:
-    """Ids must follow merge order, so that an id can serve as the merge priority (tiktoken's rule)."""
+    """Ids must follow merge order, so that an id can serve as the merge priority (tiktoken's rule).
+
+    Several merges may make one token (scratchlm writes every split of a token) only as one run of
+    lines: Hugging Face ranks each line apart, so another token's merge between two of them would
+    be preferred by Hugging Face over the later line but not by tiktoken, which ranks them alike.
+    A repeated merge line is refused too: Hugging Face keeps the rank of its last copy.
+    """
     highest = -1
     made_before: set[bytes] = set()
+    seen: dict[tuple[bytes, bytes], int] = {}
+    previous: bytes | None = None
     for line, (left, right) in enumerate(merges, start=1):
         for part in (left, right):
             if part not in ranks:
                 raise TokenizerError(f"{where}: merge {line} uses {part!r}, which is not in the vocab")
+        first = seen.setdefault((left, right), line)
+        if first != line:
+            raise TokenizerError(
+                f"{where}: merge {line} ({token_to_text(left)} {token_to_text(right)}) repeats merge {first}; "
+                "Hugging Face would rank it by its last copy"
+            )
         token = left + right
         made = ranks.get(token)
         if made is None:
             raise TokenizerError(f"{where}: merge {line} makes {token!r}, which is not in the vocab")
-        if token in made_before:  # another way to make a token made earlier
+        if token == previous:  # another split of the token the line before makes
             continue
+        if token in made_before:
+            raise TokenizerError(
+                f"{where}: merge {line} makes {token_to_text(token)!r} again after merges of other tokens; "
+                "Hugging Face would rank the two ways apart, scratchlm cannot"
+            )
         made_before.add(token)
+        previous = token
         if made <= highest:
             raise TokenizerError(
                 f"{where}: merge {line} is out of the order of the token ids (id {made} after {highest})"
             )
         highest = made
+
+
+def _merge_list_bpe(token: bytes, merge_rank: Mapping[tuple[bytes, bytes], int]) -> list[bytes]:
+    """Hugging Face's BPE of one word by its merge list: the adjacent pair whose merge line comes
+    first is merged (the leftmost where it occurs twice), until no listed pair is left."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 1:
+        best, at = None, -1
+        for i in range(len(parts) - 1):
+            rank = merge_rank.get((parts[i], parts[i + 1]))
+            if rank is not None and (best is None or rank < best):
+                best, at = rank, i
+        if best is None:
+            break
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
+    return parts
+
+
+def _has_split(token: bytes, ranks: Mapping[bytes, int]) -> bool:
+    """Whether two tokens make `token`: only then can tiktoken build it inside a longer word."""
+    return any(token[:cut] in ranks and token[cut:] in ranks for cut in range(1, len(token)))
+
+
+def _check_tokens_assemble(
+    merges: list[tuple[bytes, bytes]], ranks: Mapping[bytes, int], ignore_merges: bool, where: str
+) -> None:
+    """Every multi-byte token must be what the merge list makes of its own bytes.
+
+    Otherwise tiktoken's rule gives other ids than the merge list: it looks a whole word up (where
+    Hugging Face, without `ignore_merges`, would return the pieces) and it merges any two adjacent
+    tokens that make a token, where Hugging Face merges only listed pairs. (A listed merge order
+    that ids follow makes both rules agree wherever the second does not bite, and it can only bite
+    on pieces that also meet when the token's own bytes are merged.) With `ignore_merges`, a token
+    that no two tokens make is harmless: both look it up as a whole word and neither can build it.
+    The layout scratchlm writes (every split, by id, with `ignore_merges`) is tiktoken's rule
+    spelled out, so it is recognised and not simulated token by token.
+    """
+    if ignore_merges and merges == merge_list(ranks):  # scratchlm's own layout: tiktoken's rule itself
+        return
+    merge_rank = {pair: line for line, pair in enumerate(merges)}
+    for token, idx in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) < 2 or (ignore_merges and not _has_split(token, ranks)):
+            continue
+        parts = _merge_list_bpe(token, merge_rank)
+        if len(parts) != 1:
+            shown = " ".join(token_to_text(part) for part in parts)
+            raise TokenizerError(
+                f"{where}: token {token_to_text(token)!r} (id {idx}) is not made by the merges from its "
+                f"own bytes (they stop at {shown!r}; a truncated or reordered merges list?), so scratchlm, "
+                "which merges by id, would give other ids than Hugging Face"
+            )
 
 
 def _bpe_model(doc: Any, where: str) -> dict[str, Any]:
@@ -284,13 +358,15 @@ def _bpe_model(doc: Any, where: str) -> dict[str, Any]:
     for key in ("continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
             raise TokenizerError(f"{where}: BPE option {key} is not supported")
+    if model.get("dropout") not in (None, 0):  # random merges skipped while encoding
+        raise TokenizerError(f"{where}: BPE dropout {brief(model.get('dropout'))} is not supported (need null or 0)")
     if doc.get("normalizer"):
         raise TokenizerError(f"{where}: tokenizers with a normalizer are not supported")
     return model
 
 
-def _added_tokens(entries: Any, where: str) -> dict[str, int]:
-    """`added_tokens` as special-token text -> id."""
+def _added_tokens(entries: Any, vocab: Mapping[str, Any], where: str) -> dict[str, int]:
+    """`added_tokens` as special-token text -> id, refusing what scratchlm cannot reproduce."""
     if entries is None:
         return {}
     if not isinstance(entries, list):
@@ -300,12 +376,53 @@ def _added_tokens(entries: Any, where: str) -> dict[str, int]:
         if (
             not isinstance(entry, dict)
             or not isinstance(entry.get("content"), str)
+            or not entry["content"]
             or not is_json_int(entry.get("id"))
         ):
             raise TokenizerError(f"{where}: malformed added_tokens entry {brief(entry)}")
+        _check_added_flags(entry, where)
+        if entry["content"] not in specials:
+            _check_added_id(entry["content"], entry["id"], vocab, specials, where)
         if specials.setdefault(entry["content"], entry["id"]) != entry["id"]:
             raise TokenizerError(f"{where}: added token {brief(entry['content'])} is listed with two ids")
     return specials
+
+
+def _check_added_flags(entry: dict[str, Any], where: str) -> None:
+    """Refuse added-token options that change Hugging Face's ids in ways tiktoken cannot follow.
+
+    A non-special added token cuts the text before BPE wherever it occurs (`lo` in `llo` too), even
+    when it is also an ordinary token; `lstrip`/`rstrip` swallow the spaces beside a special and
+    `single_word` matches it only between word boundaries. `normalized` is harmless: tokenizers
+    with a normalizer are refused, and without one the normalized text is the text.
+    """
+    name = brief(entry["content"])
+    if entry.get("special") is False:
+        raise TokenizerError(
+            f"{where}: added token {name} is not special (\"special\": false); Hugging Face splits text at it "
+            "before BPE, which scratchlm cannot reproduce"
+        )
+    for flag in ("lstrip", "rstrip", "single_word"):
+        if entry.get(flag):
+            raise TokenizerError(f"{where}: added token {name} has {flag}=true, which scratchlm does not support")
+
+
+def _check_added_id(
+    content: str, declared: int, vocab: Mapping[str, Any], before: Mapping[str, int], where: str
+) -> None:
+    """An added token that is not in the vocab gets the id Hugging Face gives it, not the one written:
+    the vocab's size for the first such token, then one past the highest added id. A file whose
+    ids differ would give other ids in `tokenizers` than here, so it is refused."""
+    if content in vocab:
+        return
+    size = len(vocab)
+    highest = max(before.values(), default=None)
+    given = size if highest is None or highest < size else highest + 1
+    if declared != given:
+        raise TokenizerError(
+            f"{where}: added token {brief(content)} has id {declared} but is not in the vocab, so Hugging "
+            f"Face gives it id {given}; list it in the model vocab with its id"
+        )
 
 
 def _ordinary_ranks(vocab: dict[str, Any], specials: Mapping[str, int], where: str) -> dict[bytes, int]:
@@ -346,22 +463,89 @@ def read_hf_tokenizer(path: str | Path) -> tuple[dict[bytes, int], dict[str, int
     doc = read_json(path, TokenizerError)
     model = _bpe_model(doc, where)
     pattern = _hf_pattern(doc.get("pre_tokenizer"), where)
-    specials = _added_tokens(doc.get("added_tokens"), where)
+    specials = _added_tokens(doc.get("added_tokens"), model["vocab"], where)
     ranks = _ordinary_ranks(model["vocab"], specials, where)
     check_ranks(ranks, where)
-    _check_merge_order(_hf_merges(model["merges"], ranks, where), ranks, where)
+    merges = _hf_merges(model["merges"], ranks, where)
+    _check_merge_order(merges, ranks, where)
+    _check_tokens_assemble(merges, ranks, bool(model.get("ignore_merges")), where)
     clash = set(specials.values()) & set(ranks.values())
     if clash:
         raise TokenizerError(f"{where}: special token ids {sorted(clash)[:5]} are also ordinary token ids")
     return ranks, specials, pattern
 
 
+_PROCESSORS = ("ByteLevel", "TemplateProcessing", "RobertaProcessing", "BertProcessing", "Sequence")
+
+
+def carried_post_processor(processor: Any, special_tokens: Mapping[str, int], where: str) -> Any:
+    """The source's `post_processor`, checked, for an imported tokenizer.json to keep.
+
+    Its template is how a Hugging Face tokenizer starts every text with a begin-of-text token (as
+    Llama 3's does); generation reads it from the saved file, and a model trained with it writes
+    poor text without it. Every token it adds must be a special token with the same id here.
+    """
+    if processor is None:
+        return None
+    if not isinstance(processor, dict) or processor.get("type") not in _PROCESSORS:
+        kind = processor.get("type") if isinstance(processor, dict) else processor
+        raise TokenizerError(f"{where}: post_processor {brief(kind)} is not supported")
+    if processor["type"] == "Sequence":
+        steps = processor.get("processors")
+        if not isinstance(steps, list):
+            raise TokenizerError(f"{where}: Sequence post_processor without a list of processors")
+        for step in steps:
+            carried_post_processor(step, special_tokens, where)
+    for name, ids in _processor_tokens(processor, where):
+        if not isinstance(name, str) or any(special_tokens.get(name) != idx for idx in ids):
+            raise TokenizerError(
+                f"{where}: post_processor adds {brief(name)} with ids {brief(ids)}, which is not a special token "
+                "with that id here"
+            )
+    return processor
+
+
+def _processor_tokens(processor: dict[str, Any], where: str) -> list[tuple[Any, list[Any]]]:
+    """(token text, ids) for each token a TemplateProcessing or Roberta/Bert processor adds."""
+    kind = processor["type"]
+    if kind in ("RobertaProcessing", "BertProcessing"):
+        pairs = [processor.get("cls"), processor.get("sep")]
+        if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+            raise TokenizerError(f"{where}: {kind} post_processor needs cls and sep as [token, id]")
+        return [(pair[0], [pair[1]]) for pair in pairs]
+    if kind != "TemplateProcessing":
+        return []
+    table = processor.get("special_tokens")
+    if not isinstance(table, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("ids"), list) for entry in table.values()
+    ):
+        raise TokenizerError(f"{where}: TemplateProcessing post_processor without a special_tokens table of ids")
+    return [(name, entry["ids"]) for name, entry in table.items()]
+
+
+def carried_config(config: Any, special_tokens: Mapping[str, int], where: str) -> dict[str, Any]:
+    """`bos_token` and `eos_token` of a source `tokenizer_config.json`, to keep on import: generation
+    stops at the source's end-of-sequence token, which need not be `<|endoftext|>`."""
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{where}: expected a JSON object")
+    kept: dict[str, Any] = {}
+    for key in ("bos_token", "eos_token"):
+        if key not in config:
+            continue
+        value = config[key]
+        name = value.get("content") if isinstance(value, dict) else value  # older files: an AddedToken
+        if name is not None and name not in special_tokens:
+            raise TokenizerError(f"{where}: {key} {brief(name)} is not a special token of the tokenizer")
+        kept[key] = name
+    return kept
+
+
 # --- GPT-2 encoder.json + vocab.bpe ----------------------------------------------------------
 
 
 def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[bytes, int], dict[str, int]]:
-    """Read GPT-2's files: (ranks, special tokens). A token no merge makes (and not a single byte)
-    is a special token, like `<|endoftext|>`."""
+    """Read GPT-2's files: (ranks, special tokens). A delimited token no merge makes, like
+    `<|endoftext|>`, is a special token; any other token no merge makes is refused."""
     enc_where, bpe_where = str(encoder_json), str(vocab_bpe)
     encoder = read_json(encoder_json, TokenizerError)
     lines = read_text_file(vocab_bpe, TokenizerError).splitlines()
@@ -387,11 +571,24 @@ def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[byt
         token = byte_level_token(text)
         if token is not None and (len(token) == 1 or token in made):
             ranks[token] = idx
-        else:
+        elif _looks_special(text):
             specials[text] = idx
+        else:
+            raise TokenizerError(
+                f"{bpe_where}: no merge makes token {text!r} (id {idx}) of {enc_where}; is {bpe_where} "
+                "truncated? (only delimited tokens such as <|endoftext|> may be made by no merge)"
+            )
     check_ranks(ranks, enc_where)
     _check_merge_order(merges, ranks, bpe_where)
+    _check_tokens_assemble(merges, ranks, False, bpe_where)
     return ranks, specials
+
+
+def _looks_special(text: str) -> bool:
+    """A token GPT-2's files hold outside the merges on purpose, like `<|endoftext|>`: any other
+    token no merge makes is a sign of a damaged vocab.bpe, and turned into a special token it
+    would be refused in text that Hugging Face encodes."""
+    return len(text) > 2 and text.startswith("<") and text.endswith(">")
 
 
 # --- tiktoken -------------------------------------------------------------------------------
