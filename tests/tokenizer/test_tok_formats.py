@@ -10,9 +10,9 @@ import tiktoken
 import tiktoken.load
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tok_testdata import MIXED, write_gpt2_pair
+from tok_testdata import MIXED, hf_byte_level_bpe, write_gpt2_pair
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers
 
 from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer import GPT4_PATTERN, Tokenizer, formats
@@ -118,16 +118,7 @@ def test_imported_gpt2_exports_to_hf_with_same_ids(tmp_path):
 
 
 def test_import_hf_trained_tokenizer(corpus, tmp_path):
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    hf.train_from_iterator(corpus[:10], trainer)
+    hf = hf_byte_level_bpe(corpus[:10], 600)
     hf.save(str(tmp_path / "hf.json"))
     tok = Tokenizer.from_hf(tmp_path / "hf.json")
     assert tok.eot_id == 0 and tok.vocab_size == hf.get_vocab_size()

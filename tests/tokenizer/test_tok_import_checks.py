@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tok_testdata import write_gpt2_pair
+from tok_testdata import hf_byte_level_bpe, write_gpt2_pair
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from scratchlm.cli import main
 from scratchlm.errors import TokenizerError
@@ -24,17 +23,7 @@ TEXTS = ["say hello world", " lo llo lol", "x <mask> y", "a  <mask>  b", "foo<ma
 @pytest.fixture(scope="module")
 def base_doc() -> dict:
     """A tiny byte-level BPE trained by `tokenizers`, as a tokenizer.json document."""
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    hf.train_from_iterator(["hello world, lo and below, we wow low owls"] * 20, trainer)
-    return json.loads(hf.to_str())
+    return json.loads(hf_byte_level_bpe(["hello world, lo and below, we wow low owls"] * 20, 300).to_str())
 
 
 def _variant(base_doc: dict, tmp_path, change) -> str:

@@ -46,3 +46,22 @@ def write_gpt2_pair(tmp_path):
     (tmp_path / "encoder.json").write_text(json.dumps(encoder))
     (tmp_path / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return tmp_path / "encoder.json", tmp_path / "vocab.bpe"
+
+
+def hf_byte_level_bpe(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained by Hugging Face `tokenizers` (GPT-2's pre-tokenizer, `<|endoftext|>`
+    special), as the files scratchlm imports are made."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer)
+    return hf
