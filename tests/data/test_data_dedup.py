@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from scratchlm.data.dedup import DedupConfig, KeyTable, MinHasher, find_duplicates
+from scratchlm.data.dedup import DedupConfig, DedupIndex, KeyTable, MinHasher, find_duplicates
 
 
 def document(rng: random.Random, n_words: int = 200) -> str:
@@ -97,3 +97,23 @@ def test_key_table_grows_and_keeps_first_values():
     assert (found[3000:5000] == np.arange(3000, 5000) + 10_000).all()
     assert (found[5000:] == -1).all()
     assert len(table.keys) >= 2 * table.size
+
+
+def test_a_document_is_compared_with_every_kept_document_it_shares_a_band_with_however_batched():
+    """A, then B (shares band 0 with A, about half as similar: kept), then C (a copy of B). C used
+    to be compared with A alone, the first owner of band 0, and kept; or found, depending on where
+    the batches were cut."""
+    cfg = DedupConfig()
+    rng = np.random.default_rng(0)
+    sketch_a = rng.integers(0, 256, cfg.num_perm, dtype=np.uint8)
+    sketch_b = sketch_a.copy()
+    sketch_b[: cfg.num_perm // 2] = rng.integers(0, 256, cfg.num_perm // 2, dtype=np.uint8)
+    sketches = np.stack([sketch_a, sketch_b, sketch_b])
+    bands = np.stack([np.arange(1, cfg.bands + 1), np.r_[1, np.arange(100, 100 + cfg.bands - 1)],
+                      np.r_[1, np.arange(200, 200 + cfg.bands - 1)]]).astype(np.uint64)
+    exact = np.array([11, 22, 33], dtype=np.uint64)
+    for cuts in ([(0, 3)], [(0, 1), (1, 3)], [(0, 2), (2, 3)], [(0, 1), (1, 2), (2, 3)]):
+        index, verdicts = DedupIndex(cfg), []
+        for lo, hi in cuts:
+            verdicts += index.check(exact[lo:hi], bands[lo:hi], sketches[lo:hi], np.ones(hi - lo, bool))
+        assert verdicts == [None, None, "near_duplicate"], cuts
