@@ -28,7 +28,7 @@ def register(root, groups) -> None:
         "--text-field", help="JSON key / parquet or dataset column holding the text (default: text)"
     )
     p.add_argument(
-        "--separator", help=r"split .txt files into documents on this string (\n and \t understood)"
+        "--separator", help=r"split .txt files into documents on this string (\n and \t understood; \n also matches CRLF)"
     )
     p.add_argument("--hf-split", metavar="NAME", help="hf:NAME inputs: the split to read (default: train)")
     p.add_argument(

@@ -34,7 +34,8 @@ class CleanConfig:
 
 
 def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str, bool]:
-    """The cleaned text, and whether invalid UTF-8 (lone surrogates or U+FFFD) had to be repaired."""
+    """The cleaned text, and whether lone surrogates (text decoded with `surrogateescape`) had to be
+    repaired; U+FFFD from bytes that were not UTF-8 is counted where the file is read."""
     config = config or CleanConfig()
     repaired = False
     if not text.isascii() and _has_surrogates(text):

@@ -182,14 +182,13 @@ def _source_name(path: Path) -> str:
 
 
 def _format_of(path: Path) -> str | None:
+    """The file's format under at most one compression suffix: only one layer is decompressed, so
+    `a.txt.zst.gz` is no known format (its text would be the zstd frame's bytes)."""
     name = path.name.lower()
-    for comp in COMPRESSIONS:
-        if name.endswith(comp):
-            name = name[: -len(comp)]
-    for fmt in FORMATS:
-        if name.endswith(fmt):
-            return fmt
-    return None
+    comp = _compression_of(path)
+    if comp:
+        name = name[: -len(comp)]
+    return next((fmt for fmt in FORMATS if name.endswith(fmt)), None)
 
 
 def _compression_of(path: Path) -> str | None:
@@ -379,17 +378,25 @@ def _split_stream(f: IO[bytes], sep: bytes) -> Iterator[bytes]:
     one read gives, so the stage sees the signal as soon as the input moves.
     """
     read = getattr(f, "read1", f.read)
+    pattern, longest = _separator_pattern(sep)
     piece = bytearray()
     while chunk := read(_TEXT_CHUNK):
-        search_from = max(0, len(piece) - len(sep) + 1)
+        search_from = max(0, len(piece) - longest + 1)
         piece += chunk
         start = 0
         with memoryview(piece) as view:  # slices of a view copy once, slices of piece twice
-            while (found := piece.find(sep, max(start, search_from))) != -1:
-                yield bytes(view[start:found])
-                start = found + len(sep)
+            while found := pattern.search(piece, max(start, search_from)):
+                yield bytes(view[start : found.start()])
+                start = found.end()
         del piece[:start]
     yield bytes(piece)
+
+
+def _separator_pattern(sep: bytes) -> tuple[re.Pattern[bytes], int]:
+    """The separator as a pattern in which each newline may also be written CRLF, and its longest
+    match: a separator typed with \\n must split Windows files too, whose line ends cleaning turns
+    into LF only after the split."""
+    return re.compile(re.escape(sep).replace(b"\\\n", b"\\r?\\n")), len(sep) + sep.count(b"\n")
 
 
 def _text_of_record(record: object, source: str, where: str, options: SourceOptions, stats: SourceStats):

@@ -41,6 +41,19 @@ def test_separator_split_streams_across_read_chunks(tmp_path, monkeypatch):
     assert texts([path], separator="<|sep|>") == ["alpha", "beta gamma", "delta"]
 
 
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_a_separator_typed_with_newlines_splits_windows_files_too(tmp_path, monkeypatch, chunk):
+    """CRLF files were one document under --separator '\\n\\n': the split ran on the raw bytes,
+    before cleaning turns CRLF into LF. Small chunks put a CR and its LF in different reads."""
+    import scratchlm.data.sources as sources
+
+    monkeypatch.setattr(sources, "_TEXT_CHUNK", chunk)
+    path = tmp_path / "windows.txt"
+    path.write_bytes(b"first doc\r\nline two\r\n\r\nsecond doc\n\nthird\r\n===\r\nfourth")
+    assert texts([path], separator="\n\n") == ["first doc\r\nline two", "second doc", "third\r\n===\r\nfourth"]
+    assert texts([path], separator="\n===\n") == ["first doc\r\nline two\r\n\r\nsecond doc\n\nthird", "fourth"]
+
+
 def test_jsonl_json_and_parquet_with_configurable_field(tmp_path):
     jsonl = write_jsonl(tmp_path / "a.jsonl", [{"body": "one"}, {"body": "two"}])
     js = tmp_path / "b.json"
@@ -143,6 +156,9 @@ def test_missing_field_error_names_line(tmp_path):
         ("broken.parquet", b"not parquet", "not a readable parquet file"),
         ("broken.json", b"[1, 2", "not valid JSON"),
         ("data.bin", b"\x00\x01", "unsupported file type"),
+        # one layer is decompressed: the inner zstd frame used to be read as one garbage document
+        ("twice.txt.zst.gz", gzip.compress(zstandard.ZstdCompressor().compress(b"text")), "unsupported file type"),
+        ("twice.jsonl.gz.zst", zstandard.ZstdCompressor().compress(gzip.compress(b"{}")), "unsupported file type"),
     ],
 )
 def test_unreadable_files_give_one_clear_error(tmp_path, name, content, message):
