@@ -128,6 +128,11 @@ class MonitorSection:
 
     def validate(self) -> None:
         _check_ranges(self, "monitor", POSITIVE_MONITOR_KEYS, NON_NEGATIVE_MONITOR_KEYS)
+        if not 1 <= self.min_history <= self.window:  # judged against no history, or never judged
+            raise ConfigError(
+                f"monitor.min_history must be in [1, monitor.window = {self.window}] (the rolling history holds "
+                f"at most window losses), got {self.min_history}"
+            )
         if not 0 <= self.repetition_threshold <= 1:
             raise ConfigError(f"monitor.repetition_threshold must be in [0, 1], got {self.repetition_threshold}")
 

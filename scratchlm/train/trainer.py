@@ -470,15 +470,11 @@ class PretrainRun:
         self._skip_batch("nan_skip", verdict.detail)
         if self.scaler is not None and math.isfinite(loss_value):
             return  # fp16 overflow: the scaler has lowered its scale; move on
-        self._diagnose(
-            "nonfinite",
-            diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr),
-        )
+        advice = diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr)
+        self._diagnose("nonfinite", advice)  # said once per run
         if self.monitor.consecutive_nonfinite >= self.config.monitor.max_nonfinite:
-            raise TrainingStopped(
-                f"{self.monitor.consecutive_nonfinite} non-finite steps in a row at step {st.step}: "
-                + self.diagnoses[-1]
-            )
+            # this step's advice, not the latest diagnosis (which may be about something else)
+            raise TrainingStopped(f"{self.monitor.consecutive_nonfinite} non-finite steps in a row at step {st.step}: {advice}")
 
     def _zero_grad(self) -> None:
         """On CPU the gradient buffers are kept (zeroed) between steps: freeing and re-allocating
@@ -770,10 +766,11 @@ class PretrainRun:
         self.monitor.load_state_dict(saved.get("monitor", {}))
         before = self.state
         self.state = TrainState(**{k: saved[k] for k in asdict(TrainState()) if k in saved})
-        if not resumed:  # a rollback keeps the clock and the counts of what went wrong
+        if not resumed:  # a rollback keeps the clock and the count of rollbacks
             self.state.elapsed_s = before.elapsed_s
             self.state.rollbacks = before.rollbacks
-            self.state.skipped_batches = before.skipped_batches
+            # skipped_batches stays the checkpoint's: the rollback adds every batch from its data
+            # position on, those skipped since included (kept, they would count twice)
 
     def _check_same_optimizer(self, saved: dict[str, Any], path: Path) -> None:
         """A checkpoint's optimizer state only fits the optimizer that wrote it (the resolved

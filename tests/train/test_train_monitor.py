@@ -3,6 +3,7 @@ rolled back, and too many rollbacks stop the run with a diagnosis."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -151,3 +152,51 @@ def test_throughput_stays_positive_across_a_rollback(tokens, tmp_path):
     rows = [r for r in read_rows(out) if "tokens_per_s" in r]
     assert len(rows) > 12  # steps 6..8 are trained twice
     assert all(r["tokens_per_s"] > 0 and r["mfu"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("settings", [{"min_history": 0}, {"window": 5, "min_history": 20}])
+def test_a_history_the_monitor_can_never_judge_by_is_refused(settings):
+    """min_history 0 judged the first steps against an empty history (10 good batches skipped);
+    above the window it was never reached, so no spike was ever caught."""
+    from scratchlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"monitor.min_history must be in \[1, monitor.window"):
+        MonitorSection(**settings).validate()
+    MonitorSection(window=5, min_history=5).validate()
+
+
+def test_the_stop_after_non_finite_steps_quotes_their_advice_not_the_latest_diagnosis(tokens, tmp_path, monkeypatch):
+    """A NaN at batch 3 gives the once-per-run non-finite diagnosis; a throughput diagnosis comes
+    after it; the stop at the NaN streak used to quote the throughput advice."""
+
+    def nans(loss, data_step, debug):
+        return loss * float("nan") if data_step == 3 or 10 <= data_step <= 14 else loss
+
+    monkeypatch.setattr(trainer, "inject_fault", nans)
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 30}, monitor={**MONITOR, "max_nonfinite": 5, "low_mfu": 1.0})
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg)
+    message = str(stopped.value)
+    assert message.startswith("5 non-finite steps in a row at step 9: ") and "non-finite" in message.split(": ", 1)[1]
+    assert "utilisation" not in message
+    kinds = [d["kind"] for d in events(read_rows(out), "diagnosis")]
+    assert kinds.index("nonfinite") < kinds.index("low_throughput")  # the case this test is about
+
+
+def test_two_rollbacks_to_one_checkpoint_count_each_skipped_batch_once(tokens, tmp_path, monkeypatch):
+    """Spikes at batches 12 and 17, both rolled back to step 10: 8 positions were never trained
+    on, and skipped_batches used to say 11."""
+
+    def spikes(loss, data_step, debug):
+        return loss * 50 if data_step in (12, 17) else loss
+
+    monkeypatch.setattr(trainer, "inject_fault", spikes)
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 20, "checkpoint_every": 5},
+                      monitor={"min_history": 3, "response": "rollback", "rollback_skip_batches": 1, "max_rollbacks": 5})
+    summary = train(cfg)
+    rollbacks = events(read_rows(out), "rollback")
+    assert [r["to_step"] for r in rollbacks] == [10, 10] and summary["rollbacks"] == 2
+    final = json.loads((out / "checkpoints" / "step-000020" / "train_state.json").read_text())
+    assert summary["skipped_batches"] == final["skipped_batches"] == final["data_step"] - final["step"] == 8
