@@ -346,15 +346,21 @@ def route(encoded: Encoded, is_val: np.ndarray, writers: dict[str, SplitWriter])
 def _stream_into(
     config: TokenizeConfig, tokenizer: Tokenizer, dtype: str, writers: dict[str, SplitWriter]
 ) -> None:
-    """Encode every input document into `writers`, then close them (synced only on success)."""
+    """Encode every input document into `writers`, then close them (synced only on success).
+    Inputs without a document are refused, as `data prepare` refuses them: a tokens dir of nothing
+    (or an append of nothing) would look like a finished stage."""
     workers = config.workers or usable_cores()
     try:
+        documents = 0
         with ChunkEncoder(tokenizer, config.tokenizer, dtype, workers) as encoder:
             chunks, total = read_chunks(config)
             with progress(total=total, unit="doc", desc="tokenize") as bar:
                 for chunk, encoded in encoder.map(chunks):
                     route(encoded, chunk.is_val, writers)
                     bar.update(len(chunk))
+                    documents += len(chunk)
+        if not documents:
+            raise DataError(f"no documents found in the inputs: {', '.join(map(str, config.inputs))}")
     except BaseException:
         for w in writers.values():
             w.close(sync=False)

@@ -285,3 +285,19 @@ def test_cli_an_empty_archive_is_one_line_error(
     err = capsys.readouterr().err
     assert code == 2 and "empty.txt.zst: cannot read: the file is empty, a truncated .zst archive" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_inputs_without_a_document_are_refused_and_an_append_of_nothing_changes_nothing(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path
+) -> None:
+    """An empty input used to make a complete-looking tokens dir of 0 tokens; `data prepare`
+    refuses the same inputs."""
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no documents found in the inputs: .*empty.jsonl"):
+        run([tmp_path / "empty.jsonl"], tokenizer_dir, tmp_path / "tokens")
+    assert not (tmp_path / "tokens").exists()
+    run([prepared], tokenizer_dir, tmp_path / "tokens")
+    before = read_all(tmp_path / "tokens")
+    with pytest.raises(DataError, match="no documents found"):
+        run([tmp_path / "empty.jsonl"], tokenizer_dir, tmp_path / "tokens", append=True)
+    assert read_all(tmp_path / "tokens") == before and not (tmp_path / "tokens" / APPEND_MARKER).exists()
