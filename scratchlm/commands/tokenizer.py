@@ -149,7 +149,7 @@ def _check_tiktoken_path(path: str, out: str, sources: list[str]) -> None:
     if target == out_dir or out_dir in target.parents:
         raise TokenizerError(f"{path}: is inside --out {out}, which is replaced; choose a file outside it")
     for source, resolved in zip(sources, inputs):
-        if target == resolved or resolved in target.parents:
+        if target == resolved:
             raise TokenizerError(f"{path}: is the input {source}; choose another --tiktoken file")
     if target.is_dir():
         raise TokenizerError(f"{path}: is a directory; --tiktoken names the file to write")

@@ -396,6 +396,7 @@ def _separator_pattern(sep: bytes) -> tuple[re.Pattern[bytes], int]:
     """The separator as a pattern in which each newline may also be written CRLF, and its longest
     match: a separator typed with \\n must split Windows files too, whose line ends cleaning turns
     into LF only after the split."""
+    sep = sep.replace(b"\r\n", b"\n")  # one line end, however it is typed
     return re.compile(re.escape(sep).replace(b"\\\n", b"\\r?\\n")), len(sep) + sep.count(b"\n")
 
 

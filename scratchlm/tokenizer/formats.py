@@ -309,12 +309,7 @@ def _merge_list_bpe(token: bytes, merge_rank: Mapping[tuple[bytes, bytes], int])
     return parts
 
 
-def _has_split(token: bytes, ranks: Mapping[bytes, int]) -> bool:
-    """Whether two tokens make `token`: only then can tiktoken build it inside a longer word."""
-    return any(token[:cut] in ranks and token[cut:] in ranks for cut in range(1, len(token)))
-
-
-def _check_tokens_assemble(
+def check_tokens_assemble(
     merges: list[tuple[bytes, bytes]], ranks: Mapping[bytes, int], ignore_merges: bool, where: str
 ) -> None:
     """Every multi-byte token must be what the merge list makes of its own bytes.
@@ -323,16 +318,18 @@ def _check_tokens_assemble(
     Hugging Face, without `ignore_merges`, would return the pieces) and it merges any two adjacent
     tokens that make a token, where Hugging Face merges only listed pairs. (A listed merge order
     that ids follow makes both rules agree wherever the second does not bite, and it can only bite
-    on pieces that also meet when the token's own bytes are merged.) With `ignore_merges`, a token
-    that no two tokens make is harmless: both look it up as a whole word and neither can build it.
-    The layout scratchlm writes (every split, by id, with `ignore_merges`) is tiktoken's rule
-    spelled out, so it is recognised and not simulated token by token.
+    on pieces that also meet when the token's own bytes are merged.)
+
+    Files with `ignore_merges` pass: they are tiktoken vocabularies written for Hugging Face (Llama
+    3's lacks merges for 588 of its tokens) or scratchlm's own layout, and tiktoken's rule, which
+    scratchlm runs, is their original. Checked on import only (`Tokenizer.from_hf`, `from_gpt2`):
+    simulating every token costs about 0.4 s at 50,000 tokens, too much for every load.
     """
-    if ignore_merges and merges == merge_list(ranks):  # scratchlm's own layout: tiktoken's rule itself
+    if ignore_merges:
         return
     merge_rank = {pair: line for line, pair in enumerate(merges)}
     for token, idx in sorted(ranks.items(), key=lambda item: item[1]):
-        if len(token) < 2 or (ignore_merges and not _has_split(token, ranks)):
+        if len(token) < 2:
             continue
         parts = _merge_list_bpe(token, merge_rank)
         if len(parts) != 1:
@@ -456,8 +453,9 @@ def _hf_merges(items: list[Any], ranks: Mapping[bytes, int], where: str) -> list
     return merges
 
 
-def read_hf_tokenizer(path: str | Path) -> tuple[dict[bytes, int], dict[str, int], str]:
-    """Read a Hugging Face byte-level BPE `tokenizer.json`: (ranks, special tokens, pattern)."""
+def read_hf_tokenizer(path: str | Path, imported: bool = False) -> tuple[dict[bytes, int], dict[str, int], str]:
+    """Read a Hugging Face byte-level BPE `tokenizer.json`: (ranks, special tokens, pattern); an
+    `imported` file is also checked to assemble every token (`check_tokens_assemble`)."""
     path = Path(path)
     where = str(path)
     doc = read_json(path, TokenizerError)
@@ -468,7 +466,8 @@ def read_hf_tokenizer(path: str | Path) -> tuple[dict[bytes, int], dict[str, int
     check_ranks(ranks, where)
     merges = _hf_merges(model["merges"], ranks, where)
     _check_merge_order(merges, ranks, where)
-    _check_tokens_assemble(merges, ranks, bool(model.get("ignore_merges")), where)
+    if imported:
+        check_tokens_assemble(merges, ranks, bool(model.get("ignore_merges")), where)
     clash = set(specials.values()) & set(ranks.values())
     if clash:
         raise TokenizerError(f"{where}: special token ids {sorted(clash)[:5]} are also ordinary token ids")
@@ -580,15 +579,15 @@ def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[byt
             )
     check_ranks(ranks, enc_where)
     _check_merge_order(merges, ranks, bpe_where)
-    _check_tokens_assemble(merges, ranks, False, bpe_where)
+    check_tokens_assemble(merges, ranks, False, bpe_where)
     return ranks, specials
 
 
 def _looks_special(text: str) -> bool:
-    """A token GPT-2's files hold outside the merges on purpose, like `<|endoftext|>`: any other
-    token no merge makes is a sign of a damaged vocab.bpe, and turned into a special token it
+    """A token such files hold outside the merges on purpose, like `<|endoftext|>` or `[PAD]`: any
+    other token no merge makes is a sign of a damaged vocab.bpe, and turned into a special token it
     would be refused in text that Hugging Face encodes."""
-    return len(text) > 2 and text.startswith("<") and text.endswith(">")
+    return len(text) > 2 and (text[0], text[-1]) in (("<", ">"), ("[", "]"))
 
 
 # --- tiktoken -------------------------------------------------------------------------------

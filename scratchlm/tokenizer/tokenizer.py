@@ -192,21 +192,22 @@ class Tokenizer:
         return cls(ranks, specials, regex_text)
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
-        """Load a tokenizer directory (or its `tokenizer.json`) written by `save` or by Hugging Face."""
+    def load(cls, path: str | Path, imported: bool = False) -> Tokenizer:
+        """Load a tokenizer directory (or its `tokenizer.json`) written by `save` or by Hugging Face;
+        `imported` runs the checks a foreign file gets once, at import (`formats.read_hf_tokenizer`)."""
         path = Path(path)
         if not path.exists():
             raise TokenizerError(f"{path}: no such tokenizer file or directory")
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.exists():
             raise TokenizerError(f"{path}: no {TOKENIZER_FILE} in this directory")
-        return cls._from_file(file, *formats.read_hf_tokenizer(file))
+        return cls._from_file(file, *formats.read_hf_tokenizer(file, imported))
 
     @classmethod
     def from_hf(cls, tokenizer_json: str | Path) -> Tokenizer:
         """Import a Hugging Face byte-level BPE `tokenizer.json` (or the directory holding it);
         unlike `load`, its pattern must also split text alike in every engine (`check_pattern`)."""
-        tok = cls.load(tokenizer_json)
+        tok = cls.load(tokenizer_json, imported=True)
         try:
             resolve_pattern(tok.pattern)
         except TokenizerError as e:

@@ -52,6 +52,8 @@ def test_a_separator_typed_with_newlines_splits_windows_files_too(tmp_path, monk
     path.write_bytes(b"first doc\r\nline two\r\n\r\nsecond doc\n\nthird\r\n===\r\nfourth")
     assert texts([path], separator="\n\n") == ["first doc\r\nline two", "second doc", "third\r\n===\r\nfourth"]
     assert texts([path], separator="\n===\n") == ["first doc\r\nline two\r\n\r\nsecond doc\n\nthird", "fourth"]
+    path.write_bytes(b"a\r\r\nb\r\nc\nd")  # a separator typed as CRLF is one line end too
+    assert texts([path], separator="\r\n") == ["a\r", "b", "c", "d"]
 
 
 def test_jsonl_json_and_parquet_with_configurable_field(tmp_path):

@@ -123,13 +123,12 @@ def _repeat_merge(doc: dict, again: bool) -> None:
     [
         (lambda d: _drop_merge(d, ["Ġ", "w"]), r"token 'Ġw' \(id \d+\) is not made by the merges", True),
         (lambda d: d["model"].update(merges=[]), "is not made by the merges", True),
-        (lambda d: d["model"].update(merges=[], ignore_merges=True), "is not made by the merges", True),
         # tokenizers ranks a repeated line by its last copy, and a second way to make a token by
         # its own line, where merging by id ranks both with the token.
         (lambda d: _repeat_merge(d, True), r"repeats merge 1", False),
         (lambda d: _repeat_merge(d, False), r"again after merges of other tokens", False),
     ],
-    ids=["one merge dropped", "no merges", "no merges, ignore_merges", "a merge repeated", "a token made again later"],
+    ids=["one merge dropped", "no merges", "a merge repeated", "a token made again later"],
 )  # fmt: skip
 def test_merge_lists_that_would_not_give_hf_ids_are_refused(base_doc, tmp_path, change, message, shown_to_differ):
     ours = Tokenizer.from_hf(_variant(base_doc, tmp_path, lambda d: None))
@@ -138,6 +137,20 @@ def test_merge_lists_that_would_not_give_hf_ids_are_refused(base_doc, tmp_path, 
         assert _hf_differs(path, ours.encode_ordinary)
     with pytest.raises(TokenizerError, match=message):
         Tokenizer.from_hf(path)
+
+
+def test_a_tiktoken_vocabulary_written_with_ignore_merges_imports_with_tiktoken_ids(base_doc, tmp_path):
+    """Llama 3's tokenizer.json lacks merges for 588 of its tokens and sets ignore_merges: it is a
+    tiktoken vocabulary, whose original ids are tiktoken's rule, which scratchlm runs. Such a file
+    imports (it was refused for a while this session), and so does scratchlm's own layout."""
+    ours = Tokenizer.from_hf(_variant(base_doc, tmp_path, lambda d: None))
+    dropped = _variant(base_doc, tmp_path, lambda d: (_drop_merge(d, ["Ġ", "w"]), d["model"].update(ignore_merges=True)))
+    imported = Tokenizer.from_hf(dropped)
+    assert imported.ranks == ours.ranks
+    for text in TEXTS:
+        assert imported.encode_ordinary(text) == ours.encode_ordinary(text)
+    ours.save(tmp_path / "own")
+    assert Tokenizer.from_hf(tmp_path / "own").sha256 == ours.sha256
 
 
 def _hand_made(tmp_path, extra: dict[str, int], merges: list[list[str]], ignore_merges: bool = False) -> str:
@@ -178,6 +191,16 @@ def test_gpt2_tokens_no_merge_makes_are_refused_unless_delimited(tmp_path):
     bpe.write_text("\n".join(lines[:4]) + "\n")  # cut short: "Ġlow" is GPT-2's stand-in text
     with pytest.raises(TokenizerError, match=r"no merge makes token 'Ġlow'.*truncated"):
         Tokenizer.from_gpt2(enc, bpe)
+
+
+def test_gpt2_specials_in_square_brackets_import(tmp_path):
+    """`tokenizers` writes specials such as [PAD] into vocab.json too, made by no merge on purpose."""
+    enc, bpe = write_gpt2_pair(tmp_path)
+    encoder = json.loads(enc.read_text())
+    encoder["[PAD]"] = 265
+    enc.write_text(json.dumps(encoder))
+    tok = Tokenizer.from_gpt2(enc, bpe)
+    assert tok.special_tokens == {"<|endoftext|>": 264, "[PAD]": 265}
 
 
 def _run(capsys, *argv):
@@ -245,3 +268,17 @@ def test_a_tiktoken_path_that_would_lose_a_file_or_cannot_be_written_is_refused(
                         "--tiktoken", str(target))  # fmt: skip
     assert code == 2 and err.count("\n") == 1, err
     assert enc.read_bytes() == before and not out.exists() and not (tmp_path / "missing").exists()
+
+
+def test_a_tiktoken_file_may_go_beside_the_source_tokenizer(capsys, base_doc, tmp_path):
+    """Only the files read are protected: a new file in the source's folder is fine, however the
+    source is named (the folder or its tokenizer.json)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "tokenizer.json").write_text(json.dumps(base_doc))
+    for n, given in enumerate((source, source / "tokenizer.json")):
+        target = source / f"ranks{n}.tiktoken"
+        code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(given), "--out", str(tmp_path / f"out{n}"),
+                            "--tiktoken", str(target))  # fmt: skip
+        assert code == 0, err
+        assert target.is_file() and json.loads((source / "tokenizer.json").read_text()) == base_doc
