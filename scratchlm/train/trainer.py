@@ -517,6 +517,9 @@ class PretrainRun:
         from_step = self.state.step
         self._zero_grad()
         self._restore(ckpt.load_checkpoint(latest), resumed=False)
+        # The checkpoint's step, but not its state: the data position and counts move on below, so
+        # a stop before the next save must write them (else a resume replays the spike).
+        self._last_saved = None
         self.state.rollbacks += 1
         resume_at = max(self.state.data_step + mc.rollback_skip_batches, spike_data_step + 1)
         skipped = resume_at - self.state.data_step

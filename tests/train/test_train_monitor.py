@@ -200,3 +200,31 @@ def test_two_rollbacks_to_one_checkpoint_count_each_skipped_batch_once(tokens, t
     assert [r["to_step"] for r in rollbacks] == [10, 10] and summary["rollbacks"] == 2
     final = json.loads((out / "checkpoints" / "step-000020" / "train_state.json").read_text())
     assert summary["skipped_batches"] == final["skipped_batches"] == final["data_step"] - final["step"] == 8
+
+
+def test_a_run_stopped_right_after_a_rollback_keeps_the_skip(tokens, tmp_path, monkeypatch):
+    """A stop before the next save left the checkpoint the rollback had read as the newest, with the
+    data position before the spike: a resume met the spike again and the rollback count restarted."""
+    import signal
+
+    def spike(loss, data_step, debug):
+        return loss * 50 if data_step == 12 else loss
+
+    signalled = []
+
+    def spike_then_stop(loss, data_step, debug):
+        if data_step == 12 and not signalled:  # called for the loss and the objective: signal once
+            signalled.append(True)
+            signal.raise_signal(signal.SIGTERM)  # the trainer stops at the end of this step
+        return spike(loss, data_step, debug)
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 20, "checkpoint_every": 5},
+                      monitor={"min_history": 3, "response": "rollback", "rollback_skip_batches": 1})
+    monkeypatch.setattr(trainer, "inject_fault", spike_then_stop)
+    first = train(cfg)
+    assert first["stopped"] == "SIGTERM" and first["rollbacks"] == 1 and first["steps"] == 10
+    monkeypatch.setattr(trainer, "inject_fault", spike)
+    resumed = train(cfg, resume=True)
+    assert resumed["steps"] == 20 and resumed["rollbacks"] == 1 and resumed["skipped_batches"] == 3
+    assert len(events(read_rows(out), "spike")) == 1  # the spike batch was not met again
