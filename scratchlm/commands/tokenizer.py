@@ -123,10 +123,9 @@ def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[s
     """What generation needs from a Hugging Face source besides the tokens: its post_processor
     (the begin-of-text template) and its tokenizer_config.json's bos/eos tokens; and the files read."""
     from scratchlm.tokenizer import formats
-    from scratchlm.tokenizer.tokenizer import CONFIG_FILE, TOKENIZER_FILE
+    from scratchlm.tokenizer.tokenizer import CONFIG_FILE, tokenizer_file
 
-    path = Path(source)
-    file = path / TOKENIZER_FILE if path.is_dir() else path
+    file = tokenizer_file(source)
     doc = read_json(file, TokenizerError)  # read_hf_tokenizer has read it: a JSON object
     processor = formats.carried_post_processor(doc.get("post_processor"), tok.special_tokens, str(file))
     config_file = file.parent / CONFIG_FILE

@@ -317,13 +317,16 @@ class GPT(nn.Module):
             k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype)
         )
 
-    def activation_dtype(self) -> torch.dtype:
-        """The dtype activations, keys and values are made in: autocast's where autocast casts the
-        weights (it leaves float64 alone), else the weights'."""
+    def _under_autocast(self) -> bool:
+        """Whether autocast casts this model's computation (it leaves float64 alone)."""
         weight = self.tok_emb.weight
-        if torch.is_autocast_enabled(weight.device.type) and weight.dtype in AUTOCAST_DTYPES:
-            return torch.get_autocast_dtype(weight.device.type)
-        return weight.dtype
+        return torch.is_autocast_enabled(weight.device.type) and weight.dtype in AUTOCAST_DTYPES
+
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype activations, keys and values are made in: autocast's, where it applies, else
+        the weights'."""
+        weight = self.tok_emb.weight
+        return torch.get_autocast_dtype(weight.device.type) if self._under_autocast() else weight.dtype
 
     def _check_cache(self, cache: KVCache, batch: int, end: int) -> None:
         """A cache made by `new_cache` for this model's layout, device and compute dtype, large enough:
@@ -344,8 +347,7 @@ class GPT(nn.Module):
         dtype, device = self.activation_dtype(), weight.device
         # Under autocast the attention casts the cached keys and values itself; otherwise they
         # must be in the queries' dtype.
-        autocast = torch.is_autocast_enabled(device.type) and weight.dtype in AUTOCAST_DTYPES
-        usable = AUTOCAST_DTYPES if autocast else (dtype,)
+        usable = AUTOCAST_DTYPES if self._under_autocast() else (dtype,)
         if cache.k.dtype not in usable or cache.v.dtype not in usable:
             raise ModelError(f"KV cache holds {cache.k.dtype} but this model computes in {dtype}: "
                              f"make it with new_cache(..., dtype={dtype})")

@@ -15,10 +15,11 @@ Imported files are read the other way: a token's id becomes its rank, which requ
 follow the merge order (GPT-2's files and `tokenizers`' trainer output do; a file that does not
 is refused with the merge line). Their merges are then applied by tiktoken's rule, which gives the
 merge list's ids exactly when, in addition, the merge list assembles every multi-byte token from
-its own bytes (`_check_tokens_assemble`): a pair that tiktoken could merge but the list does not
-name can only ever meet inside the bytes of the token it would make, so it shows up there. Trained
-files always pass; a truncated merges list, or one naming a token's parts in another order than its
-id (merges `a b`, `b c`, `a bc`), is refused with the token.
+its own bytes (`_check_tokens_assemble`, run at import): a pair that tiktoken could merge but the
+list does not name can only ever meet inside the bytes of the token it would make, so it shows up
+there. Trained files always pass; a truncated merges list, or one naming a token's parts in another
+order than its id (merges `a b`, `b c`, `a bc`), is refused with the token. Files with
+`ignore_merges` are tiktoken vocabularies (Llama 3's), whose original ids tiktoken's rule gives.
 
 Special tokens are written both in `added_tokens` and in the model vocab, with their ids, as
 Hugging Face does; files that list them only in `added_tokens` (scratchlm's earlier layout) are
@@ -309,7 +310,7 @@ def _merge_list_bpe(token: bytes, merge_rank: Mapping[tuple[bytes, bytes], int])
     return parts
 
 
-def check_tokens_assemble(
+def _check_tokens_assemble(
     merges: list[tuple[bytes, bytes]], ranks: Mapping[bytes, int], ignore_merges: bool, where: str
 ) -> None:
     """Every multi-byte token must be what the merge list makes of its own bytes.
@@ -455,7 +456,7 @@ def _hf_merges(items: list[Any], ranks: Mapping[bytes, int], where: str) -> list
 
 def read_hf_tokenizer(path: str | Path, imported: bool = False) -> tuple[dict[bytes, int], dict[str, int], str]:
     """Read a Hugging Face byte-level BPE `tokenizer.json`: (ranks, special tokens, pattern); an
-    `imported` file is also checked to assemble every token (`check_tokens_assemble`)."""
+    `imported` file is also checked to assemble every token (`_check_tokens_assemble`)."""
     path = Path(path)
     where = str(path)
     doc = read_json(path, TokenizerError)
@@ -467,7 +468,7 @@ def read_hf_tokenizer(path: str | Path, imported: bool = False) -> tuple[dict[by
     merges = _hf_merges(model["merges"], ranks, where)
     _check_merge_order(merges, ranks, where)
     if imported:
-        check_tokens_assemble(merges, ranks, bool(model.get("ignore_merges")), where)
+        _check_tokens_assemble(merges, ranks, bool(model.get("ignore_merges")), where)
     clash = set(specials.values()) & set(ranks.values())
     if clash:
         raise TokenizerError(f"{where}: special token ids {sorted(clash)[:5]} are also ordinary token ids")
@@ -579,7 +580,7 @@ def read_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> tuple[dict[byt
             )
     check_ranks(ranks, enc_where)
     _check_merge_order(merges, ranks, bpe_where)
-    check_tokens_assemble(merges, ranks, False, bpe_where)
+    _check_tokens_assemble(merges, ranks, False, bpe_where)
     return ranks, specials
 
 

@@ -20,7 +20,7 @@ from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tiktoken
 
@@ -126,6 +126,17 @@ def _special_regex(names: frozenset[str]) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)))
 
 
+
+def tokenizer_file(path: str | Path) -> Path:
+    """The `tokenizer.json` a tokenizer path names: the file itself, or the one in the directory."""
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerError(f"{path}: no such tokenizer file or directory")
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.exists():
+        raise TokenizerError(f"{path}: no {TOKENIZER_FILE} in this directory")
+    return file
+
 class Tokenizer:
     """Byte-level BPE tokenizer. Build with `train`, `load`, `from_gpt2` or `from_hf`."""
 
@@ -195,12 +206,7 @@ class Tokenizer:
     def load(cls, path: str | Path, imported: bool = False) -> Tokenizer:
         """Load a tokenizer directory (or its `tokenizer.json`) written by `save` or by Hugging Face;
         `imported` runs the checks a foreign file gets once, at import (`formats.read_hf_tokenizer`)."""
-        path = Path(path)
-        if not path.exists():
-            raise TokenizerError(f"{path}: no such tokenizer file or directory")
-        file = path / TOKENIZER_FILE if path.is_dir() else path
-        if not file.exists():
-            raise TokenizerError(f"{path}: no {TOKENIZER_FILE} in this directory")
+        file = tokenizer_file(path)
         return cls._from_file(file, *formats.read_hf_tokenizer(file, imported))
 
     @classmethod
@@ -243,11 +249,12 @@ class Tokenizer:
 
     # --- files -------------------------------------------------------------------------------
 
-    def to_hf_json(self) -> bytes:
+    def to_hf_json(self, post_processor: dict[str, Any] | None = None) -> bytes:
         """The canonical `tokenizer.json` bytes: what `save` writes."""
-        return formats.canonical_json_bytes(
-            formats.hf_tokenizer_json(self.ranks, self.special_tokens, self.pattern)
-        )
+        doc = formats.hf_tokenizer_json(self.ranks, self.special_tokens, self.pattern)
+        if post_processor is not None:
+            doc["post_processor"] = post_processor
+        return formats.canonical_json_bytes(doc)
 
     @cached_property
     def sha256(self) -> str:
@@ -262,14 +269,20 @@ class Tokenizer:
         )
         return hashlib.sha256(formats.canonical_json_bytes(identity)).hexdigest()
 
-    def save(self, directory: str | Path) -> Path:
-        """Write `tokenizer.json` and `tokenizer_config.json` into `directory` (atomically each)."""
+    def save(
+        self,
+        directory: str | Path,
+        post_processor: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write `tokenizer.json` and `tokenizer_config.json` into `directory` (atomically each). An
+        imported tokenizer keeps what generation needs from its source: the `post_processor` (a
+        begin-of-text template) and `config` entries (its bos/eos tokens)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / TOKENIZER_FILE, self.to_hf_json())
-        atomic_write_json(
-            directory / CONFIG_FILE, formats.tokenizer_config(self.special_tokens, pattern_name(self.pattern))
-        )
+        atomic_write_bytes(directory / TOKENIZER_FILE, self.to_hf_json(post_processor))
+        tokenizer_config = formats.tokenizer_config(self.special_tokens, pattern_name(self.pattern))
+        atomic_write_json(directory / CONFIG_FILE, {**tokenizer_config, **(config or {})})
         return directory
 
     def export_tiktoken(self, path: str | Path) -> Path:

@@ -10,17 +10,10 @@ from typing import Any, Literal
 
 from scratchlm.config import check_workers
 from scratchlm.errors import ConfigError, TokenizerError
-from scratchlm.fsutil import (
-    atomic_directory,
-    atomic_write_bytes,
-    atomic_write_json,
-    check_output_dir,
-    read_json,
-)
+from scratchlm.fsutil import atomic_directory, check_output_dir
 from scratchlm.machine import usable_cores
-from scratchlm.tokenizer import formats
 from scratchlm.tokenizer.bpe import NoTextError
-from scratchlm.tokenizer.tokenizer import CONFIG_FILE, TOKENIZER_FILE, Tokenizer, is_tokenizer_dir
+from scratchlm.tokenizer.tokenizer import Tokenizer, is_tokenizer_dir
 
 
 @dataclass
@@ -61,18 +54,10 @@ def save_tokenizer_dir(
     post_processor: dict[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write `tok` as the directory `out`, whole or not at all (see `_OUTPUT_RULES`). An imported
-    tokenizer keeps what generation needs from its source: the `post_processor` (a begin-of-text
-    template) in tokenizer.json, and `config` entries (its bos/eos tokens) in tokenizer_config.json."""
+    """Write `tok` as the directory `out`, whole or not at all (see `_OUTPUT_RULES`), with what an
+    imported tokenizer keeps from its source (`Tokenizer.save`)."""
     with atomic_directory(out, inputs=inputs, **_OUTPUT_RULES) as tmp:
-        tok.save(tmp)
-        if post_processor is not None:
-            doc = formats.hf_tokenizer_json(tok.ranks, tok.special_tokens, tok.pattern)
-            doc["post_processor"] = post_processor
-            atomic_write_bytes(tmp / TOKENIZER_FILE, formats.canonical_json_bytes(doc))
-        if config:
-            saved = read_json(tmp / CONFIG_FILE, TokenizerError)
-            atomic_write_json(tmp / CONFIG_FILE, {**saved, **config})
+        tok.save(tmp, post_processor, config)
     return Path(out)
 
 

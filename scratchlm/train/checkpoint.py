@@ -112,7 +112,7 @@ def save_checkpoint(
             atomic_write_json(tmp / CHECKPOINT_STATE_FILE, train_state)
         atomic_write_text(root / "latest", final.name + "\n")
     except (OSError, RuntimeError) as e:  # a full disk, a quota, a size limit: say what the run still has
-        if isinstance(e, RuntimeError) and not is_write_failure(e):
+        if isinstance(e, RuntimeError) and not _is_write_failure(e):
             raise  # a fault of the device or the state (a CUDA error while copying), not of the disk
         reason = e.strerror if isinstance(e, OSError) and e.strerror else torch_error_text(e)
         survivor = find_latest(root)
@@ -268,7 +268,7 @@ def as_checkpoint_error(path: Path, problem: str) -> Iterator[None]:
 TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
 
 
-def is_write_failure(error: RuntimeError) -> bool:
+def _is_write_failure(error: RuntimeError) -> bool:
     return any(words in str(error) for words in TORCH_WRITE_FAILURES)
 
 
