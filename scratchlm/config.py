@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import operator
 import sys
 import types
@@ -35,17 +36,35 @@ def require_finite_number(name: str, value: object, *, positive: bool = False) -
     """`value` as a float, or one ConfigError naming `name`. Finiteness comes first because NaN
     fails every comparison (`nan <= 0` is False) and would slip past any range check after it;
     a bool is a mistyped flag, not the number 0 or 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = real_value(value)
+    if number is None or not math.isfinite(number):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
+    if positive and number <= 0:
         raise ConfigError(f"{name} must be positive, got {value!r}")
-    return float(value)
+    return number
+
+
+def real_value(value: object) -> float | None:
+    """`value` as a Python float when it is a real number of any kind (int, float, NumPy scalar,
+    0-d tensor of a number dtype), else None; bools of every kind are flags, not numbers."""
+    if _is_bool(value):
+        return None
+    if isinstance(value, numbers.Real):  # Python and NumPy ints and floats
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "is_floating_point"):  # a 0-d torch tensor
+        if value.is_floating_point() or integer_value(value) is not None:
+            return float(value)
+    return None
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("torch.bool", "bool")
 
 
 def integer_value(value: object) -> int | None:
     """`value` as a Python int when it is an integer of any kind (int, NumPy integer, integer 0-d
     tensor), else None: a float or a bool passed where a count or an id belongs is a mistake."""
-    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("torch.bool", "bool"):
+    if _is_bool(value):
         return None  # a bool, NumPy's or torch's included
     try:
         return operator.index(value)
@@ -256,11 +275,13 @@ def is_dataclass_type(tp: Any) -> bool:
 __all__ = [
     "apply_overrides",
     "from_dict",
+    "integer_value",
     "load_config",
     "merge",
     "parse_override",
     "parse_value",
     "read_toml",
+    "real_value",
     "require_finite_number",
     "to_dict",
 ]

@@ -41,7 +41,7 @@ def stream_tokens(
     suppress_ids: Collection[int] = (),
 ) -> Iterator[int]:
     """Yield new token ids one at a time (for streaming output); see `generate`."""
-    check_sampling(temperature, top_k, top_p)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     wanted = integer_value(max_new_tokens)
     if wanted is None or wanted < 0:
         raise ConfigError(f"max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")

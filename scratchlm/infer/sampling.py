@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scratchlm.config import require_finite_number
+from scratchlm.config import integer_value, real_value, require_finite_number
 from scratchlm.errors import ConfigError
 
 
@@ -28,18 +28,26 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
-    """One ConfigError for a setting that would otherwise fail deep inside torch (NaN
-    probabilities in `multinomial`) or silently mean something else (a boolean top_k)."""
-    require_finite_number("temperature", temperature)
+def check_sampling(
+    temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> tuple[float, int | None, float | None]:
+    """The settings as Python numbers (NumPy and 0-d tensor scalars accepted), or one ConfigError
+    for a setting that would otherwise fail deep inside torch (NaN probabilities in `multinomial`)
+    or silently mean something else (a boolean top_k)."""
+    temperature = require_finite_number("temperature", temperature)
     if temperature < 0:
         raise ConfigError(f"temperature must be ≥ 0, got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ConfigError(f"top_k must be an integer ≥ 1, got {top_k!r}")
-    if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0
-    ):
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None:
+        checked_k = integer_value(top_k)
+        if checked_k is None or checked_k < 1:
+            raise ConfigError(f"top_k must be an integer ≥ 1, got {top_k!r}")
+        top_k = checked_k
+    if top_p is not None:
+        checked_p = real_value(top_p)
+        if checked_p is None or not 0.0 < checked_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+        top_p = checked_p
+    return temperature, top_k, top_p
 
 
 def sample_next(
@@ -54,7 +62,7 @@ def sample_next(
     The settings are checked on every call; a decode loop checks them once with
     `check_sampling` and calls `sample_next_unchecked` per token instead.
     """
-    check_sampling(temperature, top_k, top_p)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     return sample_next_unchecked(logits, temperature, top_k, top_p, generator)
 
 

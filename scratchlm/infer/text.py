@@ -129,7 +129,7 @@ class TextGenerator:
                 raise TokenizerError(f"prompt: {e} (--allow-special or --plain-special)") from None
         ids = self.prefix_ids + ids
         if not ids:  # an empty prompt starts where a text starts: an unconditional sample
-            ids = [self.bos_id] if self.bos_id is not None else list(self.eos_ids[:1])
+            ids = self._text_start_ids()
         if not ids:
             raise ConfigError("the prompt is empty and this tokenizer has no token that starts a text")
         limit = self.model.cfg.max_seq_len
@@ -138,6 +138,16 @@ class TextGenerator:
                 f"the prompt is {len(ids)} tokens, which leaves no room for a new one: the model reads at most {limit}"
             )
         return ids
+
+    def _text_start_ids(self) -> list[int]:
+        """The token a document starts after: begin-of-text, else `<|endoftext|>` (which ends the
+        document before it), else the first stop id. A stop id may end a chat turn instead
+        (`<|im_end|>`), so it comes last: what follows it is a reply, not a new document."""
+        if self.bos_id is not None:
+            return [self.bos_id]
+        if EOT in self.tokenizer.special_tokens:
+            return [self.tokenizer.special_tokens[EOT]]
+        return list(self.eos_ids[:1])
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:

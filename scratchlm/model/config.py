@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from scratchlm.config import require_finite_number
+from scratchlm.config import integer_value, require_finite_number
 from scratchlm.errors import ConfigError
 
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")
@@ -67,10 +67,11 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError with one line naming the first inconsistent field."""
         positive = ["vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len"]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        for name in positive:  # stored back as Python ints: NumPy's would not go into config.json
+            value = integer_value(getattr(self, name))
+            if value is None or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+            setattr(self, name, value)
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})"
@@ -88,7 +89,7 @@ class ModelConfig:
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"model.pos = 'rope' needs an even head size, got {self.head_dim}")
         if self.pos == "rope":  # unused by learned positions, so left unchecked there
-            require_finite_number("model.rope_theta", self.rope_theta, positive=True)
+            self.rope_theta = require_finite_number("model.rope_theta", self.rope_theta, positive=True)
             if self.max_seq_len > MAX_ROPE_POSITIONS:
                 raise ConfigError(
                     f"model.max_seq_len must be ≤ {MAX_ROPE_POSITIONS:,} with pos = 'rope', got {self.max_seq_len:,} "
@@ -99,13 +100,13 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if self.rope_scaling is not None:
             self._validate_rope_scaling()
-        require_finite_number("model.dropout", self.dropout)
+        self.dropout = require_finite_number("model.dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.logit_softcap is not None:
-            require_finite_number("model.logit_softcap", self.logit_softcap, positive=True)
-        require_finite_number("model.init_std", self.init_std, positive=True)
-        require_finite_number("model.norm_eps", self.norm_eps, positive=True)
+            self.logit_softcap = require_finite_number("model.logit_softcap", self.logit_softcap, positive=True)
+        self.init_std = require_finite_number("model.init_std", self.init_std, positive=True)
+        self.norm_eps = require_finite_number("model.norm_eps", self.norm_eps, positive=True)
 
     def _validate_rope_scaling(self) -> None:
         scaling = self.rope_scaling
@@ -113,12 +114,15 @@ class ModelConfig:
             raise ConfigError("model.rope_scaling needs model.pos = 'rope'")
         if not isinstance(scaling, dict) or set(scaling) != set(ROPE_SCALING_KEYS):
             raise ConfigError(f"model.rope_scaling needs exactly the keys {', '.join(ROPE_SCALING_KEYS)}")
-        for key in ROPE_SCALING_KEYS:
-            require_finite_number(f"model.rope_scaling.{key}", scaling[key], positive=True)
+        scaling = self.rope_scaling = {  # a copy, of Python floats: the caller's table stays theirs
+            key: require_finite_number(f"model.rope_scaling.{key}", scaling[key], positive=True)
+            for key in ROPE_SCALING_KEYS
+        }
         if not float(scaling["original_max_len"]).is_integer():
             raise ConfigError(
                 f"model.rope_scaling.original_max_len must be a whole number, got {scaling['original_max_len']!r}"
             )
+        scaling["original_max_len"] = int(scaling["original_max_len"])  # a length, written as one
         if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
             raise ConfigError("model.rope_scaling.high_freq_factor must exceed low_freq_factor")
 

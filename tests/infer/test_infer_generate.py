@@ -142,7 +142,7 @@ def test_generation_checks_the_sampling_settings_once_not_per_token(model, monke
 
     def counting_check(*args):
         calls.append(args)
-        real_check(*args)
+        return real_check(*args)
 
     monkeypatch.setattr(sampling, "check_sampling", counting_check)
     monkeypatch.setattr(generate_module, "check_sampling", counting_check)
@@ -187,6 +187,25 @@ def test_integers_of_any_kind_serve_as_lengths_seeds_and_ids(model):
     assert generate(model, [1, 2], 0) == []
     stop_at = expected[2]
     assert generate(model, [1, 2], 5, seed=3, eos_id=np.int64(stop_at)) == expected[: expected.index(stop_at)]
+
+
+def test_sampling_settings_of_any_number_kind_draw_the_same_tokens(model):
+    """NumPy and 0-d tensor numbers are numbers: top_k, top_p and temperature used to be refused
+    with a message saying they were not (`top_k must be an integer ≥ 1, got np.int64(5)`)."""
+    np = pytest.importorskip("numpy")
+    expected = generate(model, [1, 2], 6, temperature=0.5, top_k=5, top_p=0.9, seed=3)
+    kinds = [
+        dict(temperature=np.float32(0.5), top_k=np.int64(5), top_p=np.float64(0.9)),
+        dict(temperature=torch.tensor(0.5), top_k=torch.tensor(5), top_p=torch.tensor(0.9, dtype=torch.float64)),
+    ]
+    for settings in kinds:
+        assert generate(model, [1, 2], 6, seed=3, **settings) == expected
+    assert sample_next(torch.tensor([[0.0, 3.0, 1.0]]), np.float32(0.0), np.int64(2)).tolist() == [1]
+    for flag in (np.bool_(True), torch.tensor(True)):
+        with pytest.raises(ConfigError, match="top_k must be an integer"):
+            generate(model, [1, 2], 3, top_k=flag)
+        with pytest.raises(ConfigError, match="temperature must be a finite number"):
+            generate(model, [1, 2], 3, temperature=flag)
 
 
 def test_any_of_several_eos_ids_stops_generation(model):

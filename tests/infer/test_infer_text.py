@@ -110,7 +110,9 @@ def test_end_of_text_comes_from_tokenizer_config_or_endoftext(tmp_path, tokenize
     (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "<|im_end|>"}}))
     gen = TextGenerator(tmp_path / "m")
     assert gen.eos_ids == [im_end]
-    assert gen.encode_prompt("") == [im_end]  # an empty prompt starts where a text starts
+    # an empty prompt starts where a document starts, after <|endoftext|>, not after a chat
+    # turn's end: a stop id such as <|im_end|> is only the last resort
+    assert gen.encode_prompt("") == [tokenizer.eot_id]
 
 
 def test_imported_llama_with_a_begin_of_text_template_matches_transformers(tmp_path, capsys):

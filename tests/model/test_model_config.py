@@ -137,3 +137,22 @@ def test_rope_scaling_is_validated():
             ModelConfig(rope_scaling={**good, key: bad}).validate()
     with pytest.raises(ConfigError, match="original_max_len must be a whole number"):
         ModelConfig(rope_scaling={**good, "original_max_len": 8192.5}).validate()
+
+
+def test_numpy_sizes_and_rates_are_accepted_and_stored_as_python_numbers(tmp_path):
+    """A config built from NumPy numbers (a sweep over np.arange) was refused with "n_layer must
+    be a positive integer, got np.int64(2)"; accepted, they must still reach config.json."""
+    np = pytest.importorskip("numpy")
+    from scratchlm.model import load_model, save_model
+
+    scaling = {"factor": np.float32(8.0), "low_freq_factor": 1, "high_freq_factor": np.float64(4.0),
+               "original_max_len": np.int64(64)}
+    cfg = ModelConfig(n_layer=np.int64(2), d_model=np.int32(64), dropout=np.float32(0.0), rope_scaling=scaling)
+    cfg.validate()
+    assert type(cfg.n_layer) is int and type(cfg.d_model) is int and type(cfg.dropout) is float
+    assert type(cfg.rope_scaling["factor"]) is float and type(cfg.rope_scaling["original_max_len"]) is int
+    assert type(scaling["factor"]) is np.float32  # the caller's table is left as it was
+    save_model(GPT(cfg), tmp_path / "m")
+    assert load_model(tmp_path / "m").cfg == cfg
+    with pytest.raises(ConfigError, match="n_layer must be a positive integer"):
+        ModelConfig(n_layer=np.bool_(True)).validate()
