@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from scratchlm.cli import add_config_args, given_flags
+from scratchlm.commands.text_input import checked_arg_text
 from scratchlm.config import load_config
+from scratchlm.errors import ConfigError
 
 
 def register(root, groups) -> None:
@@ -35,9 +37,20 @@ def register(root, groups) -> None:
         "--include",
         action="append",
         metavar="GLOB",
-        help="only read matching files in directories (case-sensitive; the default globs ignore case)",
+        help=(
+            "only read matching files in directories: an fnmatch glob (* and ? match any characters, / too) "
+            "on the path below the directory or the file name; case-sensitive (the default globs ignore case)"
+        ),
     )
-    p.add_argument("--exclude", action="append", metavar="GLOB", help="skip matching files in directories")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help=(
+            "skip matching files in directories (globs as for --include), and whole folders, prepared datasets "
+            "too, whose path or name matches, or path plus /: old, old/ and old/* all skip old/"
+        ),
+    )
     p.add_argument("--skip-bad-records", action="store_true", default=None, help="count and skip bad records")
     p.add_argument("--workers", type=int, help="processes for per-document work (0 = auto, 1 = none)")
     p.add_argument("--no-filters", action="store_true", help="turn every quality filter off")
@@ -48,7 +61,7 @@ def register(root, groups) -> None:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, as the nested dict `load_config` merges."""
-    separator = None if args.separator is None else args.separator.replace("\\n", "\n").replace("\\t", "\t")
+    separator = None if args.separator is None else _separator(args.separator)
     source = given_flags(
         text_field=args.text_field, hf_split=args.hf_split, separator=separator,
         include=args.include, exclude=args.exclude, skip_bad_records=args.skip_bad_records,
@@ -59,6 +72,15 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         filters={"enabled": False} if args.no_filters else None,
         dedup={"exact": False, "near": False} if args.no_dedup else None,
     )
+
+
+def _separator(flag: str) -> str:
+    """The --separator string with \\n and \\t understood; refused when it is not UTF-8 (it is
+    matched against UTF-8 text) or empty (which would mean one document per file, silently)."""
+    text = checked_arg_text("--separator", flag, ConfigError)
+    if not text:
+        raise ConfigError("--separator is empty; leave it out to read each .txt file as one document")
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _prepare(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Space characters other than the plain space, tab and newline: no-break, en/em, ideographic...
 _ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
 _ASCII_CONTROL = bytes(b for b in range(128) if (b < 32 and b not in (9, 10)) or b == 127)
 
 
@@ -29,7 +30,8 @@ class CleanConfig:
     nfc: bool = True  # Unicode normalization form C
     # Drop control characters except newline and tab; CR and CRLF become LF.
     remove_control: bool = True
-    # Odd spaces become spaces, no trailing blanks, at most one blank line in a row, ends trimmed.
+    # Odd spaces become spaces, no trailing blanks, at most one blank line in a row, leading blank
+    # lines and trailing whitespace dropped (the first line keeps its indentation).
     normalize_whitespace: bool = True
 
 
@@ -68,7 +70,9 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _normalize_whitespace(text: str) -> str:
-    """Odd spaces become spaces, lines lose trailing blanks, blank-line runs shrink to one.
+    """Odd spaces become spaces, lines lose trailing blanks, blank-line runs shrink to one, and
+    the text loses its leading blank lines and trailing whitespace. The first line keeps its
+    indentation: a document that starts with code must stay valid code.
 
     Cheap substring tests skip each step when it has nothing to do, which is the usual case.
     """
@@ -78,4 +82,6 @@ def _normalize_whitespace(text: str) -> str:
         text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
     if "\n\n\n" in text:
         text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip()
+    if text[:1].isspace():
+        text = _LEADING_BLANK_LINES.sub("", text, count=1)
+    return text.rstrip()

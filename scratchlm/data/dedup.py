@@ -57,6 +57,8 @@ class DedupConfig:
         for name in ("ngram", "bands", "rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"dedup.{name} must be at least 1, got {getattr(self, name)}")
+        if self.seed < 0:  # numpy's generator refuses it, deep inside a worker process
+            raise ConfigError(f"dedup.seed must be 0 or more, got {self.seed}")
 
 
 def exact_key(text: str) -> int:

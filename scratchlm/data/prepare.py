@@ -69,6 +69,8 @@ class PrepareConfig:
         check_workers(self.workers, "auto")
         if self.batch_bytes < 1 or self.part_bytes < 1 or self.examples_per_rule < 0:
             raise ConfigError("batch_bytes and part_bytes must be positive, examples_per_rule not negative")
+        if self.source.separator == "":  # it would silently mean one document per file
+            raise ConfigError("source.separator is empty; leave it unset to read each .txt file as one document")
         self.dedup.validate()
 
 

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -133,9 +133,55 @@ def _iter_input(spec: str, options: SourceOptions, stats: SourceStats) -> Iterat
     yield from _iter_file(path, options, stats)
 
 
+# What `data prepare` writes at the top of its output: name -> whether it is a directory.
+_PREPARED_ENTRIES = {"train": True, "val": True, "stats.json": False, "removed_examples.jsonl": False}
+# The keys of the stats.json that `data prepare` writes.
+PREPARED_STATS_KEYS = frozenset(
+    ("documents_in", "documents_out", "bytes_in", "bytes_out", "removed", "invalid_utf8_documents", "seconds")
+)
+
+
 def is_prepared_dir(path: Path) -> bool:
-    """A `data prepare` output: `stats.json` beside a `train/` directory."""
-    return (path / "stats.json").is_file() and (path / "train").is_dir()
+    """A `data prepare` output, recognised strictly, since one is replaced whole by `--out` and
+    read as parquet parts only: nothing at the top but what prepare writes (`train/` and
+    `stats.json` at least), split directories of `*.parquet` files only, and a stats.json that is
+    a JSON object of prepare's keys. Anything else is a folder of the user's."""
+    entries = _dir_entries(path)
+    if entries is None or not {"train", "stats.json"} <= entries.keys():
+        return False
+    if any(_PREPARED_ENTRIES.get(name) is not is_dir for name, is_dir in entries.items()):
+        return False
+    splits = [path / name for name, is_dir in entries.items() if is_dir]
+    return all(_only_parquet_files(split) for split in splits) and _is_prepared_stats(path / "stats.json")
+
+
+def _dir_entries(path: Path) -> dict[str, bool] | None:
+    """A directory's entry names -> whether each is a directory; None if it cannot be listed.
+    Hidden files are left out, as reading leaves them out: a `.DS_Store` that a file browser
+    drops in must not turn a prepared dataset into a folder of parquet files, val read as train.
+    A hidden directory (`.git`) stays: it is someone's data, which replacing the folder would delete."""
+    try:
+        with os.scandir(path) as listing:
+            return {
+                entry.name: entry.is_dir() for entry in listing if not (entry.name.startswith(".") and not entry.is_dir())
+            }
+    except OSError:
+        return None
+
+
+def _only_parquet_files(split: Path) -> bool:
+    """Whether a split directory holds parquet files and nothing else, as prepare writes it."""
+    entries = _dir_entries(split)
+    return bool(entries) and all(not is_dir and name.endswith(".parquet") for name, is_dir in entries.items())
+
+
+def _is_prepared_stats(path: Path) -> bool:
+    """Whether a stats.json is a JSON object holding only keys that `data prepare` writes."""
+    try:
+        stats = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(stats, dict) and stats.keys() <= PREPARED_STATS_KEYS
 
 
 def prepared_parts(path: Path, split: str) -> list[Path]:
@@ -205,18 +251,29 @@ def _matches(rel: str, patterns: Iterable[str], fold_case: bool = False) -> bool
     return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _folder_excluded(rel: str, exclude: Iterable[str]) -> bool:
+    """Whether `exclude` skips a folder, so everything below it (a prepared dataset's parts too):
+    a glob matching its path or name (`old`), or its path and a slash (`old/`, `old/*`), since
+    `*` matches any characters, `/` included."""
+    return _matches(rel, exclude) or any(fnmatch.fnmatchcase(f"{rel}/", p) for p in exclude)
+
+
 def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
     """Every matching file below `root`, recursively, in sorted order; hidden entries are skipped.
 
-    A prepared dataset inside is read as one (its documents, not its stats or removed examples)
-    unless `exclude` matches it; `include` picks files only.
+    A prepared dataset inside is read as one (its documents, not its stats or removed examples);
+    `exclude` skips files and whole folders, prepared datasets included; `include` picks files only.
     """
     include = options.include or list(DEFAULT_INCLUDE)
+
+    def excluded(folder: Path) -> bool:
+        return _folder_excluded(folder.relative_to(root).as_posix(), options.exclude)
+
     found = False
-    for path, prepared in _walk(root, {os.path.realpath(root)}):
+    for path, prepared in _walk(root, {os.path.realpath(root)}, excluded):
         rel = path.relative_to(root).as_posix()
-        if _matches(rel, options.exclude) or not (
-            prepared or _matches(rel, include, fold_case=not options.include)
+        if not prepared and (
+            _matches(rel, options.exclude) or not _matches(rel, include, fold_case=not options.include)
         ):
             continue
         found = True
@@ -225,11 +282,11 @@ def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> I
         raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
 
 
-def _walk(directory: Path, seen: set[str]) -> Iterator[tuple[Path, bool]]:
+def _walk(directory: Path, seen: set[str], excluded: Callable[[Path], bool]) -> Iterator[tuple[Path, bool]]:
     """The files below `directory` and the prepared datasets (flagged True), files of a directory
-    before its subdirectories, each in name order. Linked directories are followed, as linked
-    files are read; `seen` holds the real paths visited, so a link loop or a second link to the
-    same directory is read once."""
+    before its subdirectories, each in name order, leaving out the `excluded` directories. Linked
+    directories are followed, as linked files are read; `seen` holds the real paths visited, so a
+    link loop or a second link to the same directory is read once."""
     try:
         with os.scandir(directory) as listing:
             entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
@@ -239,13 +296,13 @@ def _walk(directory: Path, seen: set[str]) -> Iterator[tuple[Path, bool]]:
     yield from ((Path(e.path), False) for e in entries if not e.is_dir())  # broken links too: an error, not a skip
     for path in dirs:
         real = os.path.realpath(path)
-        if real in seen:
+        if excluded(path) or real in seen:
             continue
         seen.add(real)
         if is_prepared_dir(path):
             yield path, True
         else:
-            yield from _walk(path, seen)
+            yield from _walk(path, seen, excluded)
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -438,15 +495,18 @@ def _iter_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Itera
 
 
 def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
-    """A whole JSON file: a list of objects (or strings), or one object.
+    """A whole JSON file: a list of objects (or strings), or one object; or JSON Lines named
+    `.json` (C4's and Dolma's `.json.gz`), read record by record as a `.jsonl` file is.
 
     Invalid bytes are kept as escapes while parsing and repaired per document, so only the
     documents holding them count as invalid UTF-8, not every document of the file.
     """
     source = _source_name(path)
     with _open_binary(path) as f:
-        data = _decode_escaped(f.read().removeprefix(codecs.BOM_UTF8))
-    value = parse_json(data, source, DataError)
+        value, lines = _whole_json_or_lines(f, source)
+    if lines:
+        yield from _iter_jsonl(path, options, stats)
+        return
     records = value if isinstance(value, list) else [value]
     for i, record in enumerate(records):
         text = record if isinstance(record, str) else _text_of_record(record, source, f"item {i}", options, stats)
@@ -454,7 +514,27 @@ def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
             yield _repaired_document(text, source)
 
 
-def _decode_escaped(data: bytes) -> str:
+def _whole_json_or_lines(f: IO[bytes], source: str) -> tuple[object, bool]:
+    """(the file's JSON value, False), or (None, True) when it is JSON Lines: its first line is a
+    whole JSON value and more text follows, which one JSON value cannot have. Deciding on the
+    first line keeps a JSON Lines file streamed, never read whole."""
+    lines = _without_bom(f)
+    head = bytearray()
+    for line in lines:
+        head += line
+        if line.strip():
+            break
+    try:
+        value = json.loads(_decode_escaped(head))
+    except (ValueError, RecursionError):  # not one line: a whole file, checked with a clear error
+        head += f.read()
+        return parse_json(_decode_escaped(head), source, DataError), False
+    if any(line.strip() for line in lines):
+        return None, True
+    return value, False
+
+
+def _decode_escaped(data: bytes | bytearray) -> str:
     """JSON bytes as text with invalid bytes kept as escapes, for `_repaired_document` to mend
     in the text field only: a bad byte in another field must not mark the document."""
     return data.decode("utf-8", errors="surrogateescape")
@@ -498,18 +578,47 @@ def _iter_parquet(path: Path, options: SourceOptions, stats: SourceStats) -> Ite
         raise DataError(
             f"{path}: no column '{column}' (columns: {', '.join(names)}); choose one with --text-field"
         )
-    batches = pf.iter_batches(columns=[column], batch_size=1024)
-    values = (value for batch in batches for value in batch.column(0).to_pylist())
-    yield from _iter_text_values(values, source, column, options, stats)
+    raw = _raw_bytes_type(pf.schema_arrow.field(column).type)
+    values = _column_values(pf, column, raw)
+    yield from _iter_text_values(values, source, column, options, stats, utf8_bytes=raw is not None)
+
+
+def _column_values(pf, column: str, as_type) -> Iterator[object]:
+    """One column's values, batch by batch, cast to `as_type` first unless it is None."""
+    for batch in pf.iter_batches(columns=[column], batch_size=1024):
+        values = batch.column(0)
+        yield from (values.cast(as_type) if as_type is not None else values).to_pylist()
+
+
+def _raw_bytes_type(column_type):
+    """The binary type to read a string column as, else None: pyarrow refuses a whole file over
+    one value that is not UTF-8, while read as bytes each value is repaired (and counted)."""
+    import pyarrow as pa
+
+    if pa.types.is_string(column_type):
+        return pa.binary()
+    if pa.types.is_large_string(column_type):
+        return pa.large_binary()
+    return None
 
 
 def _iter_text_values(
-    values: Iterable[object], source: str, column: str, options: SourceOptions, stats: SourceStats
+    values: Iterable[object],
+    source: str,
+    column: str,
+    options: SourceOptions,
+    stats: SourceStats,
+    utf8_bytes: bool = False,
 ) -> Iterator[Document]:
-    """Documents from a column's values; a non-string row is an error or, if asked, a counted skip."""
+    """Documents from a column's values; a non-string row is an error or, if asked, a counted skip.
+    With `utf8_bytes`, bytes values are text read raw (a string column), decoded with repair."""
     for row, value in enumerate(values, 1):
         if isinstance(value, str):
             yield Document(value, source)
+            continue
+        if utf8_bytes and isinstance(value, bytes):
+            text, bad = _decode(value)
+            yield Document(text, source, bad)
             continue
         message = f"{source}: row {row}: column '{column}' is {type(value).__name__}, not a string"
         if not options.skip_bad_records:

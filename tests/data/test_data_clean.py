@@ -57,3 +57,12 @@ def test_cleaning_never_crashes_and_is_stable(raw):
     assert unicodedata.is_normalized("NFC", text)
     assert "\r" not in text and "\x00" not in text
     assert clean_text(text)[0] == text  # cleaning clean text changes nothing
+
+
+def test_the_first_line_keeps_its_indentation():
+    """`strip()` took the first line's indentation: code lost its structure."""
+    code = "    if x:\n        y = 1\n"
+    assert clean_text(code)[0] == "    if x:\n        y = 1"
+    assert clean_text(" \n\t\n\n    indented\n  \n")[0] == "    indented"  # blank lines still go
+    assert clean_text("\u3000 title  \t\n")[0] == "  title"
+    assert clean_text(" \t \n ")[0] == ""

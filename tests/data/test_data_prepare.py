@@ -334,3 +334,70 @@ def test_cli_hf_split_reads_the_named_split(tmp_path):
     out = tmp_path / "out"
     assert main(["data", "prepare", f"hf:{saved}", "--out", str(out), "--hf-split", "validation"]) == 0
     assert json.loads((out / "stats.json").read_text())["documents_out"] == 2
+
+
+def test_an_output_folder_merely_shaped_like_a_prepared_dataset_is_not_replaced(tmp_path):
+    """A folder holding stats.json and train/ was replaced whole, the user's other files with it."""
+    corpus, _ = make_corpus(tmp_path, n=5)
+    out = tmp_path / "home"
+    (out / "train").mkdir(parents=True)
+    (out / "stats.json").write_text('{"documents_out": 1}')
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="home: exists and is not a prepared dataset"):
+        run([corpus], out)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_what_prepare_writes_is_recognised_as_a_prepared_dataset(tmp_path):
+    """The recogniser knows the stats keys and entries prepare writes, so outputs stay replaceable."""
+    from scratchlm.data.sources import PREPARED_STATS_KEYS, is_prepared_dir
+
+    assert STATS_KEYS == PREPARED_STATS_KEYS
+    corpus, _ = make_corpus(tmp_path, n=5)
+    out = tmp_path / "out"
+    run([corpus], out, val_fraction=0.0)
+    assert is_prepared_dir(out) and (out / "removed_examples.jsonl").is_file()
+    run([corpus], out, val_fraction=0.5)  # replaced, not refused
+
+
+def test_a_negative_dedup_seed_is_a_one_line_error(tmp_path, capsys):
+    """numpy refused it deep inside MinHasher: a traceback, or "worker died" with workers=2."""
+    from scratchlm.data.dedup import DedupConfig
+
+    with pytest.raises(ConfigError, match="dedup.seed must be 0 or more, got -1"):
+        DedupConfig(seed=-1).validate()
+    corpus, _ = make_corpus(tmp_path, n=5)
+    for workers in ("1", "2"):
+        args = ["data", "prepare", str(corpus), "--out", str(tmp_path / "out"), "--workers", workers]
+        assert main([*args, "--set", "dedup.seed=-1"]) == 2
+        err = capsys.readouterr().err
+        assert err == "scratchlm: error: dedup.seed must be 0 or more, got -1\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_an_empty_or_non_utf8_separator(tmp_path, capsys):
+    """An empty separator silently meant one document per file; a separator that is not UTF-8
+    was blamed on the input file ("a.txt: cannot read: ...")."""
+    (tmp_path / "a.txt").write_text("one\n\ntwo")
+    out = tmp_path / "out"
+    assert main(["data", "prepare", str(tmp_path / "a.txt"), "--out", str(out), "--separator", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchlm: error: --separator is empty") and err.count("\n") == 1
+    bad = "x\udcffy"  # how Python hands over argv bytes that are not UTF-8 (here 0xff)
+    assert main(["data", "prepare", str(tmp_path / "a.txt"), "--out", str(out), "--separator", bad]) == 2
+    err = capsys.readouterr().err
+    assert err == "scratchlm: error: --separator is not UTF-8: byte 0xff at offset 1\n"
+    with pytest.raises(ConfigError, match="source.separator is empty"):
+        load_config(PrepareConfig, None, ["source.separator="], base={"out": str(out)})
+    assert not out.exists()
+
+
+def test_invalid_utf8_in_a_parquet_input_is_counted_not_fatal(tmp_path):
+    import pyarrow as pa
+
+    rng = random.Random(6)
+    texts = [prose(rng).encode(), prose(rng).encode() + b" caf\xe9"]
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": pa.array(texts, pa.binary()).view(pa.string())}), path)
+    stats = run([path], tmp_path / "out", val_fraction=0.0)
+    assert stats["documents_out"] == 2 and stats["invalid_utf8_documents"] == 1

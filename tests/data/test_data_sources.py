@@ -364,3 +364,128 @@ def test_pieces_of_a_pipe_come_as_the_input_arrives_not_a_whole_chunk_later():
         thread.start()
         thread.join(timeout=10)
         assert got == [b"first"]
+
+
+def _prepared_with(path: Path, change) -> Path:
+    """A real prepared dataset (as `write_prepared_dir` makes it) with one `change` applied."""
+    from scratchlm.data.sources import write_prepared_dir
+
+    write_prepared_dir(path, ["kept train"], ["kept val"])
+    change(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: (p / "precious.txt").write_text("mine"),
+        lambda p: (p / "train" / "notes.txt").write_text("mine"),
+        lambda p: (p / "train" / "nested").mkdir(),
+        lambda p: (p / "stats.json").write_text("not json"),
+        lambda p: (p / "stats.json").write_text("[1, 2]"),
+        lambda p: (p / "stats.json").write_text('{"documents_out": 2, "accuracy": 0.9}'),
+        lambda p: (p / "val" / "part-00000.parquet").replace(p / "val.parquet"),
+    ],
+    ids=["extra-file", "train-not-parquet", "train-subdir", "stats-not-json", "stats-not-object",
+         "stats-foreign-key", "val-file"],  # fmt: skip
+)
+def test_only_what_data_prepare_writes_is_a_prepared_dataset(tmp_path, change):
+    """A folder with stats.json beside train/ was taken for a prepared dataset whatever else it held."""
+    from scratchlm.data.sources import is_prepared_dir
+
+    assert is_prepared_dir(_prepared_with(tmp_path / "as-written", lambda p: None))
+    assert not is_prepared_dir(_prepared_with(tmp_path / "changed", change))
+
+
+def test_hidden_files_a_file_browser_adds_leave_a_prepared_dataset_recognised(tmp_path):
+    """Not recognised, its parts would be read as plain parquet files: val mixed into train."""
+    from scratchlm.data.sources import is_prepared_dir
+
+    def browsed(path):
+        for folder in (path, path / "train", path / "val"):
+            (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+
+    assert is_prepared_dir(_prepared_with(tmp_path / "browsed", browsed))
+    assert not is_prepared_dir(_prepared_with(tmp_path / "in-git", lambda p: (p / ".git").mkdir()))
+
+
+def test_a_folder_merely_shaped_like_a_prepared_dataset_is_read_as_files(tmp_path):
+    """Its .txt files were silently skipped: the folder was read as a prepared dataset of no parts."""
+    sub = tmp_path / "corpus" / "sub"
+    (sub / "train").mkdir(parents=True)
+    (sub / "stats.json").write_text('{"documents_out": 1}')
+    (sub / "train" / "a.txt").write_text("in train")
+    (sub / "notes.txt").write_text("notes")
+    assert texts([tmp_path / "corpus"], include=["*.txt"]) == ["notes", "in train"]
+    assert texts([sub], include=["*.txt"]) == ["notes", "in train"]
+
+
+def test_json_lines_named_json_are_read_line_by_line(tmp_path):
+    """C4 (c4-train.*.json.gz) and Dolma ship JSON Lines as .json: it was "not valid JSON (Extra data)"."""
+    records = [{"text": "first", "url": "u1", "timestamp": "t"}, {"text": "second", "url": "u2", "timestamp": "t"}]
+    c4 = tmp_path / "c4-train.00000-of-01024.json.gz"
+    c4.write_bytes(gzip.compress(b"\n" + "".join(json.dumps(r) + "\n" for r in records).encode()))
+    assert texts([c4]) == ["first", "second"]
+    plain = tmp_path / "dolma.json"
+    plain.write_bytes(b'{"text": "ok"}\n{"text": "bad \xff"}\n{broken\n{"id": 3}\n')
+    with pytest.raises(DataError, match=r"dolma\.json:3: not valid JSON"):
+        texts([plain])
+    stats = SourceStats()
+    docs = list(iter_documents([str(plain)], SourceOptions(skip_bad_records=True), stats))
+    assert [(d.text, d.invalid_utf8) for d in docs] == [("ok", False), ("bad \ufffd", True)]
+    assert stats.bad_records == 2
+
+
+def test_whole_json_files_are_still_read_whole(tmp_path):
+    one_line = tmp_path / "one.json"
+    one_line.write_text('{"text": "single"}\n\n')
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps([{"text": "a"}, "b"], indent=2))
+    assert texts([one_line, pretty]) == ["single", "a", "b"]
+    two_pretty = tmp_path / "two.json"
+    two_pretty.write_text(json.dumps({"text": "a"}, indent=2) + json.dumps({"text": "b"}, indent=2))
+    with pytest.raises(DataError, match=r"two\.json: not valid JSON \(Extra data"):
+        texts([two_pretty])
+
+
+@pytest.mark.parametrize("string_type", [pa.string(), pa.large_string()])
+def test_invalid_utf8_in_a_parquet_text_column_is_repaired_and_flagged(tmp_path, string_type):
+    """pyarrow raised UnicodeDecodeError for the one bad value and the whole file failed."""
+    raw = pa.binary() if string_type == pa.string() else pa.large_binary()
+    column = pa.array([b"fine", b"bad \xff byte", None], raw).view(string_type)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"text": column}), path)  # a string column the writer does not check
+    assert pq.read_schema(path).field("text").type == string_type
+    stats = SourceStats()
+    docs = list(iter_documents([str(path)], SourceOptions(skip_bad_records=True), stats))
+    assert [(d.text, d.invalid_utf8) for d in docs] == [("fine", False), ("bad \ufffd byte", True)]
+    assert stats.bad_records == 1  # the null row, as before
+
+
+def test_a_binary_parquet_column_is_still_not_text(tmp_path):
+    path = tmp_path / "bytes.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"raw"], pa.binary())}), path)
+    with pytest.raises(DataError, match="row 1: column 'text' is bytes, not a string"):
+        texts([path])
+
+
+def test_excluding_a_folder_excludes_everything_below_it(tmp_path):
+    """`--exclude sub` did nothing for a plain folder (only `sub/*` worked), and a prepared dataset
+    inside was matched by its folder name only, so `--exclude 'prepared/*'` kept it."""
+    from scratchlm.data.sources import write_prepared_dir
+
+    (tmp_path / "a.txt").write_text("loose")
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "b.txt").write_text("in sub")
+    (tmp_path / "sub" / "deeper" / "c.txt").write_text("deeper")
+    write_prepared_dir(tmp_path / "prepared", ["kept train"], ["kept val"])
+    everything = ["loose", "kept train", "kept val", "in sub", "deeper"]
+    assert texts([tmp_path]) == everything
+    for pattern in ("sub", "sub/", "sub/*", "s?b"):
+        assert texts([tmp_path], exclude=[pattern]) == ["loose", "kept train", "kept val"], pattern
+    assert texts([tmp_path], exclude=["deeper"]) == ["loose", "kept train", "kept val", "in sub"]
+    assert texts([tmp_path], exclude=["sub/deeper/*"]) == ["loose", "kept train", "kept val", "in sub"]
+    for pattern in ("prepared", "prepared/", "prepared/*", "prep*"):
+        assert texts([tmp_path], exclude=[pattern]) == ["loose", "in sub", "deeper"], pattern
+    assert texts([tmp_path], exclude=["*.txt"]) == ["kept train", "kept val"]  # names, at any depth
+    assert texts([tmp_path], exclude=["sub/*.txt"]) == ["loose", "kept train", "kept val"]  # `*` matches `/`
