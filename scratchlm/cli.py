@@ -60,7 +60,8 @@ def add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) -
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable); values are TOML literals",
+        help="override one config value (repeatable); values are TOML literals, but a string setting takes "
+        "unquoted text as typed and an optional one takes none",
     )
 
 

@@ -97,18 +97,42 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+@dataclasses.dataclass(frozen=True)
+class SetValue:
+    """A `--set` value: the text typed and the TOML value it reads as. Which one a setting takes
+    is known only once the setting's type is: a string setting takes unquoted text as typed
+    (`train.out=2024-06-01` names a folder, not a date), an optional one takes a bare `none`."""
+
+    text: str
+    value: Any
+
+    def __repr__(self) -> str:  # error messages quote the value, as they would a TOML file's
+        return repr(self.value)
+
+    @property
+    def is_bare_none(self) -> bool:
+        """An unquoted none/null: TOML has no null, so `--set key=none` is how None is typed."""
+        return self.text.lower() in ("none", "null")
+
+
+def _free_value(value: Any) -> Any:
+    """A value for a setting of no declared type (a free table such as `[model]`): `--set` values
+    read as TOML, a bare none as None (checked later, against the table's real type)."""
+    if isinstance(value, SetValue):
+        return None if value.is_bare_none else value.value
+    if isinstance(value, Mapping):
+        return {k: _free_value(v) for k, v in value.items()}
+    return value
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against annotation `tp`, converting only where no information is lost."""
     origin = get_origin(tp)
     if tp is Any:
-        return value
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {_describe(tp)}")
+        return _free_value(value)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, SetValue) and value.is_bare_none)):
             return None
         errors = []
         for arg in args:
@@ -119,6 +143,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if isinstance(value, SetValue):
+        if tp is str and not value.text.startswith(('"', "'")):
+            return value.text
+        value = value.value
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {_describe(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table of {field_names(tp)}, got {value!r}")
@@ -135,7 +167,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
+        return _free_value(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -207,14 +239,16 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
+def parse_override(item: str) -> tuple[list[str], SetValue]:
+    """`section.key=value` as the key's parts and the value, its text kept beside its TOML reading."""
     if "=" not in item:
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
     key, _, raw = item.partition("=")
     parts = [p.strip() for p in key.strip().split(".")]
     if not all(parts):
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
-    return parts, parse_value(raw.strip())
+    text = raw.strip()
+    return parts, SetValue(text, parse_value(text))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -281,6 +315,7 @@ __all__ = [
     "parse_override",
     "parse_value",
     "read_toml",
+    "SetValue",
     "real_value",
     "require_finite_number",
     "to_dict",

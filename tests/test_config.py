@@ -127,3 +127,47 @@ def test_integers_of_any_kind_are_integers_and_bools_of_any_kind_are_not():
 
     assert [integer_value(v) for v in (5, np.int64(4), torch.tensor(3))] == [5, 4, 3]
     assert [integer_value(v) for v in (True, np.bool_(True), torch.tensor(True), 2.0, "7", None)] == [None] * 6
+
+
+@dataclass
+class Optionals:
+    name: str = "run"
+    note: str | None = "x"
+    count: int | None = 3
+    seeds: list[int] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@pytest.mark.parametrize("text", ["none", "None", "NULL", "null"])
+def test_a_bare_none_sets_an_optional_setting_to_none(text):
+    """The error for `--set model.d_ff=none` offered none and then refused it."""
+    cfg = load_config(Optionals, None, [f"count={text}", f"note={text}", f"seeds={text}", f"extra.k={text}"])
+    assert cfg.count is None and cfg.note is None and cfg.seeds is None and cfg.extra == {"k": None}
+
+
+def test_none_is_text_where_none_is_not_allowed_and_when_quoted():
+    assert load_config(Optionals, None, ["name=none"]).name == "none"
+    assert load_config(Optionals, None, ['note="none"']).note == "none"
+    with pytest.raises(ConfigError, match=r"count: expected int \| none, got 'none'"):
+        load_config(Optionals, None, ["count='none'"])
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("2024-06-01", "2024-06-01"), ("123", "123"), ("true", "true"), ("1e-3", "1e-3"), ("07:30:00", "07:30:00"),
+    ('"quoted"', "quoted"), ("'lit'", "lit"), ('"a\\tb"', "a\tb"),
+])
+def test_a_string_setting_takes_unquoted_text_as_typed(text, value):
+    """`--set train.out=2024-06-01` names a folder; the TOML reading (a date) belongs to other types."""
+    assert load_config(Optionals, None, [f"name={text}"]).name == value
+    assert load_config(Optionals, None, [f"note={text}"]).note == value
+
+
+def test_other_types_keep_toml_semantics_on_the_command_line_and_in_files(tmp_path):
+    assert load_config(Optionals, None, ["count=123"]).count == 123
+    assert load_config(Stage, None, ["train.tags=['a', 'b']", "train.lr=1e-3"]).train.tags == ["a", "b"]
+    toml = tmp_path / "c.toml"
+    toml.write_text("name = 2024-06-01\n")
+    with pytest.raises(ConfigError, match=r"name: expected a string, got datetime.date\(2024, 6, 1\)"):
+        load_config(Optionals, toml)
+    with pytest.raises(ConfigError, match="train.steps: expected an integer, got 'many'"):
+        load_config(Stage, None, ["train.steps=many"])

@@ -40,10 +40,11 @@ def register(root, groups) -> None:
     sweep.set_defaults(func=run_sweep)
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, *extra: str):
+    """The config of the file and `--set`, then `extra` overrides (the command's own)."""
     from scratchlm.train.config import load_pretrain_config
 
-    return load_pretrain_config(args.config, args.overrides)
+    return load_pretrain_config(args.config, [*args.overrides, *extra])
 
 
 def stopped_exit_code(stopped: str | None) -> int:
@@ -73,7 +74,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--lrs expects comma-separated numbers, got {args.lrs!r}") from None
     if not lrs or args.steps < 1:
         raise ConfigError("--lrs needs at least one value and --steps must be positive")
-    report = sweep_lr(_config(args), lrs, args.steps, resume=args.resume)
+    # Each rate's run trains --steps steps whatever [train] budgets: they need not be set.
+    report = sweep_lr(_config(args, f"train.max_steps={args.steps}"), lrs, args.steps, resume=args.resume)
     if not is_main_process():  # rank 0 reports for all; the exit code is the same on every rank
         return _sweep_exit_code(report)
     print(f"{'lr':>10}  {'val_loss':>10}  {'val_bpb':>8}", file=sys.stdout)

@@ -2,7 +2,8 @@
 
 The `[model]` section is a free table on purpose: it holds `preset` plus any field of
 `scratchlm.model.ModelConfig`, and is checked against that dataclass when the model is built, so
-a new model field needs no change here.
+a new model field needs no change here. A `[model]` that names no preset starts from
+`DEFAULT_MODEL_PRESET`, so giving one field changes that field only.
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from scratchlm.config import from_dict, load_config
+from scratchlm.config import from_dict, integer_value, load_config
 from scratchlm.errors import ConfigError
+from scratchlm.fsutil import check_output_dir
+
+if TYPE_CHECKING:  # the model package imports torch: not at config time
+    from scratchlm.model import ModelConfig
+
+# The preset a [model] section starts from when it names none (`--set model.preset=none`: none).
+DEFAULT_MODEL_PRESET = "tiny"
 
 # Range checks by name; 0 often means "off", so it is allowed for the non-negative ones.
 POSITIVE_TRAIN_KEYS = (
@@ -66,7 +74,7 @@ class TrainSection:
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    decay_fraction: float = 0.2  # the decay share of a warmup-stable-decay schedule
+    decay_fraction: float = 0.2  # the decay share of a warmup-stable-decay schedule (of the budget after warmup)
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -147,14 +155,35 @@ class DebugSection:
 @dataclass
 class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": DEFAULT_MODEL_PRESET})
     train: TrainSection = field(default_factory=TrainSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
     debug: DebugSection = field(default_factory=DebugSection)
 
+    def __post_init__(self) -> None:
+        """A [model] that names no preset gets the default one written in, so the saved config
+        (run_config.json, checkpoints, sweep.json) says which preset the model started from."""
+        self.model = {"preset": DEFAULT_MODEL_PRESET, **self.model}
+
     def validate(self) -> None:
         if not self.data.tokens:
             raise ConfigError("[data] tokens is required: the tokens dir made by `scratchlm data tokenize`")
+
+
+def check_train_out(config: PretrainConfig) -> Path:
+    """`train.out` as an absolute path, or one ConfigError where a run there would endanger a
+    directory: the current one or one above it, or the tokens it reads (a later `data tokenize
+    --out` of the tokens would delete the run; checkpoints among the tokens would be read as
+    data). A run adds its files beside whatever else the directory holds, so any other one may."""
+    if not config.train.out.strip():
+        raise ConfigError("train.out is empty; name the run's directory (e.g. runs/pretrain)")
+    try:
+        return check_output_dir(
+            config.train.out, what="a run directory", replaceable=lambda _: True, inputs=[config.data.tokens],
+            error=ConfigError,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"train.out = {e}") from None
 
 
 def load_pretrain_config(
@@ -164,25 +193,31 @@ def load_pretrain_config(
     return load_config(PretrainConfig, path, overrides)
 
 
-def build_model_config(section: dict[str, Any], vocab_size: int, seq_len: int):
-    """The `ModelConfig` named by `[model]`: a preset, then field overrides.
+def build_model_config(section: dict[str, Any], vocab_size: int, seq_len: int) -> ModelConfig:
+    """The `ModelConfig` named by `[model]`: a preset (`DEFAULT_MODEL_PRESET` when it names none;
+    a preset of None: `ModelConfig`'s own defaults), then field overrides.
 
     The vocabulary comes from the tokens' `meta.json` unless `[model] vocab_size` is set (it may
     be larger, e.g. padded to a multiple of 64, never smaller). Widths that derive from others
-    (`d_ff`, `n_kv_head`) follow an overridden `d_model`/`mlp`/`n_head` unless given too.
+    (`d_ff`, `n_kv_head`) follow an overridden `d_model`/`mlp`/`n_head` unless given too: a
+    preset's `n_kv_head` stays where it divides the new `n_head` and the preset groups its heads
+    (tiny's 4 query heads share 2), else it follows `n_head`.
     """
     from scratchlm.model import ModelConfig, get_preset
 
     user = dict(section)
-    preset = user.pop("preset", None)
+    preset = user.pop("preset", DEFAULT_MODEL_PRESET)
     fields: dict[str, Any] = {}
     if preset is not None:
         base = get_preset(str(preset))
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
         if ("d_model" in user or "mlp" in user) and "d_ff" not in user:
             fields.pop("d_ff", None)
-        if "n_head" in user and "n_kv_head" not in user and fields.get("n_kv_head") == fields.get("n_head"):
-            fields.pop("n_kv_head", None)
+        heads = integer_value(user.get("n_head"))
+        if heads and "n_kv_head" not in user:
+            kv_heads = fields.get("n_kv_head")
+            if kv_heads == fields.get("n_head") or heads % kv_heads:  # the preset's grouping cannot stay
+                fields.pop("n_kv_head", None)
     fields.update(user)
     if user.get("vocab_size") in (None, 0):
         fields["vocab_size"] = vocab_size

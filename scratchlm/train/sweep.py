@@ -15,11 +15,19 @@ from typing import Any
 
 from scratchlm.config import to_dict
 from scratchlm.errors import ConfigError, TrainingStopped
-from scratchlm.fsutil import atomic_write_json
-from scratchlm.train.config import PretrainConfig
+from scratchlm.fsutil import atomic_write_json, is_json_int
+from scratchlm.train.config import PretrainConfig, check_train_out
 
 DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 DEFAULT_STEPS = 200
+# [train] keys that do not decide whether an earlier sweep's results compare with new ones: those
+# each rate's run sets itself (`_run_config`; warmup_steps is compared as the run uses it), and
+# those that change what is shown or logged, never the weights or the validation loss.
+RUN_SET_KEYS = (
+    "lr", "out", "max_steps", "max_tokens", "max_seconds", "eval_every", "checkpoint_every", "checkpoint_minutes",
+    "keep_last",
+)
+DISPLAY_KEYS = ("progress_bar", "tensorboard", "keep_host_memory", "log_every")
 
 
 def lr_label(lr: float) -> str:
@@ -63,6 +71,7 @@ def sweep_lr(
 
     rates = checked_rates(lrs)
     _check_val_split(config.data.tokens)
+    check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
     out = Path(config.train.out)
     settings = _sweep_settings(config)
     done = _finished_rates(out, steps, settings) if resume else {}
@@ -88,8 +97,8 @@ def sweep_lr(
 
 
 def _sweep_settings(config: PretrainConfig) -> dict[str, Any]:
-    """Everything a rate's result depends on but the rate: results are comparable only when it is
-    the same (the run folder and the sweep-set lr aside)."""
+    """The resolved config as sweep.json records it (the run folder and the sweep-set lr aside);
+    `_comparable` picks from it what a rate's result depends on."""
     settings = json.loads(json.dumps(to_dict(config)))  # as sweep.json gives it back (lists, not tuples)
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("lr", "out")}
     return settings
@@ -119,13 +128,23 @@ def _finished_rates(out: Path, steps: int, settings: dict[str, Any]) -> dict[flo
             f"{path}: that sweep ran {recorded_steps} steps per rate; resume it with --steps {recorded_steps} "
             "or choose another train.out"
         )
-    changed = _changed_keys(recorded_settings, settings)
+    changed = _changed_keys(_comparable(recorded_settings, steps), _comparable(settings, steps))
     if changed:
         raise ConfigError(
             f"{path}: that sweep ran with other settings ({', '.join(changed)}); its results would not compare "
             "with new ones: resume it with the same config or choose another train.out"
         )
     return recorded
+
+
+def _comparable(settings: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The settings that decide a rate's result, as its run uses them: the keys of RUN_SET_KEYS
+    and DISPLAY_KEYS left out, warmup_steps as `_run_config` cuts it for `steps`. Applied to a
+    report's settings and to today's alike, so reports that recorded them all still resume."""
+    train = {k: v for k, v in settings.get("train", {}).items() if k not in RUN_SET_KEYS + DISPLAY_KEYS}
+    if is_json_int(train.get("warmup_steps")):
+        train["warmup_steps"] = _run_warmup_steps(train["warmup_steps"], steps)
+    return {**settings, "train": train}
 
 
 def _changed_keys(before: dict[str, dict], now: dict[str, dict]) -> list[str]:
@@ -170,10 +189,15 @@ def _run_config(config: PretrainConfig, lr: float, steps: int, out: Path) -> Pre
         checkpoint_every=0,
         checkpoint_minutes=0.0,
         keep_last=1,
-        warmup_steps=min(config.train.warmup_steps, max(1, steps // 10)),
+        warmup_steps=_run_warmup_steps(config.train.warmup_steps, steps),
         out=str(out),
     )
     return dataclasses.replace(config, train=train_cfg)
+
+
+def _run_warmup_steps(warmup_steps: int, steps: int) -> int:
+    """A rate's warmup: the config's, cut to a tenth of the short run so most of it decays."""
+    return min(warmup_steps, max(1, steps // 10))
 
 
 def _result(lr: float, summary: dict[str, Any], out: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from scratchlm.fsutil import atomic_write_json, remove_abandoned_temp_dirs
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
-from scratchlm.train.config import PretrainConfig, build_model_config
+from scratchlm.train.config import PretrainConfig, build_model_config, check_train_out
 from scratchlm.train.distributed import (
     all_reduce_mean,
     barrier,
@@ -58,7 +58,11 @@ from scratchlm.train.optim import build_optimizer
 from scratchlm.train.schedule import lr_factor
 
 # The settings that decide which tokens each step reads: (section, key).
-DATA_STREAM_SETTINGS = (("data", "mode"), ("train", "seed"), ("train", "seq_len"), ("train", "batch_tokens"))
+DATA_STREAM_SETTINGS = (
+    ("data", "tokens"), ("data", "mode"), ("train", "seed"), ("train", "seq_len"), ("train", "batch_tokens"),
+)
+# Settings that name a path: the same directory however it is spelled (`tokens/` and `tokens`).
+PATH_SETTINGS = (("data", "tokens"),)
 # Settings each optimizer's parameter groups carry; a resume takes them from this run's config.
 _ADAMW_SETTINGS = (("train", "lr"), ("train", "weight_decay"), ("train", "beta1"), ("train", "beta2"))
 OPTIMIZER_SETTINGS = {"adamw": _ADAMW_SETTINGS, "muon": (*_ADAMW_SETTINGS, ("train", "muon_lr"))}
@@ -90,6 +94,10 @@ class TrainState:
     last_val_bpb: float | None = None
     last_val_step: int = -1
     last_eval_step: int = -1  # the last step evaluated or sampled: a run without a val split has no val step
+    # Where warmup ended (tokens trained, seconds elapsed), the start of the decay for token and time
+    # budgets; None until then (and in checkpoints older than it: estimated, see `_warmup_progress`).
+    warmup_end_tokens: int | None = None
+    warmup_end_s: float | None = None
 
 
 @dataclass
@@ -101,6 +109,7 @@ class Session:
     start: float = field(default_factory=time.perf_counter)
     last_ckpt_time: float = field(default_factory=time.perf_counter)
     applied: int = 0  # updates applied, counting those redone after a rollback: work done, for rates
+    attempted: int = 0  # steps run, applied or not: the divisor of the mean step time
     timed_s: float = 0.0  # step time after the warm-up steps
     timed_tokens: int = 0
     losses: list[float] = field(default_factory=list)
@@ -139,6 +148,7 @@ class PretrainRun:
     """The state and steps of one pretraining run (one object per process)."""
 
     def __init__(self, config: PretrainConfig, resume: bool = False) -> None:
+        check_train_out(config)  # before anything is written, or a process group started
         self.config = config
         tc = config.train
         self.tc = tc
@@ -149,7 +159,8 @@ class PretrainRun:
             keep_freed_memory()
         self.out = Path(tc.out)
         self.ckpt_root = self.out / "checkpoints"
-        self.log = _open_metrics_log(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
+        self.log = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
+        self._step_seconds = 0.0  # the mean step time so far, agreed by all processes
         self._stop_signal: int | None = None
         self._last_saved: tuple[int, bool] | None = None  # (step, with a validation loss) of the newest save
         self._old_handlers: dict[int, Any] = {}
@@ -246,6 +257,12 @@ class PretrainRun:
         latest = ckpt.find_latest(self.ckpt_root)
         if resume and latest is not None:
             self._restore(ckpt.load_checkpoint(latest), resumed=True)
+            dropped = self._start_log(self.state.step)
+            if dropped:
+                self.log.say(
+                    f"{self.log.path}: dropped {dropped} record(s) logged after {latest.name} was saved; "
+                    "the resumed run logs those steps again"
+                )
             self.log.event("resume", self.state.step, checkpoint=latest.name, data_step=self.state.data_step)
             self.log.say(f"resumed from {latest} at step {self.state.step}")
             return
@@ -256,9 +273,19 @@ class PretrainRun:
             )
         if resume:
             self.log.say(f"no checkpoint in {self.ckpt_root}; starting a fresh run")
+        if self.dist.is_main and self.log.path.exists():
+            self.log.say(f"{self.log.path} is from a run that saved no checkpoint; starting a new log")
+        self._start_log(None)
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "run_config.json", to_dict(self.config))
+
+    def _start_log(self, resumed_step: int | None) -> int:
+        """Open the metrics log (see `MetricsLogger.start`); a train.out that cannot hold it is a
+        config mistake."""
+        try:
+            return self.log.start(resumed_step)
+        except OSError as e:
+            raise ConfigError(f"train.out = {self.out}: cannot write the run there ({e.strerror or e})") from None
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -296,8 +323,11 @@ class PretrainRun:
                     return signal.Signals(int(stop_now)).name
                 if self._budget_spent():
                     return None
+                if session.attempted:  # from agreed values only: every process sets the same lr
+                    self._step_seconds = (elapsed - session.base_elapsed) / session.attempted
                 t0 = time.perf_counter()
                 outcome = self._step()
+                session.attempted += 1
                 if not outcome["applied"]:
                     continue
                 session.count_step(outcome["loss"], time.perf_counter() - t0, tc.batch_tokens)
@@ -387,22 +417,46 @@ class PretrainRun:
             or (tc.max_seconds > 0 and st.elapsed_s >= tc.max_seconds)
         )
 
-    def _progress(self) -> float:
-        """The share of the budget used: whichever budget is nearest its end drives the decay."""
+    def _progress(self, ahead: bool = False) -> float:
+        """The share of the budget used; `ahead`: once the coming update is made, so that the last
+        update of the budget gets the end of the schedule. A clock cannot be read ahead: a time
+        budget counts the mean step time so far."""
         tc, st = self.tc, self.state
+        n = int(ahead)
+        return self._budget_share(st.step + n, st.tokens + n * tc.batch_tokens, st.elapsed_s + n * self._step_seconds)
+
+    def _budget_share(self, steps: int, tokens: float, seconds: float) -> float:
+        """The share of the budget that a position uses: whichever budget is nearest its end."""
+        tc = self.tc
         shares = [0.0]
         if tc.max_steps > 0:
-            shares.append(st.step / tc.max_steps)
+            shares.append(steps / tc.max_steps)
         if tc.max_tokens > 0:
-            shares.append(st.tokens / tc.max_tokens)
+            shares.append(tokens / tc.max_tokens)
         if tc.max_seconds > 0:
-            shares.append(st.elapsed_s / tc.max_seconds)
+            shares.append(seconds / tc.max_seconds)
         return min(1.0, max(shares))
+
+    def _warmup_progress(self) -> float:
+        """The share of the budget used when warmup ended, where the decay starts. The position is
+        recorded in the train state when it is reached (saved with checkpoints, so a resumed run
+        decays as an uninterrupted one); a checkpoint from before it was recorded gets it in
+        proportion to its steps (exact for a step or token budget with an unchanged batch)."""
+        tc, st = self.tc, self.state
+        if st.step < tc.warmup_steps:
+            return 0.0  # still warming up: no decay yet
+        if st.warmup_end_tokens is None or st.warmup_end_s is None:
+            share = tc.warmup_steps / st.step if st.step else 0.0  # 1 when warmup ends now
+            st.warmup_end_tokens, st.warmup_end_s = round(st.tokens * share), st.elapsed_s * share
+        return self._budget_share(tc.warmup_steps, st.warmup_end_tokens, st.warmup_end_s)
 
     def _step(self) -> dict[str, Any]:
         """One optimizer step's worth of micro-batches, judged before it touches the weights."""
         tc, st = self.tc, self.state
-        factor = lr_factor(st.step, tc.warmup_steps, self._progress(), tc.schedule, tc.min_lr_ratio, tc.decay_fraction)
+        factor = lr_factor(
+            st.step, tc.warmup_steps, self._progress(ahead=True), tc.schedule, tc.min_lr_ratio, tc.decay_fraction,
+            warmup_progress=self._warmup_progress(),
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.model.train()
@@ -719,7 +773,8 @@ class PretrainRun:
             raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
         if loaded["model_config"] != to_dict(self.model_cfg):
             raise CheckpointError(
-                f"{loaded['path']}: the checkpoint's model config differs from this run's [model] section"
+                f"{loaded['path']}: the checkpoint's model config differs from this run's [model] section ("
+                + _differences(loaded["model_config"], to_dict(self.model_cfg)) + ")"
             )
         self._check_same_optimizer(saved, loaded["path"])
         if resumed:
@@ -797,7 +852,8 @@ class PretrainRun:
         changed = [
             f"{section}.{key} {old!r} -> {now[section][key]!r}"
             for section, key in settings
-            if (old := _saved_setting(saved, section, key)) is not None and old != now[section][key]
+            if (old := _saved_setting(saved, section, key)) is not None
+            and not _same_setting((section, key), old, now[section][key])
         ]
         if changed:
             self.log.say(f"resuming with changed {kind} settings (" + ", ".join(changed) + f"): {consequence}")
@@ -834,14 +890,21 @@ class PretrainRun:
             cleanup()
 
 
-def _open_metrics_log(out: Path, enabled: bool, tensorboard: bool) -> MetricsLogger:
-    """The run's metrics log; a train.out that cannot be a directory is a config mistake."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train.out = {out} exists and is not a directory; choose another train.out")
-    try:
-        return MetricsLogger(out, enabled=enabled, tensorboard=tensorboard)
-    except OSError as e:
-        raise ConfigError(f"train.out = {out}: cannot write the run there ({e.strerror or e})") from None
+def _same_setting(setting: tuple[str, str], old: Any, new: Any) -> bool:
+    """Whether a setting kept its value; a path is the same however it is spelled."""
+    if setting in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+        return Path(old) == Path(new)
+    return old == new
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """`key: A in the checkpoint, B here` for each model field that differs, so a refused resume
+    says which [model] setting to give."""
+    return "; ".join(
+        f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} here"
+        for key in sorted(saved.keys() | now.keys())
+        if saved.get(key) != now.get(key)
+    )
 
 
 class EvaluationInterrupted(Exception):

@@ -261,3 +261,49 @@ def test_a_run_without_a_terminal_logs_its_progress_as_lines(tokens, tmp_path, c
     for row, line in zip(eval_rows, eval_lines):
         assert f"val_loss {row['val_loss']:.4f}  val_bpb {row['val_bpb']:.4f}" in line
         assert "sample " + json.dumps(row["sample"][:160], ensure_ascii=False) in line
+
+
+def test_a_run_or_sweep_into_its_tokens_or_nowhere_is_a_one_line_error(tokens, tmp_path, capsys):
+    """`--set train.out=` wrote the run into the current directory, and a train.out at the tokens
+    put checkpoints where the next `data tokenize --out` deletes them."""
+    toml = str(write_toml(tiny_config(tokens, tmp_path / "run"), tmp_path / "run.toml"))
+    before = sorted(p.relative_to(tokens) for p in tokens.rglob("*"))
+    for command in (["pretrain"], ["sweep-lr", "--lrs", "1e-2", "--steps", "2"]):
+        for out, message in [("", "train.out is empty"), (str(tokens), f"train.out = {tokens}: holds the input"),
+                             (f"{tokens}/run", f"train.out = {tokens}/run: is inside the input")]:
+            assert main([*command, "--config", toml, "--set", f"train.out={out}"]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"scratchlm: error: {message}"), err
+    assert sorted(p.relative_to(tokens) for p in tokens.rglob("*")) == before
+
+
+def test_sweep_lr_needs_no_budget_in_the_config(tokens, tmp_path, capsys):
+    """--steps is each rate's budget; a config without one was refused for lacking it."""
+    out = tmp_path / "sweep"
+    toml = write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml")
+    toml.write_text(toml.read_text().replace("max_steps = 12", "max_steps = 0"))
+    assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e-2", "--steps", "3"]) == 0
+    assert "best learning rate: 0.01" in capsys.readouterr().out
+    assert [r["step"] for r in read_rows(out / "lr-0.01") if "loss" in r] == [1, 2, 3]
+
+
+def test_a_sweep_resumes_whatever_its_runs_set_themselves_or_only_show(tokens, tmp_path, capsys):
+    """Each rate's run sets its own budget, evaluation, checkpoints and (cut) warmup, and the
+    display settings change no result: none of them may stop a sweep from resuming."""
+    out = tmp_path / "sweep"
+    toml = str(write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml"))
+    sweep = ["sweep-lr", "--config", toml, "--steps", "2", "--resume"]
+    assert main([*sweep, "--lrs", "1e-2"]) == 0
+    first = json.loads((out / "sweep.json").read_text())["results"]
+    changed = ["train.max_steps=50", "train.max_tokens=99999", "train.max_seconds=9.5", "train.eval_every=7",
+               "train.checkpoint_every=3", "train.checkpoint_minutes=2", "train.keep_last=9",
+               "train.warmup_steps=5", "train.progress_bar=false", "train.keep_host_memory=false",
+               "train.log_every=4"]  # warmup 5 and the config's 2 are both cut to 1 for 2 steps
+    assert main([*sweep, "--lrs", "1e-2,3e-3", *(a for s in changed for a in ("--set", s))]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["results"][0] == first[0] and [r["lr"] for r in report["results"]] == [1e-2, 3e-3]
+    capsys.readouterr()
+    for setting, key in [("train.warmup_steps=0", "train.warmup_steps"), ("train.seed=8", "train.seed")]:
+        assert main([*sweep, "--lrs", "1e-2", "--set", setting]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"other settings ({key})" in err[0]

@@ -357,3 +357,151 @@ def test_a_compiled_run_trains_as_the_eager_one_and_saves_plain_weights(tokens, 
     assert saved.keys() == reference.keys()
     for name in saved:
         torch.testing.assert_close(saved[name], reference[name], rtol=1e-3, atol=1e-4)
+
+
+def test_a_run_is_refused_where_it_would_write_into_its_tokens(tokens, tmp_path):
+    """Checkpoints and metrics used to land among the tokens, which `data tokenize --out` replaces."""
+    before = sorted(p.relative_to(tokens) for p in tokens.rglob("*"))
+    for out, message in [(tokens, "holds the input"), (tokens / "run", "is inside the input"),
+                         (tokens.parent, "holds the input")]:
+        with pytest.raises(ConfigError, match=f"train.out = .*: {message}"):
+            train(tiny_config(tokens, out, train={"max_steps": 1}))
+    assert sorted(p.relative_to(tokens) for p in tokens.rglob("*")) == before
+
+
+def killed_after_step_two(tokens, out, **train_settings):
+    """A 6-step run saved at steps 2, 4 and 6, then cut back to step 2 as a kill -9 right after that
+    save would have left its checkpoints; metrics.jsonl still holds the 4 later steps."""
+    import shutil
+
+    cfg = tiny_config(tokens, out, train={"max_steps": 6, "checkpoint_every": 2, "keep_last": 5, "eval_every": 2,
+                                          **train_settings})
+    reference = train(cfg)
+    for name in ("step-000004", "step-000006", "latest", "best"):
+        path = out / "checkpoints" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return cfg, reference
+
+
+def test_a_resumed_run_logs_each_step_once(tokens, tmp_path, capsys):
+    """Appended to, the log held the steps after the checkpoint twice after kill -9 and --resume."""
+    out = tmp_path / "run"
+    cfg, _ = killed_after_step_two(tokens, out)
+    first = read_rows(out)
+    capsys.readouterr()
+    assert train(cfg, resume=True)["steps"] == 6
+    assert "dropped 8 record(s) logged after step-000002 was saved" in capsys.readouterr().err
+    rows = read_rows(out)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]
+    assert [e["step"] for e in events(rows, "checkpoint")] == [2, 4, 6]
+    cut = first.index(events(first, "checkpoint")[0]) + 1
+    assert rows[:cut] == first[:cut] and rows[cut]["event"] == "resume"
+    assert train_losses(rows) == train_losses(first)  # the same steps, logged once
+
+
+def test_a_fresh_start_over_a_run_that_saved_nothing_starts_a_new_log(tokens, tmp_path, capsys):
+    """A run killed before its first checkpoint: the next start (with or without --resume) trains
+    from step 1, and its rows used to follow the dead run's."""
+    import shutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [{"step": 1, "loss": 9.0, "lr": 0.1}, {"step": 2, "loss": 8.0, "lr": 0.1}]
+    for resume in (False, True):
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+        capsys.readouterr()
+        train(tiny_config(tokens, out, train={"max_steps": 2, "sample_tokens": 0}), resume=resume)
+        assert "saved no checkpoint; starting a new log" in capsys.readouterr().err
+        rows = read_rows(out)
+        assert [r["step"] for r in rows if "loss" in r] == [1, 2] and rows[0]["loss"] != 9.0
+        shutil.rmtree(out / "checkpoints")
+
+
+def test_a_refused_start_or_resume_leaves_the_log_alone(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2, "sample_tokens": 0}))
+    log = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(tokens, out, train={"max_steps": 2, "sample_tokens": 0}))
+    from scratchlm.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"model config differs .*\(n_layer: 1 in the checkpoint, 2 here\)"):
+        train(tiny_config(tokens, out, model={"n_layer": 2}, train={"max_steps": 4}), resume=True)
+    assert (out / "metrics.jsonl").read_bytes() == log
+
+
+def test_a_model_section_giving_only_some_keys_resumes_a_run_of_the_default_preset(tokens, tmp_path):
+    """[model] n_layer = 2 (tiny's own) used to drop the default preset: another model, refused."""
+    import dataclasses
+
+    from scratchlm.config import from_dict, to_dict
+    from scratchlm.train.config import PretrainConfig
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 1, "sample_tokens": 0})
+    no_model = from_dict(PretrainConfig, {k: v for k, v in to_dict(cfg).items() if k != "model"})
+    train(no_model)  # no [model] at all: the tiny preset
+    resumed = dataclasses.replace(cfg, model={"n_layer": 2}, train=dataclasses.replace(cfg.train, max_steps=2))
+    assert train(resumed, resume=True)["steps"] == 2
+
+
+def test_resuming_on_another_tokens_dir_says_so(tokens, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "tokens-copy"
+    shutil.copytree(tokens, other)
+    out = tmp_path / "run"
+    settings = {"max_steps": 1, "sample_tokens": 0}
+    train(tiny_config(tokens, out, train=settings))
+    capsys.readouterr()
+    train(tiny_config(other, out, train={**settings, "max_steps": 2}), resume=True)
+    assert f"changed data settings (data.tokens '{tokens}' -> '{other}')" in capsys.readouterr().err
+    train(tiny_config(f"{other}/", out, train={**settings, "max_steps": 3}), resume=True)  # the same dir
+    assert "changed data settings" not in capsys.readouterr().err
+
+
+def expected_lrs(lr: float, steps: int, warmup: int, floor: float) -> list[float]:
+    """The schedule's learning rate at each update: linear warmup, then a cosine over the rest of
+    the budget that starts at the peak and puts the last update at the floor."""
+    import math
+
+    lrs = [lr * (s + 1) / warmup for s in range(warmup)]
+    for s in range(warmup, steps):
+        decayed = (s + 1 - warmup) / (steps - warmup)
+        lrs.append(lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * decayed))))
+    return lrs
+
+
+@pytest.mark.parametrize("budget", [{"max_steps": 6}, {"max_steps": 0, "max_tokens": 6 * 128},
+                                    {"max_steps": 0, "max_seconds": 60.0}])
+def test_the_decay_starts_at_the_peak_after_warmup_and_ends_at_the_floor(tokens, tmp_path, monkeypatch, budget):
+    """The decay counted warmup's share of the budget as decayed already (a drop at the end of
+    warmup), and the last update ran at (N-1)/N of it, above the floor. Every budget kind alike."""
+    from scratchlm.train.trainer import Session
+
+    # A clock on which every step takes 10 s: the time budget ends with step 6, as the others do.
+    monkeypatch.setattr(Session, "elapsed", lambda self: self.base_elapsed + 10.0 * self.applied)
+    out = tmp_path / "run"
+    settings = {"warmup_steps": 2, "min_lr_ratio": 0.1, "sample_tokens": 0, **budget}
+    train(tiny_config(tokens, out, train=settings))
+    lrs = [r["lr"] for r in read_rows(out) if "loss" in r]
+    assert lrs == pytest.approx(expected_lrs(1e-2, 6, 2, 0.1), rel=1e-12)
+    assert lrs[-1] == pytest.approx(1e-3, rel=1e-12)
+
+
+def test_a_resume_keeps_the_schedule_from_where_warmup_ended(tokens, tmp_path):
+    """Token and time budgets decay from the budget share used when warmup ended: the checkpoint
+    records it, and a checkpoint older than that record gets it in proportion to its steps."""
+    out = tmp_path / "run"
+    budget = {"max_steps": 0, "max_tokens": 6 * 128, "warmup_steps": 1, "sample_tokens": 0}
+    cfg, _ = killed_after_step_two(tokens, out, **budget)
+    uninterrupted = {r["step"]: r["lr"] for r in read_rows(out) if "loss" in r}
+    state_file = out / "checkpoints" / "step-000002" / "train_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["warmup_end_tokens"] == 128 and state["warmup_end_s"] >= 0  # warmup ended with step 1
+    del state["warmup_end_tokens"], state["warmup_end_s"]  # as a checkpoint from before the record
+    state_file.write_text(json.dumps(state))
+    train(cfg, resume=True)
+    resumed = {r["step"]: r["lr"] for r in read_rows(out) if "loss" in r}
+    assert resumed == uninterrupted

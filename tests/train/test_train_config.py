@@ -1,0 +1,74 @@
+"""`PretrainConfig` pieces that need no training: the [model] preset and where a run may write."""
+
+from __future__ import annotations
+
+import pytest
+
+from scratchlm.errors import ConfigError
+from scratchlm.train.config import build_model_config, load_pretrain_config
+
+BASE = ["data.tokens=tokens", "train.max_steps=1"]
+
+
+def test_a_model_section_without_a_preset_starts_from_the_tiny_one():
+    """Giving one [model] key used to replace the default table, preset included, so the model fell
+    back to ModelConfig's defaults (4 K/V heads instead of tiny's 2) and a resume then failed."""
+    cfg = load_pretrain_config(None, [*BASE, "model.n_layer=3"])
+    assert cfg.model == {"preset": "tiny", "n_layer": 3}  # saved configs name the preset used
+    model = build_model_config(cfg.model, 300, 16)
+    tiny = build_model_config({"preset": "tiny"}, 300, 16)
+    assert model.n_layer == 3 and model.n_kv_head == tiny.n_kv_head == 2 and model.d_ff == tiny.d_ff
+    assert build_model_config({"n_layer": 3}, 300, 16) == model  # the library call, without the config
+
+
+def test_a_preset_of_none_is_the_model_configs_own_defaults():
+    cfg = load_pretrain_config(None, [*BASE, "model.preset=none", "model.n_layer=3"])
+    assert build_model_config(cfg.model, 300, 16).n_kv_head == 4
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(1, 1), (2, 2), (3, 3), (8, 2)])
+def test_the_presets_kv_heads_stay_only_where_they_divide_the_new_head_count(heads, kv_heads):
+    model = build_model_config({"n_head": heads, "d_model": 24 * heads}, 300, 16)
+    assert model.n_kv_head == kv_heads
+
+
+def test_train_out_must_not_be_empty_or_overlap_the_tokens(tmp_path, monkeypatch):
+    """A run written into its tokens dir was deleted by the next `data tokenize --out` of it."""
+    from scratchlm.train.config import check_train_out
+
+    tokens = tmp_path / "data" / "tokens"
+    tokens.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+
+    def check(out: str, tokens_dir: str = str(tokens)):
+        return check_train_out(load_pretrain_config(None, [f"data.tokens={tokens_dir}", "train.max_steps=1",
+                                                           f"train.out={out}"]))
+
+    for out, message in [
+        ("", "train.out is empty"),
+        ("  ", "train.out is empty"),
+        (".", "is the current directory or holds it"),
+        (str(tokens), "holds the input"),
+        (str(tmp_path / "data"), "holds the input"),
+        (str(tokens / "run"), "is inside the input"),
+        ("data/tokens/../tokens", "holds the input"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            check(out)
+        text = str(caught.value)
+        assert text.startswith("train.out") and message in text and "\n" not in text
+    with pytest.raises(ConfigError, match="holds the input data/tokens"):
+        check(str(tmp_path / "data"), "data/tokens")  # relative paths are resolved too
+    assert check("runs/pretrain") == tmp_path / "runs" / "pretrain"
+    assert check(str(tmp_path / "data" / "run")) == tmp_path / "data" / "run"  # beside the tokens is fine
+
+
+def test_set_takes_none_for_a_model_width_and_text_for_a_run_folder():
+    """`--set model.d_ff=none` was refused by an error offering none; `--set train.out=2024-06-01`
+    was read as a date."""
+    from scratchlm.model.config import default_d_ff
+
+    cfg = load_pretrain_config(None, [*BASE, "model.d_model=96", "model.d_ff=none", "train.out=2024-06-01"])
+    assert cfg.model["d_ff"] is None and cfg.train.out == "2024-06-01"
+    assert build_model_config(cfg.model, 300, 16).d_ff == default_d_ff(96, "swiglu")
+    assert load_pretrain_config(None, [*BASE, "train.out=123", "data.tokens=true"]).data.tokens == "true"
