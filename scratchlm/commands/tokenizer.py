@@ -18,6 +18,8 @@ from scratchlm.fsutil import brief, is_json_int, parse_json, read_json
 if TYPE_CHECKING:
     from scratchlm.tokenizer import Tokenizer
 
+HF_SPLIT_HELP = "hf:NAME inputs: the split to read (default: train)"
+
 
 def register(root, groups) -> None:
     """Add the tokenizer commands to the `tokenizer` group."""
@@ -38,6 +40,7 @@ def register(root, groups) -> None:
     p.add_argument("--workers", type=int, help="word-counting processes (0 = all cores)")
     p.add_argument("--split", choices=["train", "val", "all"], help="split of a prepared dir to read")
     p.add_argument("--text-field", metavar="NAME", help="JSON/parquet field holding the text (default: text)")
+    p.add_argument("--hf-split", metavar="NAME", help=HF_SPLIT_HELP)
     add_config_args(p)
     p.set_defaults(func=_train)
 
@@ -70,8 +73,16 @@ def register(root, groups) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--top", type=_count, default=20, help="how many common tokens to list")
     p.add_argument("--text-field", default="text", metavar="NAME", help="JSON/parquet field holding the text")
+    p.add_argument("--hf-split", default="train", type=_split_name, metavar="NAME", help=HF_SPLIT_HELP)
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=_stats)
+
+
+def _split_name(text: str) -> str:
+    """An argparse type: a non-empty split name (as `hf_split` is checked in a config)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a split, e.g. train")
+    return text
 
 
 def _count(text: str) -> int:
@@ -94,6 +105,7 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers,
         split=args.split,
         text_field=args.text_field,
+        hf_split=args.hf_split,
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
     tok = train_tokenizer(cfg)
@@ -211,7 +223,7 @@ def _stats(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer.stats import tokenizer_stats
 
     tok = Tokenizer.load(args.tokenizer)
-    documents = iter_documents(args.inputs, SourceOptions(text_field=args.text_field))
+    documents = iter_documents(args.inputs, SourceOptions(text_field=args.text_field, hf_split=args.hf_split))
     stats = tokenizer_stats(tok, (d.text for d in documents), top=args.top)
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))

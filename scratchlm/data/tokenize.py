@@ -3,8 +3,8 @@
 Output (a "tokens dir"): `train.bin`/`val.bin` hold every document's token ids followed by
 `<|endoftext|>`, back to back (uint16 when the vocab fits, else uint32); `train.idx`/`val.idx`
 hold each document's int64 start offset; `meta.json` records dtype, vocab size, the tokenizer's
-sha256, the end-of-text id and per-split counts; `tokenizer/` is a copy of the tokenizer, so the
-dir is self-contained.
+sha256, the end-of-text id, per-split counts and how many raw documents the val rule has numbered;
+`tokenizer/` is a copy of the tokenizer, so the dir is self-contained.
 
 Documents stream through in chunks: worker processes encode chunks while this process reads the
 next ones and writes finished ones in input order, so memory stays constant and the bytes are
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain, count, groupby
+from itertools import chain, groupby
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,14 +45,17 @@ from scratchlm.errors import ConfigError, DataError
 from scratchlm.fsutil import (
     atomic_directory,
     atomic_write_json,
+    brief,
     check_output_dir,
     fsync_dir,
+    is_json_int,
     read_json_object,
 )
 from scratchlm.machine import usable_cores
 from scratchlm.progress import progress
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.tokenizer.patterns import encoded_length
+from scratchlm.tokenizer.tokenizer import CONFIG_FILE, TOKENIZER_FILE
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -142,7 +145,21 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
             yield Chunk(texts, np.full(len(texts), is_val))
 
 
-def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: Iterator[int]) -> Iterator[Chunk]:
+@dataclass
+class RawNumbers:
+    """The `val_every` rule's numbering of raw documents. The next number is kept in meta.json
+    (`raw_documents`), so an --append continues it: appending inputs one by one then splits them
+    as tokenizing them together does."""
+
+    next: int = 0
+
+    def __next__(self) -> int:
+        taken = self.next
+        self.next += 1
+        return taken
+
+
+def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: RawNumbers) -> Iterator[Chunk]:
     """Raw inputs' documents; `numbers` counts raw documents across calls for the val rule."""
     documents = iter_documents(inputs, SourceOptions(text_field=config.text_field, hf_split=config.hf_split))
     texts: list[str] = []
@@ -159,7 +176,7 @@ def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: Iterator
         yield Chunk(texts, np.array(flags, dtype=bool))
 
 
-def _goes_to_val(doc: Document, numbers: Iterator[int], every: int) -> bool:
+def _goes_to_val(doc: Document, numbers: RawNumbers, every: int) -> bool:
     """A document of a prepared dataset found inside a directory input keeps its split, so no
     val document leaks into train; any other raw document takes the next number of the val rule."""
     if doc.split is not None:
@@ -168,32 +185,33 @@ def _goes_to_val(doc: Document, numbers: Iterator[int], every: int) -> bool:
     return every > 0 and i % every == every - 1
 
 
-def read_chunks(config: TokenizeConfig) -> tuple[Iterator[Chunk], int | None]:
+def read_chunks(config: TokenizeConfig, numbers: RawNumbers | None = None) -> tuple[Iterator[Chunk], int | None]:
     """The input documents in order, in chunks of about `chunk_chars`, and their count if known.
 
     A prepared dir keeps its own train/val split, also beside raw inputs and inside a directory
     input; raw inputs send every `val_every`-th of their other documents (counted across all raw
-    inputs) to val.
+    inputs, from `numbers`, which then holds the next number) to val.
     """
     groups = [(prepared, list(specs)) for prepared, specs in groupby(config.inputs, key=_is_prepared)]
     if len(groups) == 1 and groups[0][0]:  # only prepared dirs: their row counts give the total
         files = _prepared_files([Path(p) for p in config.inputs])
         return _prepared_chunks(files, config.chunk_chars), _row_count(files)
-    return _chunks(config, groups), None
+    return _chunks(config, groups, RawNumbers() if numbers is None else numbers), None
 
 
 def _is_prepared(spec: str) -> bool:
     return is_prepared_dir(Path(spec))
 
 
-def _chunks(config: TokenizeConfig, groups: Sequence[tuple[bool, list[str]]]) -> Iterator[Chunk]:
+def _chunks(
+    config: TokenizeConfig, groups: Sequence[tuple[bool, list[str]]], numbers: RawNumbers
+) -> Iterator[Chunk]:
     """Chunks of each run of prepared dirs or of raw inputs, in input order."""
-    raw_numbers = count()
     for prepared, specs in groups:
         if prepared:
             yield from _prepared_chunks(_prepared_files([Path(p) for p in specs]), config.chunk_chars)
         else:
-            yield from _raw_chunks(config, specs, raw_numbers)
+            yield from _raw_chunks(config, specs, numbers)
 
 
 def _row_count(files: Sequence[tuple[Path, bool]]) -> int:
@@ -344,7 +362,7 @@ def route(encoded: Encoded, is_val: np.ndarray, writers: dict[str, SplitWriter])
 
 
 def _stream_into(
-    config: TokenizeConfig, tokenizer: Tokenizer, dtype: str, writers: dict[str, SplitWriter]
+    config: TokenizeConfig, tokenizer: Tokenizer, dtype: str, writers: dict[str, SplitWriter], numbers: RawNumbers
 ) -> None:
     """Encode every input document into `writers`, then close them (synced only on success).
     Inputs without a document are refused, as `data prepare` refuses them: a tokens dir of nothing
@@ -353,7 +371,7 @@ def _stream_into(
     try:
         documents = 0
         with ChunkEncoder(tokenizer, config.tokenizer, dtype, workers) as encoder:
-            chunks, total = read_chunks(config)
+            chunks, total = read_chunks(config, numbers)
             with progress(total=total, unit="doc", desc="tokenize") as bar:
                 for chunk, encoded in encoder.map(chunks):
                     route(encoded, chunk.is_val, writers)
@@ -369,7 +387,7 @@ def _stream_into(
         w.close()
 
 
-def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]]) -> dict[str, Any]:
+def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]], numbers: RawNumbers) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "dtype": dtype,
@@ -377,7 +395,20 @@ def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]]) -
         "tokenizer_sha256": tokenizer.sha256,
         "eot_id": tokenizer.eot_id,
         "splits": splits,
+        "raw_documents": numbers.next,
     }
+
+
+def _raw_numbers(meta: dict[str, Any], path: Path) -> RawNumbers:
+    """Where an append continues the `val_every` numbering. A meta.json older than
+    `raw_documents` gives its document count: exact when, as usual, it holds only raw documents,
+    and never a restart at 0, which would send to val the same few positions of every append."""
+    if "raw_documents" not in meta:
+        return RawNumbers(sum(counts["documents"] for counts in meta["splits"].values()))
+    value = meta["raw_documents"]
+    if not is_json_int(value) or value < 0:
+        raise DataError(f"{path}: 'raw_documents' must be a whole number >= 0, got {brief(value)}")
+    return RawNumbers(value)
 
 
 def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
@@ -387,24 +418,53 @@ def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
 
 
 def _is_tokens_dir(path: Path) -> bool:
-    """A tokens dir, complete or left by an interrupted append (which a new run may replace)."""
+    """A tokens dir, complete or left by an interrupted append: one an --append can grow."""
     return (path / "meta.json").is_file() or (path / APPEND_MARKER).is_file()
 
 
+_TOKENS_FILES = frozenset(f"{split}{suffix}" for split in SPLITS for suffix in (".bin", ".idx")) | {"meta.json"}
+_TOKENIZER_FILES = frozenset({TOKENIZER_FILE, CONFIG_FILE})
+
+
+def _is_replaceable_tokens_dir(path: Path) -> bool:
+    """A tokens dir holding nothing but what `data tokenize` writes (hidden files aside), which a
+    new run may replace whole. A folder that also holds other things, a training run's
+    checkpoints say, merely contains a tokens dir's files: replacing it would delete them."""
+    if not _is_tokens_dir(path):
+        return False
+    for entry in path.iterdir():
+        if entry.is_dir():
+            if entry.name != "tokenizer" or entry.is_symlink() or not _only_files(entry, _TOKENIZER_FILES):
+                return False
+        elif entry.name not in _TOKENS_FILES and not entry.name.startswith("."):
+            return False
+    return True
+
+
+def _only_files(path: Path, names: frozenset[str]) -> bool:
+    """Whether `path` holds only files, each named in `names` or hidden."""
+    return all(
+        entry.is_file() and (entry.name in names or entry.name.startswith(".")) for entry in path.iterdir()
+    )
+
+
 def _output_rules(config: TokenizeConfig) -> dict[str, Any]:
-    """What `check_output_dir` needs to refuse an `out` whose replacement would lose something."""
+    """What `check_output_dir` needs to refuse an `out` whose replacement would lose something.
+    An append replaces nothing, so any tokens dir will do for it."""
     inputs = local_input_paths(config.inputs)
-    return dict(what="a tokens directory", replaceable=_is_tokens_dir, inputs=inputs, error=DataError)
+    replaceable = _is_tokens_dir if config.append else _is_replaceable_tokens_dir
+    return dict(what="a tokens directory", replaceable=replaceable, inputs=inputs, error=DataError)
 
 
 def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     out = Path(config.out)
     dtype = dtype_for_vocab(tokenizer.vocab_size)
+    numbers = RawNumbers()
     with atomic_directory(out, **_output_rules(config)) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
-        _stream_into(config, tokenizer, dtype, writers)
+        _stream_into(config, tokenizer, dtype, writers, numbers)
         tokenizer.save(tmp / "tokenizer")
-        meta = _meta(tokenizer, dtype, _split_counts(writers))
+        meta = _meta(tokenizer, dtype, _split_counts(writers), numbers)
         atomic_write_json(tmp / "meta.json", meta)
     return meta
 
@@ -443,6 +503,7 @@ def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     for split in old["splits"]:
         TokenDataset.open(out, split)  # the files hold what meta.json counts
     counts = {split: old["splits"].get(split, {}) for split in SPLITS}
+    numbers = _raw_numbers(old, out / "meta.json")
     os.replace(out / "meta.json", out / APPEND_MARKER)
     fsync_dir(out)
     try:
@@ -450,11 +511,11 @@ def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
             split: SplitWriter(out, split, c.get("tokens", 0), c.get("documents", 0), c.get("bytes", 0), append=True)
             for split, c in counts.items()
         }
-        _stream_into(config, tokenizer, old["dtype"], writers)
+        _stream_into(config, tokenizer, old["dtype"], writers, numbers)
     except BaseException:
         _restore_interrupted_append(out)
         raise
-    meta = {**old, "splits": {**old["splits"], **_split_counts(writers)}}
+    meta = {**old, "splits": {**old["splits"], **_split_counts(writers)}, "raw_documents": numbers.next}
     atomic_write_json(out / "meta.json", meta)
     (out / APPEND_MARKER).unlink()
     fsync_dir(out)

@@ -192,16 +192,30 @@ def canonical_json_bytes(doc: Mapping[str, Any]) -> bytes:
     """The exact bytes scratchlm writes for a tokenizer.json (the tokenizer hash is taken on them).
 
     Indented like Hugging Face's own files, with one vocab entry and one merge per line; the two
-    big tables are written with the C string quoter, which is many times faster than `indent=`.
+    big tables are written with the C string quoter, which is many times faster than `indent=`,
+    into placeholders that occur nowhere else in the document (`_placeholder_text`).
     """
     model = doc["model"]
-    light = {**doc, "model": {**model, "vocab": "@VOCAB@", "merges": "@MERGES@"}}
-    text = json.dumps(light, ensure_ascii=False, indent=2)
+    text, vocab_tag, merges_tag = _placeholder_text(doc)
     vocab = ",\n".join(f"      {quote(k)}: {int(v)}" for k, v in model["vocab"].items())
     merges = ",\n".join(f"      [{quote(a)}, {quote(b)}]" for a, b in model["merges"])
-    text = text.replace('"@VOCAB@"', "{\n" + vocab + "\n    }" if vocab else "{}", 1)
-    text = text.replace('"@MERGES@"', "[\n" + merges + "\n    ]" if merges else "[]", 1)
+    text = text.replace(vocab_tag, "{\n" + vocab + "\n    }" if vocab else "{}")
+    text = text.replace(merges_tag, "[\n" + merges + "\n    ]" if merges else "[]")
     return (text + "\n").encode("utf-8")
+
+
+def _placeholder_text(doc: Mapping[str, Any]) -> tuple[str, str, str]:
+    """`doc` as indented JSON with its model's vocab and merges as two placeholder strings, and
+    those two strings as they appear in it. A placeholder is lengthened until it appears once:
+    a special token or template may hold the same text (`@VOCAB@`), and must not be replaced."""
+    fence = "@"
+    while True:
+        vocab_tag, merges_tag = f'"{fence}VOCAB{fence}"', f'"{fence}MERGES{fence}"'
+        light = {**doc, "model": {**doc["model"], "vocab": vocab_tag[1:-1], "merges": merges_tag[1:-1]}}
+        text = json.dumps(light, ensure_ascii=False, indent=2)
+        if text.count(vocab_tag) == 1 and text.count(merges_tag) == 1:
+            return text, vocab_tag, merges_tag
+        fence += "@"
 
 
 def _hf_pattern(pre: Any, where: str) -> str:

@@ -41,6 +41,15 @@ PROBE_TEXTS = (
     "emoji 🤖🚀👍🏽 flags 🇫🇷 zero\u200bwidth\u200djoiner ❤️ 👨‍👩‍👧",
     "def f(x):\n    return x ** 2  # comment\n\tif x == 0:\n\t\tpass\n",
     "a+=b->c<=d!=e && f||g; $h @i #j %k ^l &m *n `o` ~p \\q /r |s '\"",
+    # Every other general category but surrogates (no UTF-8): a pattern built from categories
+    # must not leave controls, private use, unassigned code points or noncharacters unmatched.
+    # Unassigned (Cn) is probed through noncharacters only: they stay unassigned in every Unicode
+    # version, where a code point unassigned today may not be in the next engine's tables.
+    "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b"
+    "\x1c\x1d\x1e\x1f\x7f\x80\x85\x9f x",
+    "\u00ad\u0600\u061c\u200e\u2060\ufeff\U000e0001 a\u2028b\u2029c \u1680\u2000\u202f\u205f\u3000"
+    " \u01c5 \u02b0 \u216b \u203f \u00ab\u00bb \u00a8 \u20ac \u00b1 a\u20dd\u0488",
+    "\ue000\uf8ff\U000f0000\U0010fffd \ufdd0\ufffe\uffff\U0001fffe\U0010ffff end",
 )
 
 _BYTES = {bytes([i]): i for i in range(256)}
@@ -104,7 +113,8 @@ def check_pattern(pattern: str) -> None:
         if "".join(words) != text:
             lost = _first_gap(words, text)
             raise TokenizerError(
-                f"pattern {pattern!r} does not match every character (it skips {lost!r}); that text would be lost"
+                f"pattern {pattern!r} does not match every character (it skips {lost!r}); text such "
+                f"as U+{ord(lost[0]):04X} would be lost"
             )
     for engine, words in (
         ("tiktoken", _tiktoken_words(pattern)),

@@ -18,17 +18,19 @@ import json
 import re
 from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
 import tiktoken
 
 from scratchlm.errors import TokenizerError
 from scratchlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from scratchlm.tokenizer import formats
 from scratchlm.tokenizer.bpe import train_bpe
-from scratchlm.tokenizer.patterns import pattern_name, resolve_pattern
+from scratchlm.tokenizer.patterns import encodable_text, pattern_name, resolve_pattern
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -65,13 +67,15 @@ def _special_list(extra: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _check_special_names(names: Iterable[object], ranks: Container[bytes]) -> None:
+def _check_special_names(names: Iterable[object], ranks: Container[bytes], saved: bool = False) -> None:
     """Special tokens are non-empty text that is not an ordinary token's text in tokenizer.json.
 
     Empty text would match everywhere (encode never ends); text that is also an ordinary token's
     byte-level text makes two vocab entries of one name, so the file could not be read back; and
-    text in GPT-2's byte stand-ins (`Ġx` for " x") would be taken by Hugging Face, which looks
-    whole words up in the vocab, for the other text it stands for.
+    text written wholly in GPT-2's byte stand-ins means other bytes to Hugging Face unless each
+    character stands for itself: it reads `Ġx` as " x", and decodes `[ß]` as the bytes `[\\xdf]`
+    (mojibake). Loading a `saved` tokenizer lets stand-ins that are not UTF-8 pass: they only
+    decode wrongly in Hugging Face, and tokenizers saved before they were refused must stay readable.
     """
     for name in names:
         if not isinstance(name, str) or not name:
@@ -86,19 +90,22 @@ def _check_special_names(names: Iterable[object], ranks: Container[bytes]) -> No
                 f"special token {name!r} is also the text of an ordinary token in tokenizer.json; "
                 f"use a delimited form such as '<|{name}|>'"
             )
-        stands_for = _utf8_or_none(token) if token is not None and token != name.encode() else None
-        if stands_for is not None:
-            raise TokenizerError(
-                f"special token {name!r} is written in the byte stand-ins of tokenizer.json for "
-                f"{stands_for!r}, which Hugging Face would read as this token; use other characters"
-            )
+        if token is not None and token != name.encode():
+            _refuse_stand_ins(name, token, saved)
 
 
-def _utf8_or_none(data: bytes) -> str | None:
+def _refuse_stand_ins(name: str, token: bytes, saved: bool) -> None:
+    """Refuse special text that tokenizer.json would read as the other bytes `token` (see above)."""
     try:
-        return data.decode("utf-8")
+        shown = repr(token.decode("utf-8"))
     except UnicodeDecodeError:
-        return None
+        if saved:
+            return
+        shown = f"the bytes {token!r} (not UTF-8), which Hugging Face would decode as mojibake"
+    raise TokenizerError(
+        f"special token {name!r} is written in the byte stand-ins of tokenizer.json for {shown}; "
+        "use other characters"
+    )
 
 
 def _vocab_size(ranks: Mapping[bytes, int], special_tokens: Mapping[str, int]) -> int:
@@ -116,8 +123,30 @@ def _vocab_size(ranks: Mapping[bytes, int], special_tokens: Mapping[str, int]) -
 
 
 def _has_prefix_pair(names: AbstractSet[str]) -> bool:
-    """Whether one special token's text starts another's (then the match order matters)."""
-    return any(a != b and b.startswith(a) for a in names for b in names)
+    """Whether one special token's text starts another's (then the match order matters).
+
+    In sorted order a prefix comes right before some text it starts (everything between them
+    starts with it too), so neighbours suffice: O(n log n), where all pairs took seconds to load
+    a vocab with thousands of specials.
+    """
+    ordered = sorted(names)
+    return any(b.startswith(a) for a, b in zip(ordered, ordered[1:]))
+
+
+def _reraise_unless_regex_gave_up(error: BaseException) -> None:
+    """Re-raise `error` unless it is tiktoken's regex engine giving up on a text (its backtracking
+    stack is bounded): a ValueError from `encode`, or in older tiktoken a Rust panic
+    (`PanicException`, a BaseException matched by name since pyo3 does not export it)."""
+    if isinstance(error, ValueError) and str(error).startswith("Regex error"):
+        return
+    if type(error).__name__ == "PanicException":
+        return
+    raise error
+
+
+@lru_cache(maxsize=8)
+def _compiled(pattern: str) -> regex.Pattern[str]:
+    return regex.compile(pattern)
 
 
 @lru_cache(maxsize=64)
@@ -145,7 +174,7 @@ class Tokenizer:
         self.ranks: dict[bytes, int] = dict(ranks)
         self.special_tokens: dict[str, int] = dict(special_tokens)
         self.pattern: str = resolve_pattern(pattern, probe=False)  # probed where it is chosen
-        _check_special_names(self.special_tokens, self.ranks)
+        _check_special_names(self.special_tokens, self.ranks, saved=True)  # new ones: where chosen
         self.vocab_size: int = _vocab_size(self.ranks, self.special_tokens)
         self._special_names = frozenset(self.special_tokens)
         self._specials_overlap = _has_prefix_pair(self._special_names)
@@ -207,7 +236,7 @@ class Tokenizer:
         """Load a tokenizer directory (or its `tokenizer.json`) written by `save` or by Hugging Face;
         `imported` runs the checks a foreign file gets once, at import (`formats.read_hf_tokenizer`)."""
         file = tokenizer_file(path)
-        return cls._from_file(file, *formats.read_hf_tokenizer(file, imported))
+        return cls._from_file(file, *formats.read_hf_tokenizer(file, imported), imported=imported)
 
     @classmethod
     def from_hf(cls, tokenizer_json: str | Path) -> Tokenizer:
@@ -224,14 +253,22 @@ class Tokenizer:
     def from_gpt2(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> Tokenizer:
         """Import GPT-2's `encoder.json` + `vocab.bpe`: the same ids GPT-2 gives."""
         ranks, specials = formats.read_gpt2(encoder_json, vocab_bpe)
-        return cls._from_file(encoder_json, ranks, specials, "gpt2")
+        return cls._from_file(encoder_json, ranks, specials, "gpt2", imported=True)
 
     @classmethod
     def _from_file(
-        cls, where: str | Path, ranks: Mapping[bytes, int], special_tokens: Mapping[str, int], pattern: str
+        cls,
+        where: str | Path,
+        ranks: Mapping[bytes, int],
+        special_tokens: Mapping[str, int],
+        pattern: str,
+        imported: bool = False,
     ) -> Tokenizer:
-        """The constructor, with the file named in its errors: the file is what the user must fix."""
+        """The constructor, with the file named in its errors: the file is what the user must fix.
+        An imported file's specials are new to scratchlm, so they are checked as chosen ones."""
         try:
+            if imported:
+                _check_special_names(special_tokens, ranks)
             return cls(ranks, special_tokens, pattern)
         except TokenizerError as e:
             raise TokenizerError(f"{where}: {e}") from None
@@ -335,7 +372,11 @@ class Tokenizer:
             self._refuse_disallowed(text, allowed, disallowed)
         if allowed and self._specials_overlap:
             return self._encode_longest_first(text, allowed)
-        return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
+        try:
+            return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
+        except BaseException as e:
+            _reraise_unless_regex_gave_up(e)
+        return self._encode_longest_first(text, allowed) if allowed else self._encode_by_words(text)
 
     @staticmethod
     def _refuse_disallowed(text: str, allowed: frozenset[str], disallowed: frozenset[str]) -> None:
@@ -354,18 +395,44 @@ class Tokenizer:
         ids: list[int] = []
         start = 0
         for found in _special_regex(allowed).finditer(text):
-            ids += self._encoding.encode_ordinary(text[start : found.start()])
+            ids += self.encode_ordinary(text[start : found.start()])
             ids.append(self.special_tokens[found.group()])
             start = found.end()
-        return ids + self._encoding.encode_ordinary(text[start:])
+        return ids + self.encode_ordinary(text[start:])
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Encode text with special-token text treated as plain text."""
-        return self._encoding.encode_ordinary(text)
+        """Encode text with special-token text treated as plain text.
+
+        Through tiktoken's `encode` with nothing allowed (the same ids as its `encode_ordinary`):
+        where the regex engine gives up, that raises an error instead of a Rust panic, which
+        also prints a backtrace to stderr.
+        """
+        try:
+            return self._encoding.encode(text, allowed_special=frozenset(), disallowed_special=())
+        except BaseException as e:
+            _reraise_unless_regex_gave_up(e)
+        return self._encode_by_words(text)
+
+    def _encode_by_words(self, text: str) -> list[int]:
+        """`encode_ordinary` for text whose words tiktoken's regex engine cannot find (a run of
+        about a million spaces overflows its backtracking stack): the words are cut by Python's
+        `regex`, whose stack is unbounded, and each is merged by tiktoken, as in `reference`.
+        Both engines cut alike (`check_pattern`), so the ids are those tiktoken would give."""
+        ids: list[int] = []
+        ranks, piece = self.ranks, self._encoding._encode_single_piece
+        for word in _compiled(self.pattern).findall(encodable_text(text)):
+            token = word.encode("utf-8")
+            whole = ranks.get(token)
+            if whole is None:
+                ids += piece(token)
+            else:
+                ids.append(whole)
+        return ids
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
         """`encode_ordinary` of many texts on several threads (tiktoken releases the GIL)."""
-        return self._encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(self.encode_ordinary, texts))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes of a sequence of ids (special tokens give their text)."""

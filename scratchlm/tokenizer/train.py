@@ -29,6 +29,7 @@ class TokenizerTrainConfig:
     workers: int = 0  # word-counting processes; 0 = one per CPU core
     split: Literal["train", "val", "all"] = "train"  # which split of a prepared dir to read
     text_field: str = "text"  # JSON/JSONL/parquet field holding the text
+    hf_split: str = "train"  # hf:NAME inputs: which split of the dataset to read
 
     def validate(self) -> None:
         if not self.inputs:
@@ -40,6 +41,8 @@ class TokenizerTrainConfig:
         if self.min_frequency < 1:
             raise ConfigError(f"min_frequency must be at least 1, got {self.min_frequency}")
         check_workers(self.workers, "all cores")
+        if not self.hf_split:
+            raise ConfigError("tokenizer train: hf_split must name a split, e.g. train")
 
 
 # What a tokenizer output may replace: an earlier tokenizer directory, never an input.
@@ -67,7 +70,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Tokenizer:
 
     inputs = local_input_paths(cfg.inputs)
     check_output_dir(cfg.out, inputs=inputs, **_OUTPUT_RULES)  # before training, not after
-    options = SourceOptions(text_field=cfg.text_field, split=cfg.split)
+    options = SourceOptions(text_field=cfg.text_field, split=cfg.split, hf_split=cfg.hf_split)
     docs = iter_documents(cfg.inputs, options)
     first = next(docs, None)
     names = ", ".join(map(str, cfg.inputs))

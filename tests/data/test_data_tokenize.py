@@ -301,3 +301,85 @@ def test_inputs_without_a_document_are_refused_and_an_append_of_nothing_changes_
     with pytest.raises(DataError, match="no documents found"):
         run([tmp_path / "empty.jsonl"], tokenizer_dir, tmp_path / "tokens", append=True)
     assert read_all(tmp_path / "tokens") == before and not (tmp_path / "tokens" / APPEND_MARKER).exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_million_blanks_tokenize_in_a_worker_or_not(tmp_path: Path, tokenizer_dir: Path, workers: int) -> None:
+    """tiktoken's regex engine overflowed on them: a Rust panic, unpicklable from a worker."""
+    text = "a" + " \t" * 500_000 + "b"
+    (tmp_path / "blanks.txt").write_text(text)
+    run([tmp_path / "blanks.txt"], tokenizer_dir, tmp_path / "out", workers=workers, val_every=0)
+    assert decoded(tmp_path / "out", "train", tokenizer_dir) == [text]
+
+
+def _raw_files(tmp_path: Path) -> list[Path]:
+    """Three JSONL files of three documents each: one at a time, none reaches every 4th alone."""
+    paths = []
+    for f in range(3):
+        path = tmp_path / f"f{f}.jsonl"
+        path.write_text("".join(json.dumps({"text": f"document {f}.{i}"}) + "\n" for i in range(3)))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("old_meta", [False, True])
+def test_appending_raw_files_one_by_one_splits_them_as_tokenizing_them_together(
+    tmp_path: Path, tokenizer_dir: Path, old_meta: bool
+) -> None:
+    """The val_every count restarted at 0 on every append, so val stayed empty. A meta.json from
+    before `raw_documents` was kept continues from its document count."""
+    files = _raw_files(tmp_path)
+    whole = run(files, tokenizer_dir, tmp_path / "whole", workers=1, val_every=4)
+    grown = tmp_path / "grown"
+    run(files[:1], tokenizer_dir, grown, workers=1, val_every=4)
+    if old_meta:
+        meta = json.loads((grown / "meta.json").read_text())
+        del meta["raw_documents"]
+        (grown / "meta.json").write_text(json.dumps(meta))
+    for path in files[1:]:
+        meta = run([path], tokenizer_dir, grown, workers=1, val_every=4, append=True)
+    assert decoded(grown, "val", tokenizer_dir) == ["document 1.0", "document 2.1"]
+    assert read_all(grown) == read_all(tmp_path / "whole") and meta == whole
+    assert meta["raw_documents"] == 9
+
+
+def test_a_bad_raw_document_count_is_refused_before_appending(tmp_path: Path, tokenizer_dir: Path) -> None:
+    files = _raw_files(tmp_path)
+    out = tmp_path / "out"
+    run(files[:1], tokenizer_dir, out, workers=1)
+    before = read_all(out)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "raw_documents": -1}))
+    with pytest.raises(DataError, match="'raw_documents' must be a whole number"):
+        run(files[1:], tokenizer_dir, out, workers=1, append=True)
+    assert {k: v for k, v in read_all(out).items() if k != "meta.json"} == {
+        k: v for k, v in before.items() if k != "meta.json"
+    }
+
+
+@pytest.mark.parametrize("extra", ["metrics.jsonl", "checkpoints/step_1.pt", ".cache/x", "tokenizer/notes.txt"])
+def test_a_tokens_dir_that_also_holds_other_things_is_not_replaced(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture, extra: str
+) -> None:
+    """A pretrain run written into a tokens dir was deleted with it by the next tokenize."""
+    out = tmp_path / "out"
+    run([prepared], tokenizer_dir, out, workers=1)
+    (out / extra).parent.mkdir(exist_ok=True)
+    (out / extra).write_text("keep me")
+    argv = ["data", "tokenize", str(prepared), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a tokens directory" in err and len(err.strip().splitlines()) == 1
+    assert (out / extra).read_text() == "keep me"
+    meta = run([prepared], tokenizer_dir, out, workers=1, append=True)  # growing it loses nothing
+    assert meta["splits"]["train"]["documents"] == 2 * len(TRAIN_DOCS) and (out / extra).exists()
+
+
+def test_a_tokens_dir_with_hidden_files_is_still_replaced(tmp_path: Path, prepared: Path, tokenizer_dir: Path) -> None:
+    out = tmp_path / "out"
+    run([prepared], tokenizer_dir, out, workers=1)
+    before = read_all(out)
+    (out / ".DS_Store").write_text("finder")
+    (out / "tokenizer" / ".DS_Store").write_text("finder")
+    run([prepared], tokenizer_dir, out, workers=1)
+    assert read_all(out) == before and not (out / ".DS_Store").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -11,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tok_testdata import MIXED, stdlib_text
 
+from scratchlm.cli import main
 from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer import GPT4_PATTERN, PATTERNS, Tokenizer
 from scratchlm.tokenizer.bpe import NoTextError, count_words, learn_merges
-from scratchlm.tokenizer.patterns import check_pattern, encodable_text
+from scratchlm.tokenizer.patterns import PROBE_TEXTS, check_pattern, encodable_text
 
 WORDS = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
 TEXT = " ".join(w for w, n in WORDS.items() for _ in range(n))
@@ -256,3 +259,32 @@ def test_training_reads_surrogates_as_encoding_does(workers):
 def test_training_on_no_text_but_whitespace_is_refused(texts):
     with pytest.raises(NoTextError, match="empty or whitespace"):
         Tokenizer.train(texts, 300, show_progress=False)
+
+
+def test_the_probe_holds_every_general_category_but_surrogates():
+    """A pattern built from categories must be tried on all of them, or what it skips is lost."""
+    every = {unicodedata.category(chr(c)) for c in range(0x110000)}
+    assert {unicodedata.category(c) for text in PROBE_TEXTS for c in text} == every - {"Cs"}
+
+
+_BY_CATEGORY = r"[\p{L}\p{M}\p{N}]+|[\p{P}\p{S}]+|\s+|\p{Cf}+"
+
+
+@pytest.mark.parametrize(("pattern", "first"), [
+    (_BY_CATEGORY, "U+0000"),  # controls
+    (_BY_CATEGORY + r"|\p{Cc}+", "U+E000"),  # private use
+    (_BY_CATEGORY + r"|\p{Cc}+|\p{Co}+", "U+FDD0"),  # unassigned (a noncharacter)
+])  # fmt: skip
+def test_a_pattern_that_skips_controls_private_use_or_unassigned_is_refused(pattern, first):
+    with pytest.raises(TokenizerError, match=f"does not match every character .*such as {re.escape(first)} would"):
+        check_pattern.__wrapped__(pattern)
+    check_pattern.__wrapped__(_BY_CATEGORY + r"|\p{C}+")  # every category covered: accepted
+
+
+def test_cli_a_pattern_that_loses_text_is_one_line(capsys, tmp_path):
+    (tmp_path / "a.txt").write_text("hello world " * 20)
+    argv = ["tokenizer", "train", str(tmp_path / "a.txt"), "--out", str(tmp_path / "tok"), "--pattern", _BY_CATEGORY]
+    assert main([*argv, "--vocab-size", "300", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "U+0000" in err
+    assert not (tmp_path / "tok").exists()

@@ -297,3 +297,20 @@ def test_train_and_stats_read_the_text_field_named(capsys, tmp_path):
     assert main(["tokenizer", "stats", "--tokenizer", str(out), str(data), "--text-field", "body", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["documents"] == 30
+
+
+def test_train_and_stats_read_the_hf_split_named(capsys, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="hf: inputs need the optional datasets library")
+    saved = tmp_path / "dict"
+    docs = [f"held out words and more words {i}" for i in range(30)]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": docs})}).save_to_disk(str(saved))
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", f"hf:{saved}", "--vocab-size", "300", "--out", str(out), "--workers", "1"]
+    code, _, err = run(capsys, *argv, "--hf-split", "validation")
+    assert code == 0, err
+    code, out_text, err = run(capsys, "tokenizer", "stats", "--tokenizer", str(out), f"hf:{saved}", "--hf-split", "validation", "--json")
+    assert code == 0, err
+    assert json.loads(out_text)["documents"] == 30
+    for command in (argv, ["tokenizer", "stats", "--tokenizer", str(out), f"hf:{saved}"]):  # train by default
+        code, _, err = run(capsys, *command)
+        assert code == 2 and "no split 'train'" in err and len(err.strip().splitlines()) == 1

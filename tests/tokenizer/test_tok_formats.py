@@ -270,3 +270,18 @@ def test_a_saved_tokenizer_loads_even_if_its_pattern_is_now_refused_where_patter
     assert loaded.pattern == lossy and loaded.decode(loaded.encode_ordinary("ab ab")) == "ab ab"
     with pytest.raises(TokenizerError, match="does not match every character"):
         Tokenizer.from_hf(tmp_path / "old")
+
+
+@pytest.mark.parametrize("name", ["@VOCAB@", "@MERGES@"])
+def test_a_special_named_like_a_placeholder_saves_and_loads(tok, tmp_path, name):
+    """The vocab and merges were written into the first `"@VOCAB@"`/`"@MERGES@"` of the document,
+    and `added_tokens` comes first: such a special corrupted tokenizer.json."""
+    extended = tok.add_special_tokens([name, "@@" + name + "@@"])
+    loaded = Tokenizer.load(extended.save(tmp_path / "extended"))
+    assert (loaded.ranks, loaded.special_tokens) == (extended.ranks, extended.special_tokens)
+    assert loaded.sha256 == extended.sha256
+    hf = HFTokenizer.from_file(str(tmp_path / "extended" / "tokenizer.json"))
+    assert hf.encode(f"x {name} y").ids == extended.encode(f"x {name} y", allowed_special="all")
+    trained = Tokenizer.train(["hello world " * 20], 300, special_tokens=[name], show_progress=False)
+    again = Tokenizer.load(trained.save(tmp_path / "trained"))
+    assert (again.ranks, again.special_tokens) == (trained.ranks, trained.special_tokens)
