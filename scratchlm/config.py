@@ -101,25 +101,34 @@ def _describe(tp: Any) -> str:
 class SetValue:
     """A `--set` value: the text typed and the TOML value it reads as. Which one a setting takes
     is known only once the setting's type is: a string setting takes unquoted text as typed
-    (`train.out=2024-06-01` names a folder, not a date), an optional one takes a bare `none`."""
+    (`train.out=2024-06-01` names a folder, not a date; `[INST]` is a prompt, not a broken list),
+    an optional one takes a bare `none`. Text that is not TOML keeps its error (`error`) until a
+    setting other than a string asks for its value."""
 
     text: str
-    value: Any
+    value: Any = None
+    error: str | None = None
 
     def __repr__(self) -> str:  # error messages quote the value, as they would a TOML file's
-        return repr(self.value)
+        return repr(self.text if self.error else self.value)
 
     @property
     def is_bare_none(self) -> bool:
         """An unquoted none/null: TOML has no null, so `--set key=none` is how None is typed."""
         return self.text.lower() in ("none", "null")
 
+    def toml(self) -> Any:
+        """The TOML value, or the ConfigError of text that is not one."""
+        if self.error:
+            raise ConfigError(self.error)
+        return self.value
+
 
 def _free_value(value: Any) -> Any:
     """A value for a setting of no declared type (a free table such as `[model]`): `--set` values
     read as TOML, a bare none as None (checked later, against the table's real type)."""
     if isinstance(value, SetValue):
-        return None if value.is_bare_none else value.value
+        return None if value.is_bare_none else value.toml()
     if isinstance(value, Mapping):
         return {k: _free_value(v) for k, v in value.items()}
     return value
@@ -146,7 +155,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if isinstance(value, SetValue):
         if tp is str and not value.text.startswith(('"', "'")):
             return value.text
-        value = value.value
+        value = value.toml()
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -248,7 +257,10 @@ def parse_override(item: str) -> tuple[list[str], SetValue]:
     if not all(parts):
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
     text = raw.strip()
-    return parts, SetValue(text, parse_value(text))
+    try:
+        return parts, SetValue(text, parse_value(text))
+    except ConfigError as e:  # raised only if the setting is not a string (SetValue)
+        return parts, SetValue(text, error=str(e))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -258,6 +270,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         node = data
         for p in parts[:-1]:
             child = node.setdefault(p, {})
+            if isinstance(child, SetValue) and not child.error and isinstance(child.value, dict):
+                child = node[p] = dict(child.value)  # a table set whole (`--set train={...}`), then a key of it
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item}: '{p}' is a value, not a section")
             node = child

@@ -171,3 +171,19 @@ def test_other_types_keep_toml_semantics_on_the_command_line_and_in_files(tmp_pa
         load_config(Optionals, toml)
     with pytest.raises(ConfigError, match="train.steps: expected an integer, got 'many'"):
         load_config(Stage, None, ["train.steps=many"])
+
+
+def test_a_string_setting_takes_text_that_is_not_toml_and_other_types_still_refuse_it():
+    """`--set train.sample_prompt=[INST]` was "not a valid TOML value" although the setting is text."""
+    assert load_config(Stage, None, ["name=[INST]"]).name == "[INST]"
+    assert load_config(Stage, None, ["name={x"]).name == "{x"
+    with pytest.raises(ConfigError, match="is not a valid TOML value"):
+        load_config(Stage, None, ["train.tags=[a, b"])
+    with pytest.raises(ConfigError, match="is not a valid TOML value"):
+        load_config(Stage, None, ['name="unclosed'])  # quoted: meant as TOML, and broken
+
+
+def test_a_table_set_whole_then_one_of_its_keys():
+    """`--set train={steps=3} --set train.lr=1e-3` failed: "'train' is a value, not a section"."""
+    cfg = load_config(Stage, None, ["train={steps = 3}", "train.lr=1e-3"])
+    assert (cfg.train.steps, cfg.train.lr) == (3, 1e-3)

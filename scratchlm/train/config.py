@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from scratchlm.config import from_dict, integer_value, load_config
 from scratchlm.errors import ConfigError
-from scratchlm.fsutil import check_output_dir
 
 if TYPE_CHECKING:  # the model package imports torch: not at config time
     from scratchlm.model import ModelConfig
@@ -171,19 +170,28 @@ class PretrainConfig:
 
 
 def check_train_out(config: PretrainConfig) -> Path:
-    """`train.out` as an absolute path, or one ConfigError where a run there would endanger a
-    directory: the current one or one above it, or the tokens it reads (a later `data tokenize
-    --out` of the tokens would delete the run; checkpoints among the tokens would be read as
-    data). A run adds its files beside whatever else the directory holds, so any other one may."""
-    if not config.train.out.strip():
+    """`train.out` as an absolute path, or one ConfigError where a run there would be lost: empty
+    (a typo that would spread the run over the current directory), not a directory, or the tokens
+    dir or inside it (`data tokenize --out` replaces the tokens dir whole, run and all). A run only
+    adds its files beside whatever else a directory holds, so any other one will do: the current
+    directory, or one that holds the tokens (`work/` beside `work/tokens/`)."""
+    out = config.train.out
+    if not out.strip():
         raise ConfigError("train.out is empty; name the run's directory (e.g. runs/pretrain)")
     try:
-        return check_output_dir(
-            config.train.out, what="a run directory", replaceable=lambda _: True, inputs=[config.data.tokens],
-            error=ConfigError,
+        path = Path(out).expanduser().resolve()
+        tokens = Path(config.data.tokens).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise ConfigError(f"train.out = {out}: cannot be resolved ({e})") from None
+    if path == tokens or tokens in path.parents:
+        where = "is" if path == tokens else "is inside"
+        raise ConfigError(
+            f"train.out = {out}: {where} the tokens dir {config.data.tokens}, which `data tokenize --out` "
+            "replaces whole; choose a directory outside it"
         )
-    except ConfigError as e:
-        raise ConfigError(f"train.out = {e}") from None
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"train.out = {out}: exists and is not a directory; choose another train.out")
+    return path
 
 
 def load_pretrain_config(

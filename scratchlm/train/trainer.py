@@ -14,6 +14,7 @@ skip, or roll back → log, evaluate, checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import threading
@@ -439,9 +440,10 @@ class PretrainRun:
 
     def _warmup_progress(self) -> float:
         """The share of the budget used when warmup ended, where the decay starts. The position is
-        recorded in the train state when it is reached (saved with checkpoints, so a resumed run
-        decays as an uninterrupted one); a checkpoint from before it was recorded gets it in
-        proportion to its steps (exact for a step or token budget with an unchanged batch)."""
+        recorded in the train state by the update that ends warmup (`_apply`; saved with
+        checkpoints, so a resumed run decays as an uninterrupted one); a checkpoint from before it
+        was recorded gets it in proportion to its steps (exact for a step or token budget with an
+        unchanged batch)."""
         tc, st = self.tc, self.state
         if st.step < tc.warmup_steps:
             return 0.0  # still warming up: no decay yet
@@ -505,6 +507,10 @@ class PretrainRun:
         st.step += 1
         st.data_step += 1
         st.tokens += tc.batch_tokens
+        if st.step == tc.warmup_steps and st.warmup_end_tokens is None:
+            # Recorded now, so a checkpoint of this very step holds it (a rollback to it must not
+            # estimate it). The clock was last agreed as this step began: add the mean step time.
+            st.warmup_end_tokens, st.warmup_end_s = st.tokens, st.elapsed_s + self._step_seconds
 
     def _reject(self, verdict: Verdict, loss_value: float, data_step: int) -> None:
         """Keep the update off the weights: skip the batch, or roll back on a spike."""
@@ -772,9 +778,14 @@ class PretrainRun:
         if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
             raise CheckpointError(f"{loaded['path']}: made with another tokenizer than the tokens dir's")
         if loaded["model_config"] != to_dict(self.model_cfg):
+            saved_model = (saved.get("config") or {}).get("model")
+            hint = ""
+            if isinstance(saved_model, dict) and "preset" not in saved_model and self.config.model.get("preset"):
+                # saved before a [model] without a preset started from the default one
+                hint = "; that run's [model] named no preset, which then meant none: resume it with --set model.preset=none"
             raise CheckpointError(
                 f"{loaded['path']}: the checkpoint's model config differs from this run's [model] section ("
-                + _differences(loaded["model_config"], to_dict(self.model_cfg)) + ")"
+                + _differences(loaded["model_config"], to_dict(self.model_cfg)) + ")" + hint
             )
         self._check_same_optimizer(saved, loaded["path"])
         if resumed:
@@ -891,9 +902,13 @@ class PretrainRun:
 
 
 def _same_setting(setting: tuple[str, str], old: Any, new: Any) -> bool:
-    """Whether a setting kept its value; a path is the same however it is spelled."""
+    """Whether a setting kept its value; a path is the same directory however it is spelled
+    (relative or absolute, through a link), or, where one no longer exists, written alike."""
     if setting in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
-        return Path(old) == Path(new)
+        try:
+            return os.path.samefile(old, new)
+        except (OSError, ValueError):
+            return Path(old) == Path(new)
     return old == new
 
 

@@ -269,8 +269,8 @@ def test_a_run_or_sweep_into_its_tokens_or_nowhere_is_a_one_line_error(tokens, t
     toml = str(write_toml(tiny_config(tokens, tmp_path / "run"), tmp_path / "run.toml"))
     before = sorted(p.relative_to(tokens) for p in tokens.rglob("*"))
     for command in (["pretrain"], ["sweep-lr", "--lrs", "1e-2", "--steps", "2"]):
-        for out, message in [("", "train.out is empty"), (str(tokens), f"train.out = {tokens}: holds the input"),
-                             (f"{tokens}/run", f"train.out = {tokens}/run: is inside the input")]:
+        for out, message in [("", "train.out is empty"), (str(tokens), f"train.out = {tokens}: is the tokens dir"),
+                             (f"{tokens}/run", f"train.out = {tokens}/run: is inside the tokens dir")]:
             assert main([*command, "--config", toml, "--set", f"train.out={out}"]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith(f"scratchlm: error: {message}"), err

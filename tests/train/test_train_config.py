@@ -47,20 +47,24 @@ def test_train_out_must_not_be_empty_or_overlap_the_tokens(tmp_path, monkeypatch
     for out, message in [
         ("", "train.out is empty"),
         ("  ", "train.out is empty"),
-        (".", "is the current directory or holds it"),
-        (str(tokens), "holds the input"),
-        (str(tmp_path / "data"), "holds the input"),
-        (str(tokens / "run"), "is inside the input"),
-        ("data/tokens/../tokens", "holds the input"),
+        (str(tokens), "is the tokens dir"),
+        (str(tokens / "run"), "is inside the tokens dir"),
+        ("data/tokens/../tokens", "is the tokens dir"),
     ]:
         with pytest.raises(ConfigError) as caught:
             check(out)
         text = str(caught.value)
         assert text.startswith("train.out") and message in text and "\n" not in text
-    with pytest.raises(ConfigError, match="holds the input data/tokens"):
-        check(str(tmp_path / "data"), "data/tokens")  # relative paths are resolved too
+    with pytest.raises(ConfigError, match="is the tokens dir data/tokens"):
+        check(str(tokens), "data/tokens")  # relative paths are resolved too
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        check("a-file")
     assert check("runs/pretrain") == tmp_path / "runs" / "pretrain"
     assert check(str(tmp_path / "data" / "run")) == tmp_path / "data" / "run"  # beside the tokens is fine
+    # a run only adds files: the current directory and one holding the tokens are fine, and a
+    # run started in its own folder with train.out = . resumes from there
+    assert check(".") == tmp_path and check(str(tmp_path / "data")) == tmp_path / "data"
 
 
 def test_set_takes_none_for_a_model_width_and_text_for_a_run_folder():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses
 
-from scratchlm.errors import ConfigError, DataError
+from scratchlm.errors import CheckpointError, ConfigError, DataError
 from scratchlm.train.trainer import train
 
 TRAIN_KEYS = {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s"}
@@ -362,8 +362,7 @@ def test_a_compiled_run_trains_as_the_eager_one_and_saves_plain_weights(tokens, 
 def test_a_run_is_refused_where_it_would_write_into_its_tokens(tokens, tmp_path):
     """Checkpoints and metrics used to land among the tokens, which `data tokenize --out` replaces."""
     before = sorted(p.relative_to(tokens) for p in tokens.rglob("*"))
-    for out, message in [(tokens, "holds the input"), (tokens / "run", "is inside the input"),
-                         (tokens.parent, "holds the input")]:
+    for out, message in [(tokens, "is the tokens dir"), (tokens / "run", "is inside the tokens dir")]:
         with pytest.raises(ConfigError, match=f"train.out = .*: {message}"):
             train(tiny_config(tokens, out, train={"max_steps": 1}))
     assert sorted(p.relative_to(tokens) for p in tokens.rglob("*")) == before
@@ -424,7 +423,6 @@ def test_a_refused_start_or_resume_leaves_the_log_alone(tokens, tmp_path):
     log = (out / "metrics.jsonl").read_bytes()
     with pytest.raises(ConfigError, match="--resume"):
         train(tiny_config(tokens, out, train={"max_steps": 2, "sample_tokens": 0}))
-    from scratchlm.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"model config differs .*\(n_layer: 1 in the checkpoint, 2 here\)"):
         train(tiny_config(tokens, out, model={"n_layer": 2}, train={"max_steps": 4}), resume=True)
@@ -446,6 +444,21 @@ def test_a_model_section_giving_only_some_keys_resumes_a_run_of_the_default_pres
     assert train(resumed, resume=True)["steps"] == 2
 
 
+def test_a_run_saved_when_no_preset_meant_none_is_told_how_to_resume(tokens, tmp_path):
+    """Such a run's [model] now starts from tiny: another model, refused without saying why."""
+    out = tmp_path / "run"
+    model = {"n_head": 4, "preset": None}  # tiny's 2 KV heads would divide 4: the models differ
+    train(tiny_config(tokens, out, model=model, train={"max_steps": 1, "sample_tokens": 0}))
+    state_file = out / "checkpoints" / "step-000001" / "train_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["model"]["preset"]  # as that run recorded its [model]
+    state_file.write_text(json.dumps(state))
+    again = tiny_config(tokens, out, model={"n_head": 4}, train={"max_steps": 2, "sample_tokens": 0})
+    with pytest.raises(CheckpointError, match=r"n_kv_head: 4 in the checkpoint, 2 here\).*--set model.preset=none"):
+        train(again, resume=True)
+    assert train(tiny_config(tokens, out, model=model, train={"max_steps": 2, "sample_tokens": 0}), resume=True)
+
+
 def test_resuming_on_another_tokens_dir_says_so(tokens, tmp_path, capsys):
     import shutil
 
@@ -457,6 +470,10 @@ def test_resuming_on_another_tokens_dir_says_so(tokens, tmp_path, capsys):
     capsys.readouterr()
     train(tiny_config(other, out, train={**settings, "max_steps": 2}), resume=True)
     assert f"changed data settings (data.tokens '{tokens}' -> '{other}')" in capsys.readouterr().err
+    link = tmp_path / "link-to-copy"
+    link.symlink_to(other)  # the same directory spelled otherwise: no change to report
+    train(tiny_config(link, out, train={**settings, "max_steps": 3}), resume=True)
+    assert "data.tokens" not in capsys.readouterr().err
     train(tiny_config(f"{other}/", out, train={**settings, "max_steps": 3}), resume=True)  # the same dir
     assert "changed data settings" not in capsys.readouterr().err
 
@@ -488,6 +505,15 @@ def test_the_decay_starts_at_the_peak_after_warmup_and_ends_at_the_floor(tokens,
     lrs = [r["lr"] for r in read_rows(out) if "loss" in r]
     assert lrs == pytest.approx(expected_lrs(1e-2, 6, 2, 0.1), rel=1e-12)
     assert lrs[-1] == pytest.approx(1e-3, rel=1e-12)
+
+
+def test_the_checkpoint_of_the_step_that_ends_warmup_records_where_it_ended(tokens, tmp_path):
+    """Recorded only at the next step, it was missing from that checkpoint, and a time-budget
+    rollback to it estimated the decay's start from the clock the rollback kept (lr back up)."""
+    out = tmp_path / "run"
+    killed_after_step_two(tokens, out, max_steps=0, max_tokens=6 * 128, warmup_steps=2, sample_tokens=0)
+    state = json.loads((out / "checkpoints" / "step-000002" / "train_state.json").read_text())
+    assert state["warmup_end_tokens"] == 2 * 128 and state["warmup_end_s"] > 0
 
 
 def test_a_resume_keeps_the_schedule_from_where_warmup_ended(tokens, tmp_path):
