@@ -46,15 +46,18 @@ def require_finite_number(name: str, value: object, *, positive: bool = False) -
 
 def real_value(value: object) -> float | None:
     """`value` as a Python float when it is a real number of any kind (int, float, NumPy scalar,
-    0-d tensor of a number dtype), else None; bools of every kind are flags, not numbers."""
+    0-d NumPy array or tensor of a number dtype), else None; bools of every kind are flags, not
+    numbers. An int too large for a float is ±inf, which a finiteness check then refuses."""
     if _is_bool(value):
         return None
-    if isinstance(value, numbers.Real):  # Python and NumPy ints and floats
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d array or tensor: its number
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # Python and NumPy ints and floats
+        return None
+    try:
         return float(value)
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "is_floating_point"):  # a 0-d torch tensor
-        if value.is_floating_point() or integer_value(value) is not None:
-            return float(value)
-    return None
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _is_bool(value: object) -> bool:

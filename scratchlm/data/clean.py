@@ -17,7 +17,10 @@ _NEWLINES = re.compile(r"\r\n?")
 # Control characters (Unicode category Cc) other than tab and newline.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Space characters other than the plain space, tab and newline: no-break, en/em, ideographic...
-_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
+_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+# U+FEFF, a byte-order mark or a zero-width no-break space: no width, so dropped, not made a space
+# (which would indent a document that starts with one, or split the word it sits in).
+_ZERO_WIDTH_NO_BREAK = "\ufeff"
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
 _ASCII_CONTROL = bytes(b for b in range(128) if (b < 32 and b not in (9, 10)) or b == 127)
@@ -70,14 +73,14 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _normalize_whitespace(text: str) -> str:
-    """Odd spaces become spaces, lines lose trailing blanks, blank-line runs shrink to one, and
+    """Odd spaces become spaces (U+FEFF, of no width, goes), lines lose trailing blanks, blank-line runs shrink to one, and
     the text loses its leading blank lines and trailing whitespace. The first line keeps its
     indentation: a document that starts with code must stay valid code.
 
     Cheap substring tests skip each step when it has nothing to do, which is the usual case.
     """
     if not text.isascii():
-        text = _ODD_SPACES.sub(" ", text)
+        text = _ODD_SPACES.sub(" ", text.replace(_ZERO_WIDTH_NO_BREAK, ""))
     if " \n" in text or "\t\n" in text:
         text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
     if "\n\n\n" in text:

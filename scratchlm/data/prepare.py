@@ -32,7 +32,7 @@ from scratchlm.data.sources import (
     Document,
     SourceOptions,
     SourceStats,
-    is_prepared_dir,
+    is_replaceable_prepared_dir,
     iter_documents,
     local_input_paths,
 )
@@ -244,7 +244,7 @@ def prepare(config: PrepareConfig) -> dict:
     start = time.perf_counter()
     out = Path(config.out)
     inputs = local_input_paths(config.inputs)
-    output = dict(what="a prepared dataset", replaceable=is_prepared_dir, inputs=inputs, error=DataError)
+    output = dict(what="a prepared dataset", replaceable=is_replaceable_prepared_dir, inputs=inputs, error=DataError)
     source_stats = SourceStats()
     removed: Counter[str] = Counter()
     examples: dict[str, list[dict]] = {}

@@ -142,37 +142,61 @@ PREPARED_STATS_KEYS = frozenset(
 
 
 def is_prepared_dir(path: Path) -> bool:
-    """A `data prepare` output, recognised strictly, since one is replaced whole by `--out` and
-    read as parquet parts only: nothing at the top but what prepare writes (`train/` and
-    `stats.json` at least), split directories of `*.parquet` files only, and a stats.json that is
-    a JSON object of prepare's keys. Anything else is a folder of the user's."""
-    entries = _dir_entries(path)
+    """Whether to read `path` as a `data prepare` output: `stats.json` beside `train/`.
+
+    A folder so shaped that also holds anything prepare does not write is a DataError naming the
+    first such entry, not a silent guess: read as a prepared dataset its other files would be
+    skipped; read as plain files, its stats and removed examples would become documents and val
+    would join train. Hidden entries are ignored, as reading ignores them (`.ipynb_checkpoints`).
+    """
+    entries = _dir_entries(path, hidden_dirs=False)
     if entries is None or not {"train", "stats.json"} <= entries.keys():
         return False
-    if any(_PREPARED_ENTRIES.get(name) is not is_dir for name, is_dir in entries.items()):
-        return False
-    splits = [path / name for name, is_dir in entries.items() if is_dir]
-    return all(_only_parquet_files(split) for split in splits) and _is_prepared_stats(path / "stats.json")
+    stray = _stray_entry(path, entries)
+    if stray is not None:
+        raise DataError(
+            f"{path}: holds stats.json beside train/ like a prepared dataset, but also {stray}; "
+            "move one or the other out (or --exclude the folder), so it is read as one kind"
+        )
+    return True
 
 
-def _dir_entries(path: Path) -> dict[str, bool] | None:
+def is_replaceable_prepared_dir(path: Path) -> bool:
+    """Whether `--out` may replace `path` whole: nothing in it but what prepare writes, hidden
+    files aside; a hidden directory (`.git`) is someone's data, which the replacement would delete."""
+    entries = _dir_entries(path, hidden_dirs=True)
+    return entries is not None and {"train", "stats.json"} <= entries.keys() and _stray_entry(path, entries, True) is None
+
+
+def _stray_entry(path: Path, entries: dict[str, bool], hidden_dirs: bool = False) -> str | None:
+    """The first entry of a prepared-looking folder that `data prepare` does not write, described;
+    None when there is none: split folders of `*.parquet` parts only, a stats.json of prepare's keys."""
+    for name, is_dir in sorted(entries.items()):
+        if _PREPARED_ENTRIES.get(name) is not is_dir:
+            return f"{name}/" if is_dir else name
+        if is_dir:
+            parts = _dir_entries(path / name, hidden_dirs) or {}
+            odd = sorted(part for part, part_is_dir in parts.items() if part_is_dir or not part.endswith(".parquet"))
+            if odd:
+                return f"{name}/{odd[0]}"
+    if not _is_prepared_stats(path / "stats.json"):
+        return "a stats.json that data prepare did not write"
+    return None
+
+
+def _dir_entries(path: Path, hidden_dirs: bool) -> dict[str, bool] | None:
     """A directory's entry names -> whether each is a directory; None if it cannot be listed.
-    Hidden files are left out, as reading leaves them out: a `.DS_Store` that a file browser
-    drops in must not turn a prepared dataset into a folder of parquet files, val read as train.
-    A hidden directory (`.git`) stays: it is someone's data, which replacing the folder would delete."""
+    Hidden files are left out (a `.DS_Store` a file browser drops in), and hidden directories
+    unless `hidden_dirs`."""
     try:
         with os.scandir(path) as listing:
             return {
-                entry.name: entry.is_dir() for entry in listing if not (entry.name.startswith(".") and not entry.is_dir())
+                entry.name: entry.is_dir()
+                for entry in listing
+                if not entry.name.startswith(".") or (hidden_dirs and entry.is_dir())
             }
     except OSError:
         return None
-
-
-def _only_parquet_files(split: Path) -> bool:
-    """Whether a split directory holds parquet files and nothing else, as prepare writes it."""
-    entries = _dir_entries(split)
-    return bool(entries) and all(not is_dir and name.endswith(".parquet") for name, is_dir in entries.items())
 
 
 def _is_prepared_stats(path: Path) -> bool:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from scratchlm.config import integer_value, require_finite_number
+from scratchlm.config import integer_value, real_value, require_finite_number
 from scratchlm.errors import ConfigError
 
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")
@@ -95,6 +95,8 @@ class ModelConfig:
                     f"model.max_seq_len must be ≤ {MAX_ROPE_POSITIONS:,} with pos = 'rope', got {self.max_seq_len:,} "
                     "(its RoPE tables are made for every position)"
                 )
+        elif real_value(self.rope_theta) is not None:  # stored as a Python float all the same (config.json)
+            self.rope_theta = real_value(self.rope_theta)
         for name in ("qk_norm", "bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

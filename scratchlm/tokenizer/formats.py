@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from json.encoder import encode_basestring as quote  # the C-accelerated quoter
@@ -199,8 +200,9 @@ def canonical_json_bytes(doc: Mapping[str, Any]) -> bytes:
     text, vocab_tag, merges_tag = _placeholder_text(doc)
     vocab = ",\n".join(f"      {quote(k)}: {int(v)}" for k, v in model["vocab"].items())
     merges = ",\n".join(f"      [{quote(a)}, {quote(b)}]" for a, b in model["merges"])
-    text = text.replace(vocab_tag, "{\n" + vocab + "\n    }" if vocab else "{}")
-    text = text.replace(merges_tag, "[\n" + merges + "\n    ]" if merges else "[]")
+    tables = {vocab_tag: "{\n" + vocab + "\n    }" if vocab else "{}", merges_tag: "[\n" + merges + "\n    ]" if merges else "[]"}
+    # One pass: a vocab entry spelled like the merges' placeholder must not be replaced in turn.
+    text = re.sub("|".join(map(re.escape, tables)), lambda found: tables[found.group()], text)
     return (text + "\n").encode("utf-8")
 
 

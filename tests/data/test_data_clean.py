@@ -66,3 +66,12 @@ def test_the_first_line_keeps_its_indentation():
     assert clean_text(" \n\t\n\n    indented\n  \n")[0] == "    indented"  # blank lines still go
     assert clean_text("\u3000 title  \t\n")[0] == "  title"
     assert clean_text(" \t \n ")[0] == ""
+
+
+def test_a_zero_width_no_break_space_is_dropped_not_made_a_space():
+    """U+FEFF (a BOM at the start of each concatenated file) became a space, and since the first
+    line keeps its indentation, the document began with one: no longer an exact duplicate of
+    itself without the BOM. In a word it split the word."""
+    assert clean_text("\ufeffHello world")[0] == "Hello world"
+    assert clean_text("\ufeffHello world")[0] == clean_text("Hello world")[0]
+    assert clean_text("zero\ufeffwidth\u00a0space")[0] == "zerowidth space"

@@ -350,13 +350,13 @@ def test_an_output_folder_merely_shaped_like_a_prepared_dataset_is_not_replaced(
 
 def test_what_prepare_writes_is_recognised_as_a_prepared_dataset(tmp_path):
     """The recogniser knows the stats keys and entries prepare writes, so outputs stay replaceable."""
-    from scratchlm.data.sources import PREPARED_STATS_KEYS, is_prepared_dir
+    from scratchlm.data.sources import PREPARED_STATS_KEYS, is_prepared_dir, is_replaceable_prepared_dir
 
     assert STATS_KEYS == PREPARED_STATS_KEYS
     corpus, _ = make_corpus(tmp_path, n=5)
     out = tmp_path / "out"
     run([corpus], out, val_fraction=0.0)
-    assert is_prepared_dir(out) and (out / "removed_examples.jsonl").is_file()
+    assert is_prepared_dir(out) and is_replaceable_prepared_dir(out) and (out / "removed_examples.jsonl").is_file()
     run([corpus], out, val_fraction=0.5)  # replaced, not refused
 
 

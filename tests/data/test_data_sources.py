@@ -390,34 +390,47 @@ def _prepared_with(path: Path, change) -> Path:
          "stats-foreign-key", "val-file"],  # fmt: skip
 )
 def test_only_what_data_prepare_writes_is_a_prepared_dataset(tmp_path, change):
-    """A folder with stats.json beside train/ was taken for a prepared dataset whatever else it held."""
-    from scratchlm.data.sources import is_prepared_dir
+    """A folder with stats.json beside train/ was taken for a prepared dataset whatever else it
+    held; now it may be replaced only when it holds nothing else, and is read only then: anything
+    else beside the prepared files is an error naming it, not a guess of either kind."""
+    from scratchlm.data.sources import is_prepared_dir, is_replaceable_prepared_dir
 
-    assert is_prepared_dir(_prepared_with(tmp_path / "as-written", lambda p: None))
-    assert not is_prepared_dir(_prepared_with(tmp_path / "changed", change))
+    written = _prepared_with(tmp_path / "as-written", lambda p: None)
+    assert is_prepared_dir(written) and is_replaceable_prepared_dir(written)
+    changed = _prepared_with(tmp_path / "changed", change)
+    assert not is_replaceable_prepared_dir(changed)
+    with pytest.raises(DataError, match=r"changed: holds stats.json beside train/ like a prepared dataset, but also"):
+        is_prepared_dir(changed)
 
 
-def test_hidden_files_a_file_browser_adds_leave_a_prepared_dataset_recognised(tmp_path):
-    """Not recognised, its parts would be read as plain parquet files: val mixed into train."""
-    from scratchlm.data.sources import is_prepared_dir
+def test_hidden_entries_leave_a_prepared_dataset_read_as_one(tmp_path):
+    """Read as plain files, its stats and removed examples became documents and val joined train
+    (a Jupyter `.ipynb_checkpoints/` or `hf download`'s `.cache/` was enough). A hidden folder
+    still keeps `--out` from replacing it: the replacement would delete it."""
+    from scratchlm.data.sources import is_prepared_dir, is_replaceable_prepared_dir
 
     def browsed(path):
         for folder in (path, path / "train", path / "val"):
             (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
 
-    assert is_prepared_dir(_prepared_with(tmp_path / "browsed", browsed))
-    assert not is_prepared_dir(_prepared_with(tmp_path / "in-git", lambda p: (p / ".git").mkdir()))
+    browsed_dir = _prepared_with(tmp_path / "browsed", browsed)
+    assert is_prepared_dir(browsed_dir) and is_replaceable_prepared_dir(browsed_dir)
+    for hidden in (".git", ".ipynb_checkpoints", ".cache", "train/.ipynb_checkpoints"):
+        folder = _prepared_with(tmp_path / hidden.replace("/", "-"), lambda p, h=hidden: (p / h).mkdir())
+        assert is_prepared_dir(folder) and not is_replaceable_prepared_dir(folder)
+        assert texts([folder]) == ["kept train", "kept val"]
 
 
-def test_a_folder_merely_shaped_like_a_prepared_dataset_is_read_as_files(tmp_path):
+def test_a_folder_merely_shaped_like_a_prepared_dataset_is_an_error_naming_what_else_it_holds(tmp_path):
     """Its .txt files were silently skipped: the folder was read as a prepared dataset of no parts."""
     sub = tmp_path / "corpus" / "sub"
     (sub / "train").mkdir(parents=True)
     (sub / "stats.json").write_text('{"documents_out": 1}')
     (sub / "train" / "a.txt").write_text("in train")
     (sub / "notes.txt").write_text("notes")
-    assert texts([tmp_path / "corpus"], include=["*.txt"]) == ["notes", "in train"]
-    assert texts([sub], include=["*.txt"]) == ["notes", "in train"]
+    for given in (tmp_path / "corpus", sub):
+        with pytest.raises(DataError, match=r"sub: holds stats.json beside train/ .* but also notes.txt; move"):
+            texts([given], include=["*.txt"])
 
 
 def test_json_lines_named_json_are_read_line_by_line(tmp_path):

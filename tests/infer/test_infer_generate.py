@@ -201,6 +201,12 @@ def test_sampling_settings_of_any_number_kind_draw_the_same_tokens(model):
     for settings in kinds:
         assert generate(model, [1, 2], 6, seed=3, **settings) == expected
     assert sample_next(torch.tensor([[0.0, 3.0, 1.0]]), np.float32(0.0), np.int64(2)).tolist() == [1]
+    assert generate(model, [1, 2], 6, seed=3, temperature=np.array(0.5), top_k=np.array(5), top_p=np.array(0.9)) == expected
+    for huge in (10**400, -(10**400)):  # too large for a float: refused, not an OverflowError
+        with pytest.raises(ConfigError, match="top_p must be in"):
+            generate(model, [1, 2], 3, top_p=huge)
+        with pytest.raises(ConfigError, match="temperature must be a finite number"):
+            generate(model, [1, 2], 3, temperature=huge)
     for flag in (np.bool_(True), torch.tensor(True)):
         with pytest.raises(ConfigError, match="top_k must be an integer"):
             generate(model, [1, 2], 3, top_k=flag)

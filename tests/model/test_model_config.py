@@ -156,3 +156,6 @@ def test_numpy_sizes_and_rates_are_accepted_and_stored_as_python_numbers(tmp_pat
     assert load_model(tmp_path / "m").cfg == cfg
     with pytest.raises(ConfigError, match="n_layer must be a positive integer"):
         ModelConfig(n_layer=np.bool_(True)).validate()
+    learned = ModelConfig(pos="learned", rope_theta=np.float32(1e4))  # unused there, stored all the same
+    learned.validate()
+    assert type(learned.rope_theta) is float

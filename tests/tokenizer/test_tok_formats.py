@@ -272,6 +272,18 @@ def test_a_saved_tokenizer_loads_even_if_its_pattern_is_now_refused_where_patter
         Tokenizer.from_hf(tmp_path / "old")
 
 
+def test_an_ordinary_token_spelled_like_a_placeholder_saves_and_loads(tmp_path):
+    """The merges went into every `"@MERGES@"` of the text, the vocab's entry of that spelling
+    included: a corrupt tokenizer.json, its hash taken and reported saved."""
+    text = "@MERGES@ a@MERGES@ @VOCAB@ b@VOCAB@ " * 200
+    trained = Tokenizer.train([text], 300, pattern=r"[^\s]+|\s+", show_progress=False)
+    assert b"@MERGES@" in trained.ranks and b"@VOCAB@" in trained.ranks
+    again = Tokenizer.load(trained.save(tmp_path / "trained"))
+    assert (again.ranks, again.special_tokens) == (trained.ranks, trained.special_tokens)
+    hf = HFTokenizer.from_file(str(tmp_path / "trained" / "tokenizer.json"))
+    assert hf.encode(text[:60]).ids == trained.encode_ordinary(text[:60])
+
+
 @pytest.mark.parametrize("name", ["@VOCAB@", "@MERGES@"])
 def test_a_special_named_like_a_placeholder_saves_and_loads(tok, tmp_path, name):
     """The vocab and merges were written into the first `"@VOCAB@"`/`"@MERGES@"` of the document,
