@@ -136,8 +136,11 @@ def atomic_directory(
     final = check_output_dir(final, what=what, replaceable=replaceable, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temp_dirs(final.parent, final.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_writer_tag()}.", suffix=".partial", dir=final.parent))
+    prefix = f".{final.name}.{_writer_tag()}."
+    tmp: Path | None = None
     try:
+        # Made inside the try: a signal between the directory's creation and the try would leave it.
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
         _as_created(tmp, 0o777)
         yield tmp
         fsync_dir(tmp)
@@ -150,7 +153,10 @@ def atomic_directory(
             os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Interrupted inside mkdtemp, after the directory was made: found by this writer's prefix.
+        made = [tmp] if tmp is not None else final.parent.glob(f"{glob.escape(prefix)}*.partial")
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
         raise
 
 

@@ -194,3 +194,21 @@ def test_outputs_get_the_permissions_the_umask_gives(tmp_path, mask):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((tmp_path / "out" / "f.txt").stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_signal_as_the_temp_directory_is_made_leaves_no_temp_directory(tmp_path, monkeypatch):
+    """SIGTERM right after mkdtemp made the directory, before the clean-up's try began, left it
+    behind (CI caught `data prepare` doing so once)."""
+    import tempfile
+
+    real_mkdtemp = tempfile.mkdtemp
+
+    def interrupted(*args, **kwargs):
+        real_mkdtemp(*args, **kwargs)
+        raise KeyboardInterrupt  # as the signal handler raises it, the directory made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
