@@ -145,9 +145,15 @@ def atomic_directory(
         yield tmp
         fsync_dir(tmp)
         if final.exists():
-            old = final.with_name(f".{final.name}.old.{os.getpid()}")
+            # Named as a temp directory: if this process dies before the next line, the next writer's
+            # `remove_abandoned_temp_dirs` deletes it instead of leaving it on disk for good.
+            old = final.with_name(f"{prefix}old.partial")
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)  # the earlier output back where it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)

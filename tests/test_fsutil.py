@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,25 @@ def test_a_signal_as_the_temp_directory_is_made_leaves_no_temp_directory(tmp_pat
         with atomic_directory(tmp_path / "out"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interruption_between_the_two_renames_puts_the_earlier_output_back(tmp_path, monkeypatch):
+    """The earlier output was moved aside, then the new one failed to take its place: the output
+    was gone and its copy left under a name no clean-up knew."""
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("first")
+    real_replace = os.replace
+
+    def second_rename_interrupted(src, dst):
+        if Path(dst) == final and not Path(src).name.endswith(".old.partial"):  # the new output's rename
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(final, replaceable=lambda _: True) as tmp:
+            (tmp / "a.txt").write_text("second")
+    monkeypatch.undo()
+    assert (final / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -141,13 +141,20 @@ def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
 def find_latest(ckpt_root: str | Path) -> Path | None:
     """The checkpoint `latest` names, or the newest complete one when the pointer is missing or stale."""
     root = Path(ckpt_root)
-    pointer = root / "latest"
-    if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8", errors="replace").strip()  # damaged: stale
-        if STEP_DIR.match(candidate.name) and is_complete(candidate):
-            return candidate
+    candidate = named_latest(root)
+    if candidate is not None and is_complete(candidate):
+        return candidate
     found = list_checkpoints(root)
     return found[-1][1] if found else None
+
+
+def named_latest(ckpt_root: str | Path) -> Path | None:
+    """The step directory the `latest` pointer names, complete or not; None without a pointer."""
+    pointer = Path(ckpt_root) / "latest"
+    if not pointer.is_file():
+        return None
+    candidate = Path(ckpt_root) / pointer.read_text(encoding="utf-8", errors="replace").strip()  # damaged: stale
+    return candidate if STEP_DIR.match(candidate.name) else None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -157,12 +164,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not is_complete(path):
         missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
-    train_state = read_json_object(path / CHECKPOINT_STATE_FILE, CheckpointError)
-    model_config = read_json_object(path / CONFIG_FILE, CheckpointError)
+    try:
+        train_state = read_json_object(path / CHECKPOINT_STATE_FILE, CheckpointError)
+        model_config = read_json_object(path / CONFIG_FILE, CheckpointError)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; {DAMAGED_ADVICE}") from None
     try:
         model = read_weights(path / WEIGHTS_FILE)
     except (ModelError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}; {DAMAGED_ADVICE}") from None
     optimizer = _load_tensor_file(path / "optimizer.pt")
     if not _is_optimizer_state(optimizer):
         raise CheckpointError(f"{path / 'optimizer.pt'}: holds no optimizer state; {DAMAGED_ADVICE}")

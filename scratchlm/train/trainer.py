@@ -64,6 +64,8 @@ DATA_STREAM_SETTINGS = (
 )
 # Settings that name a path: the same directory however it is spelled (`tokens/` and `tokens`).
 PATH_SETTINGS = (("data", "tokens"),)
+# The budget the schedule is laid over: a resume with another one moves the learning rate.
+BUDGET_SETTINGS = (("train", "max_steps"), ("train", "max_tokens"), ("train", "max_seconds"))
 # Settings each optimizer's parameter groups carry; a resume takes them from this run's config.
 _ADAMW_SETTINGS = (("train", "lr"), ("train", "weight_decay"), ("train", "beta1"), ("train", "beta2"))
 OPTIMIZER_SETTINGS = {"adamw": _ADAMW_SETTINGS, "muon": (*_ADAMW_SETTINGS, ("train", "muon_lr"))}
@@ -257,6 +259,10 @@ class PretrainRun:
                 self.log.say(f"removed {removed} unfinished checkpoint folder(s) that a killed run left in {self.ckpt_root}")
         latest = ckpt.find_latest(self.ckpt_root)
         if resume and latest is not None:
+            named = ckpt.named_latest(self.ckpt_root)
+            if named is not None and named != latest and named.is_dir():
+                missing = ", ".join(f for f in ckpt.REQUIRED_FILES if not (named / f).is_file())
+                self.log.say(f"{named} is incomplete (no {missing}); resuming from {latest.name}, the newest complete one")
             self._restore(ckpt.load_checkpoint(latest), resumed=True)
             dropped = self._start_log(self.state.step)
             if dropped:
@@ -796,6 +802,10 @@ class PretrainRun:
             self._note_changed_settings(
                 saved, OPTIMIZER_SETTINGS[self.tc.optimizer], "optimizer", "they apply from this step on"
             )
+            self._note_changed_settings(
+                saved, BUDGET_SETTINGS, "budget", "the learning-rate schedule is laid over the new budget from this "
+                "step on, so the rate jumps to where the new curve is"
+            )
         optimizer_file = loaded["path"] / "optimizer.pt"
         ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
         # Loading an optimizer state brings back the hyperparameters it was saved with; this run's
@@ -858,7 +868,7 @@ class PretrainRun:
         a resumed run then differs from an uninterrupted one: the batch stream continues by step
         number, so data settings change which data comes next (a bigger batch skips ahead, a new
         seed or mode starts another order, a sequential epoch no longer sees every window once);
-        optimizer settings change the updates from here on."""
+        optimizer settings change the updates from here on; a new budget moves the schedule."""
         now = to_dict(self.config)
         changed = [
             f"{section}.{key} {old!r} -> {now[section][key]!r}"

@@ -182,3 +182,39 @@ def test_rng_states_missing_a_generator_are_a_checkpoint_error(tokens, tmp_path)
     torch.save({"rank0": {"torch": torch.get_rng_state()}}, find_latest(out / "checkpoints") / "rng.pt")
     with pytest.raises(CheckpointError, match=r"rng\.pt: holds RNG states that cannot be restored"):
         train(tiny_config(tokens, out, train={"max_steps": 4, "sample_tokens": 0}), resume=True)
+
+
+def test_a_latest_checkpoint_left_incomplete_is_named_and_passed_over(tokens, tmp_path, capsys):
+    """`latest` naming a step dir without optimizer.pt resumed from the one before in silence."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 4, "checkpoint_every": 2, "sample_tokens": 0})
+    train(cfg)
+    (out / "checkpoints" / "step-000004" / "optimizer.pt").unlink()
+    capsys.readouterr()
+    train(cfg, resume=True)
+    err = capsys.readouterr().err
+    assert "step-000004 is incomplete (no optimizer.pt); resuming from step-000002, the newest complete one" in err
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: (d / "train_state.json").write_text("{not json"),
+    lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+])  # fmt: skip
+def test_a_damaged_checkpoint_says_how_to_resume_from_an_earlier_one(tokens, tmp_path, damage):
+    """optimizer.pt and rng.pt errors said it; damaged weights or state gave no advice."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 4, "checkpoint_every": 2, "sample_tokens": 0})
+    train(cfg)
+    damage(out / "checkpoints" / "step-000004")
+    with pytest.raises(CheckpointError, match="move this checkpoint directory away to resume from an earlier one") as caught:
+        train(cfg, resume=True)
+    assert "\n" not in str(caught.value)
+
+
+def test_resuming_with_another_budget_says_the_schedule_moves(tokens, tmp_path, capsys):
+    """A finished run resumed with a larger max_steps raised its learning rate without a word."""
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 4, "sample_tokens": 0}))
+    capsys.readouterr()
+    train(tiny_config(tokens, out, train={"max_steps": 6, "sample_tokens": 0}), resume=True)
+    assert "changed budget settings (train.max_steps 4 -> 6)" in capsys.readouterr().err
