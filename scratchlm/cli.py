@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchLMError, Terminated, torch_error_text
@@ -71,10 +71,19 @@ def given_flags(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None and value != []}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage mistakes (`--vocab-size abc`, an unknown command) end like
+    every other error: one `scratchlm: error:` line and exit 2, not a usage block; subcommand
+    parsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("scratchlm").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"scratchlm: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratchlm", description="Build a GPT-style language model from scratch."
-    )
+    parser = _Parser(prog="scratchlm", description="Build a GPT-style language model from scratch.")
     parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     root = parser.add_subparsers(dest="command", metavar="COMMAND")

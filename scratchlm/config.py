@@ -283,7 +283,11 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    if not str(path).strip():
+        raise ConfigError("--config is empty; name a TOML file")
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a config file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:

@@ -92,6 +92,7 @@ def check_output_dir(
     is one `error`. Returns `final` as an absolute path (so `.` and `..` have names).
     """
     shown = os.fspath(final)
+    require_utf8_path(shown, "", error)
     try:
         path = Path(final).expanduser().resolve()
     except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
@@ -115,6 +116,17 @@ def check_output_dir(
         if not ancestor.is_dir():  # found now, not when the work is done and the directory is made
             raise error(f"{shown}: cannot be made, {ancestor} is a file")
     return path
+
+
+def require_utf8_path(path: str | os.PathLike, what: str, error: type[ScratchLMError]) -> None:
+    """One `error` for an output path whose bytes are not UTF-8 (a name typed in another
+    encoding): parquet, TensorBoard and the JSON files that record it take UTF-8 paths only, and
+    would fail with a traceback halfway through the work. `what` prefixes the message."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # the bad bytes as \xNN
+        raise error(f"{what}{shown}: the path is not UTF-8; name the output in UTF-8") from None
 
 
 @contextlib.contextmanager

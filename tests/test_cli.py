@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -221,3 +222,35 @@ def test_out_of_memory_is_recognised_in_each_of_torchs_wordings():
     assert is_out_of_memory(cuda)
     assert describe_out_of_memory(cuda) == "out of memory: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.2 GiB total)"
     assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["tokenizer", "train", "x", "--vocab-size", "1e3", "--out", "t"],
+     "scratchlm: error: tokenizer train: argument --vocab-size: invalid int value: '1e3' (see scratchlm tokenizer train --help)"),
+    (["bogus"], "scratchlm: error: argument COMMAND: invalid choice: 'bogus'"),
+    (["data", "prepare", "x", "--out", "y", "--bogus"], "scratchlm: error: unrecognized arguments: --bogus"),
+])  # fmt: skip
+def test_a_usage_mistake_is_one_error_line_like_any_other(argv, expected):
+    """argparse printed its usage block and then `scratchlm tokenizer train: error: ...`."""
+    proc = subprocess.run([sys.executable, "-m", "scratchlm", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(expected), proc.stderr
+
+
+def test_an_output_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path):
+    """pyarrow's writer failed on it with a traceback, after the run had started."""
+    source = tmp_path / "a.jsonl"
+    source.write_text('{"text": "a short document of a few words"}\n')
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xffout")
+    proc = subprocess.run([sys.executable, "-m", "scratchlm", "data", "prepare", str(source), "--out", out],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.endswith("\\xffout: the path is not UTF-8; name the output in UTF-8\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_a_config_path_that_is_a_directory_or_empty_says_so(tmp_path, capsys):
+    assert main(["pretrain", "--config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"scratchlm: error: {tmp_path}: is a directory, not a config file\n"
+    assert main(["pretrain", "--config", ""]) == 2
+    assert capsys.readouterr().err == "scratchlm: error: --config is empty; name a TOML file\n"

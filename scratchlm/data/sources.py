@@ -121,6 +121,7 @@ def _iter_input(spec: str, options: SourceOptions, stats: SourceStats) -> Iterat
     if not path.exists():
         raise DataError(f"{spec}: no such file or directory")
     if path.is_dir():
+        _refuse_tokens_dir(path)
         if is_prepared_dir(path):
             yield from _iter_prepared(path, options)
         else:
@@ -311,6 +312,7 @@ def _walk(directory: Path, seen: set[str], excluded: Callable[[Path], bool]) -> 
     before its subdirectories, each in name order, leaving out the `excluded` directories. Linked
     directories are followed, as linked files are read; `seen` holds the real paths visited, so a
     link loop or a second link to the same directory is read once."""
+    _refuse_tokens_dir(directory)
     try:
         with os.scandir(directory) as listing:
             entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
@@ -327,6 +329,13 @@ def _walk(directory: Path, seen: set[str], excluded: Callable[[Path], bool]) -> 
             yield path, True
         else:
             yield from _walk(path, seen, excluded)
+
+
+def _refuse_tokens_dir(path: Path) -> None:
+    """A `data tokenize` output given as text: read as files, its meta.json would be taken for a
+    document ("no field 'text'") and its token ids for text."""
+    if (path / "meta.json").is_file() and (path / "train.bin").is_file():
+        raise DataError(f"{path}: is a tokens dir (already tokenized), not text; give the text it was made from")
 
 
 def _open_binary(path: Path) -> IO[bytes]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from scratchlm.config import from_dict, integer_value, load_config
 from scratchlm.errors import ConfigError
+from scratchlm.fsutil import require_utf8_path
 
 if TYPE_CHECKING:  # the model package imports torch: not at config time
     from scratchlm.model import ModelConfig
@@ -105,9 +106,9 @@ class TrainSection:
     def validate(self) -> None:
         """Every setting checked before the run starts: a bad one found after hours of training
         (say, at the first sample) would cost the run."""
+        _check_ranges(self, "train", POSITIVE_TRAIN_KEYS, NON_NEGATIVE_TRAIN_KEYS)  # first: a negative budget is a typo
         if self.max_steps <= 0 and self.max_tokens <= 0 and self.max_seconds <= 0:
             raise ConfigError("[train] needs a budget: set max_steps, max_tokens or max_seconds")
-        _check_ranges(self, "train", POSITIVE_TRAIN_KEYS, NON_NEGATIVE_TRAIN_KEYS)
         if not -(2**63) <= self.seed < 2**63:  # torch seeds take 64 bits; offsets (rank, step) must still fit
             raise ConfigError(f"train.seed must be in [-2**63, 2**63), got {self.seed}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -178,6 +179,7 @@ def check_train_out(config: PretrainConfig) -> Path:
     out = config.train.out
     if not out.strip():
         raise ConfigError("train.out is empty; name the run's directory (e.g. runs/pretrain)")
+    require_utf8_path(out, "train.out = ", ConfigError)
     try:
         path = Path(out).expanduser().resolve()
         tokens = Path(config.data.tokens).expanduser().resolve()

@@ -502,3 +502,16 @@ def test_excluding_a_folder_excludes_everything_below_it(tmp_path):
         assert texts([tmp_path], exclude=[pattern]) == ["loose", "in sub", "deeper"], pattern
     assert texts([tmp_path], exclude=["*.txt"]) == ["kept train", "kept val"]  # names, at any depth
     assert texts([tmp_path], exclude=["sub/*.txt"]) == ["loose", "kept train", "kept val"]  # `*` matches `/`
+
+
+def test_a_tokens_dir_given_as_text_is_named_as_one(tmp_path):
+    """Its meta.json was read as a JSON document: "no field 'text' (keys: format_version, ...)"."""
+    tokens = tmp_path / "corpus" / "tokens"
+    tokens.mkdir(parents=True)
+    (tokens / "meta.json").write_text('{"format_version": 1}')
+    (tokens / "train.bin").write_bytes(b"\0\0")
+    (tmp_path / "corpus" / "a.txt").write_text("text")
+    for given in (tokens, tmp_path / "corpus"):
+        with pytest.raises(DataError, match=r"tokens: is a tokens dir \(already tokenized\), not text"):
+            texts([given])
+    assert texts([tmp_path / "corpus"], exclude=["tokens"]) == ["text"]

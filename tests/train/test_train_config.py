@@ -76,3 +76,9 @@ def test_set_takes_none_for_a_model_width_and_text_for_a_run_folder():
     assert cfg.model["d_ff"] is None and cfg.train.out == "2024-06-01"
     assert build_model_config(cfg.model, 300, 16).d_ff == default_d_ff(96, "swiglu")
     assert load_pretrain_config(None, [*BASE, "train.out=123", "data.tokens=true"]).data.tokens == "true"
+
+
+def test_a_negative_budget_is_named_not_called_missing():
+    """`max_steps = -1` was told "[train] needs a budget: set max_steps...", which it had set."""
+    with pytest.raises(ConfigError, match=r"train.max_steps must be >= 0, got -1"):
+        load_pretrain_config(None, ["data.tokens=x", "train.max_steps=-1"])
