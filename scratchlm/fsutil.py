@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -125,8 +126,16 @@ def require_utf8_path(path: str | os.PathLike, what: str, error: type[ScratchLME
     try:
         os.fspath(path).encode("utf-8")
     except UnicodeEncodeError:
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # the bad bytes as \xNN
-        raise error(f"{what}{shown}: the path is not UTF-8; name the output in UTF-8") from None
+        raw = os.fsencode(path)
+        shown = raw.decode("utf-8", "backslashreplace")  # the bad bytes as \xNN
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise error(f"{what}{shown}: the path is not UTF-8; name the output in UTF-8") from None
+        raise error(  # UTF-8 bytes that this locale's file system encoding cannot read as text
+            f"{what}{shown}: the path is UTF-8 but the locale's file system encoding is "
+            f"{sys.getfilesystemencoding()}; set a UTF-8 locale or PYTHONUTF8=1"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -160,11 +169,13 @@ def atomic_directory(
             # Named as a temp directory: if this process dies before the next line, the next writer's
             # `remove_abandoned_temp_dirs` deletes it instead of leaving it on disk for good.
             old = final.with_name(f"{prefix}old.partial")
-            os.replace(final, old)
             try:
+                os.replace(final, old)
                 os.replace(tmp, final)
             except BaseException:
-                os.replace(old, final)  # the earlier output back where it was
+                if not os.path.lexists(final) and os.path.lexists(old):  # moved aside, not replaced
+                    with contextlib.suppress(OSError):
+                        os.replace(old, final)  # the earlier output back where it was
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:

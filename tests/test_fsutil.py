@@ -235,3 +235,45 @@ def test_an_interruption_between_the_two_renames_puts_the_earlier_output_back(tm
     monkeypatch.undo()
     assert (final / "a.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_signal_right_after_the_new_output_took_its_place_stays_that_signal(tmp_path, monkeypatch):
+    """The restore then tried to move the earlier output onto the new one: "Directory not empty",
+    an OSError in place of the interrupt (exit 2 and a false error instead of 130/143)."""
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("first")
+    real_replace = os.replace
+
+    def renamed_then_interrupted(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == final:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", renamed_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(final, replaceable=lambda _: True) as tmp:
+            (tmp / "a.txt").write_text("second")
+    monkeypatch.undo()
+    assert (final / "a.txt").read_text() == "second"
+
+
+def test_a_utf8_path_under_an_ascii_locale_is_blamed_on_the_locale(tmp_path):
+    """Its bytes are UTF-8: "the path is not UTF-8" sent the user to rename a correct path."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from scratchlm.errors import ScratchLMError
+        from scratchlm.fsutil import check_output_dir
+        if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+            print("UTF8-ANYWAY")
+        else:
+            try:
+                check_output_dir(os.fsdecode({bytes(tmp_path)!r} + b"/caf\\xc3\\xa9"), what="x")
+            except ScratchLMError as e:
+                print(ascii(str(e)))
+    """)
+    env = {**os.environ, "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env).stdout
+    if "UTF8-ANYWAY" in out:
+        pytest.skip("this Python reads file names as UTF-8 even in the C locale")
+    assert "the path is UTF-8 but the locale's file system encoding is" in out and "PYTHONUTF8=1" in out

@@ -302,6 +302,8 @@ def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> I
         ):
             continue
         found = True
+        if path.name == "meta.json":  # read as a document only if it is a text file of the corpus
+            _refuse_tokens_dir(path.parent, " (or --exclude it)")
         yield from _iter_prepared(path, options) if prepared else _iter_file(path, options, stats)
     if not found:
         raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
@@ -312,7 +314,6 @@ def _walk(directory: Path, seen: set[str], excluded: Callable[[Path], bool]) -> 
     before its subdirectories, each in name order, leaving out the `excluded` directories. Linked
     directories are followed, as linked files are read; `seen` holds the real paths visited, so a
     link loop or a second link to the same directory is read once."""
-    _refuse_tokens_dir(directory)
     try:
         with os.scandir(directory) as listing:
             entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
@@ -331,11 +332,14 @@ def _walk(directory: Path, seen: set[str], excluded: Callable[[Path], bool]) -> 
             yield from _walk(path, seen, excluded)
 
 
-def _refuse_tokens_dir(path: Path) -> None:
+def _refuse_tokens_dir(path: Path, remedy: str = "") -> None:
     """A `data tokenize` output given as text: read as files, its meta.json would be taken for a
-    document ("no field 'text'") and its token ids for text."""
+    document ("no field 'text'"). Inside a directory input it is refused only where its meta.json
+    would be read (`--include '*.txt'` never reads it)."""
     if (path / "meta.json").is_file() and (path / "train.bin").is_file():
-        raise DataError(f"{path}: is a tokens dir (already tokenized), not text; give the text it was made from")
+        raise DataError(
+            f"{path}: is a tokens dir (already tokenized), not text; give the text it was made from{remedy}"
+        )
 
 
 def _open_binary(path: Path) -> IO[bytes]:

@@ -8,6 +8,7 @@ read one model file and move between the two families, or mix them, by editing a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,8 +96,8 @@ class ModelConfig:
                     f"model.max_seq_len must be ≤ {MAX_ROPE_POSITIONS:,} with pos = 'rope', got {self.max_seq_len:,} "
                     "(its RoPE tables are made for every position)"
                 )
-        elif real_value(self.rope_theta) is not None:  # stored as a Python float all the same (config.json)
-            self.rope_theta = real_value(self.rope_theta)
+        elif (theta := real_value(self.rope_theta)) is not None and math.isfinite(theta):
+            self.rope_theta = theta  # unused here, but stored as a Python float all the same (config.json)
         for name in ("qk_norm", "bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

@@ -515,3 +515,4 @@ def test_a_tokens_dir_given_as_text_is_named_as_one(tmp_path):
         with pytest.raises(DataError, match=r"tokens: is a tokens dir \(already tokenized\), not text"):
             texts([given])
     assert texts([tmp_path / "corpus"], exclude=["tokens"]) == ["text"]
+    assert texts([tmp_path / "corpus"], include=["*.txt"]) == ["text"]  # its meta.json is never read
