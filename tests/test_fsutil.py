@@ -215,24 +215,30 @@ def test_a_signal_as_the_temp_directory_is_made_leaves_no_temp_directory(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_interruption_between_the_two_renames_puts_the_earlier_output_back(tmp_path, monkeypatch):
-    """The earlier output was moved aside, then the new one failed to take its place: the output
-    was gone and its copy left under a name no clean-up knew."""
-    final = tmp_path / "out"
+def _replace_a_first_output_with_renames_patched(final: Path, monkeypatch, patched_replace) -> None:
+    """Write "first" into `final`, then try to replace it with "second" while `os.replace` is
+    `patched_replace(real_replace, src, dst)`; the interruption it raises is expected."""
     with atomic_directory(final) as tmp:
         (tmp / "a.txt").write_text("first")
     real_replace = os.replace
-
-    def second_rename_interrupted(src, dst):
-        if Path(dst) == final and not Path(src).name.endswith(".old.partial"):  # the new output's rename
-            raise KeyboardInterrupt
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", second_rename_interrupted)
+    monkeypatch.setattr(os, "replace", lambda src, dst: patched_replace(real_replace, src, dst))
     with pytest.raises(KeyboardInterrupt):
         with atomic_directory(final, replaceable=lambda _: True) as tmp:
             (tmp / "a.txt").write_text("second")
     monkeypatch.undo()
+
+
+def test_an_interruption_between_the_two_renames_puts_the_earlier_output_back(tmp_path, monkeypatch):
+    """The earlier output was moved aside, then the new one failed to take its place: the output
+    was gone and its copy left under a name no clean-up knew."""
+    final = tmp_path / "out"
+
+    def second_rename_interrupted(real_replace, src, dst):
+        if Path(dst) == final and not Path(src).name.endswith(".old.partial"):  # the new output's rename
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    _replace_a_first_output_with_renames_patched(final, monkeypatch, second_rename_interrupted)
     assert (final / "a.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -241,20 +247,13 @@ def test_a_signal_right_after_the_new_output_took_its_place_stays_that_signal(tm
     """The restore then tried to move the earlier output onto the new one: "Directory not empty",
     an OSError in place of the interrupt (exit 2 and a false error instead of 130/143)."""
     final = tmp_path / "out"
-    with atomic_directory(final) as tmp:
-        (tmp / "a.txt").write_text("first")
-    real_replace = os.replace
 
-    def renamed_then_interrupted(src, dst):
+    def renamed_then_interrupted(real_replace, src, dst):
         real_replace(src, dst)
         if Path(dst) == final:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", renamed_then_interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_directory(final, replaceable=lambda _: True) as tmp:
-            (tmp / "a.txt").write_text("second")
-    monkeypatch.undo()
+    _replace_a_first_output_with_renames_patched(final, monkeypatch, renamed_then_interrupted)
     assert (final / "a.txt").read_text() == "second"
 
 
