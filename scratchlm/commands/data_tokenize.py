@@ -29,7 +29,7 @@ def register(root, groups) -> None:
     tok.add_argument("--workers", type=int, metavar="N", help="encoding processes (default: one per core)")
     tok.add_argument("--append", action="store_true", default=None, help="add to an existing tokens dir")
     tok.add_argument(
-        "--val-every", type=int, metavar="N", help="raw inputs: every N-th of their documents goes to val"
+        "--val-every", type=int, metavar="N", help="raw inputs: every N-th of their documents goes to val (default 100; 0: no val split)"
     )
     tok.add_argument("--text-field", metavar="NAME", help="raw JSON/parquet inputs: the text field")
     tok.add_argument("--hf-split", metavar="NAME", help="hf:NAME inputs: the split to read (default: train)")

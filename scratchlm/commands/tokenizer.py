@@ -33,10 +33,10 @@ def register(root, groups) -> None:
         help="files, dirs, builtin:python-docs, hf:NAME or a prepared dir",
     )
     p.add_argument("--out", metavar="DIR", help="output directory (replaced as a whole)")
-    p.add_argument("--vocab-size", type=int, help="total ids: 256 bytes + merges + special tokens")
+    p.add_argument("--vocab-size", type=int, help="total ids: 256 bytes + merges + special tokens (default 8192)")
     p.add_argument("--pattern", help="pre-tokenization: gpt4 (default), gpt2 or a regex")
     p.add_argument("--special", action="append", metavar="TOKEN", help="extra special token (repeatable)")
-    p.add_argument("--min-frequency", type=int, help="stop when the best pair is rarer than this")
+    p.add_argument("--min-frequency", type=int, help="stop when the best pair is rarer than this (default 2)")
     p.add_argument("--workers", type=int, help="word-counting processes (0 = all cores)")
     p.add_argument("--split", choices=["train", "val", "all"], help="split of a prepared dir to read")
     p.add_argument("--text-field", metavar="NAME", help="JSON/parquet field holding the text (default: text)")
@@ -109,7 +109,12 @@ def _train(args: argparse.Namespace) -> int:
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
     tok = train_tokenizer(cfg)
-    print(f"saved {cfg.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:16]}", file=sys.stderr)
+    short = (
+        f" (asked for {cfg.vocab_size}: no pair left seen at least {cfg.min_frequency} times; "
+        "more text or a lower --min-frequency gives more)"
+        if tok.vocab_size < cfg.vocab_size else ""
+    )
+    print(f"saved {cfg.out}: vocab {tok.vocab_size}{short}, sha256 {tok.sha256[:16]}", file=sys.stderr)
     return 0
 
 

@@ -314,3 +314,17 @@ def test_train_and_stats_read_the_hf_split_named(capsys, tmp_path):
     for command in (argv, ["tokenizer", "stats", "--tokenizer", str(out), f"hf:{saved}"]):  # train by default
         code, _, err = run(capsys, *command)
         assert code == 2 and "no split 'train'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_vocabulary_smaller_than_asked_says_why(capsys, tmp_path):
+    """--vocab-size 400 gave 332 with exit 0 and only the number to notice it by."""
+    data = tmp_path / "small.txt"
+    data.write_text("the cat sat on the mat " * 30)
+    code, _, err = run(capsys, "tokenizer", "train", str(data), "--vocab-size", "400", "--out", str(tmp_path / "t"),
+                       "--workers", "1")
+    vocab = Tokenizer.load(tmp_path / "t").vocab_size
+    assert code == 0 and vocab < 400
+    assert f"vocab {vocab} (asked for 400: no pair left seen at least 2 times; more text or a lower" in err
+    code, _, err = run(capsys, "tokenizer", "train", str(data), "--vocab-size", str(vocab), "--out",
+                       str(tmp_path / "t2"), "--workers", "1")
+    assert code == 0 and "asked for" not in err
