@@ -735,6 +735,7 @@ class PretrainRun:
                 "world_size": self.dist.world_size,
                 "grad_accum": self.grad_accum,
                 "tokenizer_sha256": self.tokenizer.sha256,
+                "tokens_splits": self.meta["splits"],  # what the data was: a resume notes another
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config": to_dict(self.config),
                 "reason": reason,
@@ -802,6 +803,7 @@ class PretrainRun:
             self._note_changed_settings(
                 saved, OPTIMIZER_SETTINGS[self.tc.optimizer], "optimizer", "they apply from this step on"
             )
+            self._note_changed_tokens(saved)
             self._note_changed_settings(
                 saved, BUDGET_SETTINGS, "budget", "the learning-rate schedule is laid over the new budget from this "
                 "step on, so the rate jumps to where the new curve is"
@@ -860,6 +862,24 @@ class PretrainRun:
                 f"{path}: trained with train.optimizer = {kind!r}, but this run sets {self.tc.optimizer!r}; "
                 f"resume with train.optimizer = {kind!r} (or start a new run in another train.out)"
             )
+
+    def _note_changed_tokens(self, saved: dict[str, Any]) -> None:
+        """Says when the tokens dir's contents differ from the checkpoint's (re-tokenized, or grown
+        by --append, at the same path): no setting changed, yet the batches that follow do.
+        Checkpoints older than the record say nothing."""
+        before = saved.get("tokens_splits")
+        now = self.meta["splits"]
+        if not isinstance(before, dict) or before == now:
+            return
+        counts = [
+            f"{split} {before.get(split, {}).get('tokens', 0):,} -> {now.get(split, {}).get('tokens', 0):,} tokens"
+            for split in sorted(before.keys() | now.keys())
+            if before.get(split) != now.get(split) and isinstance(before.get(split, {}), dict)
+        ]
+        self.log.say(
+            f"the tokens dir changed since this checkpoint ({', '.join(counts)}): the batches that follow "
+            "differ from an uninterrupted run's"
+        )
 
     def _note_changed_settings(
         self, saved: dict[str, Any], settings: tuple[tuple[str, str], ...], kind: str, consequence: str

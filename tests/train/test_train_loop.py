@@ -531,3 +531,28 @@ def test_a_resume_keeps_the_schedule_from_where_warmup_ended(tokens, tmp_path):
     train(cfg, resume=True)
     resumed = {r["step"]: r["lr"] for r in read_rows(out) if "loss" in r}
     assert resumed == uninterrupted
+
+
+def test_resuming_on_tokens_that_grew_in_place_says_so(tokens, tmp_path, capsys):
+    """Re-tokenized or appended to at the same path, the data changed with no setting changing:
+    the resume said nothing, and the batches that followed were another stream's."""
+    import shutil
+
+    from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
+
+    grown = tmp_path / "tokens"
+    shutil.copytree(tokens, grown)
+    out = tmp_path / "run"
+    settings = {"max_steps": 1, "sample_tokens": 0}
+    train(tiny_config(grown, out, train=settings))
+    capsys.readouterr()
+    train(tiny_config(grown, out, train={**settings, "max_steps": 2}), resume=True)
+    assert "tokens dir changed" not in capsys.readouterr().err
+    more = tmp_path / "more.txt"
+    more.write_text("another document that was not there when the run began " * 20)
+    tokenize_dataset(TokenizeConfig(inputs=[str(more)], tokenizer=str(grown / "tokenizer"), out=str(grown),
+                                    append=True, val_every=0, workers=1))
+    capsys.readouterr()
+    train(tiny_config(grown, out, train={**settings, "max_steps": 3}), resume=True)
+    note = next(line for line in capsys.readouterr().err.splitlines() if "tokens dir changed" in line)
+    assert "the tokens dir changed since this checkpoint (train " in note and "val " not in note  # val kept
