@@ -459,23 +459,25 @@ def test_a_run_saved_when_no_preset_meant_none_is_told_how_to_resume(tokens, tmp
     assert train(tiny_config(tokens, out, model=model, train={"max_steps": 2, "sample_tokens": 0}), resume=True)
 
 
+def _resumed_err(tokens_dir, out, capsys, max_steps: int) -> str:
+    """stderr of resuming the run in `out` on `tokens_dir` up to `max_steps` (no samples)."""
+    capsys.readouterr()
+    train(tiny_config(tokens_dir, out, train={"max_steps": max_steps, "sample_tokens": 0}), resume=True)
+    return capsys.readouterr().err
+
+
 def test_resuming_on_another_tokens_dir_says_so(tokens, tmp_path, capsys):
     import shutil
 
     other = tmp_path / "tokens-copy"
     shutil.copytree(tokens, other)
     out = tmp_path / "run"
-    settings = {"max_steps": 1, "sample_tokens": 0}
-    train(tiny_config(tokens, out, train=settings))
-    capsys.readouterr()
-    train(tiny_config(other, out, train={**settings, "max_steps": 2}), resume=True)
-    assert f"changed data settings (data.tokens '{tokens}' -> '{other}')" in capsys.readouterr().err
+    train(tiny_config(tokens, out, train={"max_steps": 1, "sample_tokens": 0}))
+    assert f"changed data settings (data.tokens '{tokens}' -> '{other}')" in _resumed_err(other, out, capsys, 2)
     link = tmp_path / "link-to-copy"
     link.symlink_to(other)  # the same directory spelled otherwise: no change to report
-    train(tiny_config(link, out, train={**settings, "max_steps": 3}), resume=True)
-    assert "data.tokens" not in capsys.readouterr().err
-    train(tiny_config(f"{other}/", out, train={**settings, "max_steps": 3}), resume=True)  # the same dir
-    assert "changed data settings" not in capsys.readouterr().err
+    assert "data.tokens" not in _resumed_err(link, out, capsys, 3)
+    assert "changed data settings" not in _resumed_err(f"{other}/", out, capsys, 3)  # the same dir
 
 
 def expected_lrs(lr: float, steps: int, warmup: int, floor: float) -> list[float]:
@@ -543,16 +545,11 @@ def test_resuming_on_tokens_that_grew_in_place_says_so(tokens, tmp_path, capsys)
     grown = tmp_path / "tokens"
     shutil.copytree(tokens, grown)
     out = tmp_path / "run"
-    settings = {"max_steps": 1, "sample_tokens": 0}
-    train(tiny_config(grown, out, train=settings))
-    capsys.readouterr()
-    train(tiny_config(grown, out, train={**settings, "max_steps": 2}), resume=True)
-    assert "tokens dir changed" not in capsys.readouterr().err
+    train(tiny_config(grown, out, train={"max_steps": 1, "sample_tokens": 0}))
+    assert "tokens dir changed" not in _resumed_err(grown, out, capsys, 2)
     more = tmp_path / "more.txt"
     more.write_text("another document that was not there when the run began " * 20)
     tokenize_dataset(TokenizeConfig(inputs=[str(more)], tokenizer=str(grown / "tokenizer"), out=str(grown),
                                     append=True, val_every=0, workers=1))
-    capsys.readouterr()
-    train(tiny_config(grown, out, train={**settings, "max_steps": 3}), resume=True)
-    note = next(line for line in capsys.readouterr().err.splitlines() if "tokens dir changed" in line)
+    note = next(line for line in _resumed_err(grown, out, capsys, 3).splitlines() if "tokens dir changed" in line)
     assert "the tokens dir changed since this checkpoint (train " in note and "val " not in note  # val kept
