@@ -24,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from scratchlm.errors import ConfigError
+from scratchlm.fsutil import read_text_file
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ def real_value(value: object) -> float | None:
         return None
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d array or tensor: its number
         value = value.item()
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # Python and NumPy ints and floats
+    if not isinstance(value, numbers.Real):  # Python and NumPy ints and floats (bools refused above)
         return None
     try:
         return float(value)
@@ -285,17 +286,11 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 def read_toml(path: str | Path) -> dict[str, Any]:
     if not str(path).strip():
         raise ConfigError("--config is empty; name a TOML file")
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a directory, not a config file")
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    text = read_text_file(path, ConfigError)  # not found, a directory, not UTF-8: one line each
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
 def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

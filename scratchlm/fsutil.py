@@ -232,6 +232,22 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
     return removed
 
 
+def directory_entries(path: str | os.PathLike, hidden_dirs: bool = False) -> dict[str, bool] | None:
+    """A directory's entry names -> whether each is a directory; None if it cannot be listed.
+    Hidden files are left out (a `.DS_Store` a file browser drops in), and hidden directories
+    unless `hidden_dirs`: the checks of what an output directory holds count a `.git/` (replacing
+    the directory would delete it) but not a browser's litter."""
+    try:
+        with os.scandir(path) as listing:
+            return {
+                entry.name: entry.is_dir()
+                for entry in listing
+                if not entry.name.startswith(".") or (hidden_dirs and entry.is_dir())
+            }
+    except OSError:
+        return None
+
+
 def read_text_file(path: str | os.PathLike, error: type[ScratchLMError]) -> str:
     """A file's UTF-8 text; every reason it cannot be read is one `error` naming the file."""
     path = Path(path)

@@ -251,6 +251,6 @@ def test_an_output_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path):
 
 def test_a_config_path_that_is_a_directory_or_empty_says_so(tmp_path, capsys):
     assert main(["pretrain", "--config", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"scratchlm: error: {tmp_path}: is a directory, not a config file\n"
+    assert capsys.readouterr().err == f"scratchlm: error: {tmp_path}: is a directory, not a file\n"
     assert main(["pretrain", "--config", ""]) == 2
     assert capsys.readouterr().err == "scratchlm: error: --config is empty; name a TOML file\n"

@@ -328,15 +328,15 @@ class DedupIndex:
                 new_exact.append(key)
             if use_near and (has_words is None or has_words[i]):
                 row = bands[i].tolist()
+                owners = candidates[i].tolist() if has_candidate[i] else [-1] * len(row)  # per band; -1: none
                 ids = {batch_bands[k] for k in row if k in batch_bands}
-                if has_candidate[i]:
-                    ids.update(c for c in candidates[i].tolist() if c >= 0)
+                ids.update(c for c in owners if c >= 0)
                 mine = sketches[i]
                 if any(estimated_jaccard(self.sketches[c], mine) >= cfg.threshold for c in sorted(ids)):
                     verdicts[i] = "near_duplicate"
                     continue
                 doc_id = self._store(mine)
-                for k, owner in zip(row, candidates[i].tolist() if has_candidate[i] else [-1] * len(row)):
+                for k, owner in zip(row, owners):
                     if owner < 0:  # only a key no earlier batch holds: the first owner is kept, as below
                         batch_bands.setdefault(k, doc_id)
                 new_band_rows.append(i)

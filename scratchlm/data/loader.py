@@ -91,6 +91,8 @@ def check_meta(meta: Mapping[str, Any], path: Path) -> None:
             raise DataError(f"{path}: split '{split}' needs 'tokens' and 'documents' counts")
         if not _is_count(counts.get("bytes", 0)):
             raise DataError(f"{path}: split '{split}': 'bytes' must be a count, got {counts['bytes']!r}")
+    if not _is_count(meta.get("raw_documents", 0)):  # optional: tokens dirs made before it lack it
+        raise DataError(f"{path}: 'raw_documents' must be a whole number >= 0, got {meta['raw_documents']!r}")
 
 
 def has_val_split(meta: Mapping[str, Any]) -> bool:

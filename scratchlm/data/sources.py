@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from scratchlm.errors import DataError
-from scratchlm.fsutil import parse_json
+from scratchlm.fsutil import directory_entries, parse_json
 
 BUILTIN_PREFIX = "builtin:"
 HF_PREFIX = "hf:"
@@ -150,7 +150,9 @@ def is_prepared_dir(path: Path) -> bool:
     skipped; read as plain files, its stats and removed examples would become documents and val
     would join train. Hidden entries are ignored, as reading ignores them (`.ipynb_checkpoints`).
     """
-    entries = _dir_entries(path, hidden_dirs=False)
+    if not (os.path.lexists(path / "train") and os.path.lexists(path / "stats.json")):
+        return False  # the usual folder, decided without listing it (every folder of a walk asks)
+    entries = directory_entries(path, hidden_dirs=False)
     if entries is None or not {"train", "stats.json"} <= entries.keys():
         return False
     stray = _stray_entry(path, entries)
@@ -165,7 +167,7 @@ def is_prepared_dir(path: Path) -> bool:
 def is_replaceable_prepared_dir(path: Path) -> bool:
     """Whether `--out` may replace `path` whole: nothing in it but what prepare writes, hidden
     files aside; a hidden directory (`.git`) is someone's data, which the replacement would delete."""
-    entries = _dir_entries(path, hidden_dirs=True)
+    entries = directory_entries(path, hidden_dirs=True)
     return entries is not None and {"train", "stats.json"} <= entries.keys() and _stray_entry(path, entries, True) is None
 
 
@@ -176,28 +178,13 @@ def _stray_entry(path: Path, entries: dict[str, bool], hidden_dirs: bool = False
         if _PREPARED_ENTRIES.get(name) is not is_dir:
             return f"{name}/" if is_dir else name
         if is_dir:
-            parts = _dir_entries(path / name, hidden_dirs) or {}
+            parts = directory_entries(path / name, hidden_dirs) or {}
             odd = sorted(part for part, part_is_dir in parts.items() if part_is_dir or not part.endswith(".parquet"))
             if odd:
                 return f"{name}/{odd[0]}"
     if not _is_prepared_stats(path / "stats.json"):
         return "a stats.json that data prepare did not write"
     return None
-
-
-def _dir_entries(path: Path, hidden_dirs: bool) -> dict[str, bool] | None:
-    """A directory's entry names -> whether each is a directory; None if it cannot be listed.
-    Hidden files are left out (a `.DS_Store` a file browser drops in), and hidden directories
-    unless `hidden_dirs`."""
-    try:
-        with os.scandir(path) as listing:
-            return {
-                entry.name: entry.is_dir()
-                for entry in listing
-                if not entry.name.startswith(".") or (hidden_dirs and entry.is_dir())
-            }
-    except OSError:
-        return None
 
 
 def _is_prepared_stats(path: Path) -> bool:

@@ -45,10 +45,9 @@ from scratchlm.errors import ConfigError, DataError
 from scratchlm.fsutil import (
     atomic_directory,
     atomic_write_json,
-    brief,
     check_output_dir,
+    directory_entries,
     fsync_dir,
-    is_json_int,
     read_json_object,
 )
 from scratchlm.machine import usable_cores
@@ -185,7 +184,7 @@ def _goes_to_val(doc: Document, numbers: RawNumbers, every: int) -> bool:
     return every > 0 and i % every == every - 1
 
 
-def read_chunks(config: TokenizeConfig, numbers: RawNumbers | None = None) -> tuple[Iterator[Chunk], int | None]:
+def read_chunks(config: TokenizeConfig, numbers: RawNumbers) -> tuple[Iterator[Chunk], int | None]:
     """The input documents in order, in chunks of about `chunk_chars`, and their count if known.
 
     A prepared dir keeps its own train/val split, also beside raw inputs and inside a directory
@@ -196,7 +195,7 @@ def read_chunks(config: TokenizeConfig, numbers: RawNumbers | None = None) -> tu
     if len(groups) == 1 and groups[0][0]:  # only prepared dirs: their row counts give the total
         files = _prepared_files([Path(p) for p in config.inputs])
         return _prepared_chunks(files, config.chunk_chars), _row_count(files)
-    return _chunks(config, groups, RawNumbers() if numbers is None else numbers), None
+    return _chunks(config, groups, numbers), None
 
 
 def _is_prepared(spec: str) -> bool:
@@ -399,16 +398,13 @@ def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]], n
     }
 
 
-def _raw_numbers(meta: dict[str, Any], path: Path) -> RawNumbers:
+def _raw_numbers(meta: dict[str, Any]) -> RawNumbers:
     """Where an append continues the `val_every` numbering. A meta.json older than
     `raw_documents` gives its document count: exact when, as usual, it holds only raw documents,
     and never a restart at 0, which would send to val the same few positions of every append."""
     if "raw_documents" not in meta:
         return RawNumbers(sum(counts["documents"] for counts in meta["splits"].values()))
-    value = meta["raw_documents"]
-    if not is_json_int(value) or value < 0:
-        raise DataError(f"{path}: 'raw_documents' must be a whole number >= 0, got {brief(value)}")
-    return RawNumbers(value)
+    return RawNumbers(meta["raw_documents"])  # checked with the rest of meta.json (`check_meta`)
 
 
 def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
@@ -430,22 +426,21 @@ def _is_replaceable_tokens_dir(path: Path) -> bool:
     """A tokens dir holding nothing but what `data tokenize` writes (hidden files aside), which a
     new run may replace whole. A folder that also holds other things, a training run's
     checkpoints say, merely contains a tokens dir's files: replacing it would delete them."""
-    if not _is_tokens_dir(path):
+    entries = directory_entries(path, hidden_dirs=True) if _is_tokens_dir(path) else None
+    if entries is None:
         return False
-    for entry in path.iterdir():
-        if entry.is_dir():
-            if entry.name != "tokenizer" or entry.is_symlink() or not _only_files(entry, _TOKENIZER_FILES):
-                return False
-        elif entry.name not in _TOKENS_FILES and not entry.name.startswith("."):
+    for name, is_dir in entries.items():
+        if not is_dir and name not in _TOKENS_FILES:
+            return False
+        if is_dir and (name != "tokenizer" or (path / name).is_symlink() or not _only_tokenizer_files(path / name)):
             return False
     return True
 
 
-def _only_files(path: Path, names: frozenset[str]) -> bool:
-    """Whether `path` holds only files, each named in `names` or hidden."""
-    return all(
-        entry.is_file() and (entry.name in names or entry.name.startswith(".")) for entry in path.iterdir()
-    )
+def _only_tokenizer_files(path: Path) -> bool:
+    """Whether the `tokenizer/` copy holds the tokenizer's files only (hidden files aside)."""
+    entries = directory_entries(path, hidden_dirs=True)
+    return entries is not None and all(not is_dir and name in _TOKENIZER_FILES for name, is_dir in entries.items())
 
 
 def _output_rules(config: TokenizeConfig) -> dict[str, Any]:
@@ -503,7 +498,7 @@ def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     for split in old["splits"]:
         TokenDataset.open(out, split)  # the files hold what meta.json counts
     counts = {split: old["splits"].get(split, {}) for split in SPLITS}
-    numbers = _raw_numbers(old, out / "meta.json")
+    numbers = _raw_numbers(old)
     os.replace(out / "meta.json", out / APPEND_MARKER)
     fsync_dir(out)
     try:

@@ -67,7 +67,7 @@ class GenerateConfig:
             raise ConfigError(f"samples must be ≥ 1, got {self.samples}")
         if isinstance(self.top_k, bool) or self.top_k < 0:
             raise ConfigError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
-        check_sampling(self.temperature, self.top_k or None, self.top_p)
+        self.temperature, _, self.top_p = check_sampling(self.temperature, self.top_k or None, self.top_p)
         if self.seed is not None and not -(2**63) <= self.seed <= 2**63 - self.samples:
             raise ConfigError(f"seed must be in [-2**63, 2**63 - samples] (sample i uses seed + i), got seed "
                               f"{self.seed} with samples {self.samples}")
@@ -143,11 +143,8 @@ class TextGenerator:
         """The token a document starts after: begin-of-text, else `<|endoftext|>` (which ends the
         document before it), else the first stop id. A stop id may end a chat turn instead
         (`<|im_end|>`), so it comes last: what follows it is a reply, not a new document."""
-        if self.bos_id is not None:
-            return [self.bos_id]
-        if EOT in self.tokenizer.special_tokens:
-            return [self.tokenizer.special_tokens[EOT]]
-        return list(self.eos_ids[:1])
+        start = self.bos_id if self.bos_id is not None else self.tokenizer.special_tokens.get(EOT)
+        return [start] if start is not None else list(self.eos_ids[:1])
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:

@@ -121,7 +121,7 @@ class ModelConfig:
             key: require_finite_number(f"model.rope_scaling.{key}", scaling[key], positive=True)
             for key in ROPE_SCALING_KEYS
         }
-        if not float(scaling["original_max_len"]).is_integer():
+        if not scaling["original_max_len"].is_integer():  # a float, as every value above
             raise ConfigError(
                 f"model.rope_scaling.original_max_len must be a whole number, got {scaling['original_max_len']!r}"
             )

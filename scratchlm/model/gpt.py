@@ -317,18 +317,21 @@ class GPT(nn.Module):
             k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype)
         )
 
-    def _under_autocast(self) -> bool:
-        """Whether autocast casts this model's computation (it leaves float64 alone)."""
+    def _compute_dtype(self) -> tuple[torch.dtype, bool]:
+        """(the dtype activations, keys and values are made in, whether autocast sets it): autocast's
+        where it casts this model's computation (it leaves float64 alone), else the weights'."""
         weight = self.tok_emb.weight
-        return torch.is_autocast_enabled(weight.device.type) and weight.dtype in AUTOCAST_DTYPES
+        device = weight.device.type
+        if torch.is_autocast_enabled(device) and weight.dtype in AUTOCAST_DTYPES:
+            return torch.get_autocast_dtype(device), True
+        return weight.dtype, False
 
     def activation_dtype(self) -> torch.dtype:
         """The dtype activations, keys and values are made in: autocast's, where it applies, else
         the weights'."""
-        weight = self.tok_emb.weight
-        return torch.get_autocast_dtype(weight.device.type) if self._under_autocast() else weight.dtype
+        return self._compute_dtype()[0]
 
-    def _check_cache(self, cache: KVCache, batch: int, end: int) -> None:
+    def _check_cache(self, cache: KVCache, batch: int, end: int, dtype: torch.dtype, under_autocast: bool) -> None:
         """A cache made by `new_cache` for this model's layout, device and compute dtype, large enough:
         one that is not would fail deep inside the attention, or write past its end."""
         cfg = self.cfg
@@ -343,11 +346,10 @@ class GPT(nn.Module):
             raise ModelError(
                 f"KV cache of {cache.batch_size}×{cache.max_len} is too small for batch {batch} up to position {end}"
             )
-        weight = self.tok_emb.weight
-        dtype, device = self.activation_dtype(), weight.device
+        device = self.tok_emb.weight.device
         # Under autocast the attention casts the cached keys and values itself; otherwise they
         # must be in the queries' dtype.
-        usable = AUTOCAST_DTYPES if self._under_autocast() else (dtype,)
+        usable = AUTOCAST_DTYPES if under_autocast else (dtype,)
         if cache.k.dtype not in usable or cache.v.dtype not in usable:
             raise ModelError(f"KV cache holds {cache.k.dtype} but this model computes in {dtype}: "
                              f"make it with new_cache(..., dtype={dtype})")
@@ -379,8 +381,9 @@ class GPT(nn.Module):
             raise ModelError(f"sequence of {end} positions exceeds the model's max_seq_len {self.cfg.max_seq_len}")
         if cache is None and start_pos != 0:
             raise ModelError("start_pos > 0 needs a KV cache holding the earlier positions")
+        dtype, under_autocast = self._compute_dtype()  # asked once: each query costs a dispatch
         if cache is not None:
-            self._check_cache(cache, B, end)
+            self._check_cache(cache, B, end, dtype, under_autocast)
 
         x, handoff = self._embed_tokens(idx, with_loss=targets is not None)
         if self.pos_emb is not None:
@@ -389,7 +392,6 @@ class GPT(nn.Module):
 
         rope = None
         if self.rope_cos is not None:  # (T, 1, head_dim), cast once for every layer under autocast
-            dtype = self.activation_dtype()
             rope = tuple(t[start_pos:end, None].to(dtype) for t in (self.rope_cos, self.rope_sin))
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])

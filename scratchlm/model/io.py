@@ -22,7 +22,7 @@ from scratchlm.config import from_dict, to_dict
 from scratchlm.errors import ConfigError, ModelError
 from scratchlm.fsutil import atomic_directory, atomic_write_json, read_json_object, read_text_file
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.gpt import GPT
+from scratchlm.model.gpt import AUTOCAST_DTYPES, GPT
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -205,7 +205,7 @@ def check_tensors(model: GPT, tensors: Mapping[str, torch.Tensor], source: str) 
     return expected
 
 
-WEIGHT_TENSOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+WEIGHT_TENSOR_DTYPES = (*AUTOCAST_DTYPES, torch.float64)  # the floating dtypes the model runs in
 
 
 def check_weight(tensor: torch.Tensor, name: str, shape: tuple[int, ...], source: str) -> None:

@@ -386,6 +386,7 @@ def _added_tokens(entries: Any, vocab: Mapping[str, Any], where: str) -> dict[st
     if not isinstance(entries, list):
         raise TokenizerError(f"{where}: added_tokens is {brief(entries)}, not a list")
     specials: dict[str, int] = {}
+    highest: int | None = None  # the highest added id so far (kept, not recomputed per token)
     for entry in entries:
         if (
             not isinstance(entry, dict)
@@ -396,9 +397,10 @@ def _added_tokens(entries: Any, vocab: Mapping[str, Any], where: str) -> dict[st
             raise TokenizerError(f"{where}: malformed added_tokens entry {brief(entry)}")
         _check_added_flags(entry, where)
         if entry["content"] not in specials:
-            _check_added_id(entry["content"], entry["id"], vocab, specials, where)
+            _check_added_id(entry["content"], entry["id"], vocab, highest, where)
         if specials.setdefault(entry["content"], entry["id"]) != entry["id"]:
             raise TokenizerError(f"{where}: added token {brief(entry['content'])} is listed with two ids")
+        highest = entry["id"] if highest is None else max(highest, entry["id"])
     return specials
 
 
@@ -421,16 +423,13 @@ def _check_added_flags(entry: dict[str, Any], where: str) -> None:
             raise TokenizerError(f"{where}: added token {name} has {flag}=true, which scratchlm does not support")
 
 
-def _check_added_id(
-    content: str, declared: int, vocab: Mapping[str, Any], before: Mapping[str, int], where: str
-) -> None:
+def _check_added_id(content: str, declared: int, vocab: Mapping[str, Any], highest: int | None, where: str) -> None:
     """An added token that is not in the vocab gets the id Hugging Face gives it, not the one written:
     the vocab's size for the first such token, then one past the highest added id. A file whose
     ids differ would give other ids in `tokenizers` than here, so it is refused."""
     if content in vocab:
         return
     size = len(vocab)
-    highest = max(before.values(), default=None)
     given = size if highest is None or highest < size else highest + 1
     if declared != given:
         raise TokenizerError(

@@ -23,7 +23,6 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import regex
 import tiktoken
 
 from scratchlm.errors import TokenizerError
@@ -142,11 +141,6 @@ def _reraise_unless_regex_gave_up(error: BaseException) -> None:
     if type(error).__name__ == "PanicException":
         return
     raise error
-
-
-@lru_cache(maxsize=8)
-def _compiled(pattern: str) -> regex.Pattern[str]:
-    return regex.compile(pattern)
 
 
 @lru_cache(maxsize=64)
@@ -370,13 +364,15 @@ class Tokenizer:
         disallowed = names - allowed if disallowed_special == "all" else frozenset(disallowed_special)
         if disallowed:
             self._refuse_disallowed(text, allowed, disallowed)
-        if allowed and self._specials_overlap:
+        if not allowed:
+            return self.encode_ordinary(text)
+        if self._specials_overlap:
             return self._encode_longest_first(text, allowed)
         try:
             return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
         except BaseException as e:
             _reraise_unless_regex_gave_up(e)
-        return self._encode_longest_first(text, allowed) if allowed else self._encode_by_words(text)
+        return self._encode_longest_first(text, allowed)  # its plain stretches take encode_ordinary's fallback
 
     @staticmethod
     def _refuse_disallowed(text: str, allowed: frozenset[str], disallowed: frozenset[str]) -> None:
@@ -415,19 +411,10 @@ class Tokenizer:
 
     def _encode_by_words(self, text: str) -> list[int]:
         """`encode_ordinary` for text whose words tiktoken's regex engine cannot find (a run of
-        about a million spaces overflows its backtracking stack): the words are cut by Python's
-        `regex`, whose stack is unbounded, and each is merged by tiktoken, as in `reference`.
-        Both engines cut alike (`check_pattern`), so the ids are those tiktoken would give."""
-        ids: list[int] = []
-        ranks, piece = self.ranks, self._encoding._encode_single_piece
-        for word in _compiled(self.pattern).findall(encodable_text(text)):
-            token = word.encode("utf-8")
-            whole = ranks.get(token)
-            if whole is None:
-                ids += piece(token)
-            else:
-                ids.append(whole)
-        return ids
+        about a million spaces overflows its backtracking stack): tiktoken's own path that cuts the
+        words with Python's `regex`, whose stack is unbounded, and merges each in Rust. Both engines
+        cut alike (`check_pattern`), so the ids are those tiktoken would give."""
+        return self._encoding._encode_only_native_bpe(encodable_text(text))
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
         """`encode_ordinary` of many texts on several threads (tiktoken releases the GIL)."""

@@ -121,8 +121,13 @@ def save_checkpoint(
     return final
 
 
+def missing_files(path: Path) -> list[str]:
+    """The files of REQUIRED_FILES a step directory lacks (a copy or a save cut short)."""
+    return [f for f in REQUIRED_FILES if not (path / f).is_file()]
+
+
 def is_complete(path: Path) -> bool:
-    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+    return path.is_dir() and not missing_files(path)
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
@@ -162,8 +167,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     and `train_state`."""
     path = Path(path)
     if not is_complete(path):
-        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing_files(path))}")
     try:
         train_state = read_json_object(path / CHECKPOINT_STATE_FILE, CheckpointError)
         model_config = read_json_object(path / CONFIG_FILE, CheckpointError)

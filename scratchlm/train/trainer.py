@@ -261,7 +261,7 @@ class PretrainRun:
         if resume and latest is not None:
             named = ckpt.named_latest(self.ckpt_root)
             if named is not None and named != latest and named.is_dir():
-                missing = ", ".join(f for f in ckpt.REQUIRED_FILES if not (named / f).is_file())
+                missing = ", ".join(ckpt.missing_files(named))
                 self.log.say(f"{named} is incomplete (no {missing}); resuming from {latest.name}, the newest complete one")
             self._restore(ckpt.load_checkpoint(latest), resumed=True)
             dropped = self._start_log(self.state.step)
@@ -417,12 +417,7 @@ class PretrainRun:
         }
 
     def _budget_spent(self) -> bool:
-        tc, st = self.tc, self.state
-        return (
-            (tc.max_steps > 0 and st.step >= tc.max_steps)
-            or (tc.max_tokens > 0 and st.tokens >= tc.max_tokens)
-            or (tc.max_seconds > 0 and st.elapsed_s >= tc.max_seconds)
-        )
+        return self._progress() >= 1.0
 
     def _progress(self, ahead: bool = False) -> float:
         """The share of the budget used; `ahead`: once the coming update is made, so that the last
@@ -796,18 +791,8 @@ class PretrainRun:
             )
         self._check_same_optimizer(saved, loaded["path"])
         if resumed:
-            self._note_changed_settings(
-                saved, DATA_STREAM_SETTINGS, "data", "the batch stream continues by step, so the data that "
-                "follows differs from an uninterrupted run",
-            )
-            self._note_changed_settings(
-                saved, OPTIMIZER_SETTINGS[self.tc.optimizer], "optimizer", "they apply from this step on"
-            )
+            self._note_changed_settings(saved)
             self._note_changed_tokens(saved)
-            self._note_changed_settings(
-                saved, BUDGET_SETTINGS, "budget", "the learning-rate schedule is laid over the new budget from this "
-                "step on, so the rate jumps to where the new curve is"
-            )
         optimizer_file = loaded["path"] / "optimizer.pt"
         ckpt.check_optimizer_fits(loaded["optimizer"], self.optimizer, optimizer_file)
         # Loading an optimizer state brings back the hyperparameters it was saved with; this run's
@@ -881,23 +866,29 @@ class PretrainRun:
             "differ from an uninterrupted run's"
         )
 
-    def _note_changed_settings(
-        self, saved: dict[str, Any], settings: tuple[tuple[str, str], ...], kind: str, consequence: str
-    ) -> None:
-        """Says which of `settings` differ from the checkpoint's run. Changing them is allowed, but
-        a resumed run then differs from an uninterrupted one: the batch stream continues by step
+    def _note_changed_settings(self, saved: dict[str, Any]) -> None:
+        """Says which settings differ from the checkpoint's run. Changing them is allowed, but a
+        resumed run then differs from an uninterrupted one: the batch stream continues by step
         number, so data settings change which data comes next (a bigger batch skips ahead, a new
         seed or mode starts another order, a sequential epoch no longer sees every window once);
         optimizer settings change the updates from here on; a new budget moves the schedule."""
         now = to_dict(self.config)
-        changed = [
-            f"{section}.{key} {old!r} -> {now[section][key]!r}"
-            for section, key in settings
-            if (old := _saved_setting(saved, section, key)) is not None
-            and not _same_setting((section, key), old, now[section][key])
-        ]
-        if changed:
-            self.log.say(f"resuming with changed {kind} settings (" + ", ".join(changed) + f"): {consequence}")
+        groups = (
+            (DATA_STREAM_SETTINGS, "data", "the batch stream continues by step, so the data that follows differs "
+             "from an uninterrupted run"),
+            (OPTIMIZER_SETTINGS[self.tc.optimizer], "optimizer", "they apply from this step on"),
+            (BUDGET_SETTINGS, "budget", "the learning-rate schedule is laid over the new budget from this step on, "
+             "so the rate jumps to where the new curve is"),
+        )
+        for settings, kind, consequence in groups:
+            changed = [
+                f"{section}.{key} {old!r} -> {now[section][key]!r}"
+                for section, key in settings
+                if (old := _saved_setting(saved, section, key)) is not None
+                and not _same_setting((section, key), old, now[section][key])
+            ]
+            if changed:
+                self.log.say(f"resuming with changed {kind} settings (" + ", ".join(changed) + f"): {consequence}")
 
     # --- processes and signals -------------------------------------------------------------
 

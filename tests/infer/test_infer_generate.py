@@ -184,7 +184,7 @@ def test_integers_of_any_kind_serve_as_lengths_seeds_and_ids(model):
     assert generate(model, [1, 2], np.int64(5), seed=np.int64(3)) == expected
     assert generate(model, [1, 2], torch.tensor(5), seed=torch.tensor(3)) == expected
     assert generate(model, [1, 2], 5, seed=2**64 - 1) == generate(model, [1, 2], 5, seed=-1)  # torch wraps negatives
-    assert generate(model, [1, 2], 0) == []
+    assert generate(model, [1, 2], 0) == [] == generate(model, [1, 2], np.int64(0))  # zero new tokens, of any kind
     stop_at = expected[2]
     assert generate(model, [1, 2], 5, seed=3, eos_id=np.int64(stop_at)) == expected[: expected.index(stop_at)]
 
