@@ -83,8 +83,35 @@ def test_attend_under_autocast_runs_the_scores_kernel():
     q, k, v = qkv(hd=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = attend(q, k, v, mask=None, is_causal=True, dropout_p=0.0, enable_gqa=True)
-    assert y.dtype == torch.bfloat16 and y.grad_fn.name() == "_ScoresAttentionBackward"
+    assert y.dtype == torch.bfloat16 and "_ScoresAttentionBackward" in str(y.grad_fn.next_functions)
     assert torch.equal(y, scores_attention(q, k, v))
+
+
+def test_torch_compile_keeps_the_scores_kernel_and_its_gradients():
+    """Compiled, bf16 training attention still runs the scores kernel (a registered op the compiler
+    calls whole, not SDPA), with the eager kernel's output and gradients, MQA included."""
+    from torch._inductor.compile_fx import compile_fx
+
+    traced: list[str] = []
+
+    def inductor_recording_ops(gm, example_inputs):
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return compile_fx(gm, example_inputs)
+
+    def attention(q, k, v):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return attend(q, k, v, mask=None, is_causal=True, dropout_p=0.0, enable_gqa=True)
+
+    q, k, v = qkv(H=4, KV=1, T=24, hd=32)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    eager = _forward_backward(attention, q, k, v, grad_out)
+    torch._dynamo.reset()
+    compiled = _forward_backward(torch.compile(attention, backend=inductor_recording_ops, fullgraph=True),
+                                 q, k, v, grad_out)
+    assert any("scores_attention" in t for t in traced), traced
+    assert not any("scaled_dot_product" in t for t in traced), traced
+    for name, got, want in zip(("y", "dq", "dk", "dv"), compiled, eager):
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02, msg=name)
 
 
 @pytest.mark.parametrize("H,KV", [(4, 4), (4, 2), (4, 1)])
