@@ -33,10 +33,14 @@ from model import SHAPES, compare, make_step, our_config  # benchmarks/model.py
 from scratchlm.infer.generate import generate
 from scratchlm.model import GPT, get_preset
 from scratchlm.model.matmul import (
+    ONEDNN_FAST_MIN_MACS,
     ONEDNN_MIN_MACS,
     ONEDNN_MIN_WEIGHT,
+    PROBE_MIN_SPEEDUP,
     onednn_available,
     onednn_linear,
+    onednn_min_macs,
+    probe_speedup,
     set_onednn_matmul,
     uses_onednn,
 )
@@ -112,6 +116,7 @@ def main() -> None:
     def dnn(a, w):
         return onednn_linear(a, w, None)  # the op `linear()` calls, dispatch cost included
 
+    probe = probe_speedup()
     rows = []
     g = torch.Generator().manual_seed(0)
     for name, m, k, n in PRODUCTS:
@@ -133,8 +138,10 @@ def main() -> None:
     lines = [
         *header_lines("Float32 CPU matmul: torch (MKL) vs oneDNN, GFLOP/s"),
         f"- median of {args.rounds} alternating rounds (10× more below 2^20 multiply-adds); "
-        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {ONEDNN_MIN_MACS:,} multiply-adds (2^26) or "
-        f"{ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",
+        f"`linear()` routes x·Wᵀ and G·W to oneDNN from {onednn_min_macs():,} multiply-adds "
+        f"(2^{onednn_min_macs().bit_length() - 1}; the import-time probe ran oneDNN {probe:.2f}× torch's speed, "
+        f"and from {PROBE_MIN_SPEEDUP}× the threshold is 2^{ONEDNN_FAST_MIN_MACS.bit_length() - 1}, else "
+        f"2^{ONEDNN_MIN_MACS.bit_length() - 1}) or {ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",
         "",
         *table(header, rows),
     ]

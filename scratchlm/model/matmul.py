@@ -8,15 +8,20 @@ model's training products and 1.6–1.9× for decoding one token through GPT-2's
 
 Which products: `x·Wᵀ` (forward) and `G·W` (gradient of the input), whose left operand is
 row-major. The weight's gradient `Gᵀ·x` has a transposed left operand; there oneDNN was no
-faster, so it stays `torch.mm`. Small products stay `F.linear` too: a oneDNN call costs a few
-tens of microseconds more, which pays from about 2^26 multiply-adds up, or, when few rows read
-a large weight (decoding), from 2^20 weight elements up (GPT-2 124M decodes 1.4–1.5× faster).
+faster on the Zen 4 machine, so it stays `torch.mm`. Small products stay `F.linear` too: a
+oneDNN call costs about 10 µs more, so on that machine it paid from about 2^26 multiply-adds
+up, or, when few rows read a large weight (decoding), from 2^20 weight elements up (GPT-2 124M
+decodes 1.4–1.5× faster). How much faster oneDNN is depends on the CPU: on a Zen 5 machine
+(full-width AVX-512) its products ran at about 420 GFLOP/s against MKL's 200, 1.5× from 2^22
+multiply-adds and 1.9× at 2^24, so the route pays from 2^21 there. Which of the two rules
+holds is measured once per process, when this module is imported (`onednn_min_macs`, ~6 ms):
+one small product timed both ways.
 
 The result is the full float32 (IEEE) product, as `F.linear`'s; only the kernel differs.
 Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor) this is
 `F.linear` itself. The product is a registered custom op, so `torch.compile` keeps it too.
-Only this AMD machine was measured: on another CPU, `benchmarks/matmul.py` re-measures the rule
-and `set_onednn_matmul(False)` gives plain `F.linear` back.
+Only these two AMD machines were measured: on another CPU, `benchmarks/matmul.py` re-measures
+the rule, and `set_onednn_matmul(False)` gives plain `F.linear` back.
 
 bf16 inference (bf16 weights, no gradients, CPU) inside a `packed_weights(model)` scope, as
 decoding runs, takes a second oneDNN route: each `Linear` keeps a copy of its weight reordered
@@ -34,6 +39,8 @@ when a call does not qualify. float32 gained nothing from it.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,8 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN_MIN_MACS = 1 << 26  # multiply-adds from which the oneDNN call was measured faster
+ONEDNN_MIN_MACS = 1 << 26  # multiply-adds from which the oneDNN call was measured faster (Zen 4)
+ONEDNN_FAST_MIN_MACS = 1 << 21  # the same where oneDNN's kernels are much faster than MKL's (Zen 5)
 ONEDNN_MIN_WEIGHT = 1 << 20  # weights from which it is faster for any rows (decoding reads W once)
+# The probe that tells the two apart: the tiny model's feed-forward product (2^24 multiply-adds),
+# where oneDNN ran 1.8–2.3× MKL on the Zen 5 machine and 0.93× on the Zen 4 one.
+PROBE_SHAPE = (1024, 64, 256)  # rows, in, out
+PROBE_MIN_SPEEDUP = 1.25
 
 
 def _onednn_op(name: str):
@@ -58,6 +70,36 @@ def _onednn_op(name: str):
 _KERNEL = _onednn_op("_linear_pointwise")  # x·Wᵀ + b
 _REORDER = _onednn_op("_reorder_linear_weight") if _KERNEL is not None else None  # W, packed
 _enabled = _KERNEL is not None
+
+
+def probe_speedup(rounds: int = 7) -> float:
+    """torch's time ÷ oneDNN's for the probe product, each its best of `rounds`, alternating."""
+    rows, width, out = PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(rows, width, generator=generator), torch.randn(out, width, generator=generator)
+    best = {"torch": math.inf, "onednn": math.inf}
+    kernels = {"torch": lambda: F.linear(x, weight), "onednn": lambda: _KERNEL(x, weight, None, "none", [], "")}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, product in kernels.items():
+                start = time.perf_counter()
+                product()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["torch"] / best["onednn"]
+
+
+def min_macs_for(speedup: float) -> int:
+    """The route's threshold on a CPU where oneDNN ran the probe `speedup`× as fast as torch."""
+    return ONEDNN_FAST_MIN_MACS if speedup >= PROBE_MIN_SPEEDUP else ONEDNN_MIN_MACS
+
+
+# Measured at import rather than at first use: a first use may be inside torch.compile's tracing.
+_MIN_MACS = min_macs_for(probe_speedup()) if _KERNEL is not None else ONEDNN_MIN_MACS
+
+
+def onednn_min_macs() -> int:
+    """Multiply-adds from which a float32 product runs on oneDNN on this CPU (module doc)."""
+    return _MIN_MACS
 
 
 def onednn_available() -> bool:
@@ -86,7 +128,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when `linear(x, weight)` runs on oneDNN: a large plain float32 CPU product."""
     if not _plain_cpu_operands(x, weight, torch.float32):
         return False
-    return x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
+    return x.numel() * weight.shape[0] >= _MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
 
 
 def uses_packed_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:

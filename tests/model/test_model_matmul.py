@@ -10,11 +10,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from scratchlm.model import GPT, ModelConfig, matmul
 from scratchlm.model.loss import head_cross_entropy
 from scratchlm.model.matmul import (
+    ONEDNN_FAST_MIN_MACS,
     ONEDNN_MIN_MACS,
     ONEDNN_MIN_WEIGHT,
     Linear,
     linear,
+    min_macs_for,
     onednn_available,
+    onednn_min_macs,
     packed_weights,
     set_onednn_matmul,
     uses_onednn,
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch bui
 
 ONEDNN_OP = "scratchlm.onednn_linear.default"
 WIDTH, OUT = 128, 1024
-ROWS = ONEDNN_MIN_MACS // (WIDTH * OUT)  # the fewest rows whose product takes the oneDNN route
+ROWS = onednn_min_macs() // (WIDTH * OUT)  # the fewest rows whose product takes the oneDNN route here
 
 
 class OpNames(TorchDispatchMode):
@@ -104,6 +107,15 @@ def test_only_large_plain_float32_cpu_products_take_the_onednn_route(onednn_off)
     assert not uses_onednn(x, w)
 
 
+def test_the_route_starts_lower_on_cpus_where_onednn_is_much_faster():
+    """The probe's verdict picks the threshold: the Zen 5 machine's 1.8–2.3× routes products from
+    2^21 multiply-adds, the Zen 4 machine's 0.93× only from 2^26; this process got one of the two."""
+    assert min_macs_for(1.9) == ONEDNN_FAST_MIN_MACS == 1 << 21
+    assert min_macs_for(0.93) == min_macs_for(1.1) == ONEDNN_MIN_MACS == 1 << 26
+    assert onednn_min_macs() in (ONEDNN_FAST_MIN_MACS, ONEDNN_MIN_MACS)
+    assert matmul.probe_speedup(rounds=2) > 0
+
+
 def test_custom_op_registration_passes_torch_opcheck():
     """Schema, fake (meta) kernel and autograd formula agree with the real kernel."""
     x, w, b = operands(8, 16, 32, True)
@@ -149,7 +161,7 @@ def test_model_logits_and_gradients_are_the_same_on_either_kernel(onednn_off):
                       pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
     torch.manual_seed(0)
     model = GPT(cfg)
-    x = torch.randint(0, OUT, (ROWS // 128, 128))
+    x = torch.randint(0, OUT, (-(-ROWS // 128), 128))  # at least ROWS rows
 
     def run():
         model.zero_grad(set_to_none=True)
