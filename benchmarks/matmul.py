@@ -40,7 +40,7 @@ from scratchlm.model.matmul import (
     onednn_available,
     onednn_linear,
     onednn_min_macs,
-    probe_speedup,
+    onednn_probe_speedup,
     set_onednn_matmul,
     uses_onednn,
 )
@@ -116,7 +116,7 @@ def main() -> None:
     def dnn(a, w):
         return onednn_linear(a, w, None)  # the op `linear()` calls, dispatch cost included
 
-    probe = probe_speedup()
+    probe = onednn_probe_speedup()
     rows = []
     g = torch.Generator().manual_seed(0)
     for name, m, k, n in PRODUCTS:
@@ -139,7 +139,7 @@ def main() -> None:
         *header_lines("Float32 CPU matmul: torch (MKL) vs oneDNN, GFLOP/s"),
         f"- median of {args.rounds} alternating rounds (10× more below 2^20 multiply-adds); "
         f"`linear()` routes x·Wᵀ and G·W to oneDNN from {onednn_min_macs():,} multiply-adds "
-        f"(2^{onednn_min_macs().bit_length() - 1}; the import-time probe ran oneDNN {probe:.2f}× torch's speed, "
+        f"(2^{onednn_min_macs().bit_length() - 1}; the import-time probe that chose it ran oneDNN {probe:.2f}× torch's speed, "
         f"and from {PROBE_MIN_SPEEDUP}× the threshold is 2^{ONEDNN_FAST_MIN_MACS.bit_length() - 1}, else "
         f"2^{ONEDNN_MIN_MACS.bit_length() - 1}) or {ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",
         "",

@@ -94,7 +94,13 @@ def min_macs_for(speedup: float) -> int:
 
 
 # Measured at import rather than at first use: a first use may be inside torch.compile's tracing.
-_MIN_MACS = min_macs_for(probe_speedup()) if _KERNEL is not None else ONEDNN_MIN_MACS
+_PROBE_SPEEDUP = probe_speedup() if _KERNEL is not None else None
+_MIN_MACS = ONEDNN_MIN_MACS if _PROBE_SPEEDUP is None else min_macs_for(_PROBE_SPEEDUP)
+
+
+def onednn_probe_speedup() -> float | None:
+    """The import-time probe's result that chose this process's threshold (None without oneDNN)."""
+    return _PROBE_SPEEDUP
 
 
 def onednn_min_macs() -> int:
