@@ -23,6 +23,7 @@ from torch import nn
 
 from scratchlm.config import integer_value
 from scratchlm.errors import ModelError
+from scratchlm.model.activation import gelu_tanh
 from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
@@ -183,7 +184,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         elif self.kind == "gelu":
-            h = F.gelu(h, approximate="tanh")
+            h = gelu_tanh(h)
         else:
             h = F.relu(h).square()
         return self.proj(h)
