@@ -12,15 +12,24 @@ from pathlib import Path
 from scratchlm.machine import describe_machine
 
 
-def alternate(fns: list[Callable[[], object]], rounds: int, warmup: int = 1) -> list[list[float]]:
+def alternate(
+    fns: list[Callable[[], object]], rounds: int, warmup: int = 1, settle: int = 0
+) -> list[list[float]]:
     """Seconds of each call of each function, the functions taking turns round by round, so that
-    load from other processes on a shared machine hits all of them alike."""
+    load from other processes on a shared machine hits all of them alike.
+
+    `settle`: untimed calls at the start of each turn. A call that follows another function's
+    first refills the caches that one evicted; where the thing measured runs alone in practice
+    (a training loop runs one model), that refill is a cost of the alternation, not of either side.
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for fn, samples in zip(fns, times):
+            for _ in range(settle):
+                fn()
             start = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - start)

@@ -7,9 +7,11 @@ compiling is slow on small CPUs), in one process on the same machine. The step i
 own training path: `model(x, targets=y).objective` for scratchlm (the fused head +
 cross-entropy), `model(input_ids=x, labels=y).loss` for transformers; then backward, then
 `zero_grad(set_to_none=False)` for both (gradient buffers kept between steps, as scratchlm's
-trainer does on CPU). Prints a Markdown table and writes it to benchmarks/results/model.md.
+trainer does on CPU). The two take turns (robust to background load), and each turn starts with
+an untimed step (`--settle`, see SETTLE). Prints a Markdown table and writes it to
+benchmarks/results/model.md.
 
-    python benchmarks/model.py                       # ~5 minutes on 2 CPU cores
+    python benchmarks/model.py                       # ~8 minutes on 2 CPU cores
     python benchmarks/model.py --threads 1           # steadier on a machine shared with other jobs
     python benchmarks/model.py --sizes tiny --compile-sizes tiny
     python benchmarks/model.py --keep-host-memory   # malloc as the trainer sets it on CPU
@@ -124,11 +126,19 @@ class Comparison(NamedTuple):
         return self.tokens / self.theirs_s
 
 
-def compare(ours, theirs, shape: Shape, warmup: int) -> Comparison:
-    """Both steps timed in alternation. Step times are medians over the rounds; the speedup is the
-    median of the per-round ratios (robust to slow drifts in background load), and its quartiles
-    show how far one run's rounds scatter, so a row near the target can be read as noise or not."""
-    ours_t, theirs_t = alternate([ours, theirs], shape.steps, warmup)
+# Untimed steps at the start of each side's turn. Measured at the tiny shape (blocks of four steps
+# a side, 30 rounds): the first step after the other library's ran 0.5–0.6 ms slower for scratchlm
+# and 0.2–0.3 ms for transformers (of ~10 ms), the later three alike; a training loop, which runs
+# one model, never pays that refill. At 10M it was lost in the noise.
+SETTLE = 1
+
+
+def compare(ours, theirs, shape: Shape, warmup: int, settle: int = SETTLE) -> Comparison:
+    """Both steps timed in alternation, each turn after `settle` untimed steps. Step times are
+    medians over the rounds; the speedup is the median of the per-round ratios (robust to slow
+    drifts in background load), and its quartiles show how far one run's rounds scatter, so a row
+    near the target can be read as noise or not."""
+    ours_t, theirs_t = alternate([ours, theirs], shape.steps, warmup, settle)
     ratios = [t / o for o, t in zip(ours_t, theirs_t)]
     low, _, high = statistics.quantiles(ratios, n=4)
     return Comparison(statistics.median(ours_t), statistics.median(theirs_t), shape.batch * shape.seq_len,
@@ -174,6 +184,11 @@ def main() -> None:
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--settle", type=int, default=SETTLE,
+        help="untimed steps at the start of each side's turn (0: strict step-by-step alternation, as before "
+        "the eighteenth session)",
+    )
     add_host_memory_flag(parser)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.md"))
     args = parser.parse_args()
@@ -199,7 +214,7 @@ def main() -> None:
                 result = compare(
                     make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, compiled),
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, compiled),
-                    shape, warmup=2 if compiled else 1,
+                    shape, warmup=2 if compiled else 1, settle=args.settle,
                 )
                 results.append(result)
                 row = (size, family, f"{cfg.num_params() / 1e6:.1f}M", "bf16" if bf16 else "fp32",
@@ -217,7 +232,8 @@ def main() -> None:
         "(the machine is shared; above nproc, other processes were competing for the cores)",
         f"- torch {torch.__version__}, transformers {__import__('transformers').__version__}",
         "- step = each library's own loss path (ours: fused head + cross-entropy; transformers: labels=) + "
-        "backward + zero_grad(set_to_none=False); ours and theirs alternate step by step; tok/s = "
+        "backward + zero_grad(set_to_none=False); ours and theirs take turns, each turn "
+        + (f"{args.settle} untimed step(s) then one timed" if args.settle else "one timed step") + "; tok/s = "
         "median over steps, speedup = median of per-step time ratios; batch×seq: "
         + ", ".join(f"{s}: {SHAPES[s].batch}×{SHAPES[s].seq_len}" for s in args.sizes),
         malloc_line,
