@@ -6,8 +6,9 @@ the benchmark shapes of `benchmarks/model.py` (training: batch × sequence rows)
 
 - forward `x·Wᵀ`: `F.linear` vs the oneDNN op `linear()` runs for large products (column 3),
 - input gradient `G·W`: `torch.mm` vs oneDNN with W passed transposed (ditto),
-- weight gradient `Gᵀ·x`: `torch.mm` vs oneDNN with a transposed left operand (not used by
-  `linear()`: shown so the choice can be re-checked).
+- weight gradient `Gᵀ·x`: `torch.mm` vs `onednn_weight_gradient` (Gᵀ or xᵀ copied to row-major
+  first, whichever is smaller), which `weight_gradient` runs from 2^24 multiply-adds on CPUs
+  where the import-time probe found oneDNN much faster (column 4).
 
 A second table times what the route changes end to end, scratchlm against itself with the route
 on and off (alternating): one float32 training step of each `benchmarks/model.py` shape, and
@@ -37,12 +38,15 @@ from scratchlm.model.matmul import (
     ONEDNN_MIN_MACS,
     ONEDNN_MIN_WEIGHT,
     PROBE_MIN_SPEEDUP,
+    WEIGHT_GRAD_MIN_MACS,
     onednn_available,
     onednn_linear,
     onednn_min_macs,
     onednn_probe_speedup,
+    onednn_weight_gradient,
     set_onednn_matmul,
     uses_onednn,
+    weight_gradient_uses_onednn,
 )
 
 # (shape name, rows, in, out) for each distinct product of the benchmark models
@@ -61,7 +65,7 @@ def product_pairs(dnn, x, w, grad):
     return [
         (lambda: dnn(x, w), lambda: F.linear(x, w)),
         (lambda: dnn(grad, w.t()), lambda: torch.mm(grad, w)),
-        (lambda: dnn(grad.t(), x.t()), lambda: torch.mm(grad.t(), x)),
+        (lambda: onednn_weight_gradient(grad, x), lambda: torch.mm(grad.t(), x)),
     ]
 
 
@@ -128,11 +132,12 @@ def main() -> None:
             t_dnn, t_torch = medians([ours, theirs], rounds, warmup=2)
             cells += [f"{gflop / t_torch:.0f}", f"{gflop / t_dnn:.0f}", f"{t_torch / t_dnn:.2f}×"]
         routed = "yes" if uses_onednn(x, w) else "no"
-        row = (name, f"{m}×{k}×{n}", routed, *cells)
+        weight_routed = "yes" if weight_gradient_uses_onednn(grad, x) else "no"
+        row = (name, f"{m}×{k}×{n}", routed, weight_routed, *cells)
         rows.append(row)
         print(" | ".join(row), flush=True)
 
-    header = ("product", "rows×in×out", "linear() uses oneDNN",
+    header = ("product", "rows×in×out", "linear() uses oneDNN", "weight_gradient() uses oneDNN",
               "x·Wᵀ torch", "x·Wᵀ oneDNN", "speedup", "G·W torch", "G·W oneDNN", "speedup",
               "Gᵀ·x torch", "Gᵀ·x oneDNN", "speedup")
     lines = [
@@ -141,7 +146,9 @@ def main() -> None:
         f"`linear()` routes x·Wᵀ and G·W to oneDNN from {onednn_min_macs():,} multiply-adds "
         f"(2^{onednn_min_macs().bit_length() - 1}; the import-time probe that chose it ran oneDNN {probe:.2f}× torch's speed, "
         f"and from {PROBE_MIN_SPEEDUP}× the threshold is 2^{ONEDNN_FAST_MIN_MACS.bit_length() - 1}, else "
-        f"2^{ONEDNN_MIN_MACS.bit_length() - 1}) or {ONEDNN_MIN_WEIGHT:,} weight elements (2^20)",
+        f"2^{ONEDNN_MIN_MACS.bit_length() - 1}) or {ONEDNN_MIN_WEIGHT:,} weight elements (2^20); "
+        f"`weight_gradient()` routes Gᵀ·x from {WEIGHT_GRAD_MIN_MACS:,} multiply-adds "
+        f"(2^{WEIGHT_GRAD_MIN_MACS.bit_length() - 1}) where that probe ran oneDNN at least {PROBE_MIN_SPEEDUP}× as fast",
         "",
         *table(header, rows),
     ]

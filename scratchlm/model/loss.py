@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from scratchlm.model.matmul import linear
+from scratchlm.model.matmul import linear, weight_gradient
 from scratchlm.model.tied import GradientHandoff
 
 IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens)
@@ -171,10 +171,11 @@ def _matmul_grads(work, h, weight, slices, last_slice, need_hidden: bool, need_w
     The table is cast slice by slice again, as in the forward: keeping every cast slice would be
     the whole low-precision table again. Going backwards, the forward's last cast slice
     (`last_slice`) is still at hand, so a table of one slice is cast once in all. d/dhidden is
-    accumulated in float32; d/dW is written into its rows in place, cast only if it must be.
+    accumulated in float32; d/dW is one product (`weight_gradient`) when nothing was cast, else
+    each slice's product is written into its rows of a table-sized gradient, cast to its dtype.
     """
     grad_hidden = None
-    grad_weight = torch.empty_like(weight) if need_weight else None
+    grad_weight = torch.empty_like(weight) if need_weight and len(slices) > 1 else None
     for cols in reversed(slices):
         table_slice = last_slice if cols is slices[-1] else weight[cols].to(work.dtype)
         part = work[:, cols]
@@ -184,8 +185,8 @@ def _matmul_grads(work, h, weight, slices, last_slice, need_hidden: bool, need_w
                 grad_hidden = product.float()  # accumulated in float32
             else:
                 grad_hidden += product
-        if need_weight and grad_weight.dtype == work.dtype:
-            torch.mm(part.t(), h, out=grad_weight[cols])
+        if need_weight and len(slices) == 1:  # nothing cast: the table's dtype, in one product
+            grad_weight = weight_gradient(part, h)
         elif need_weight:
             grad_weight[cols] = part.t() @ h
     return grad_hidden, grad_weight

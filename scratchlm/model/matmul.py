@@ -7,15 +7,23 @@ Measured on a 2-core AMD EPYC (Zen 4), `benchmarks/matmul.py`: up to 1.8× faste
 model's training products and 1.6–1.9× for decoding one token through GPT-2's head.
 
 Which products: `x·Wᵀ` (forward) and `G·W` (gradient of the input), whose left operand is
-row-major. The weight's gradient `Gᵀ·x` has a transposed left operand; there oneDNN was no
-faster on the Zen 4 machine, so it stays `torch.mm`. Small products stay `F.linear` too: a
-oneDNN call costs about 10 µs more, so on that machine it paid from about 2^26 multiply-adds
-up, or, when few rows read a large weight (decoding), from 2^20 weight elements up (GPT-2 124M
-decodes 1.4–1.5× faster). How much faster oneDNN is depends on the CPU: on a Zen 5 machine
-(full-width AVX-512) its products ran at about 420 GFLOP/s against MKL's 200, 1.5× from 2^22
-multiply-adds and 1.9× at 2^24, so the route pays from 2^21 there. Which of the two rules
-holds is measured once per process, when this module is imported (`onednn_min_macs`, ~6 ms):
-one small product timed both ways.
+row-major. Small products stay `F.linear`: a oneDNN call costs about 10 µs more, so on the
+Zen 4 machine it paid from about 2^26 multiply-adds up, or, when few rows read a large weight
+(decoding), from 2^20 weight elements up (GPT-2 124M decodes 1.4–1.5× faster). How much faster
+oneDNN is depends on the CPU: on a Zen 5 machine (full-width AVX-512) its products ran at about
+420 GFLOP/s against MKL's 200, 1.5× from 2^22 multiply-adds and 1.9× at 2^24, so the route pays
+from 2^21 there. Which of the two rules holds is measured once per process, when this module
+is imported (`onednn_min_macs`, ~6 ms): one small product timed both ways.
+
+The weight's gradient `Gᵀ·x` (G: N rows × out, x: N × in) has a transposed left operand, which
+oneDNN wants row-major, so one operand is copied first (`weight_gradient`): either Gᵀ is made
+contiguous (N·out elements copied), or the transposed product xᵀ·G is formed from a contiguous
+xᵀ and its in × out result transposed back (in·(N + out) elements); the smaller copy wins.
+On the Zen 5 machine that ran 1.2–2.1× MKL's time from 2^24 multiply-adds (the training shapes
+of `benchmarks/model.py`: tiny heads and feed-forward layers 1.2–1.45×, 10M 1.2–1.8×, 124M
+blocks 2.1×) and lost below (0.6–0.9×), so there it takes the route from 2^24. On the Zen 4
+machine oneDNN was no faster for it; where the probe finds oneDNN not much faster, it stays
+`torch.mm`.
 
 The result is the full float32 (IEEE) product, as `F.linear`'s; only the kernel differs.
 Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor) this is
@@ -51,6 +59,7 @@ from torch import nn
 ONEDNN_MIN_MACS = 1 << 26  # multiply-adds from which the oneDNN call was measured faster (Zen 4)
 ONEDNN_FAST_MIN_MACS = 1 << 21  # the same where oneDNN's kernels are much faster than MKL's (Zen 5)
 ONEDNN_MIN_WEIGHT = 1 << 20  # weights from which it is faster for any rows (decoding reads W once)
+WEIGHT_GRAD_MIN_MACS = 1 << 24  # Gᵀ·x from here, on CPUs where the probe found oneDNN much faster
 # The probe that tells the two apart: the tiny model's feed-forward product (2^24 multiply-adds),
 # where oneDNN ran 1.8–2.3× MKL on the Zen 5 machine and 0.93× on the Zen 4 one.
 PROBE_SHAPE = (1024, 64, 256)  # rows, in, out
@@ -98,6 +107,9 @@ _PROBE_SPEEDUP = probe_speedup() if _KERNEL is not None else None
 _MIN_MACS = ONEDNN_MIN_MACS if _PROBE_SPEEDUP is None else min_macs_for(_PROBE_SPEEDUP)
 
 
+_WEIGHT_GRAD_ROUTE = _PROBE_SPEEDUP is not None and _PROBE_SPEEDUP >= PROBE_MIN_SPEEDUP
+
+
 def onednn_probe_speedup() -> float | None:
     """The import-time probe's result that chose this process's threshold (None without oneDNN)."""
     return _PROBE_SPEEDUP
@@ -137,6 +149,30 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.numel() * weight.shape[0] >= _MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
 
 
+def weight_gradient_uses_onednn(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> bool:
+    """True when `weight_gradient(grad_rows, x_rows)` runs on oneDNN: a large plain float32 CPU
+    product, on a CPU where the probe found oneDNN much faster (module doc)."""
+    macs = grad_rows.shape[0] * grad_rows.shape[1] * x_rows.shape[1]
+    return _WEIGHT_GRAD_ROUTE and macs >= WEIGHT_GRAD_MIN_MACS and _plain_cpu_operands(grad_rows, x_rows, torch.float32)
+
+
+def weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
+    """`torch.mm(grad_rows.t(), x_rows)`: the gradient Gᵀ·x (out × in) of a weight, from rows G
+    (N × out) and x (N × in); large float32 CPU products run on oneDNN (module doc)."""
+    if not weight_gradient_uses_onednn(grad_rows, x_rows):
+        return torch.mm(grad_rows.t(), x_rows)
+    return onednn_weight_gradient(grad_rows, x_rows)
+
+
+def onednn_weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
+    """Gᵀ·x on oneDNN, whatever its size, through the smaller operand copy (module doc)."""
+    rows, out = grad_rows.shape
+    width = x_rows.shape[1]
+    if rows * out <= width * (rows + out):  # Gᵀ, contiguous, times x (passed as the "weight" xᵀ)
+        return onednn_linear(grad_rows.t().contiguous(), x_rows.t(), None)
+    return onednn_linear(x_rows.t().contiguous(), grad_rows.t(), None).t().contiguous()  # (xᵀ·G)ᵀ
+
+
 def uses_packed_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when `Linear` multiplies by its packed bf16 copy of `weight`: CPU inference in bf16."""
     if _REORDER is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -168,8 +204,8 @@ def _backward(ctx, grad):
     rows = grad.reshape(-1, grad.shape[-1])
     if ctx.needs_input_grad[0]:  # G·W: W passed transposed, as the "weight" of G·(Wᵀ)ᵀ
         grad_x = onednn_linear(grad, weight.t(), None)
-    if ctx.needs_input_grad[1]:  # Gᵀ·x: transposed left operand, where MKL is as fast
-        grad_weight = torch.mm(rows.t(), x.reshape(-1, x.shape[-1]))
+    if ctx.needs_input_grad[1]:
+        grad_weight = weight_gradient(rows, x.reshape(-1, x.shape[-1]))
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = rows.sum(0)
     return grad_x, grad_weight, grad_bias

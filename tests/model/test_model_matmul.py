@@ -13,6 +13,8 @@ from scratchlm.model.matmul import (
     ONEDNN_FAST_MIN_MACS,
     ONEDNN_MIN_MACS,
     ONEDNN_MIN_WEIGHT,
+    PROBE_MIN_SPEEDUP,
+    WEIGHT_GRAD_MIN_MACS,
     Linear,
     linear,
     min_macs_for,
@@ -22,6 +24,8 @@ from scratchlm.model.matmul import (
     packed_weights,
     set_onednn_matmul,
     uses_onednn,
+    weight_gradient,
+    weight_gradient_uses_onednn,
 )
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN linear kernel")
@@ -49,6 +53,12 @@ def onednn_off():
     previous = set_onednn_matmul(True)
     yield lambda: set_onednn_matmul(False)
     set_onednn_matmul(previous)
+
+
+@pytest.fixture
+def weight_grad_route(monkeypatch):
+    """The weight-gradient route on, whatever this CPU's probe chose (it is off where oneDNN is slow)."""
+    monkeypatch.setattr(matmul, "_WEIGHT_GRAD_ROUTE", True)
 
 
 def operands(rows: int, width: int, out: int, bias: bool, seed: int = 0):
@@ -116,6 +126,54 @@ def test_the_route_starts_lower_on_cpus_where_onednn_is_much_faster():
     assert onednn_min_macs() == min_macs_for(onednn_probe_speedup())  # the rule this process runs
 
 
+# (rows, out, in): Gᵀ made contiguous (few outputs, wide inputs), and (xᵀ·G)ᵀ (wide outputs: heads)
+@pytest.mark.parametrize("rows,out,width", [(1024, 64, 512), (1024, 512, 64)])
+def test_weight_gradient_on_onednn_equals_torch_mm(weight_grad_route, rows, out, width):
+    """Both operand copies give Gᵀ·x, contiguous, for the strides autograd hands over: plain,
+    expanded (the gradient of a sum) and strided rows."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width + 3, generator=g)[:, :width]
+    for grad in (torch.randn(rows, out, generator=g), torch.ones(1, 1).expand(rows, out),
+                 torch.randn(rows, 2 * out, generator=g)[:, ::2]):
+        assert weight_gradient_uses_onednn(grad, x)
+        with OpNames() as seen:
+            got = weight_gradient(grad, x)
+        assert ONEDNN_OP in seen.names and got.is_contiguous() and got.shape == (out, width)
+        torch.testing.assert_close(got, torch.mm(grad.t(), x), rtol=1e-5, atol=1e-4)
+
+
+def test_only_large_plain_float32_weight_gradients_take_the_onednn_route(weight_grad_route, onednn_off):
+    grad, x = torch.randn(1024, 256), torch.randn(1024, 64)
+    assert grad.shape[0] * grad.shape[1] * x.shape[1] == WEIGHT_GRAD_MIN_MACS
+    assert weight_gradient_uses_onednn(grad, x)
+    assert not weight_gradient_uses_onednn(grad[:-1], x[:-1])  # below 2^24 MKL was faster
+    assert not weight_gradient_uses_onednn(grad.bfloat16(), x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not weight_gradient_uses_onednn(grad, x)
+    with OpNames() as seen:
+        torch.testing.assert_close(weight_gradient(grad[:-1], x[:-1]), torch.mm(grad[:-1].t(), x[:-1]))
+    assert ONEDNN_OP not in seen.names
+    onednn_off()
+    assert not weight_gradient_uses_onednn(grad, x)
+
+
+def test_the_weight_gradient_route_is_on_only_where_the_probe_found_onednn_much_faster():
+    assert matmul._WEIGHT_GRAD_ROUTE == (onednn_probe_speedup() >= PROBE_MIN_SPEEDUP)
+
+
+def test_linear_backward_takes_the_weight_gradient_route(weight_grad_route):
+    """x·Wᵀ, G·W and Gᵀ·x all on oneDNN for a large product; gradients as F.linear's."""
+    rows = WEIGHT_GRAD_MIN_MACS // (WIDTH * OUT)
+    x, w, b = operands(rows, WIDTH, OUT, True)
+    grad_out = torch.randn(rows, OUT, generator=torch.Generator().manual_seed(1))
+    with OpNames() as seen:
+        _, grads = grads_of(linear, x, w, b, grad_out)
+    assert seen.names.count(ONEDNN_OP) == 3
+    _, grads_ref = grads_of(F.linear, x, w, b, grad_out)
+    for got, want, name in zip(grads, grads_ref, ("x", "weight", "bias")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=name)
+
+
 def test_custom_op_registration_passes_torch_opcheck():
     """Schema, fake (meta) kernel and autograd formula agree with the real kernel."""
     x, w, b = operands(8, 16, 32, True)
@@ -133,12 +191,14 @@ def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def test_fused_head_loss_is_the_same_on_either_kernel(onednn_off):
-    """The loss's logits and input gradient go through linear(); both routes agree."""
+def test_fused_head_loss_is_the_same_on_either_kernel(weight_grad_route, onednn_off):
+    """The loss's logits and both gradients go through the routes (the table's gradient through
+    `weight_gradient`); on and off agree."""
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(ROWS, WIDTH, generator=g).requires_grad_()
+    rows = max(ROWS, WEIGHT_GRAD_MIN_MACS // (WIDTH * OUT))
+    hidden = torch.randn(rows, WIDTH, generator=g).requires_grad_()
     table = (0.1 * torch.randn(OUT, WIDTH, generator=g)).requires_grad_()
-    targets = torch.randint(0, OUT, (ROWS,), generator=g)
+    targets = torch.randint(0, OUT, (rows,), generator=g)
 
     def run():
         hidden.grad = table.grad = None
@@ -148,7 +208,7 @@ def test_fused_head_loss_is_the_same_on_either_kernel(onednn_off):
         return out.objective.detach(), hidden.grad.clone(), table.grad.clone(), seen.names
 
     *on, names = run()
-    assert any("_linear_pointwise" in n or n == ONEDNN_OP for n in names)
+    assert names.count(ONEDNN_OP) == 3  # logits, d/dhidden, d/dtable
     onednn_off()
     *off, names = run()
     assert not any("_linear_pointwise" in n or n == ONEDNN_OP for n in names)
