@@ -152,8 +152,13 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def weight_gradient_uses_onednn(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> bool:
     """True when `weight_gradient(grad_rows, x_rows)` runs on oneDNN: a large plain float32 CPU
     product, on a CPU where the probe found oneDNN much faster (module doc)."""
+    return _weight_gradient_pays(grad_rows, x_rows) and _plain_cpu_operands(grad_rows, x_rows, torch.float32)
+
+
+def _weight_gradient_pays(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> bool:
+    """The size and CPU half of the rule (the operands' half is known where the forward was routed)."""
     macs = grad_rows.shape[0] * grad_rows.shape[1] * x_rows.shape[1]
-    return _WEIGHT_GRAD_ROUTE and macs >= WEIGHT_GRAD_MIN_MACS and _plain_cpu_operands(grad_rows, x_rows, torch.float32)
+    return _WEIGHT_GRAD_ROUTE and _enabled and macs >= WEIGHT_GRAD_MIN_MACS
 
 
 def weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
@@ -204,8 +209,11 @@ def _backward(ctx, grad):
     rows = grad.reshape(-1, grad.shape[-1])
     if ctx.needs_input_grad[0]:  # G·W: W passed transposed, as the "weight" of G·(Wᵀ)ᵀ
         grad_x = onednn_linear(grad, weight.t(), None)
-    if ctx.needs_input_grad[1]:
-        grad_weight = weight_gradient(rows, x.reshape(-1, x.shape[-1]))
+    if ctx.needs_input_grad[1]:  # the operands were routed here, so only the size decides: under
+        # torch.compile they are the compiler's tensor subclasses, which `weight_gradient` declines
+        x_rows = x.reshape(-1, x.shape[-1])
+        pays = _weight_gradient_pays(rows, x_rows)
+        grad_weight = onednn_weight_gradient(rows, x_rows) if pays else torch.mm(rows.t(), x_rows)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = rows.sum(0)
     return grad_x, grad_weight, grad_bias

@@ -260,6 +260,25 @@ def test_torch_compile_keeps_the_onednn_product_and_its_gradients():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_compiled_backward_runs_the_weight_gradient_on_onednn(weight_grad_route):
+    """Under torch.compile the backward's operands are the compiler's tensors, yet Gᵀ·x still
+    takes the route: the compiled backward calls the op for G·W and for Gᵀ·x."""
+    from torch._inductor.utils import run_and_get_code
+
+    rows = WEIGHT_GRAD_MIN_MACS // (WIDTH * OUT)
+    x, w, b = operands(rows, WIDTH, OUT, True)
+    grad_out = torch.randn(rows, OUT, generator=torch.Generator().manual_seed(1))
+    _, grads_ref = grads_of(F.linear, x, w, b, grad_out)
+    torch._dynamo.reset()
+    compiled = torch.compile(linear, fullgraph=True)
+    # Compiled fresh: the on-disk caches key the graph, not the Python of the op's backward.
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        (_, grads), codes = run_and_get_code(lambda: grads_of(compiled, x, w, b, grad_out))
+    assert codes[-1].count("torch.ops.scratchlm.onednn_linear.default(") == 2, codes[-1]
+    for got, want, name in zip(grads, grads_ref, ("x", "weight", "bias")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=name)
+
+
 # --- bf16 inference on a packed weight -----------------------------------------------------------
 
 needs_packing = pytest.mark.skipif(matmul._REORDER is None, reason="this PyTorch build cannot pack oneDNN weights")
