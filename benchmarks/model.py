@@ -127,9 +127,9 @@ class Comparison(NamedTuple):
 
 
 # Untimed steps at the start of each side's turn. Measured at the tiny shape (blocks of four steps
-# a side, 30 rounds): the first step after the other library's ran 0.5–0.6 ms slower for scratchlm
-# and 0.2–0.3 ms for transformers (of ~10 ms), the later three alike; a training loop, which runs
-# one model, never pays that refill. At 10M it was lost in the noise.
+# a side, 30 rounds): the first step after the other library's ran 0.2–0.6 ms slower for scratchlm
+# and up to 0.3 ms for transformers (of ~10 ms), the later three alike; a training loop, which
+# runs one model, never pays that refill. At 10M it was lost in the noise.
 SETTLE = 1
 
 

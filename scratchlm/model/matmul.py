@@ -19,9 +19,10 @@ The weight's gradient `Gᵀ·x` (G: N rows × out, x: N × in) has a transposed 
 oneDNN wants row-major, so one operand is copied first (`weight_gradient`): either Gᵀ is made
 contiguous (N·out elements copied), or the transposed product xᵀ·G is formed from a contiguous
 xᵀ and its in × out result transposed back (in·(N + out) elements); the smaller copy wins.
-On the Zen 5 machine that ran 1.2–2.1× MKL's time from 2^24 multiply-adds (the training shapes
-of `benchmarks/model.py`: tiny heads and feed-forward layers 1.2–1.45×, 10M 1.2–1.8×, 124M
-blocks 2.1×) and lost below (0.6–0.9×), so there it takes the route from 2^24. On the Zen 4
+On the Zen 5 machine that ran 1.2–2.0× MKL's speed from 2^24 multiply-adds (the training shapes
+of `benchmarks/model.py`: tiny head and feed-forward layers 1.3–1.7×, 10M 1.5–1.9×, 124M blocks
+1.8–2.0×, its head 1.2×) and lost below (0.6–0.9×), so there it takes the route from 2^24;
+float32 training steps ran 1.16× faster at 10M and 1.23–1.26× at 124M. On the Zen 4
 machine oneDNN was no faster for it; where the probe finds oneDNN not much faster, it stays
 `torch.mm`.
 
