@@ -23,7 +23,7 @@ from torch import nn
 
 from scratchlm.config import integer_value
 from scratchlm.errors import ModelError
-from scratchlm.model.activation import gelu_tanh
+from scratchlm.model.activation import gelu_tanh, soft_cap
 from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
@@ -406,6 +406,5 @@ class GPT(nn.Module):
             )
         logits = self.lm_head(x)
         if self.cfg.logit_softcap is not None:
-            cap = self.cfg.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
+            logits = soft_cap(logits, self.cfg.logit_softcap)
         return logits

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.model.activation import gelu_tanh
+from scratchlm.model.activation import gelu_tanh, soft_cap
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.gpt import MLP
+from scratchlm.model.gpt import GPT, MLP
 
 
 def test_eager_gelu_is_pytorchs_own():
@@ -45,3 +45,39 @@ def test_compiled_gpt2_mlp_computes_the_same_gelu_without_tanh(dtype, tolerance)
     assert not any("gelu" in target or "tanh" in target for target in traced), traced
     for name, got, want in zip(("y", "dx", "dW"), compiled, eager):
         torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_soft_cap_is_cap_times_tanh_with_its_gradient():
+    z = torch.cat([torch.linspace(-400, 400, 4001), torch.linspace(-1e-3, 1e-3, 101)]).requires_grad_()
+    capped = soft_cap(z, 30.0)
+    capped.backward(torch.ones_like(capped))
+    zd = z.detach().double().requires_grad_()
+    want = 30.0 * torch.tanh(zd / 30.0)
+    want.backward(torch.ones_like(want))
+    torch.testing.assert_close(capped.double(), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(z.grad.double(), zd.grad, rtol=0, atol=1e-6)
+    assert capped.abs().max() <= 30.0
+
+
+def test_soft_capped_loss_and_logits_never_evaluate_tanh():
+    """Soft-capping runs once per logit, where PyTorch's CPU tanh would cost most (module doc)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpNames(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, d_ff=32, max_seq_len=8, logit_softcap=5.0)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    idx = torch.randint(0, 64, (2, 8))
+    with OpNames() as seen:
+        model(idx, targets=idx).objective.backward()
+        logits = model(idx)
+    assert not any("tanh" in name for name in seen.names), [n for n in seen.names if "tanh" in n]
+    assert logits.abs().max() <= 5.0
