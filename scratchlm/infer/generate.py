@@ -7,6 +7,7 @@ reads the cached keys and values of everything before it.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -19,13 +20,19 @@ from scratchlm.model.matmul import packed_weights
 
 
 def _as_ids(prompt_ids: Sequence[int] | torch.Tensor) -> list[int]:
+    """The prompt as a list of ints; a float or bool id is a mistake, not something to truncate."""
     if isinstance(prompt_ids, torch.Tensor):
         if prompt_ids.dim() == 2 and prompt_ids.shape[0] == 1:
             prompt_ids = prompt_ids[0]
         if prompt_ids.dim() != 1:
             raise ModelError(f"generate takes one prompt (1-D ids), got shape {tuple(prompt_ids.shape)}")
-        return prompt_ids.tolist()
-    return [int(t) for t in prompt_ids]
+    ids = []
+    for token in prompt_ids:
+        value = integer_value(token)
+        if value is None:
+            raise ModelError(f"generate takes one prompt of integer token ids, got {token!r}")
+        ids.append(value)
+    return ids
 
 
 def stream_tokens(
@@ -58,8 +65,10 @@ def stream_tokens(
         raise ModelError(f"prompt of {len(ids)} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
     if max(ids) >= cfg.vocab_size or min(ids) < 0:
         raise ModelError(f"prompt token ids must be in [0, {cfg.vocab_size}), got {min(ids)}..{max(ids)}")
-    if vocab_limit is not None and not 0 < vocab_limit <= cfg.vocab_size:
-        raise ModelError(f"vocab_limit must be in [1, {cfg.vocab_size}], got {vocab_limit}")
+    limit = None if vocab_limit is None else integer_value(vocab_limit)
+    if vocab_limit is not None and (limit is None or not 0 < limit <= cfg.vocab_size):
+        raise ModelError(f"vocab_limit must be an integer in [1, {cfg.vocab_size}], got {vocab_limit!r}")
+    vocab_limit = limit
     drawable = cfg.vocab_size if vocab_limit is None else vocab_limit
     suppressed = sorted(i for i in _id_set("suppress_ids", suppress_ids) if 0 <= i < drawable)
     if len(suppressed) == drawable:
@@ -73,29 +82,36 @@ def stream_tokens(
     if seed_value is not None:
         generator = torch.Generator(device=device).manual_seed(seed_value)
 
+    with packed_weights(model):
+        with _decoding(model):
+            cache = model.new_cache(1, len(ids) + steps)
+            x = torch.tensor([ids], dtype=torch.long, device=device)
+            logits = model(x, cache, start_pos=0, last_only=True)[:, -1]
+            banned = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
+        pos = len(ids)
+        for i in range(steps):
+            with torch.inference_mode():
+                token = _next_token(logits[..., :vocab_limit], pos, banned, temperature, top_k, top_p, generator)
+            tok = int(token.item())
+            if tok in stop_ids:
+                return
+            yield tok
+            if i + 1 < steps:
+                with _decoding(model):
+                    logits = model(token.view(1, 1), cache, start_pos=pos)[:, -1]
+                pos += 1
+
+
+@contextmanager
+def _decoding(model: GPT) -> Iterator[None]:
+    """Eval and inference mode around one forward, never across a `yield`: the caller's code
+    between tokens, another stream interleaved with this one, and whatever runs after an
+    abandoned stream all see the mode they chose."""
     was_training = model.training
     model.eval()
-    # Inference mode only around the tensor work, never across a `yield`: the caller's code
-    # between tokens (and after an abandoned stream) must run in the mode it chose.
     try:
-        with packed_weights(model):
-            with torch.inference_mode():
-                cache = model.new_cache(1, len(ids) + steps)
-                x = torch.tensor([ids], dtype=torch.long, device=device)
-                logits = model(x, cache, start_pos=0)[:, -1]
-                banned = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
-            pos = len(ids)
-            for i in range(steps):
-                with torch.inference_mode():
-                    token = _next_token(logits[..., :vocab_limit], pos, banned, temperature, top_k, top_p, generator)
-                tok = int(token.item())
-                if tok in stop_ids:
-                    return
-                yield tok
-                if i + 1 < steps:
-                    with torch.inference_mode():
-                        logits = model(token.view(1, 1), cache, start_pos=pos)[:, -1]
-                    pos += 1
+        with torch.inference_mode():
+            yield
     finally:
         model.train(was_training)
 

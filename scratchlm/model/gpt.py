@@ -366,13 +366,16 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         z_loss: float = 0.0,
         ignore_index: int = IGNORE_INDEX,
+        last_only: bool = False,
     ) -> torch.Tensor | HeadLoss:
         """Logits (B, T, vocab_size) for token ids `idx` (B, T) at positions start_pos.. .
 
         With a `cache`, keys/values of these tokens are stored at start_pos.. and attention also
         sees the cached prefix; without one, `start_pos` must be 0. With `targets` (B, T), the
         logits are never materialised whole: the result is a `HeadLoss` (mean cross-entropy over
-        targets other than `ignore_index`, plus `z_loss` times the z-loss in `objective`).
+        targets other than `ignore_index`, plus `z_loss` times the z-loss in `objective`). With
+        `last_only`, the logits of the last position alone, (B, 1, vocab_size): decoding's
+        prefill needs no others, and a long prompt's T × vocab logits could be gigabytes.
         """
         B, T = idx.shape
         if integer_value(start_pos) is None or start_pos < 0:
@@ -382,6 +385,8 @@ class GPT(nn.Module):
             raise ModelError(f"sequence of {end} positions exceeds the model's max_seq_len {self.cfg.max_seq_len}")
         if cache is None and start_pos != 0:
             raise ModelError("start_pos > 0 needs a KV cache holding the earlier positions")
+        if last_only and targets is not None:
+            raise ModelError("last_only gives logits, not a loss: pass targets or last_only, not both")
         dtype, under_autocast = self._compute_dtype()  # asked once: each query costs a dispatch
         if cache is not None:
             self._check_cache(cache, B, end, dtype, under_autocast)
@@ -398,6 +403,8 @@ class GPT(nn.Module):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, rope, layer_cache, start_pos)
 
+        if last_only:
+            x = x[:, -1:]
         x = self.norm_f(x)
         if targets is not None:
             return head_cross_entropy(

@@ -278,3 +278,50 @@ def test_a_stream_leaves_the_callers_grad_mode_alone_between_tokens_and_after(mo
     second.close()
     assert not torch.is_inference_mode_enabled()
     assert list(stream_tokens(model, [3, 1, 4], 6, temperature=0)) == generate(model, [3, 1, 4], 6, temperature=0)
+
+
+def test_interleaved_streams_decode_in_eval_mode_and_leave_the_callers_mode_alone():
+    """Eval mode held across a `yield` leaked into the caller's training, and a second stream
+    opened meanwhile finished its tokens with dropout on once the first one closed."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=4, d_model=32, max_seq_len=24, dropout=0.5)
+    m = GPT(cfg)
+    expected = generate(m.eval(), [3, 1, 4], 12, temperature=0)
+    m.train()
+    first = stream_tokens(m, [3, 1, 4], 12, temperature=0)
+    next(first)
+    assert m.training  # between tokens the caller's module is in the mode it set
+    second = stream_tokens(m, [3, 1, 4], 12, temperature=0)
+    got = [next(second)]
+    first.close()
+    got += list(second)
+    assert got == expected
+    assert m.training
+
+
+def test_prefill_computes_the_last_positions_logits_only(model):
+    """A long prompt's T × vocab logits were made and dropped; only the last row is used."""
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    try:
+        generate(model, list(range(1, 20)), 3, temperature=0)
+    finally:
+        hook.remove()
+    assert rows == [1, 1, 1]
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, last_only=True), model(x)[:, -1:])
+    with pytest.raises(ModelError, match="last_only"):
+        model(x, targets=x, last_only=True)
+
+
+@pytest.mark.parametrize("prompt", [[1, 2.5], torch.tensor([1.0, 2.0]), [True, 2], [[1, 2], [3, 4]]])
+def test_prompt_ids_that_are_not_integers_are_clear_errors(model, prompt):
+    with pytest.raises(ModelError, match="integer token ids"):
+        generate(model, prompt, 2)
+
+
+@pytest.mark.parametrize("limit", [True, 2.5, "3"])
+def test_a_vocab_limit_that_is_not_an_integer_is_a_clear_error(model, limit):
+    with pytest.raises(ModelError, match="vocab_limit must be an integer"):
+        generate(model, [1], 2, vocab_limit=limit)
