@@ -159,6 +159,7 @@ def atomic_directory(
     remove_abandoned_temp_dirs(final.parent, final.name)
     prefix = f".{final.name}.{_writer_tag()}."
     tmp: Path | None = None
+    _WRITING.add(final.resolve())
     try:
         # Made inside the try: a signal between the directory's creation and the try would leave it.
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
@@ -187,6 +188,14 @@ def atomic_directory(
         for path in made:
             shutil.rmtree(path, ignore_errors=True)
         raise
+    finally:
+        _WRITING.discard(final.resolve())
+
+
+# Outputs this process is writing through `atomic_directory` now: a temp directory tagged with this
+# process's own id is one of these, or was left by an earlier process that had the same id (a
+# restarted container often hands a trainer the same PID on the same host name).
+_WRITING: set[Path] = set()
 
 
 def _host() -> str:
@@ -218,14 +227,20 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
     """Delete the temp directories `atomic_directory` left in `parent` (for the output `name`, or
     for any) when its process was killed outright (kill -9, out of memory, power loss), which no
     clean-up runs for: a checkpoint's or a tokens dir's worth of disk each. Only directories whose
-    writer ran on this host and is gone are deleted. Returns how many were."""
+    writer ran on this host and is gone are deleted: its process id no longer runs, or is this
+    process's own, which is not writing that output. Returns how many were."""
     pattern = f".{glob.escape(name) if name is not None else '*'}.*.partial"
     host = _host()
     removed = 0
     for path in Path(parent).glob(pattern):
         parts = path.name[: -len(".partial")].rsplit(".", 2)  # [".NAME", "HOST-PID", random]
         writer_host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
-        if writer_host != host or not pid.isdigit() or _process_alive(int(pid)) or not path.is_dir():
+        if writer_host != host or not pid.isdigit() or not path.is_dir():
+            continue
+        if int(pid) == os.getpid():
+            if (Path(parent) / parts[0][1:]).resolve() in _WRITING:  # being written by this process
+                continue
+        elif _process_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed += 1

@@ -99,6 +99,24 @@ def test_temp_dirs_of_killed_writers_are_removed_and_those_of_live_ones_kept(tmp
     assert list(tmp_path.glob(".*.partial")) == []
 
 
+def test_a_temp_dir_tagged_with_this_process_id_is_removed_unless_this_process_is_writing_it(tmp_path):
+    """A restarted container often gives the trainer the PID its killed predecessor had: that
+    one's temp directory used to pass for a live writer's and stay on disk for good."""
+    from scratchlm.fsutil import _writer_tag
+
+    left_over = tmp_path / f".out.{_writer_tag()}.abcd1234.partial"
+    left_over.mkdir()
+    with atomic_directory(tmp_path / "other") as writing:
+        assert remove_abandoned_temp_dirs(tmp_path) == 1  # the leftover, not the one being written
+        assert writing.is_dir() and not left_over.exists()
+        atomic_write_text(writing / "whole.txt", "done")
+    assert (tmp_path / "other" / "whole.txt").read_text() == "done"
+    left_over.mkdir()
+    with atomic_directory(tmp_path / "out") as tmp:  # the next writer of `out` clears it too
+        atomic_write_text(tmp / "whole.txt", "done")
+    assert list(tmp_path.glob(".*.partial")) == []
+
+
 def test_read_json_object_gives_one_clear_error_of_the_callers_kind(tmp_path):
     from scratchlm.errors import DataError, ModelError
     from scratchlm.fsutil import read_json_object

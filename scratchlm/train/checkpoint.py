@@ -286,15 +286,28 @@ def _is_write_failure(error: RuntimeError) -> bool:
     return any(words in str(error) for words in TORCH_WRITE_FAILURES)
 
 
-def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints and the best (lowest val loss) one."""
+def prune_checkpoints(ckpt_root: str | Path, keep_last: int, written: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and the best (lowest val loss) one.
+
+    `written`, the checkpoint just saved, is the newest: complete step folders numbered above it
+    come from a run that died after writing them but before pointing `latest` there, and the run
+    resumed from `latest` has replaced that future. They are deleted first, or they would be kept
+    as "newest" in place of the checkpoints this run writes (and could be named best)."""
     found = list_checkpoints(ckpt_root)
+    removed = []
+    if written is not None:
+        match = STEP_DIR.match(Path(written).name)
+        newest = int(match.group(1)) if match else None
+        for step, p in found:
+            if newest is not None and step > newest:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        found = [(step, p) for step, p in found if p not in removed]
     keep = {p for _, p in found[-keep_last:]}
     best = best_checkpoint(ckpt_root)
     if best is not None:
         keep.add(best)
         atomic_write_text(Path(ckpt_root) / "best", best.name + "\n")
-    removed = []
     for _, p in found:
         if p not in keep:
             shutil.rmtree(p, ignore_errors=True)

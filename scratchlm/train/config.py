@@ -229,7 +229,8 @@ def build_model_config(section: dict[str, Any], vocab_size: int, seq_len: int) -
             if kv_heads == fields.get("n_head") or heads % kv_heads:  # the preset's grouping cannot stay
                 fields.pop("n_kv_head", None)
     fields.update(user)
-    if user.get("vocab_size") in (None, 0):
+    chosen = user.get("vocab_size")
+    if chosen is None or integer_value(chosen) == 0:  # unset or 0: the tokenizer's (`false` is no 0)
         fields["vocab_size"] = vocab_size
     cfg = from_dict(ModelConfig, fields, "model")  # types checked here, before any comparison
     if cfg.vocab_size < vocab_size:

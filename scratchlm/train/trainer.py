@@ -745,7 +745,7 @@ class PretrainRun:
                 train_state,
                 tokenizer_dir=self.tokenizer_dir,
             )
-            ckpt.prune_checkpoints(self.ckpt_root, self.tc.keep_last)
+            ckpt.prune_checkpoints(self.ckpt_root, self.tc.keep_last, written=path)
             self.log.event("checkpoint", st.step, path=str(path), reason=reason)
         barrier()
 

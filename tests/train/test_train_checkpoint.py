@@ -117,6 +117,18 @@ def test_prune_keeps_last_k_and_the_best(tmp_path):
     assert (root / "best").read_text().strip() == "step-000002"
 
 
+def test_pruning_keeps_the_checkpoint_just_written_over_a_dead_runs_higher_steps(tmp_path):
+    """A run killed after writing step 6 but before pointing `latest` at it resumes from step 4;
+    its step 5 was deleted at once, being older than the abandoned step 6 (keep_last = 1)."""
+    root = tmp_path / "checkpoints"
+    for step, val in [(2, 3.0), (4, 2.5), (6, 0.5)]:
+        save_step(root, step, val)
+    written = save_step(root, 5, 2.0)
+    ckpt.prune_checkpoints(root, keep_last=1, written=written)
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [5]
+    assert (root / "best").read_text().strip() == "step-000005"
+
+
 def write_plain_pickle(path: Path) -> None:
     import pickle
 

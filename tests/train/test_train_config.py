@@ -82,3 +82,11 @@ def test_a_negative_budget_is_named_not_called_missing():
     """`max_steps = -1` was told "[train] needs a budget: set max_steps...", which it had set."""
     with pytest.raises(ConfigError, match=r"train.max_steps must be >= 0, got -1"):
         load_pretrain_config(None, ["data.tokens=x", "train.max_steps=-1"])
+
+
+@pytest.mark.parametrize("value", [False, 0.0])
+def test_a_vocab_size_that_is_not_an_integer_is_refused_even_where_it_equals_zero(value):
+    """`false == 0` in Python: `model.vocab_size = false` used to mean "the tokenizer's"."""
+    assert build_model_config({"vocab_size": 0}, 300, 16).vocab_size == 300
+    with pytest.raises(ConfigError, match="vocab_size"):
+        build_model_config({"vocab_size": value}, 300, 16)
