@@ -303,6 +303,7 @@ class PretrainRun:
         self._last_saved = (self.state.step, self._checkpoint_has_val())
         self._install_signal_handlers()
         try:
+            self._catch_up_evaluation(session)
             stopped = self._train_loop(session)
             stopped = self._finish(session, stopped)
         finally:
@@ -352,6 +353,21 @@ class PretrainRun:
                     self._interval_checkpoint(session)
         finally:
             bar.close()
+
+    def _catch_up_evaluation(self, session: Session) -> None:
+        """Run the evaluation this step was due, if a stop signal cut it short before the
+        checkpoint this run resumed from was saved (the signal's checkpoint then holds no
+        validation loss), and save again where a checkpoint was due at this step: the resumed run
+        goes on as the uninterrupted one would have, with the same validation rows and `best`."""
+        tc, st = self.tc, self.state
+        step = st.step
+        eval_due = step > 0 and bool(tc.eval_every) and step % tc.eval_every == 0
+        if not eval_due or not self.val_batches or st.last_val_step == step:
+            return
+        sample_due = step % tc.sample_every == 0 if tc.sample_every else eval_due
+        self._evaluate(step, session.losses, measure_val=True, sample=sample_due)
+        if self._checkpoint_has_val() and tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            self._save("interval")
 
     def _interval_checkpoint(self, session: Session) -> None:
         """Save, unless the budget is spent: the last checkpoint waits for the final evaluation.

@@ -218,3 +218,36 @@ def test_resuming_with_another_budget_says_the_schedule_moves(tokens, tmp_path, 
     capsys.readouterr()
     train(tiny_config(tokens, out, train={"max_steps": 6, "sample_tokens": 0}), resume=True)
     assert "changed budget settings (train.max_steps 4 -> 6)" in capsys.readouterr().err
+
+
+def test_an_evaluation_cut_short_by_ctrl_c_is_run_on_resume(tokens, tmp_path, monkeypatch):
+    """Ctrl-C during the step-8 evaluation saved step 8 without a validation loss, and the resumed
+    run went on to step 9: that evaluation was lost for good, and step 8 could never be best."""
+    import scratchlm.train.trainer as trainer_module
+
+    def config(name):
+        return tiny_config(tokens, tmp_path / name, train={"max_steps": 12, "eval_every": 4, "checkpoint_every": 4,
+                                                           "sample_tokens": 0})
+
+    train(config("whole"))
+    real_evaluate = trainer_module.evaluate_loss
+    calls = []
+
+    def ctrl_c_during_the_second_evaluation(model, batches, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between two validation batches
+        return real_evaluate(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate_loss", ctrl_c_during_the_second_evaluation)
+    assert train(config("cut"))["stopped"] == "SIGINT"
+    monkeypatch.setattr(trainer_module, "evaluate_loss", real_evaluate)
+    train(config("cut"), resume=True)
+
+    def validations(name):
+        return [(row["step"], row["val_loss"]) for row in read_rows(tmp_path / name) if "val_loss" in row]
+
+    assert validations("cut") == validations("whole") and [s for s, _ in validations("whole")] == [4, 8, 12]
+    saved = [json.loads((tmp_path / name / "checkpoints" / "step-000008" / "train_state.json").read_text())
+             for name in ("cut", "whole")]
+    assert saved[0]["val_loss"] == saved[1]["val_loss"] is not None
