@@ -31,17 +31,18 @@ import torch
 
 from scratchlm.device import WEIGHT_DTYPES, WeightDtype
 from scratchlm.errors import ConfigError, ModelError
-from scratchlm.fsutil import atomic_directory, read_json_object
+from scratchlm.fsutil import read_json_object
 from scratchlm.model.config import ROPE_SCALING_KEYS, ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     build_from_tensors,
+    check_model_output,
     check_weight,
     expected_shapes,
-    is_model_dir,
     load_model_config,
+    model_directory,
     read_weights,
     resolve_model_dir,
     save_model,
@@ -523,6 +524,7 @@ def eos_id_from_tokenizer(directory: Path) -> int | None:
 def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDtype = "auto") -> Path:
     """Convert a transformers GPT-2/Llama directory into a scratchlm model directory."""
     source = Path(source)
+    check_model_output(out, inputs=[source])
     hf_config = read_hf_config(source)
     cfg = config_from_hf(hf_config, str(source / CONFIG_FILE))
     tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
@@ -538,15 +540,14 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDt
 def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: WeightDtype = "auto") -> Path:
     """Convert a scratchlm model directory into one `AutoModelForCausalLM.from_pretrained` loads."""
     model_dir = resolve_model_dir(model_dir)
+    check_model_output(out, inputs=[model_dir])
     cfg = load_model_config(model_dir)
     ours = read_weights(model_dir / WEIGHTS_FILE)
     build_from_tensors(cfg, ours, str(model_dir / WEIGHTS_FILE))  # checks every name and shape
     hf_config, tensors = hf_from_ours(cfg, _cast(ours, dtype))
     eos = eos_id_from_tokenizer(model_dir)
     hf_config.update(bos_token_id=eos, eos_token_id=eos, pad_token_id=None)
-    with atomic_directory(
-        out, what="a model directory", replaceable=is_model_dir, inputs=[model_dir], error=ModelError
-    ) as tmp:
+    with model_directory(out, inputs=[model_dir]) as tmp:
         write_weights(tmp / WEIGHTS_FILE, {k: v.contiguous() for k, v in tensors.items()})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         copy_tokenizer_files(model_dir, tmp)

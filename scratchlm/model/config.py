@@ -8,11 +8,10 @@ read one model file and move between the two families, or mix them, by editing a
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Literal
 
-from scratchlm.config import integer_value, real_value, require_finite_number
+from scratchlm.config import integer_value, require_finite_number
 from scratchlm.errors import ConfigError
 
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")
@@ -89,15 +88,14 @@ class ModelConfig:
             raise ConfigError(f"model.mlp must be 'gelu', 'swiglu' or 'relu2', got {self.mlp!r}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"model.pos = 'rope' needs an even head size, got {self.head_dim}")
-        if self.pos == "rope":  # unused by learned positions, so left unchecked there
-            self.rope_theta = require_finite_number("model.rope_theta", self.rope_theta, positive=True)
-            if self.max_seq_len > MAX_ROPE_POSITIONS:
-                raise ConfigError(
-                    f"model.max_seq_len must be ≤ {MAX_ROPE_POSITIONS:,} with pos = 'rope', got {self.max_seq_len:,} "
-                    "(its RoPE tables are made for every position)"
-                )
-        elif (theta := real_value(self.rope_theta)) is not None and math.isfinite(theta):
-            self.rope_theta = theta  # unused here, but stored as a Python float all the same (config.json)
+        # Checked even where learned positions leave it unused: config.json stores it, and a model
+        # saved with a NaN there could not be loaded again.
+        self.rope_theta = require_finite_number("model.rope_theta", self.rope_theta, positive=True)
+        if self.pos == "rope" and self.max_seq_len > MAX_ROPE_POSITIONS:
+            raise ConfigError(
+                f"model.max_seq_len must be ≤ {MAX_ROPE_POSITIONS:,} with pos = 'rope', got {self.max_seq_len:,} "
+                "(its RoPE tables are made for every position)"
+            )
         for name in ("qk_norm", "bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

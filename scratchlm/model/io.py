@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from scratchlm.config import from_dict, to_dict
 from scratchlm.errors import ConfigError, ModelError
-from scratchlm.fsutil import atomic_directory, atomic_write_json, read_json_object, read_text_file
+from scratchlm.fsutil import (
+    atomic_directory,
+    atomic_write_json,
+    check_output_dir,
+    read_json_object,
+    read_text_file,
+)
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import AUTOCAST_DTYPES, GPT
 
@@ -73,12 +80,28 @@ def save_model(
     of paths copied under their own names (e.g. tokenizer.json). `state_dict` replaces the
     module's own (e.g. a full state dict gathered from a sharded model).
     """
-    with atomic_directory(
-        directory, what="a model directory", replaceable=is_model_dir, inputs=inputs, error=ModelError
-    ) as tmp:
+    with model_directory(directory, inputs) as tmp:
         write_model_files(model, tmp, state_dict)
         write_extra_files(tmp, extra_files)
     return Path(directory)
+
+
+def model_directory(
+    directory: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
+) -> AbstractContextManager[Path]:
+    """`atomic_directory` for a model directory: an existing `directory` is replaced only if it
+    holds a model, and never if it holds one of `inputs`."""
+    return atomic_directory(directory, **_model_output_rules(inputs))
+
+
+def check_model_output(directory: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse `directory` now, as `save_model` would at the end: for a conversion that reads and
+    builds every weight first, a refused output should cost nothing."""
+    return check_output_dir(directory, **_model_output_rules(inputs))
+
+
+def _model_output_rules(inputs: Iterable[str | os.PathLike]) -> dict[str, Any]:
+    return {"what": "a model directory", "replaceable": is_model_dir, "inputs": list(inputs), "error": ModelError}
 
 
 def write_model_files(

@@ -417,3 +417,25 @@ def test_an_export_that_cannot_be_written_is_a_one_line_error_and_leaves_nothing
     (line,) = done.stderr.strip().splitlines()  # written in a hidden temp directory beside --out
     assert line.startswith(f"scratchlm: error: {tmp_path}/.hf.") and line.endswith("/model.safetensors: File too large")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_both_conversions_refuse_the_output_before_reading_any_weight(tmp_path, monkeypatch):
+    """A refused --out used to cost the whole conversion first: minutes and several copies of a
+    large model's weights in memory."""
+    import scratchlm.interop.hf as hf
+
+    hf_gpt2().save_pretrained(tmp_path / "hf")
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), tmp_path / "m")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("weights were read before the output was checked")
+
+    monkeypatch.setattr(hf, "read_hf_tensors", no_reading)
+    monkeypatch.setattr(hf, "read_weights", no_reading)
+    with pytest.raises(ModelError, match="not a model directory"):
+        import_hf(tmp_path / "hf", tmp_path / "notes")
+    with pytest.raises(ModelError, match="not a model directory"):
+        export_hf(tmp_path / "m", tmp_path / "notes")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]

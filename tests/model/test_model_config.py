@@ -91,6 +91,9 @@ NAN, INF = float("nan"), float("inf")
         (dict(norm_eps=NAN), "norm_eps must be a finite number"),
         (dict(rope_theta=NAN), "rope_theta must be a finite number"),
         (dict(rope_theta=-INF), "rope_theta must be a finite number"),
+        # unused by learned positions, but saved: a model with a NaN there could not be loaded again
+        (dict(pos="learned", rope_theta=NAN), "rope_theta must be a finite number"),
+        (dict(pos="learned", rope_theta=None), "rope_theta must be a finite number"),
         (dict(init_std=NAN), "init_std must be a finite number"),
         (dict(init_std=True), "init_std must be a finite number"),
         (dict(dropout=NAN), "dropout must be a finite number"),
