@@ -20,6 +20,7 @@ ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_
 # Positions a RoPE model may have: beyond every released checkpoint (4M-context Llama 3
 # fine-tunes exist), where the cos/sin tables made for every position reach 4 GB at head_dim 128.
 # A learned-position model needs no bound: its position table is a weight the file must hold.
+MAX_SIZE = 2**31 - 1  # any one size; the product of two then still fits torch's int64 element counts
 MAX_ROPE_POSITIONS = 1 << 22
 
 
@@ -71,6 +72,8 @@ class ModelConfig:
             value = integer_value(getattr(self, name))
             if value is None or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+            if value > MAX_SIZE:  # else torch fails deep inside, with a C++ traceback, allocating it
+                raise ConfigError(f"model.{name} must be ≤ {MAX_SIZE:,}, got {value:,}")
             setattr(self, name, value)
         if self.d_model % self.n_head:
             raise ConfigError(

@@ -70,6 +70,8 @@ def test_defaults_fill_kv_heads_and_width():
         (dict(n_head=5, d_model=64), "must divide model.d_model"),
         (dict(n_head=4, n_kv_head=3), "n_kv_head (3) must divide model.n_head (4)"),
         (dict(vocab_size=0), "vocab_size must be a positive integer"),
+        (dict(vocab_size=2**63), "vocab_size must be ≤ 2,147,483,647"),  # was a C++ traceback from torch
+        (dict(d_ff=2**40), "d_ff must be ≤ 2,147,483,647"),
         (dict(dropout=1.0), "dropout"),
         (dict(logit_softcap=-1.0), "logit_softcap"),
         (dict(pos="rope", n_head=4, d_model=20), "even head size"),
