@@ -72,7 +72,8 @@ class ModelConfig:
             value = integer_value(getattr(self, name))
             if value is None or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
-            if value > MAX_SIZE:  # else torch fails deep inside, with a C++ traceback, allocating it
+            if value > MAX_SIZE and not (name == "max_seq_len" and self.pos == "rope"):  # checked below
+                # else torch fails deep inside, with a C++ traceback, allocating it
                 raise ConfigError(f"model.{name} must be ≤ {MAX_SIZE:,}, got {value:,}")
             setattr(self, name, value)
         if self.d_model % self.n_head:

@@ -56,9 +56,11 @@ def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
 def test_a_model_too_large_for_memory_is_a_one_line_error(tokens, tmp_path, capsys):
     """torch's failed allocation used to end the command with a traceback."""
     toml = write_toml(tiny_config(tokens, tmp_path / "run"), tmp_path / "run.toml")
-    assert main(["pretrain", "--config", str(toml), "--set", f"model.d_ff={10**12}"]) == 2
+    # the largest size a config may name (model.MAX_SIZE): SwiGLU's 2 × (2³¹ − 1) × 4,096 floats
+    big = ["--set", "model.d_model=4096", "--set", f"model.d_ff={2**31 - 1}"]
+    assert main(["pretrain", "--config", str(toml), *big]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["scratchlm: error: out of memory: an allocation of 238,418.6 GiB failed"]  # 10¹² × 64 floats
+    assert err == ["scratchlm: error: out of memory: an allocation of 65,536.0 GiB failed"]
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
