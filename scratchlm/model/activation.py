@@ -16,9 +16,10 @@ Eager code keeps `F.gelu`: spelled out as separate tensor ops, the σ form passe
 activations several times (each pass rounding, in bf16) and was no faster for the larger shapes.
 
 Soft-capping (Gemma 2), cap·tanh(z / cap) = cap·(2σ(2z / cap) − 1), eager and compiled: it runs
-once per logit, where the vocabulary makes tanh's cost large (1024 × 8192 float32 logits: 31
-against 76 ms on a busy 2-core VM). Its absolute error stays below 1e-5 at cap 30: the σ form
-loses relative precision only near zero, where the capped logit itself is near zero.
+once per logit, where the vocabulary makes tanh's cost large (1024 × 8192 float32 logits on the
+2-core Zen 5 VM: 23 against 38 ms; the soft-capped fused loss over them, forward and backward,
+ran 1.14× faster). Its absolute error stays below 1e-5 at cap 30: the σ form loses relative
+precision only near zero, where the capped logit itself is near zero.
 """
 
 from __future__ import annotations
