@@ -158,9 +158,13 @@ GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def gpt2_tensors_to_ours(cfg: ModelConfig, hf: Mapping[str, torch.Tensor], source: str) -> Tensors:
-    # openai-community/gpt2 stores its tensors without the "transformer." prefix.
-    hf = {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in hf.items()}
-    names = gpt2_names(cfg)
+    # openai-community/gpt2 stores its tensors without the "transformer." prefix: the names looked
+    # for follow the file's own convention, so that an error names a tensor the file holds.
+    prefixed = any(key.startswith("transformer.") for key in hf)
+    names = [
+        (ours, name if prefixed else name.removeprefix("transformer."), transpose)
+        for ours, name, transpose in gpt2_names(cfg)
+    ]
     reject_unmapped(hf, {name for _, name, _ in names}, GPT2_BUFFERS, source)
     shapes = our_shapes(cfg)  # Conv1D stores the transpose of ours
     return {

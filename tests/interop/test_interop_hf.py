@@ -200,6 +200,25 @@ def test_gpt2_checkpoint_without_the_transformer_prefix(tmp_path):
         assert (load_model(tmp_path / "ours")(IDS) - hf(IDS).logits).abs().max() <= 1e-4
 
 
+def test_gpt2_import_errors_name_the_tensors_as_the_file_holds_them(tmp_path):
+    """The "transformer." prefix was added to every name before checking, so errors named tensors
+    the file does not hold (`transformer.score.weight` for a classifier's `score.weight`)."""
+    from safetensors.torch import load_file, save_file
+
+    hf_gpt2().save_pretrained(tmp_path / "cls")
+    weights = tmp_path / "cls" / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({**tensors, "score.weight": torch.zeros(2, 32)}, weights)
+    with pytest.raises(ModelError, match=r"unexpected tensor 'score\.weight'"):
+        import_hf(tmp_path / "cls", tmp_path / "ours")
+    hf_gpt2().save_pretrained(tmp_path / "bare")
+    weights = tmp_path / "bare" / "model.safetensors"
+    bare = {k.removeprefix("transformer."): v for k, v in load_file(weights).items()}
+    save_file({**bare, "wte.weight": torch.zeros(VOCAB + 1, 32)}, weights)
+    with pytest.raises(ModelError, match=r"tensor 'wte\.weight' has shape"):
+        import_hf(tmp_path / "bare", tmp_path / "ours")
+
+
 def edit_config(directory, **changes):
     path = directory / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
