@@ -14,10 +14,16 @@ from dataclasses import dataclass
 # Lone surrogates can arrive through JSON escapes ("\udc80"); they cannot be written as UTF-8.
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _NEWLINES = re.compile(r"\r\n?")
+# Control characters that break a line (vertical tab: Word's manual line break; form feed: a page
+# break; next line; the file, group and record separators) or separate words (the unit separator):
+# made newlines and a space before the other controls go, so the words around them stay apart.
+_BREAKING_CONTROL = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
+_BREAKS = {"\x1f": " "}  # the rest become "\n"
 # Control characters (Unicode category Cc) other than tab and newline.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Space characters other than the plain space, tab and newline: no-break, en/em, ideographic...
-_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_LINE_SEPARATOR, _PARAGRAPH_SEPARATOR = "\u2028", "\u2029"  # Unicode's own line and paragraph breaks
 # U+FEFF, a byte-order mark or a zero-width no-break space: no width, so dropped, not made a space
 # (which would indent a document that starts with one, or split the word it sits in).
 _ZERO_WIDTH_NO_BREAK = "\ufeff"
@@ -31,7 +37,8 @@ class CleanConfig:
     """Which cleaning steps run. Invalid UTF-8 is always repaired (and counted)."""
 
     nfc: bool = True  # Unicode normalization form C
-    # Drop control characters except newline and tab; CR and CRLF become LF.
+    # Drop control characters except newline and tab; CR and CRLF become LF, and the controls that
+    # break lines (vertical tab, form feed, next line, separators) a newline (a space: unit separator).
     remove_control: bool = True
     # Odd spaces become spaces, no trailing blanks, at most one blank line in a row, leading blank
     # lines and trailing whitespace dropped (the first line keeps its indentation).
@@ -49,6 +56,8 @@ def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str, bool]
     if config.remove_control:
         if "\r" in text:
             text = _NEWLINES.sub("\n", text)
+        if _BREAKING_CONTROL.search(text):
+            text = _BREAKING_CONTROL.sub(lambda m: _BREAKS.get(m.group(), "\n"), text)
         if text.isascii():  # bytes.translate deletes at memory speed
             raw = text.encode("ascii")
             kept = raw.translate(None, _ASCII_CONTROL)
@@ -73,7 +82,8 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _normalize_whitespace(text: str) -> str:
-    """Odd spaces become spaces (U+FEFF, of no width, goes), lines lose trailing blanks, blank-line runs shrink to one, and
+    """Odd spaces become spaces (U+FEFF, of no width, goes), Unicode's line and paragraph
+    separators a newline and a blank line, lines lose trailing blanks, blank-line runs shrink to one, and
     the text loses its leading blank lines and trailing whitespace. The first line keeps its
     indentation: a document that starts with code must stay valid code.
 
@@ -81,6 +91,7 @@ def _normalize_whitespace(text: str) -> str:
     """
     if not text.isascii():
         text = _ODD_SPACES.sub(" ", text.replace(_ZERO_WIDTH_NO_BREAK, ""))
+        text = text.replace(_PARAGRAPH_SEPARATOR, "\n\n").replace(_LINE_SEPARATOR, "\n")
     if " \n" in text or "\t\n" in text:
         text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
     if "\n\n\n" in text:

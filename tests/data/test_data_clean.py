@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,24 @@ def test_nfc_joins_combining_marks():
 
 def test_control_characters_removed_but_newline_and_tab_kept():
     text, _ = clean_text("a\x00b\x07c\td\x1be\x7ff\x85g\nh")
-    assert text == "abc\tdefg\nh"
+    assert text == "abc\tdef\ng\nh"  # U+0085, "next line", breaks the line as \n does
+
+
+@pytest.mark.parametrize(
+    "raw, cleaned",
+    [
+        ("first line\x0bsecond line", "first line\nsecond line"),  # Word's manual line break
+        ("end of page.\x0cNext page", "end of page.\nNext page"),  # form feed
+        ("line one\x85line two", "line one\nline two"),
+        ("record\x1erecord\x1ffield", "record\nrecord field"),
+        ("Para one.\u2029Para two.\u2028Line", "Para one.\n\nPara two.\nLine"),
+        ("only\x0bascii", "only\nascii"),
+    ],
+)
+def test_controls_and_separators_that_break_lines_keep_the_words_apart(raw, cleaned):
+    """Deleted outright, they glued the words around them together ("first linesecond line")."""
+    assert clean_text(raw)[0] == cleaned
+    assert len(clean_text(raw)[0].split()) == len(raw.split())
 
 
 def test_crlf_and_cr_become_newlines():
