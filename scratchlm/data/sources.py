@@ -698,7 +698,12 @@ def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[
             f"hf:{name}: no column '{column}' (columns: {', '.join(columns)}); choose one with --text-field"
         )
     source = f"{HF_PREFIX}{name}"
-    yield from _iter_text_values((record.get(column) for record in ds), source, column, options, stats)
+    try:  # a streamed dataset reads its files only now: a bad record or a dropped connection
+        yield from _iter_text_values((record.get(column) for record in ds), source, column, options, stats)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"hf:{name}: cannot read dataset ({type(e).__name__}: {e})") from None
 
 
 def _pick_split(ds, name: str, split: str):

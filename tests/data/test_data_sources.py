@@ -127,6 +127,19 @@ def test_hf_dataset_saved_to_disk_and_local_data_files(tmp_path, monkeypatch):
         texts([f"hf:{saved}"])
 
 
+def test_a_streamed_hf_dataset_that_fails_while_read_is_a_data_error(tmp_path, monkeypatch):
+    """A streamed dataset reads its files while iterated, outside the load's error handling: a bad
+    line came out as pyarrow's traceback."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"hf:.*files: cannot read dataset"):
+        texts([f"hf:{files}"])
+
+
 def test_bad_jsonl_lines_name_file_and_line_or_are_counted(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [{"text": "ok"}])
     with open(path, "a") as f:
