@@ -127,6 +127,20 @@ def check_pattern(pattern: str) -> None:
             )
 
 
+@lru_cache(maxsize=64)
+def skips_text(pattern: str) -> bool:
+    """Whether the regex leaves some character of the probe texts unmatched. A tokenizer loaded
+    with such a pattern (an old save, a foreign file) must not encode: tiktoken drops what the
+    pattern skips, without a word."""
+    return any(skipped_text(pattern, text) for text in PROBE_TEXTS)
+
+
+def skipped_text(pattern: str, text: str) -> str:
+    """The first stretch of `text` the regex's matches leave out ("" when they cover it all)."""
+    words = _python_words(pattern, text)
+    return "" if "".join(words) == text else _first_gap(words, text)
+
+
 def _python_words(pattern: str, text: str) -> list[str]:
     try:
         compiled = regex.compile(pattern)

@@ -29,7 +29,13 @@ from scratchlm.errors import TokenizerError
 from scratchlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from scratchlm.tokenizer import formats
 from scratchlm.tokenizer.bpe import train_bpe
-from scratchlm.tokenizer.patterns import encodable_text, pattern_name, resolve_pattern
+from scratchlm.tokenizer.patterns import (
+    encodable_text,
+    pattern_name,
+    resolve_pattern,
+    skipped_text,
+    skips_text,
+)
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -172,6 +178,7 @@ class Tokenizer:
         self.vocab_size: int = _vocab_size(self.ranks, self.special_tokens)
         self._special_names = frozenset(self.special_tokens)
         self._specials_overlap = _has_prefix_pair(self._special_names)
+        self._pattern_skips = skips_text(self.pattern)  # then each text is checked before encoding
         try:
             self._encoding = tiktoken.Encoding(
                 name="scratchlm",
@@ -366,7 +373,7 @@ class Tokenizer:
             self._refuse_disallowed(text, allowed, disallowed)
         if not allowed:
             return self.encode_ordinary(text)
-        if self._specials_overlap:
+        if self._specials_overlap or self._pattern_skips:  # the latter: its plain stretches get checked
             return self._encode_longest_first(text, allowed)
         try:
             return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
@@ -401,8 +408,14 @@ class Tokenizer:
 
         Through tiktoken's `encode` with nothing allowed (the same ids as its `encode_ordinary`):
         where the regex engine gives up, that raises an error instead of a Rust panic, which
-        also prints a backtrace to stderr.
+        also prints a backtrace to stderr. With a pattern that skips characters (a tokenizer saved
+        before patterns were checked, or a foreign file), text it would skip is an error, not lost.
         """
+        if self._pattern_skips and (lost := skipped_text(self.pattern, text)):
+            raise TokenizerError(
+                f"this tokenizer's pattern {self.pattern!r} skips {lost[:20]!r} of the text: encoding would "
+                "lose it (a pattern must match every character; decoding is unaffected)"
+            )
         try:
             return self._encoding.encode(text, allowed_special=frozenset(), disallowed_special=())
         except BaseException as e:

@@ -297,3 +297,22 @@ def test_a_special_named_like_a_placeholder_saves_and_loads(tok, tmp_path, name)
     trained = Tokenizer.train(["hello world " * 20], 300, special_tokens=[name], show_progress=False)
     again = Tokenizer.load(trained.save(tmp_path / "trained"))
     assert (again.ranks, again.special_tokens) == (trained.ranks, trained.special_tokens)
+
+
+def test_a_loaded_pattern_that_skips_characters_refuses_to_encode_what_it_would_lose(tmp_path):
+    """Loading keeps such a tokenizer readable, but its encoding used to drop the skipped text
+    without a word: a foreign tokenizer.json split by `\\p{L}+` encoded "hello world 123" as
+    "helloworld"."""
+    from scratchlm.errors import TokenizerError
+    from scratchlm.tokenizer import Tokenizer
+
+    lossy = "[a-z]+| "
+    ranks = {bytes([b]): b for b in range(256)}
+    Tokenizer(ranks, {"<|endoftext|>": 256}, lossy).save(tmp_path / "old")
+    loaded = Tokenizer.load(tmp_path / "old")
+    assert loaded.decode(loaded.encode_ordinary("ab ab")) == "ab ab"  # what it covers still encodes
+    assert loaded.decode(loaded.encode("ab <|endoftext|>", allowed_special="all")) == "ab <|endoftext|>"
+    for encode in (loaded.encode_ordinary, loaded.encode, lambda t: loaded.encode(t, allowed_special="all")):
+        with pytest.raises(TokenizerError, match=r"skips ',' of the text"):
+            encode("ab, ab")
+    assert loaded.decode([97, 44]) == "a,"
