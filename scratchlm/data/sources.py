@@ -543,19 +543,38 @@ def _whole_json_or_lines(f: IO[bytes], source: str) -> tuple[object, bool]:
     whole JSON value and more text follows, which one JSON value cannot have. Deciding on the
     first line keeps a JSON Lines file streamed, never read whole."""
     lines = _without_bom(f)
-    head = bytearray()
-    for line in lines:
-        head += line
-        if line.strip():
-            break
+    head = _through_next_nonblank(lines)
     try:
         value = json.loads(_decode_escaped(head))
-    except (ValueError, RecursionError):  # not one line: a whole file, checked with a clear error
-        head += f.read()
+    except (ValueError, RecursionError):
+        # One JSON value laid out over lines, or JSON Lines whose first record is damaged (to be
+        # reported or skipped as any bad line is): then the next line is a whole record, an
+        # object, which no line inside a JSON array or object is (those end in a comma or span lines).
+        following = _through_next_nonblank(lines)
+        if not head.lstrip().startswith(b"[") and _is_json_object(following):
+            return None, True
+        head += following + f.read()  # a whole file, checked with a clear error
         return parse_json(_decode_escaped(head), source, DataError), False
     if any(line.strip() for line in lines):
         return None, True
     return value, False
+
+
+def _through_next_nonblank(lines: Iterator[bytes]) -> bytearray:
+    """The lines up to and including the next one that is not blank."""
+    taken = bytearray()
+    for line in lines:
+        taken += line
+        if line.strip():
+            break
+    return taken
+
+
+def _is_json_object(line: bytes | bytearray) -> bool:
+    try:
+        return isinstance(json.loads(_decode_escaped(line)), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _decode_escaped(data: bytes | bytearray) -> str:

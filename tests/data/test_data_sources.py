@@ -462,6 +462,21 @@ def test_json_lines_named_json_are_read_line_by_line(tmp_path):
     assert stats.bad_records == 2
 
 
+def test_json_lines_named_json_with_a_damaged_first_line_are_still_read_line_by_line(tmp_path):
+    """A bad first line made the file "one JSON value": read whole into memory (a C4 shard is
+    gigabytes), then one error that --skip-bad-records could not skip."""
+    damaged = tmp_path / "c4.json.gz"
+    damaged.write_bytes(gzip.compress(b'{"text": "cut \x01 off\n{"text": "a"}\n{"text": "b"}\n'))
+    with pytest.raises(DataError, match=r"c4\.json\.gz:1: not valid JSON"):
+        texts([damaged])
+    stats = SourceStats()
+    docs = list(iter_documents([str(damaged)], SourceOptions(skip_bad_records=True), stats))
+    assert [d.text for d in docs] == ["a", "b"] and stats.bad_records == 1
+    one_item = tmp_path / "one-item.json"  # an array laid out over lines is still one value
+    one_item.write_text('[\n{"text": "only"}\n]\n')
+    assert texts([one_item]) == ["only"]
+
+
 def test_whole_json_files_are_still_read_whole(tmp_path):
     one_line = tmp_path / "one.json"
     one_line.write_text('{"text": "single"}\n\n')
