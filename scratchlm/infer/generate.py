@@ -106,14 +106,20 @@ def stream_tokens(
 def _decoding(model: GPT) -> Iterator[None]:
     """Eval and inference mode around one forward, never across a `yield`: the caller's code
     between tokens, another stream interleaved with this one, and whatever runs after an
-    abandoned stream all see the mode they chose."""
-    was_training = model.training
-    model.eval()
+    abandoned stream all see the mode they chose.
+
+    Only the modules in training mode are switched, and exactly those are switched back; a model
+    in eval mode costs nothing per token (`model.eval()` walks every module: 0.4 ms a token with
+    `model.train()` after it, at 124M). A model whose root is in eval mode counts as in eval mode."""
+    switched = [module for module in model.modules() if module.training] if model.training else []
+    for module in switched:
+        module.training = False
     try:
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        for module in switched:
+            module.training = True
 
 
 def _next_token(

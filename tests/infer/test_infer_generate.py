@@ -325,3 +325,16 @@ def test_prompt_ids_that_are_not_integers_are_clear_errors(model, prompt):
 def test_a_vocab_limit_that_is_not_an_integer_is_a_clear_error(model, limit):
     with pytest.raises(ModelError, match="vocab_limit must be an integer"):
         generate(model, [1], 2, vocab_limit=limit)
+
+
+def test_generation_restores_each_modules_own_mode(model):
+    """A model partly in eval mode (a frozen block while the rest trains) got every module set
+    to the root's mode afterwards."""
+    model.train()
+    model.blocks[0].eval()
+    try:
+        generate(model, [1, 2], 3, temperature=0)
+        assert model.training and not any(m.training for m in model.blocks[0].modules())
+        assert all(m.training for m in model.blocks[1].modules())
+    finally:
+        model.eval()
