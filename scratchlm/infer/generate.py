@@ -26,6 +26,9 @@ def _as_ids(prompt_ids: Sequence[int] | torch.Tensor) -> list[int]:
             prompt_ids = prompt_ids[0]
         if prompt_ids.dim() != 1:
             raise ModelError(f"generate takes one prompt (1-D ids), got shape {tuple(prompt_ids.shape)}")
+        if prompt_ids.dtype.is_floating_point or prompt_ids.dtype.is_complex or prompt_ids.dtype == torch.bool:
+            raise ModelError(f"generate takes one prompt of integer token ids, got a {prompt_ids.dtype} tensor")
+        return prompt_ids.tolist()  # one transfer, not one per id (a GPU tensor would sync for each)
     ids = []
     for token in prompt_ids:
         value = integer_value(token)
