@@ -138,6 +138,12 @@ def require_utf8_path(path: str | os.PathLike, what: str, error: type[ScratchLME
         ) from None
 
 
+# Outputs this process is writing through `atomic_directory` now: a temp directory tagged with this
+# process's own id is one of these, or was left by an earlier process that had the same id (a
+# restarted container often hands a trainer the same PID on the same host name).
+_WRITING: set[Path] = set()
+
+
 @contextlib.contextmanager
 def atomic_directory(
     final: str | os.PathLike,
@@ -159,7 +165,8 @@ def atomic_directory(
     remove_abandoned_temp_dirs(final.parent, final.name)
     prefix = f".{final.name}.{_writer_tag()}."
     tmp: Path | None = None
-    _WRITING.add(final.resolve())
+    writing = final.resolve()
+    _WRITING.add(writing)
     try:
         # Made inside the try: a signal between the directory's creation and the try would leave it.
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
@@ -189,13 +196,7 @@ def atomic_directory(
             shutil.rmtree(path, ignore_errors=True)
         raise
     finally:
-        _WRITING.discard(final.resolve())
-
-
-# Outputs this process is writing through `atomic_directory` now: a temp directory tagged with this
-# process's own id is one of these, or was left by an earlier process that had the same id (a
-# restarted container often hands a trainer the same PID on the same host name).
-_WRITING: set[Path] = set()
+        _WRITING.discard(writing)
 
 
 def _host() -> str:
@@ -237,14 +238,19 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
         writer_host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
         if writer_host != host or not pid.isdigit() or not path.is_dir():
             continue
-        if int(pid) == os.getpid():
-            if (Path(parent) / parts[0][1:]).resolve() in _WRITING:  # being written by this process
-                continue
-        elif _process_alive(int(pid)):
+        if _may_be_writing(int(pid), Path(parent) / parts[0][1:]):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed += 1
     return removed
+
+
+def _may_be_writing(pid: int, output: Path) -> bool:
+    """Whether process `pid` of this host may still be writing `output`: this process, only if it
+    is now (else the temp directory is a predecessor's with the same id); another, while it runs."""
+    if pid == os.getpid():
+        return output.resolve() in _WRITING
+    return _process_alive(pid)
 
 
 def directory_entries(path: str | os.PathLike, hidden_dirs: bool = False) -> dict[str, bool] | None:

@@ -17,8 +17,8 @@ _NEWLINES = re.compile(r"\r\n?")
 # Control characters that break a line (vertical tab: Word's manual line break; form feed: a page
 # break; next line; the file, group and record separators) or separate words (the unit separator):
 # made newlines and a space before the other controls go, so the words around them stay apart.
-_BREAKING_CONTROL = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
-_BREAKS = {"\x1f": " "}  # the rest become "\n"
+_LINE_BREAKING_CONTROL = re.compile("[\x0b\x0c\x1c-\x1e\x85]")
+_UNIT_SEPARATOR = "\x1f"
 # Control characters (Unicode category Cc) other than tab and newline.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Space characters other than the plain space, tab and newline: no-break, en/em, ideographic...
@@ -56,8 +56,7 @@ def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str, bool]
     if config.remove_control:
         if "\r" in text:
             text = _NEWLINES.sub("\n", text)
-        if _BREAKING_CONTROL.search(text):
-            text = _BREAKING_CONTROL.sub(lambda m: _BREAKS.get(m.group(), "\n"), text)
+        text = _LINE_BREAKING_CONTROL.sub("\n", text).replace(_UNIT_SEPARATOR, " ")
         if text.isascii():  # bytes.translate deletes at memory speed
             raw = text.encode("ascii")
             kept = raw.translate(None, _ASCII_CONTROL)

@@ -540,8 +540,9 @@ def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
 
 def _whole_json_or_lines(f: IO[bytes], source: str) -> tuple[object, bool]:
     """(the file's JSON value, False), or (None, True) when it is JSON Lines: its first line is a
-    whole JSON value and more text follows, which one JSON value cannot have. Deciding on the
-    first line keeps a JSON Lines file streamed, never read whole."""
+    whole JSON value and more text follows, which one JSON value cannot have, or its first line
+    is damaged and its second is a whole record. Deciding on the first lines keeps a JSON Lines
+    file streamed, never read whole."""
     lines = _without_bom(f)
     head = _through_next_nonblank(lines)
     try:

@@ -127,10 +127,8 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
         rows = slice(start, min(start + step, n_rows))
         block = work[rows]
         z = block if block.dtype == torch.float32 else block.float()
-        capped = None
-        if softcap is not None:  # tanh(z / cap) as 2σ(2z / cap) − 1: CPU tanh is slow (model/activation.py)
-            capped = torch.sigmoid(z * (2.0 / softcap)).mul_(2.0).sub_(1.0)
-            z = capped * softcap
+        if softcap is not None:
+            z = soft_cap(z, softcap)
         # One fused softmax pass; the log-normaliser then comes from the largest probability,
         # exp(max − lse), which is at least 1 / vocab and so never underflows (unlike the
         # target's). amax, not max: max also finds the index, and that costs more than softmax.
@@ -147,8 +145,8 @@ def _forward(ctx, hidden, weight, targets, softcap, z_weight, ignore_index, comp
         scale = share * (1.0 + 2.0 * z_weight * lse) if z_weight else share
         probs.mul_(scale.unsqueeze(1))
         probs.scatter_add_(1, safe_targets[rows], -share.unsqueeze(1))
-        if capped is not None:  # through softcap · tanh(x / softcap): times 1 − tanh²
-            probs.mul_(1.0 - capped.square())
+        if softcap is not None:  # through softcap · tanh(x / softcap): times 1 − tanh², tanh = z / softcap
+            probs.mul_(1.0 - (z / softcap).square())
         block.copy_(probs)
     loss = ce_total
     objective = ce_total + z_weight * z_total if z_weight else ce_total.clone()

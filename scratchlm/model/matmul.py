@@ -98,17 +98,21 @@ def probe_speedup(rounds: int = 7) -> float:
     return best["torch"] / best["onednn"]
 
 
-def min_macs_for(speedup: float) -> int:
+def much_faster(speedup: float | None) -> bool:
+    """Whether the probe found oneDNN much faster than torch (None: no oneDNN): then small products
+    and the weight gradient take the route too (module doc)."""
+    return speedup is not None and speedup >= PROBE_MIN_SPEEDUP
+
+
+def min_macs_for(speedup: float | None) -> int:
     """The route's threshold on a CPU where oneDNN ran the probe `speedup`× as fast as torch."""
-    return ONEDNN_FAST_MIN_MACS if speedup >= PROBE_MIN_SPEEDUP else ONEDNN_MIN_MACS
+    return ONEDNN_FAST_MIN_MACS if much_faster(speedup) else ONEDNN_MIN_MACS
 
 
 # Measured at import rather than at first use: a first use may be inside torch.compile's tracing.
 _PROBE_SPEEDUP = probe_speedup() if _KERNEL is not None else None
-_MIN_MACS = ONEDNN_MIN_MACS if _PROBE_SPEEDUP is None else min_macs_for(_PROBE_SPEEDUP)
-
-
-_WEIGHT_GRAD_ROUTE = _PROBE_SPEEDUP is not None and _PROBE_SPEEDUP >= PROBE_MIN_SPEEDUP
+_MIN_MACS = min_macs_for(_PROBE_SPEEDUP)
+_WEIGHT_GRAD_ROUTE = much_faster(_PROBE_SPEEDUP)
 
 
 def onednn_probe_speedup() -> float | None:
@@ -150,24 +154,23 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.numel() * weight.shape[0] >= _MIN_MACS or weight.numel() >= ONEDNN_MIN_WEIGHT
 
 
-def weight_gradient_uses_onednn(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> bool:
+def weight_gradient_uses_onednn(grad_rows: torch.Tensor, x_rows: torch.Tensor, *, routed: bool = False) -> bool:
     """True when `weight_gradient(grad_rows, x_rows)` runs on oneDNN: a large plain float32 CPU
-    product, on a CPU where the probe found oneDNN much faster (module doc)."""
-    return _weight_gradient_pays(grad_rows, x_rows) and _plain_cpu_operands(grad_rows, x_rows, torch.float32)
-
-
-def _weight_gradient_pays(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> bool:
-    """The size and CPU half of the rule (the operands' half is known where the forward was routed)."""
+    product, on a CPU where the probe found oneDNN much faster (module doc). `routed`: the
+    operands are known to qualify (the route's own backward, where under torch.compile they are
+    the compiler's tensors, which the plain-tensor check declines), so only the size decides."""
     macs = grad_rows.shape[0] * grad_rows.shape[1] * x_rows.shape[1]
-    return _WEIGHT_GRAD_ROUTE and _enabled and macs >= WEIGHT_GRAD_MIN_MACS
+    if not (_WEIGHT_GRAD_ROUTE and _enabled and macs >= WEIGHT_GRAD_MIN_MACS):
+        return False
+    return routed or _plain_cpu_operands(grad_rows, x_rows, torch.float32)
 
 
-def weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
+def weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor, *, routed: bool = False) -> torch.Tensor:
     """`torch.mm(grad_rows.t(), x_rows)`: the gradient Gᵀ·x (out × in) of a weight, from rows G
     (N × out) and x (N × in); large float32 CPU products run on oneDNN (module doc)."""
-    if not weight_gradient_uses_onednn(grad_rows, x_rows):
-        return torch.mm(grad_rows.t(), x_rows)
-    return onednn_weight_gradient(grad_rows, x_rows)
+    if weight_gradient_uses_onednn(grad_rows, x_rows, routed=routed):
+        return onednn_weight_gradient(grad_rows, x_rows)
+    return torch.mm(grad_rows.t(), x_rows)
 
 
 def onednn_weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
@@ -210,11 +213,8 @@ def _backward(ctx, grad):
     rows = grad.reshape(-1, grad.shape[-1])
     if ctx.needs_input_grad[0]:  # G·W: W passed transposed, as the "weight" of G·(Wᵀ)ᵀ
         grad_x = onednn_linear(grad, weight.t(), None)
-    if ctx.needs_input_grad[1]:  # the operands were routed here, so only the size decides: under
-        # torch.compile they are the compiler's tensor subclasses, which `weight_gradient` declines
-        x_rows = x.reshape(-1, x.shape[-1])
-        pays = _weight_gradient_pays(rows, x_rows)
-        grad_weight = onednn_weight_gradient(rows, x_rows) if pays else torch.mm(rows.t(), x_rows)
+    if ctx.needs_input_grad[1]:
+        grad_weight = weight_gradient(rows, x.reshape(-1, x.shape[-1]), routed=True)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = rows.sum(0)
     return grad_x, grad_weight, grad_bias

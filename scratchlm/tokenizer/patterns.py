@@ -110,8 +110,7 @@ def check_pattern(pattern: str) -> None:
     """
     expected = [_python_words(pattern, text) for text in PROBE_TEXTS]
     for text, words in zip(PROBE_TEXTS, expected):
-        if "".join(words) != text:
-            lost = _first_gap(words, text)
+        if lost := _first_gap(words, text):
             raise TokenizerError(
                 f"pattern {pattern!r} does not match every character (it skips {lost!r}); text such "
                 f"as U+{ord(lost[0]):04X} would be lost"
@@ -137,8 +136,7 @@ def skips_text(pattern: str) -> bool:
 
 def skipped_text(pattern: str, text: str) -> str:
     """The first stretch of `text` the regex's matches leave out ("" when they cover it all)."""
-    words = _python_words(pattern, text)
-    return "" if "".join(words) == text else _first_gap(words, text)
+    return _first_gap(_python_words(pattern, text), text)
 
 
 def _python_words(pattern: str, text: str) -> list[str]:
@@ -153,7 +151,7 @@ def _python_words(pattern: str, text: str) -> list[str]:
 
 
 def _first_gap(words: list[str], text: str) -> str:
-    """The first stretch of `text` that the matched words do not cover."""
+    """The first stretch of `text` that the matched words (in order) do not cover; "" if none."""
     at = 0
     for word in words:
         found = text.find(word, at)

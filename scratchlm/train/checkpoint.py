@@ -295,14 +295,12 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int, written: Path | Non
     as "newest" in place of the checkpoints this run writes (and could be named best)."""
     found = list_checkpoints(ckpt_root)
     removed = []
-    if written is not None:
-        match = STEP_DIR.match(Path(written).name)
-        newest = int(match.group(1)) if match else None
-        for step, p in found:
-            if newest is not None and step > newest:
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-        found = [(step, p) for step, p in found if p not in removed]
+    if written is not None and (match := STEP_DIR.match(Path(written).name)):
+        newest = int(match.group(1))
+        removed = [p for step, p in found if step > newest]
+        for p in removed:
+            shutil.rmtree(p, ignore_errors=True)
+        found = [(step, p) for step, p in found if step <= newest]
     keep = {p for _, p in found[-keep_last:]}
     best = best_checkpoint(ckpt_root)
     if best is not None:

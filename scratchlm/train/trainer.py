@@ -343,9 +343,7 @@ class PretrainRun:
                 step = self.state.step
                 if step % tc.log_every == 0 or step == 1:
                     self._log_progress(outcome, session, bar)
-                eval_due = bool(tc.eval_every) and step % tc.eval_every == 0
-                # samples come every sample_every steps, or with each evaluation when that is unset
-                sample_due = step % tc.sample_every == 0 if tc.sample_every else eval_due
+                eval_due, sample_due = self._evaluations_due(step)
                 if eval_due or sample_due:
                     self._evaluate(step, session.losses, measure_val=eval_due, sample=sample_due)
                 checkpoint_due = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due
@@ -359,15 +357,20 @@ class PretrainRun:
         checkpoint this run resumed from was saved (the signal's checkpoint then holds no
         validation loss), and save again where a checkpoint was due at this step: the resumed run
         goes on as the uninterrupted one would have, with the same validation rows and `best`."""
-        tc, st = self.tc, self.state
-        step = st.step
-        eval_due = step > 0 and bool(tc.eval_every) and step % tc.eval_every == 0
-        if not eval_due or not self.val_batches or st.last_val_step == step:
+        tc, step = self.tc, self.state.step
+        eval_due, sample_due = self._evaluations_due(step)
+        if step == 0 or not eval_due or not self.val_batches or self.state.last_val_step == step:
             return
-        sample_due = step % tc.sample_every == 0 if tc.sample_every else eval_due
         self._evaluate(step, session.losses, measure_val=True, sample=sample_due)
         if self._checkpoint_has_val() and tc.checkpoint_every and step % tc.checkpoint_every == 0:
             self._save("interval")
+
+    def _evaluations_due(self, step: int) -> tuple[bool, bool]:
+        """(an evaluation, a sample) due after `step`: samples come every sample_every steps, or
+        with each evaluation when that is unset."""
+        tc = self.tc
+        eval_due = bool(tc.eval_every) and step % tc.eval_every == 0
+        return eval_due, (step % tc.sample_every == 0 if tc.sample_every else eval_due)
 
     def _interval_checkpoint(self, session: Session) -> None:
         """Save, unless the budget is spent: the last checkpoint waits for the final evaluation.

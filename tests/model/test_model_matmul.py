@@ -158,7 +158,11 @@ def test_only_large_plain_float32_weight_gradients_take_the_onednn_route(weight_
 
 
 def test_the_weight_gradient_route_is_on_only_where_the_probe_found_onednn_much_faster():
+    """One verdict decides both: the low threshold for x·Wᵀ and G·W, and Gᵀ·x on oneDNN."""
+    assert matmul.much_faster(1.9) and not matmul.much_faster(1.1) and not matmul.much_faster(None)
     assert matmul._WEIGHT_GRAD_ROUTE == (onednn_probe_speedup() >= PROBE_MIN_SPEEDUP)
+    assert matmul._WEIGHT_GRAD_ROUTE == (onednn_min_macs() == ONEDNN_FAST_MIN_MACS)
+    assert min_macs_for(None) == ONEDNN_MIN_MACS  # no oneDNN in the build: no probe
 
 
 def test_linear_backward_takes_the_weight_gradient_route(weight_grad_route):
