@@ -54,13 +54,26 @@ def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
 
 
 def test_a_model_too_large_for_memory_is_a_one_line_error(tokens, tmp_path, capsys):
-    """torch's failed allocation used to end the command with a traceback."""
+    """torch's failed allocation used to end the command with a traceback; now the training state
+    is checked against the free memory before the model is built."""
     toml = write_toml(tiny_config(tokens, tmp_path / "run"), tmp_path / "run.toml")
     # the largest size a config may name (model.MAX_SIZE): SwiGLU's 2 × (2³¹ − 1) × 4,096 floats
     big = ["--set", "model.d_model=4096", "--set", f"model.d_ff={2**31 - 1}"]
     assert main(["pretrain", "--config", str(toml), *big]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["scratchlm: error: out of memory: an allocation of 65,536.0 GiB failed"]
+    assert len(err) == 1 and err[0].startswith("scratchlm: error: the model has 26,388,347,486,208 parameters") and "available" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_layer_count_too_large_for_memory_is_refused_before_the_model_is_built(tokens, tmp_path, capsys):
+    """Each layer alone fits, so building them used to fill memory for minutes before the kernel
+    killed the process without a word."""
+    toml = write_toml(tiny_config(tokens, tmp_path / "run"), tmp_path / "run.toml")
+    start = time.monotonic()
+    assert main(["pretrain", "--config", str(toml), "--set", "model.n_layer=10000000"]) == 2
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parameters" in err[0] and "make the model smaller" in err[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
