@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from scratchlm import __version__
-from scratchlm.errors import ScratchLMError, Terminated, torch_error_text
+from scratchlm.errors import ScratchLMError, Terminated, one_line, torch_error_text
 
 # Command groups: `scratchlm data prepare`, `scratchlm tokenizer train`, ...
 GROUPS = {
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScratchLMError as e:
         if args.debug:
             raise
-        print(f"scratchlm: error: {e}", file=sys.stderr)
+        print(f"scratchlm: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Terminated:
         print("scratchlm: terminated", file=sys.stderr)
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if args.debug:
             raise
-        print(f"scratchlm: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"scratchlm: error: {one_line(describe_os_error(e))}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         if args.debug or not is_out_of_memory(e):

@@ -43,6 +43,14 @@ class Terminated(KeyboardInterrupt):
     and the CLI exits 143 for it (130 for Ctrl-C)."""
 
 
+def one_line(text: str) -> str:
+    """`text` fit for a one-line error: its lines joined with "; " (a library's message may span
+    several, e.g. pyarrow's), other control characters shown as escapes (`\\x0e`), so no stray byte
+    reaches the terminal."""
+    joined = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: m.group().encode("unicode_escape").decode(), joined)
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message ("no details" when it has none)."""
     text = str(error).strip()

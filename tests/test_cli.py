@@ -254,3 +254,34 @@ def test_a_config_path_that_is_a_directory_or_empty_says_so(tmp_path, capsys):
     assert capsys.readouterr().err == f"scratchlm: error: {tmp_path}: is a directory, not a file\n"
     assert main(["pretrain", "--config", ""]) == 2
     assert capsys.readouterr().err == "scratchlm: error: --config is empty; name a TOML file\n"
+
+
+def test_error_text_is_one_line_with_control_characters_escaped():
+    from scratchlm.errors import one_line
+
+    assert one_line("x: cannot read: unknown type: \x0e\nPage header failed.\n") == (
+        "x: cannot read: unknown type: \\x0e; Page header failed."
+    )
+    assert one_line("a\r\n\r\n  b\u2028c\x1bd\x7f") == "a; b; c\\x1bd\\x7f"
+    assert one_line("tabs\tstay") == "tabs\tstay"
+
+
+def test_a_library_error_spanning_lines_is_printed_as_one(tmp_path, capsys):
+    """pyarrow's message for a damaged data page spans three lines and holds a raw control byte."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": [f"document number {i} " + "word " * 30 for i in range(2000)]}), good,
+                   row_group_size=200)
+    damaged = bytearray(good.read_bytes())
+    for i in range(len(damaged) // 3, len(damaged) // 3 + 200):
+        damaged[i] ^= 0xFF
+    (tmp_path / "damaged.parquet").write_bytes(bytes(damaged))
+    code = main(["data", "prepare", str(tmp_path / "damaged.parquet"), "--out", str(tmp_path / "out"),
+                 "--workers", "1", "--no-filters"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("scratchlm: error: ") and "damaged.parquet" in err
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in err)
+    assert not (tmp_path / "out").exists()

@@ -197,8 +197,10 @@ def _is_prepared_stats(path: Path) -> bool:
 
 
 def prepared_parts(path: Path, split: str) -> list[Path]:
-    """The parquet parts of one split of a `data prepare` output, in name (= write) order."""
-    return sorted((path / split).glob("*.parquet"))
+    """The parquet parts of one split of a `data prepare` output, in name (= write) order. Hidden
+    files are not parts (an editor's or sync tool's `.part-00000.parquet` copy, macOS's `._` files),
+    as the check of what a prepared folder holds leaves them out too."""
+    return sorted(part for part in (path / split).glob("*.parquet") if not part.name.startswith("."))
 
 
 def write_prepared_dir(
@@ -222,15 +224,29 @@ def prepared_part_error(part: Path, error: Exception) -> DataError:
     return DataError(f"{part}: not a readable prepared parquet file ({error})")
 
 
+def prepared_columns(parquet, part: Path) -> list[str]:
+    """The columns to read from a prepared part (`text`, and `source` where it has one); a part
+    without `text` is refused, where pyarrow would quietly read no column at all."""
+    names = parquet.schema_arrow.names
+    if "text" not in names:
+        raise DataError(f"{part}: a prepared part needs a 'text' column (it has: {', '.join(names) or 'none'})")
+    return ["text", "source"] if "source" in names else ["text"]
+
+
 def check_prepared_texts(column, part: Path) -> None:
-    """Refuse a `text` column (an Arrow array) holding anything but strings: a foreign or
-    hand-edited part would otherwise fail later, deep inside cleaning or encoding."""
+    """Refuse a `text` column (an Arrow array) holding anything but valid UTF-8 strings: a foreign
+    or hand-edited part would otherwise fail later, deep inside cleaning or encoding (Arrow writers
+    need not validate what they store as strings)."""
     import pyarrow as pa
 
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise DataError(f"{part}: the 'text' column holds {column.type}, not strings")
     if column.null_count:
         raise DataError(f"{part}: the 'text' column has null values")
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        raise DataError(f"{part}: the 'text' column holds bytes that are not UTF-8 text") from None
 
 
 def _source_name(path: Path) -> str:
@@ -679,10 +695,10 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
         for part in prepared_parts(path, split):
             try:
                 pf = pq.ParquetFile(part)
-                for batch in pf.iter_batches(columns=["text", "source"], batch_size=1024):
+                for batch in pf.iter_batches(columns=prepared_columns(pf, part), batch_size=1024):
                     check_prepared_texts(batch.column(0), part)
                     texts = batch.column(0).to_pylist()
-                    sources = batch.column(1).to_pylist()
+                    sources = batch.column(1).to_pylist() if batch.num_columns > 1 else [None] * len(texts)
                     for text, source in zip(texts, sources):
                         yield Document(text, source or _source_name(part), split=split)
             except DataError:

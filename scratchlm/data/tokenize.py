@@ -38,6 +38,7 @@ from scratchlm.data.sources import (
     is_prepared_dir,
     iter_documents,
     local_input_paths,
+    prepared_columns,
     prepared_part_error,
     prepared_parts,
 )
@@ -127,6 +128,7 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
         size = 0
         try:
             parquet = pq.ParquetFile(path)
+            prepared_columns(parquet, path)
             # small batches, so a chunk ends close to chunk_chars and the workers finish together
             for batch in parquet.iter_batches(batch_size=16, columns=["text"]):
                 column = batch.column(0)

@@ -383,3 +383,54 @@ def test_a_tokens_dir_with_hidden_files_is_still_replaced(tmp_path: Path, prepar
     (out / "tokenizer" / ".DS_Store").write_text("finder")
     run([prepared], tokenizer_dir, out, workers=1)
     assert read_all(out) == before and not (out / ".DS_Store").exists()
+
+
+def test_hidden_parquet_files_in_a_prepared_split_are_not_parts(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """An editor's or sync tool's hidden copy of a part used to be read as a part: its documents twice."""
+    prepared = write_prepared_dir(tmp_path / "prepared", TRAIN_DOCS, VAL_DOCS)
+    part = next((prepared / "train").glob("*.parquet"))
+    (prepared / "train" / f".{part.name}").write_bytes(part.read_bytes())  # a backup copy
+    (prepared / "train" / f"._{part.name}").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    meta = run([prepared], tokenizer_dir, tmp_path / "out", workers=1)
+    assert meta["splits"]["train"]["documents"] == len(TRAIN_DOCS)
+    assert decoded(tmp_path / "out", "train", tokenizer_dir) == list(TRAIN_DOCS)
+
+
+def _replace_part(prepared: Path, table: pa.Table) -> Path:
+    part = next((prepared / "train").glob("*.parquet"))
+    pq.write_table(table, part)
+    return part
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_foreign_prepared_part_is_a_one_line_error(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture, workers: int
+) -> None:
+    """A part without a `text` column, or whose strings are not UTF-8 (Arrow writers need not check),
+    used to end `data tokenize` with a Python traceback; `data prepare` said only "index out of bounds"."""
+    raw = pa.array([b"hello there", b"bad \xff byte"], pa.binary())
+    not_utf8 = pa.StringArray.from_buffers(2, raw.buffers()[1], raw.buffers()[2])  # unvalidated strings
+    cases = {
+        "a prepared part needs a 'text' column (it has: body, source)": pa.table({"body": ["a"], "source": ["s"]}),
+        "the 'text' column holds bytes that are not UTF-8 text": pa.table({"text": not_utf8, "source": ["s", "s"]}),
+    }
+    for i, (message, table) in enumerate(cases.items()):
+        prepared = write_prepared_dir(tmp_path / f"prepared{i}", TRAIN_DOCS, VAL_DOCS)
+        part = _replace_part(prepared, table)
+        for argv in (
+            ["data", "tokenize", str(prepared), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / f"t{i}"),
+             "--workers", str(workers)],
+            ["data", "prepare", str(prepared), "--out", str(tmp_path / f"p{i}"), "--workers", str(workers)],
+        ):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"scratchlm: error: {part}: {message}"]
+            assert not (tmp_path / f"t{i}").exists() and not (tmp_path / f"p{i}").exists()
+
+
+def test_a_prepared_part_without_a_source_column_is_read(tmp_path: Path, tokenizer_dir: Path) -> None:
+    prepared = write_prepared_dir(tmp_path / "prepared", TRAIN_DOCS, VAL_DOCS)
+    part = _replace_part(prepared, pa.table({"text": ["a document with no source of its own"]}))
+    assert main(["data", "prepare", str(prepared), "--out", str(tmp_path / "p"), "--workers", "1", "--no-filters"]) == 0
+    rows = pq.read_table(tmp_path / "p" / "train").to_pylist() + pq.read_table(tmp_path / "p" / "val").to_pylist()
+    assert {"text": "a document with no source of its own", "source": str(part)} in rows  # named after its part
