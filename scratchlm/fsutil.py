@@ -16,6 +16,11 @@ from typing import Any
 
 from scratchlm.errors import ScratchLMError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; writers are not kept apart there
+    fcntl = None
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (a rename) to disk; a no-op where the OS does not allow it."""
@@ -197,6 +202,27 @@ def atomic_directory(
         raise
     finally:
         _WRITING.discard(writing)
+
+
+@contextlib.contextmanager
+def exclusive_directory(path: str | os.PathLike, busy: str, error: type[ScratchLMError]) -> Iterator[None]:
+    """Hold an advisory lock on the directory `path` while the block runs; when another process
+    holds it, raise `error(busy)` at once. Why: a stage that changes a directory in place (an
+    append) cannot tell a run that died half-way, whose leftovers it must undo, from one still
+    writing, whose work undoing would destroy. The kernel drops the lock when its holder exits,
+    however it ends, so a killed run leaves nothing stale behind and no lock file is made."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(busy) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _host() -> str:

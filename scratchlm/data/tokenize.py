@@ -14,6 +14,7 @@ end; `--append` moves `meta.json` aside while it grows the files and rolls back 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -48,6 +49,7 @@ from scratchlm.fsutil import (
     atomic_write_json,
     check_output_dir,
     directory_entries,
+    exclusive_directory,
     fsync_dir,
     read_json_object,
 )
@@ -453,11 +455,21 @@ def _output_rules(config: TokenizeConfig) -> dict[str, Any]:
     return dict(what="a tokens directory", replaceable=replaceable, inputs=inputs, error=DataError)
 
 
+def _tokens_dir_in_use(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Keep other `data tokenize` runs out of an existing tokens dir while this one writes it: an
+    append would otherwise take a live append's moved-aside meta.json for a dead one's and cut its
+    files back, and a replacement would move the directory from under it."""
+    if not out.is_dir():
+        return contextlib.nullcontext()
+    busy = f"{out}: another `data tokenize` is writing this tokens dir now; wait for it to finish"
+    return exclusive_directory(out, busy, DataError)
+
+
 def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     out = Path(config.out)
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     numbers = RawNumbers()
-    with atomic_directory(out, **_output_rules(config)) as tmp:
+    with _tokens_dir_in_use(out), atomic_directory(out, **_output_rules(config)) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
         _stream_into(config, tokenizer, dtype, writers, numbers)
         tokenizer.save(tmp / "tokenizer")
@@ -489,11 +501,17 @@ def _restore_interrupted_append(out: Path) -> None:
 
 
 def _append(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    out = Path(config.out)
+    with _tokens_dir_in_use(out):
+        return _append_alone(out, config, tokenizer)
+
+
+def _append_alone(out: Path, config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    """The append, with no other `data tokenize` in the directory."""
     # The loader's checks (meta keys, file sizes) guard the existing data. Imported here: the
     # loader pulls in torch, which tokenizing does not otherwise need.
     from scratchlm.data.loader import TokenDataset, check_tokenizer_match, read_meta
 
-    out = Path(config.out)
     _restore_interrupted_append(out)
     old = read_meta(out)
     check_tokenizer_match(old, tokenizer.sha256)

@@ -434,3 +434,45 @@ def test_a_prepared_part_without_a_source_column_is_read(tmp_path: Path, tokeniz
     assert main(["data", "prepare", str(prepared), "--out", str(tmp_path / "p"), "--workers", "1", "--no-filters"]) == 0
     rows = pq.read_table(tmp_path / "p" / "train").to_pylist() + pq.read_table(tmp_path / "p" / "val").to_pylist()
     assert {"text": "a document with no source of its own", "source": str(part)} in rows  # named after its part
+
+
+def test_a_second_run_into_a_tokens_dir_being_appended_to_is_refused(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A second append used to take the live append's moved-aside meta.json for a dead one's, cut its
+    files back while it wrote, and leave a meta.json counting tokens that were not on disk."""
+    import subprocess
+    import sys
+    import time
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs a named pipe (POSIX) to hold the first append mid-run")
+    out = tmp_path / "tokens"
+    run([prepared], tokenizer_dir, out, workers=1)
+    source = tmp_path / "slow.txt"
+    os.mkfifo(source)  # the first append waits here until the test writes its document
+    first = subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", "data", "tokenize", str(source), "--tokenizer", str(tokenizer_dir),
+         "--out", str(out), "--append", "--workers", "1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / APPEND_MARKER).exists():  # the first append is under way
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.stderr else ""
+            time.sleep(0.05)
+        extra = write_prepared_dir(tmp_path / "extra", ["a second writer's document"], [])
+        busy = f"scratchlm: error: {out}: another `data tokenize` is writing this tokens dir now; wait for it to finish"
+        for append in (["--append"], []):  # neither an append nor a replacement may go on
+            argv = ["data", "tokenize", str(extra), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--workers", "1"]
+            assert main(argv + append) == 2
+            assert capsys.readouterr().err.strip().splitlines() == [busy]
+        with open(source, "w") as pipe:
+            pipe.write("the first writer's document")
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert decoded(out, "train", tokenizer_dir)[-1] == "the first writer's document"
+    assert TokenDataset.open(out, "train").num_documents == len(TRAIN_DOCS) + 1
