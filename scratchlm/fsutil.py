@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -55,11 +56,25 @@ def _as_created(path: str | os.PathLike, mode: int) -> None:
     os.chmod(path, mode & ~current_umask())
 
 
+_MAX_STEM_BYTES = 120  # of an output's name in its temp names; the rest fits a file system's 255
+
+
+def temp_stem(name: str) -> str:
+    """An output's name as its temp files and directories carry it: whole, or, when that would
+    take the temp name past the usual 255-byte limit on a file name, its start and a hash of it
+    (a valid long output name was refused, with an error naming the temp path)."""
+    raw = os.fsencode(name)
+    if len(raw) <= _MAX_STEM_BYTES:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{os.fsdecode(raw[: _MAX_STEM_BYTES - len(digest) - 1])}~{digest}"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{temp_stem(path.name)}.", suffix=".tmp", dir=path.parent)
     try:
         _as_created(tmp, 0o666)
         with os.fdopen(fd, "wb") as f:
@@ -168,9 +183,9 @@ def atomic_directory(
     final = check_output_dir(final, what=what, replaceable=replaceable, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temp_dirs(final.parent, final.name)
-    prefix = f".{final.name}.{_writer_tag()}."
+    prefix = f".{temp_stem(final.name)}.{_writer_tag()}."
     tmp: Path | None = None
-    writing = final.resolve()
+    writing = final.parent.resolve() / temp_stem(final.name)  # as `remove_abandoned_temp_dirs` names it
     _WRITING.add(writing)
     try:
         # Made inside the try: a signal between the directory's creation and the try would leave it.
@@ -256,7 +271,7 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
     clean-up runs for: a checkpoint's or a tokens dir's worth of disk each. Only directories whose
     writer ran on this host and is gone are deleted: its process id no longer runs, or is this
     process's own, which is not writing that output. Returns how many were."""
-    pattern = f".{glob.escape(name) if name is not None else '*'}.*.partial"
+    pattern = f".{glob.escape(temp_stem(name)) if name is not None else '*'}.*.partial"
     host = _host()
     removed = 0
     for path in Path(parent).glob(pattern):
@@ -264,7 +279,7 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
         writer_host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
         if writer_host != host or not pid.isdigit() or not path.is_dir():
             continue
-        if _may_be_writing(int(pid), Path(parent) / parts[0][1:]):
+        if _may_be_writing(int(pid), Path(parent).resolve() / parts[0][1:]):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed += 1
@@ -272,10 +287,11 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
 
 
 def _may_be_writing(pid: int, output: Path) -> bool:
-    """Whether process `pid` of this host may still be writing `output`: this process, only if it
-    is now (else the temp directory is a predecessor's with the same id); another, while it runs."""
+    """Whether process `pid` of this host may still be writing `output` (its resolved folder and
+    `temp_stem`): this process, only if it is now (else the temp directory is a predecessor's with
+    the same id); another, while it runs."""
     if pid == os.getpid():
-        return output.resolve() in _WRITING
+        return output in _WRITING
     return _process_alive(pid)
 
 

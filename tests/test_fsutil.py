@@ -294,3 +294,33 @@ def test_a_utf8_path_under_an_ascii_locale_is_blamed_on_the_locale(tmp_path):
     if "UTF8-ANYWAY" in out:
         pytest.skip("this Python reads file names as UTF-8 even in the C locale")
     assert "the path is UTF-8 but the locale's file system encoding is" in out and "PYTHONUTF8=1" in out
+
+
+def test_a_long_output_name_gets_temp_names_within_the_file_name_limit(tmp_path):
+    """A 240-byte output name is valid, but its temp directory's name (name + writer tag + random
+    part) went past 255 bytes, and the stage failed with "File name too long" on the temp path."""
+    from scratchlm.fsutil import _writer_tag, temp_stem
+
+    name = "o" * 200 + "é" * 20  # 240 bytes in UTF-8
+    final = tmp_path / name
+    with atomic_directory(final) as tmp:
+        assert len(os.fsencode(tmp.name)) <= 200
+        assert remove_abandoned_temp_dirs(tmp_path) == 0  # this process is writing it: kept
+        atomic_write_text(tmp / ("f" * 250), "whole")  # a long file name, written atomically too
+    assert (final / ("f" * 250)).read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert temp_stem("short") == "short" and temp_stem(name) != temp_stem(name[:-1] + "e")
+    left_over = tmp_path / f".{temp_stem(name)}.{_writer_tag()}.abcd1234.partial"  # a predecessor's, same PID
+    left_over.mkdir()
+    with atomic_directory(final, replaceable=lambda _: True) as tmp:  # the next writer of the long name clears it
+        atomic_write_text(tmp / "again.txt", "done")
+    assert not left_over.exists() and (final / "again.txt").read_text() == "done"
+
+
+def test_a_long_output_name_is_accepted_by_a_stage(tmp_path, capsys):
+    from scratchlm.cli import main
+
+    (tmp_path / "doc.txt").write_text("a document long enough to be kept by nobody's filters, surely")
+    out = tmp_path / ("o" * 240)
+    assert main(["data", "prepare", str(tmp_path / "doc.txt"), "--out", str(out), "--no-filters", "--workers", "1"]) == 0
+    assert (out / "stats.json").is_file()
