@@ -312,10 +312,11 @@ def directory_entries(path: str | os.PathLike, hidden_dirs: bool = False) -> dic
 
 
 def read_text_file(path: str | os.PathLike, error: type[ScratchLMError]) -> str:
-    """A file's UTF-8 text; every reason it cannot be read is one `error` naming the file."""
+    """A file's UTF-8 text, exactly (line ends as written: a prompt's CRLF is part of it); every
+    reason it cannot be read is one `error` naming the file."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except IsADirectoryError:

@@ -13,7 +13,7 @@ from scratchlm.cli import add_config_args, given_flags
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
-from scratchlm.fsutil import brief, is_json_int, parse_json, read_json
+from scratchlm.fsutil import brief, is_json_int, parse_json, read_json, read_text_file
 
 if TYPE_CHECKING:
     from scratchlm.tokenizer import Tokenizer
@@ -139,17 +139,23 @@ def _import(args: argparse.Namespace) -> int:
 def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[str]]:
     """What generation needs from a Hugging Face source besides the tokens: its post_processor
     (the begin-of-text template) and its tokenizer_config.json's bos/eos tokens; and the files read."""
+    from scratchlm.interop.hf import CHAT_TEMPLATE_FILE
     from scratchlm.tokenizer import formats
     from scratchlm.tokenizer.tokenizer import CONFIG_FILE, tokenizer_file
 
     file = tokenizer_file(source)
     doc = read_json(file, TokenizerError)  # read_hf_tokenizer has read it: a JSON object
     processor = formats.carried_post_processor(doc.get("post_processor"), tok.special_tokens, str(file))
+    read, config = [str(file)], {}
     config_file = file.parent / CONFIG_FILE
-    if not config_file.is_file():
-        return processor, {}, [str(file)]
-    config = formats.carried_config(read_json(config_file, TokenizerError), tok.special_tokens, str(config_file))
-    return processor, config, [str(file), str(config_file)]
+    if config_file.is_file():
+        config = formats.carried_config(read_json(config_file, TokenizerError), tok.special_tokens, str(config_file))
+        read.append(str(config_file))
+    template_file = file.parent / CHAT_TEMPLATE_FILE  # where transformers >= 4.50 saves the template
+    if "chat_template" not in config and template_file.is_file():
+        config["chat_template"] = read_text_file(template_file, TokenizerError)
+        read.append(str(template_file))
+    return processor, config, read
 
 
 def _check_tiktoken_path(path: str, out: str, sources: list[str]) -> None:

@@ -111,7 +111,7 @@ class TextGenerator:
         tokenizer_file = tokenizer_dir / TOKENIZER_FILE if tokenizer_dir.is_dir() else tokenizer_dir
         self.prefix_ids = prefix_ids(tokenizer_file, self.tokenizer)
         self.eos_ids = eos_ids(directory, tokenizer_file.parent, self.tokenizer)
-        self.bos_id = _generation_setting(directory, "bos_token_id", self.tokenizer)
+        self.start_id = start_id(directory, tokenizer_file.parent, self.tokenizer)
         self._unused = self.tokenizer.unused_ids()
         # the weights last: every cheaper mistake above is reported without reading them
         self.model = load_model(directory, self.device, None if dtype == "auto" else WEIGHT_DTYPES[dtype])
@@ -140,11 +140,10 @@ class TextGenerator:
         return ids
 
     def _text_start_ids(self) -> list[int]:
-        """The token a document starts after: begin-of-text, else `<|endoftext|>` (which ends the
-        document before it), else the first stop id. A stop id may end a chat turn instead
-        (`<|im_end|>`), so it comes last: what follows it is a reply, not a new document."""
-        start = self.bos_id if self.bos_id is not None else self.tokenizer.special_tokens.get(EOT)
-        return [start] if start is not None else list(self.eos_ids[:1])
+        """The token a document starts after (`start_id`), else the first stop id. A stop id may end
+        a chat turn instead (`<|im_end|>`), so it comes last: what follows it is a reply, not a new
+        document."""
+        return [self.start_id] if self.start_id is not None else list(self.eos_ids[:1])
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:
@@ -247,12 +246,28 @@ def eos_ids(model_dir: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> list[
     configured = _generation_setting(model_dir, "eos_token_id", tokenizer, several=True)
     if configured is not None:
         return configured
-    name = _json_or_empty(tokenizer_dir / CONFIG_FILE).get("eos_token")
+    named = _config_token_id(tokenizer_dir, "eos_token", tokenizer)
+    if named is not None:
+        return [named]
+    return [tokenizer.special_tokens[EOT]] if EOT in tokenizer.special_tokens else []
+
+
+def start_id(model_dir: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> int | None:
+    """The id a text starts after: `generation_config.json`'s `bos_token_id`, else
+    `tokenizer_config.json`'s `bos_token`, else `<|endoftext|>` (which ends the text before)."""
+    configured = _generation_setting(model_dir, "bos_token_id", tokenizer)
+    if configured is not None:
+        return configured
+    named = _config_token_id(tokenizer_dir, "bos_token", tokenizer)
+    return named if named is not None else tokenizer.special_tokens.get(EOT)
+
+
+def _config_token_id(tokenizer_dir: Path, key: str, tokenizer: Tokenizer) -> int | None:
+    """The id of the special token `tokenizer_config.json` names under `key`, if it names one."""
+    name = _json_or_empty(tokenizer_dir / CONFIG_FILE).get(key)
     if isinstance(name, dict):  # older transformers files store an AddedToken object
         name = name.get("content")
-    if isinstance(name, str) and name in tokenizer.special_tokens:
-        return [tokenizer.special_tokens[name]]
-    return [tokenizer.special_tokens[EOT]] if EOT in tokenizer.special_tokens else []
+    return tokenizer.special_tokens.get(name) if isinstance(name, str) else None
 
 
 def _generation_setting(model_dir: Path, key: str, tokenizer: Tokenizer, several: bool = False):

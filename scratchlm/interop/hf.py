@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from scratchlm.device import WEIGHT_DTYPES, WeightDtype
-from scratchlm.errors import ConfigError, ModelError
-from scratchlm.fsutil import read_json_object
+from scratchlm.errors import ConfigError, ModelError, TokenizerError
+from scratchlm.fsutil import is_json_int, read_json_object
 from scratchlm.model.config import ROPE_SCALING_KEYS, ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import (
@@ -48,6 +48,7 @@ from scratchlm.model.io import (
     save_model,
     write_weights,
 )
+from scratchlm.tokenizer.tokenizer import CHAT_TEMPLATE_FILE, EOT, TOKENIZER_FILE, Tokenizer
 
 GENERATION_CONFIG = "generation_config.json"  # bos/eos ids for generation, carried along or made on import
 # Tokenizer (and generation) files carried along in both directions when present.
@@ -59,7 +60,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "tokenizer.model",
     "added_tokens.json",
-    "chat_template.jinja",  # where transformers ≥ 4.50 saves a chat template
+    CHAT_TEMPLATE_FILE,
     "chat_template.json",
     GENERATION_CONFIG,
 )
@@ -507,19 +508,40 @@ def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
     return copied
 
 
-def eos_id_from_tokenizer(directory: Path) -> int | None:
-    """The id of `<|endoftext|>` in a tokenizer.json, so transformers' generate stops there."""
-    path = directory / "tokenizer.json"
+def generation_ids(model_dir: Path) -> tuple[int | None, int | list[int] | None]:
+    """(bos, eos) for an exported config.json: the ids `scratchlm generate` starts a text after and
+    stops at (`infer/text.py`'s rules), so transformers' `generate` stops where scratchlm does.
+    A tokenizer.json that is not JSON is refused here, before anything is written; one scratchlm
+    cannot read (another kind of tokenizer, carried along on import) gives `<|endoftext|>`'s id
+    if it lists one."""
+    from scratchlm.infer.text import eos_ids, start_id  # here: infer.text imports this module
+
+    path = model_dir / TOKENIZER_FILE
     if not path.is_file():
-        return None
+        return None, None
+    doc = read_json_object(path, ModelError)
     try:
-        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
-    for token in added:
-        if isinstance(token, dict) and token.get("content") == "<|endoftext|>":
-            return token.get("id")
-    return None
+        tokenizer = Tokenizer.load(model_dir)
+    except TokenizerError:
+        added = doc.get("added_tokens") if isinstance(doc.get("added_tokens"), list) else []
+        eot = next((t.get("id") for t in added if isinstance(t, dict) and t.get("content") == EOT), None)
+        return (eot, eot) if is_json_int(eot) else (None, None)
+    stops = eos_ids(model_dir, model_dir, tokenizer)
+    return start_id(model_dir, model_dir, tokenizer), (stops[0] if len(stops) == 1 else stops or None)
+
+
+def check_carried_tokenizer(source: Path) -> None:
+    """Refuse to carry a tokenizer.json that scratchlm would read but split text differently from
+    Hugging Face (`Tokenizer.from_hf`'s checks, as `tokenizer import --hf` runs them): generation
+    would feed the model ids it was not trained on. One scratchlm cannot read at all is carried
+    for the way back; `generate` then says why it cannot use it."""
+    if not (source / TOKENIZER_FILE).is_file():
+        return
+    try:
+        Tokenizer.load(source)
+    except TokenizerError:
+        return
+    Tokenizer.from_hf(source / TOKENIZER_FILE)
 
 
 # --- the two commands ---------------------------------------------------------------------------
@@ -533,6 +555,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDt
     cfg = config_from_hf(hf_config, str(source / CONFIG_FILE))
     tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
     model = build_from_tensors(cfg, tensors, str(source))  # checks every name and shape
+    check_carried_tokenizer(source)
     extra: dict[str, Path | bytes] = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
     if GENERATION_CONFIG not in extra:  # transformers then takes these ids from config.json, which is replaced
         kept = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if hf_config.get(key) is not None}
@@ -549,8 +572,8 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: Weigh
     ours = read_weights(model_dir / WEIGHTS_FILE)
     build_from_tensors(cfg, ours, str(model_dir / WEIGHTS_FILE))  # checks every name and shape
     hf_config, tensors = hf_from_ours(cfg, _cast(ours, dtype))
-    eos = eos_id_from_tokenizer(model_dir)
-    hf_config.update(bos_token_id=eos, eos_token_id=eos, pad_token_id=None)
+    bos, eos = generation_ids(model_dir)
+    hf_config.update(bos_token_id=bos, eos_token_id=eos, pad_token_id=None)
     with model_directory(out, inputs=[model_dir]) as tmp:
         write_weights(tmp / WEIGHTS_FILE, {k: v.contiguous() for k, v in tensors.items()})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")

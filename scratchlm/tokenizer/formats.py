@@ -41,6 +41,7 @@ from scratchlm.errors import TokenizerError
 from scratchlm.fsutil import brief, is_json_int, read_json, read_text_file
 from scratchlm.tokenizer.patterns import GPT2_PATTERN
 
+CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -539,20 +540,37 @@ def _processor_tokens(processor: dict[str, Any], where: str) -> list[tuple[Any, 
 
 
 def carried_config(config: Any, special_tokens: Mapping[str, int], where: str) -> dict[str, Any]:
-    """`bos_token` and `eos_token` of a source `tokenizer_config.json`, to keep on import: generation
-    stops at the source's end-of-sequence token, which need not be `<|endoftext|>`."""
+    """What to keep on import from a source `tokenizer_config.json`: its `bos_token`, `eos_token` and
+    `pad_token` (generation stops at the source's end-of-sequence token, which need not be
+    `<|endoftext|>`), and its `chat_template` (a source's own turn markers; the ChatML template
+    scratchlm writes for its own tokenizers would name tokens this one may not have)."""
     if not isinstance(config, dict):
         raise TokenizerError(f"{where}: expected a JSON object")
     kept: dict[str, Any] = {}
-    for key in ("bos_token", "eos_token"):
+    for key in ("bos_token", "eos_token", "pad_token"):
         if key not in config:
             continue
         value = config[key]
         name = value.get("content") if isinstance(value, dict) else value  # older files: an AddedToken
+        if name is not None and not isinstance(name, str):
+            raise TokenizerError(f"{where}: {key} is {brief(value)}, not a token's text")
         if name is not None and name not in special_tokens:
             raise TokenizerError(f"{where}: {key} {brief(name)} is not a special token of the tokenizer")
         kept[key] = name
+    if "chat_template" in config:
+        kept["chat_template"] = checked_chat_template(config["chat_template"], where)
     return kept
+
+
+def checked_chat_template(template: Any, where: str) -> str | list[dict[str, str]] | None:
+    """A chat template as transformers stores it: one Jinja string, or a list of named ones."""
+    named = isinstance(template, list) and all(
+        isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("template"), str)
+        for entry in template
+    )
+    if template is not None and not isinstance(template, str) and not named:
+        raise TokenizerError(f"{where}: chat_template is {brief(template)}, not a template or a list of named ones")
+    return template
 
 
 # --- GPT-2 encoder.json + vocab.bpe ----------------------------------------------------------
@@ -618,10 +636,13 @@ def tiktoken_rank_lines(ranks: Mapping[bytes, int]) -> str:
 
 
 def tokenizer_config(special_tokens: Mapping[str, int], pattern_label: str) -> dict[str, Any]:
-    """`tokenizer_config.json` for `transformers`: special tokens and the ChatML chat template."""
+    """`tokenizer_config.json` for `transformers`: special tokens, and the ChatML chat template when
+    its two markers are special tokens (otherwise the template's markers would be split into
+    plain pieces of text)."""
     names = list(special_tokens)
     eot = "<|endoftext|>" if "<|endoftext|>" in special_tokens else None
     pad = "<|pad|>" if "<|pad|>" in special_tokens else None
+    chatml = all(marker in special_tokens for marker in CHATML_MARKERS)
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": eot,
@@ -642,6 +663,6 @@ def tokenizer_config(special_tokens: Mapping[str, int], pattern_label: str) -> d
         },
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1000000000000000019884624838656,
-        "chat_template": CHATML_TEMPLATE,
+        **({"chat_template": CHATML_TEMPLATE} if chatml else {}),
         "scratchlm_pattern": pattern_label,
     }

@@ -49,6 +49,7 @@ MAX_VOCAB = 1_000_000
 _BYTE_TOKENS = frozenset(bytes([b]) for b in range(256))  # in every byte-level BPE
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.50 saves a chat template
 
 
 def is_tokenizer_dir(path: Path) -> bool:

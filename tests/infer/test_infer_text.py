@@ -359,3 +359,15 @@ def test_the_python_api_refuses_bad_settings_instead_of_turning_them_off(tmp_pat
             gen.complete(prompt, max_new_tokens=2, **settings)
     assert len(gen.complete(prompt, max_new_tokens=2, temperature=1.0, top_k=0, top_p=1.0,
                             seed=0, ignore_eos=True).ids) == 2
+
+
+def test_a_prompt_file_is_read_exactly_line_ends_included(tmp_path, tokenizer, capsys):
+    """The file's CRLF and CR line ends used to be turned into LF (stdin kept them): a model trained
+    on CRLF text was prompted with other bytes than it learned from."""
+    model_dir(tmp_path / "m", tokenizer)
+    text = "line one\r\nline two\rthree"
+    (tmp_path / "p.txt").write_bytes(text.encode())
+    code, out, _ = run(capsys, "--model", str(tmp_path / "m"), "--prompt-file", str(tmp_path / "p.txt"), "--jsonl",
+                       "--max-new-tokens", "1", "--seed", "0")
+    row = json.loads(out)
+    assert code == 0 and row["prompt"] == text and row["prompt_tokens"] == len(tokenizer.encode(text))

@@ -458,3 +458,84 @@ def test_both_conversions_refuse_the_output_before_reading_any_weight(tmp_path, 
     with pytest.raises(ModelError, match="not a model directory"):
         export_hf(tmp_path / "m", tmp_path / "notes")
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+
+
+LLAMA3_SPECIALS = ["<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>"]
+CORPUS = ["the cat sat on the mat, and the dog sat on the log. ½ naïve café"] * 20
+
+
+def model_with_tokenizer(directory, tokenizer, config=None):
+    """A scratchlm model directory carrying `tokenizer` (and its tokenizer_config.json entries)."""
+    from scratchlm.model.io import CONFIG_FILE as MODEL_CONFIG
+
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, d_model=16, max_seq_len=32,
+                      pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+    tokenizer.save(directory / "tok", config=config)
+    extra = {name: directory / "tok" / name for name in ("tokenizer.json", "tokenizer_config.json")}
+    save_model(scrambled(GPT(cfg), 0), directory / "model", extra_files=extra)
+    assert (directory / "model" / MODEL_CONFIG).is_file()
+    return directory / "model"
+
+
+def test_export_gives_transformers_the_ids_scratchlm_starts_and_stops_at(tmp_path):
+    """Export used to write <|endoftext|> as both ids, whatever tokenizer_config.json named: a
+    Llama-3-style tokenizer's model then ran past its end-of-turn token in transformers."""
+    from scratchlm.infer.text import TextGenerator
+    from scratchlm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(CORPUS, 300, special_tokens=LLAMA3_SPECIALS, show_progress=False)
+    ids = tokenizer.special_tokens
+    model = model_with_tokenizer(tmp_path, tokenizer, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
+    ours = TextGenerator(model)
+    assert ours.eos_ids == [ids["<|eot_id|>"]] and ours.encode_prompt("") == [ids["<|begin_of_text|>"]]
+    export_hf(model, tmp_path / "hf")
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (hf_config["bos_token_id"], hf_config["eos_token_id"]) == (ids["<|begin_of_text|>"], ids["<|eot_id|>"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert hf.generation_config.eos_token_id == ids["<|eot_id|>"]
+    # a tokenizer of scratchlm's own: <|endoftext|> both starts and ends, as before
+    plain = Tokenizer.train(CORPUS, 300, show_progress=False)
+    export_hf(model_with_tokenizer(tmp_path / "plain", plain), tmp_path / "plain-hf")
+    hf_config = json.loads((tmp_path / "plain-hf" / "config.json").read_text())
+    assert hf_config["bos_token_id"] == hf_config["eos_token_id"] == plain.eot_id
+
+
+def test_export_refuses_a_damaged_tokenizer_before_writing(tmp_path, capsys):
+    """A truncated tokenizer.json used to be copied into an export reported as written."""
+    from scratchlm.tokenizer import Tokenizer
+
+    model = model_with_tokenizer(tmp_path, Tokenizer.train(CORPUS, 300, show_progress=False))
+    text = (model / "tokenizer.json").read_text()
+    (model / "tokenizer.json").write_text(text[:300])
+    assert main(["export", "hf", "--model", str(model), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer.json" in err[0] and "JSON" in err[0]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_import_refuses_a_tokenizer_scratchlm_would_split_differently(tmp_path, capsys):
+    """`tokenizer import --hf` refused this tokenizer, but `import hf` carried it along, and
+    `generate` then fed the model other ids than transformers does."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf_tok = HFTokenizer(models.BPE())
+    hf_tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\w+|\W+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    hf_tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf_tok.train_from_iterator(CORPUS, trainer)
+    cfg = transformers.LlamaConfig(vocab_size=hf_tok.get_vocab_size(), hidden_size=32, intermediate_size=72,
+                                   num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=48)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    hf_tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    assert main(["tokenizer", "import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "tok")]) == 2
+    refused = capsys.readouterr().err.strip()
+    assert main(["import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "splits text differently" in err[0] and "splits text differently" in refused
+    assert not (tmp_path / "ours").exists()

@@ -282,3 +282,53 @@ def test_a_tiktoken_file_may_go_beside_the_source_tokenizer(capsys, base_doc, tm
                             "--tiktoken", str(target))  # fmt: skip
         assert code == 0, err
         assert target.is_file() and json.loads((source / "tokenizer.json").read_text()) == base_doc
+
+
+def test_import_keeps_the_sources_chat_template_and_pad_token_not_chatml(capsys, base_doc, tmp_path):
+    """Every import used to get scratchlm's ChatML template, whose markers this tokenizer does not
+    have: transformers rendered `<|im_start|>` as plain pieces, and the source's template was lost."""
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path / "src"
+    _llama_like(base_doc, src)
+    template = "{% for m in messages %}<|begin_of_text|>{{ m['role'] }}: {{ m['content'] }}<|eot_id|>{% endfor %}"
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template, "pad_token": "<|eot_id|>"}))
+    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    messages = [{"role": "user", "content": "hello"}]
+    rendered = {}
+    for folder in (src, tmp_path / "out"):
+        fast = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+        rendered[folder.name] = fast.apply_chat_template(messages, tokenize=False)
+        assert fast.pad_token == "<|eot_id|>"
+    assert rendered["out"] == rendered["src"] == "<|begin_of_text|>user: hello<|eot_id|>"
+    # without a template of its own, and without ChatML's markers, no template is written
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "plain"))
+    assert code == 0, err
+    assert "chat_template" not in json.loads((tmp_path / "plain" / "tokenizer_config.json").read_text())
+    # transformers >= 4.50 keeps the template in a file of its own beside the config
+    (src / "chat_template.jinja").write_text(template)
+    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "file"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "file" / "tokenizer_config.json").read_text())["chat_template"] == template
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"eos_token": ["<|eot_id|>"]}, "eos_token is ['<|eot_id|>'], not a token's text"),
+        ({"bos_token": {"content": {"x": 1}}}, "bos_token is {'content': {'x': 1}}, not a token's text"),
+        ({"pad_token": "<|nowhere|>"}, "pad_token '<|nowhere|>' is not a special token"),
+        ({"chat_template": 5}, "chat_template is 5, not a template"),
+    ],
+)
+def test_a_malformed_tokenizer_config_entry_is_a_one_line_error(capsys, base_doc, tmp_path, entry, message):
+    """A list or a dict where a token's text belongs used to end the import with a TypeError traceback."""
+    src = tmp_path / "src"
+    _llama_like(base_doc, src)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**config, **entry}))
+    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
