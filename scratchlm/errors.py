@@ -30,6 +30,11 @@ class ModelError(ScratchLMError):
     """A model directory, config or weights file is missing, corrupt or mismatched."""
 
 
+class NonFiniteLogits(ModelError):
+    """The model's logits hold NaN or inf: its weights do, or overflow. The trainer stops on it as
+    on any other sign of divergence."""
+
+
 class CheckpointError(ScratchLMError):
     """A training checkpoint is missing, incomplete or does not match the run."""
 

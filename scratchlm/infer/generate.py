@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from scratchlm.config import integer_value
-from scratchlm.errors import ConfigError, ModelError
+from scratchlm.errors import ConfigError, ModelError, NonFiniteLogits
 from scratchlm.infer.sampling import check_sampling, sample_next_unchecked
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import unwrap
@@ -137,7 +137,7 @@ def _next_token(
     """The token drawn from one position's logits; non-finite logits are a ModelError, since greedy
     decoding would pick junk and sampling fail inside torch."""
     if not bool(torch.isfinite(logits).all()):
-        raise ModelError(
+        raise NonFiniteLogits(
             f"the model's logits at position {pos} are not finite (NaN or inf): its weights hold "
             f"NaN/inf values or overflow in {logits.dtype}"
         )

@@ -39,6 +39,15 @@ def nonfinite_loss(step: int, loss: float, grad_norm: float, clip: float, lr: fl
     )
 
 
+def nonfinite_weights(step: int, found_by: str, clip: float, lr: float) -> str:
+    clip_hint = "turn on gradient clipping (train.grad_clip = 1.0)" if clip <= 0 else "clip harder"
+    return (
+        f"the model's weights are no longer finite after step {step} ({found_by}): an update overflowed "
+        f"although its loss was finite. {clip_hint[0].upper() + clip_hint[1:]} or lower the learning "
+        f"rate (now {lr:g})."
+    )
+
+
 def distinct_ngram_share(ids: Sequence[int], n: int = 4) -> float:
     """Distinct n-grams / all n-grams: 1.0 for text that never repeats itself, near 0 for a loop."""
     grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -36,7 +36,14 @@ from scratchlm.data.loader import (
     validation_batches,
 )
 from scratchlm.device import autocast, resolve_precision
-from scratchlm.errors import CheckpointError, ConfigError, DataError, Terminated, TrainingStopped
+from scratchlm.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLogits,
+    Terminated,
+    TrainingStopped,
+)
 from scratchlm.eval.bpb import evaluate_loss
 from scratchlm.fsutil import atomic_write_json, remove_abandoned_temp_dirs
 from scratchlm.progress import progress
@@ -649,9 +656,14 @@ class PretrainRun:
                 )
             except EvaluationInterrupted:
                 return
+            if not math.isfinite(float(result["val_loss"])):
+                self._stop_diverged(step, "the validation loss is not finite")
             row.update(self._record_val(step, float(result["val_loss"]), float(result["val_bpb"])))
         if self.tc.sample_tokens > 0 and sample:
-            ids = self._sample(step)
+            try:
+                ids = self._sample(step)
+            except NonFiniteLogits:
+                self._stop_diverged(step, "the sample's logits are not finite")
             row["sample"] = self.tokenizer.decode(ids)
             found = diagnosis.repetitive_sample(
                 ids, self.config.monitor.repetition_threshold, self.model_cfg.num_params()
@@ -665,6 +677,14 @@ class PretrainRun:
                 self.state.last_eval_step = step
         if len(losses) >= 50:
             self._check_loss_trend(losses)
+
+    def _stop_diverged(self, step: int, found_by: str) -> NoReturn:
+        """An evaluation found the weights broken: training on them could only skip step after
+        step, and a checkpoint of them is worth nothing, so the run stops as unstable (every
+        process alike: they all see the same weights and batches)."""
+        advice = diagnosis.nonfinite_weights(step, found_by, self.tc.grad_clip, self.tc.lr)
+        self._diagnose("nonfinite_weights", advice)
+        raise TrainingStopped(advice)
 
     def _val_batches_until_stopped(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The validation batches, broken off by a stop signal. One process only: with several,

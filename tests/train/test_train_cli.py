@@ -86,6 +86,26 @@ def test_sweep_lr_reports_the_best(tokens, tmp_path, capsys):
     assert [r["lr"] for r in report["results"]] == [1e-6, 1e-2] and report["best_lr"] == 1e-2
 
 
+def test_weights_that_an_update_broke_stop_the_run_as_diverged_and_the_sweep_goes_on(tokens, tmp_path, capsys):
+    """An update can overflow the weights although its loss was finite; the evaluation after it
+    met NaN logits in its sample and ended the run with a model error, no diagnosis, and ended a
+    whole `sweep-lr` (its later rates never ran, and a resume died the same way)."""
+    toml = write_toml(tiny_config(tokens, tmp_path / "sweep"), tmp_path / "sweep.toml")
+    assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e-2,1e7,3e-2", "--steps", "2"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["lr"] for r in report["results"]] == [1e-2, 1e7, 3e-2] and report["best_lr"] in (1e-2, 3e-2)
+    diverged = report["results"][1]
+    assert diverged["diverged"] and "weights are no longer finite" in diverged["reason"]
+    out = tmp_path / "run"
+    toml = write_toml(tiny_config(tokens, out, train={"lr": 1e7, "eval_every": 2}), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert "weights are no longer finite after step 2" in err and "lower the learning rate" in err
+    assert [e["kind"] for e in events(read_rows(out), "diagnosis")] == ["nonfinite_weights"]
+    assert not (out / "checkpoints").exists()  # broken weights are worth no checkpoint
+
+
 def start_cli(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
