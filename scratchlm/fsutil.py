@@ -7,6 +7,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -68,6 +69,11 @@ def temp_stem(name: str) -> str:
         return name
     digest = hashlib.sha256(raw).hexdigest()[:16]
     return f"{os.fsdecode(raw[: _MAX_STEM_BYTES - len(digest) - 1])}~{digest}"
+
+
+def _is_hashed(stem: str) -> bool:
+    """Whether a temp name's stem is a long name's start and hash (`temp_stem`), not the name."""
+    return len(os.fsencode(stem)) == _MAX_STEM_BYTES and re.search(r"~[0-9a-f]{16}$", stem) is not None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -270,17 +276,31 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
     for any) when its process was killed outright (kill -9, out of memory, power loss), which no
     clean-up runs for: a checkpoint's or a tokens dir's worth of disk each. Only directories whose
     writer ran on this host and is gone are deleted: its process id no longer runs, or is this
-    process's own, which is not writing that output. Returns how many were."""
+    process's own, which is not writing that output. Returns how many were.
+
+    A writer killed between its two renames left the earlier output moved aside (`...old.partial`)
+    and nothing in its place: that one is put back, not deleted (a replaced checkpoint would
+    otherwise be lost, and a resume would go back to the one before)."""
     pattern = f".{glob.escape(temp_stem(name)) if name is not None else '*'}.*.partial"
     host = _host()
-    removed = 0
+    abandoned: list[tuple[Path, str, str]] = []  # (temp dir, its output's stem, its random part)
     for path in Path(parent).glob(pattern):
         parts = path.name[: -len(".partial")].rsplit(".", 2)  # [".NAME", "HOST-PID", random]
         writer_host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
         if writer_host != host or not pid.isdigit() or not path.is_dir():
             continue
-        if _may_be_writing(int(pid), Path(parent).resolve() / parts[0][1:]):
-            continue
+        if not _may_be_writing(int(pid), Path(parent).resolve() / parts[0][1:]):
+            abandoned.append((path, parts[0][1:], parts[2]))
+    removed = 0
+    for path, stem, random_part in sorted(abandoned, key=lambda entry: entry[2] != "old"):  # moved-aside first
+        if random_part == "old":
+            if name is None and _is_hashed(stem):  # a long name, known only by its hash: kept, not guessed
+                continue
+            final = Path(parent) / (name if name is not None else stem)
+            if not os.path.lexists(final):
+                os.replace(path, final)
+                fsync_dir(parent)
+                continue
         shutil.rmtree(path, ignore_errors=True)
         removed += 1
     return removed

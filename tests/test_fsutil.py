@@ -324,3 +324,32 @@ def test_a_long_output_name_is_accepted_by_a_stage(tmp_path, capsys):
     out = tmp_path / ("o" * 240)
     assert main(["data", "prepare", str(tmp_path / "doc.txt"), "--out", str(out), "--no-filters", "--workers", "1"]) == 0
     assert (out / "stats.json").is_file()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the liveness probe is POSIX")
+@pytest.mark.parametrize("named", [True, False])
+def test_an_output_a_killed_writer_had_moved_aside_is_put_back_not_deleted(tmp_path, named):
+    """Killed between its two renames, a writer leaves the earlier output moved aside and nothing
+    in its place; the next writer's clean-up used to delete it (a replaced checkpoint lost, and a
+    resume went back to the one before)."""
+    final = tmp_path / "step-000008"
+    with atomic_directory(final) as tmp:
+        atomic_write_text(tmp / "weights", "step 8")
+    code = textwrap.dedent(f"""
+        import os
+        from scratchlm.fsutil import atomic_directory, atomic_write_text
+        real_replace = os.replace
+        def replace(src, dst):
+            real_replace(src, dst)
+            if str(dst).endswith(".old.partial"):
+                os._exit(137)  # killed right after the earlier output was moved aside
+        os.replace = replace
+        with atomic_directory({str(final)!r}, replaceable=lambda _: True) as tmp:
+            atomic_write_text(tmp / "weights", "step 8 again")
+    """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 137
+    assert not final.exists() and len(list(tmp_path.glob(".step-000008.*.partial"))) == 2
+    removed = remove_abandoned_temp_dirs(tmp_path, "step-000008" if named else None)
+    assert removed == 1  # the killed writer's new copy; the earlier output is back
+    assert (final / "weights").read_text() == "step 8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000008"]
