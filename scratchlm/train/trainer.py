@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,7 +45,7 @@ from scratchlm.errors import (
     TrainingStopped,
 )
 from scratchlm.eval.bpb import evaluate_loss
-from scratchlm.fsutil import atomic_write_json, remove_abandoned_temp_dirs
+from scratchlm.fsutil import atomic_write_json, brief, is_json_int, remove_abandoned_temp_dirs
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
@@ -109,6 +109,45 @@ class TrainState:
     # budgets; None until then (and in checkpoints older than it: estimated, see `_warmup_progress`).
     warmup_end_tokens: int | None = None
     warmup_end_s: float | None = None
+
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], where: Path) -> TrainState:
+        """The position a checkpoint's train_state.json records, each field checked: a hand-edited
+        or foreign file used to fail deep inside the resume with a traceback, or (a missing step)
+        resume at step 0 and overwrite the run's later checkpoints."""
+        values = {}
+        for item in fields(cls):
+            if item.name not in saved:
+                if item.name in ("step", "data_step", "tokens"):
+                    raise CheckpointError(f"{where}: no '{item.name}'; {ckpt.DAMAGED_ADVICE}")
+                continue
+            value, optional = saved[item.name], "None" in item.type
+            if not (optional and value is None or _fits(value, item.type, item.name)):
+                raise CheckpointError(f"{where}: '{item.name}' is {brief(value)}, not {item.type}; {ckpt.DAMAGED_ADVICE}")
+            values[item.name] = value
+        monitor = saved.get("monitor", {})
+        if not _is_monitor_state(monitor):
+            raise CheckpointError(f"{where}: 'monitor' is {brief(monitor)}, not the monitor's state; {ckpt.DAMAGED_ADVICE}")
+        return cls(**values)
+
+
+def _fits(value: Any, type_name: str, name: str) -> bool:
+    """Whether a train_state.json value is of its field's type: counts are integers from 0 (from −1
+    for the `last_*_step` fields, where −1 means never), times and losses numbers."""
+    if type_name.startswith("int"):
+        return is_json_int(value) and value >= (-1 if name.startswith("last_") else 0)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_monitor_state(state: Any) -> bool:
+    """Whether `state` is what `StabilityMonitor.state_dict` writes (each key optional)."""
+    if not isinstance(state, dict):
+        return False
+    windows = [state.get(key, []) for key in ("loss", "grad_norm")]
+    if not all(isinstance(window, list) and all(_fits(v, "float", "") for v in window) for window in windows):
+        return False
+    return all(_fits(state.get(key, 0), "int", key) for key in ("consecutive_nonfinite", "consecutive_spikes"))
 
 
 @dataclass
@@ -819,6 +858,7 @@ class PretrainRun:
     def _restore(self, loaded: dict[str, Any], resumed: bool) -> None:
         """Put weights, optimizer, RNG, monitor and position back as a checkpoint holds them."""
         saved = loaded["train_state"]
+        position = TrainState.from_saved(saved, loaded["path"] / ckpt.CHECKPOINT_STATE_FILE)
         # The tokenizer first: another tokenizer's vocabulary also changes the model config, and
         # blaming [model] would send the user to the wrong section.
         if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
@@ -872,10 +912,10 @@ class PretrainRun:
             with ckpt.as_checkpoint_error(loaded["path"] / "rng.pt", "holds RNG states that cannot be restored"):
                 ckpt.restore_rng(rng)
         else:  # a different number of processes than when it was saved
-            _seed_everything(self.tc.seed + 1000 * saved["step"] + self.dist.rank)
+            _seed_everything(self.tc.seed + 1000 * position.step + self.dist.rank)
         self.monitor.load_state_dict(saved.get("monitor", {}))
         before = self.state
-        self.state = TrainState(**{k: saved[k] for k in asdict(TrainState()) if k in saved})
+        self.state = position
         if not resumed:  # a rollback keeps the clock and the count of rollbacks
             self.state.elapsed_s = before.elapsed_s
             self.state.rollbacks = before.rollbacks

@@ -211,6 +211,37 @@ def test_a_damaged_checkpoint_says_how_to_resume_from_an_earlier_one(tokens, tmp
     assert "\n" not in str(caught.value)
 
 
+def _edit_state(edit):
+    def damage(step_dir: Path) -> None:
+        state = json.loads((step_dir / "train_state.json").read_text())
+        edit(state)
+        (step_dir / "train_state.json").write_text(json.dumps(state))
+    return damage
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_edit_state(lambda s: s.update(step="4")), "'step' is '4', not int"),
+    (_edit_state(lambda s: s.pop("step")), "no 'step'"),
+    (_edit_state(lambda s: s.update(tokens=-5)), "'tokens' is -5, not int"),
+    (_edit_state(lambda s: s.update(best_val_loss="low")), "'best_val_loss' is 'low', not float | None"),
+    (_edit_state(lambda s: s.update(monitor=[1, 2])), "'monitor' is [1, 2], not the monitor's state"),
+    (_edit_state(lambda s: s["monitor"].update(loss=["x"])), "'monitor' is"),
+])  # fmt: skip
+def test_a_train_state_with_fields_of_the_wrong_kind_is_one_checkpoint_error(tokens, tmp_path, damage, message):
+    """Valid JSON with a wrong field ended the resume with a traceback, or (no step) resumed at
+    step 0 from the newest weights and overwrote the run's later checkpoints."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 4, "checkpoint_every": 2, "sample_tokens": 0})
+    train(cfg)
+    root = out / "checkpoints"
+    before = {p.name: (p / "model.safetensors").read_bytes() for p in root.glob("step-*")}
+    damage(root / "step-000004")
+    with pytest.raises(CheckpointError, match="move this checkpoint directory away") as caught:
+        train(tiny_config(tokens, out, train={"max_steps": 6, "checkpoint_every": 2, "sample_tokens": 0}), resume=True)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in root.glob("step-*")} == before
+
+
 def test_resuming_with_another_budget_says_the_schedule_moves(tokens, tmp_path, capsys):
     """A finished run resumed with a larger max_steps raised its learning rate without a word."""
     out = tmp_path / "run"
