@@ -9,6 +9,7 @@ which have no single published figure, it is a measured large matmul in that dty
 from __future__ import annotations
 
 import functools
+import re
 import time
 
 import torch
@@ -16,18 +17,21 @@ import torch
 TERA = 1e12
 
 # Dense peak TFLOP/s per GPU: (bf16, fp16, tf32, fp32). None where the GPU lacks the format.
-# Patterns are matched in order against torch.cuda.get_device_name(), most specific first.
+# Patterns are matched in order against the words of torch.cuda.get_device_name() (runs of letters
+# and digits, so "L4" is not found in "L40", nor "A100" in "RTX A1000"), most specific first.
 # A None row (a GPU whose figures vary by vendor build) means: measure instead.
 _GPU_PEAKS: tuple[tuple[tuple[str, ...], tuple[float | None, float, float | None, float] | None], ...] = (
     (("H100", "NVL"), (835.0, 835.0, 417.5, 60.0)),
     (("H100", "PCIE"), (756.0, 756.0, 378.0, 51.2)),
     (("H100",), (989.4, 989.4, 494.7, 66.9)),  # SXM / HBM3
     (("H200", "NVL"), (835.0, 835.0, 417.5, 60.0)),
-    (("H200",), (989.4, 989.4, 494.7, 66.9)),  # also GH200
+    (("H200",), (989.4, 989.4, 494.7, 66.9)),
+    (("GH200",), (989.4, 989.4, 494.7, 66.9)),
     (("H800",), (989.4, 989.4, 494.7, 66.9)),
     (("A100",), (312.0, 312.0, 156.0, 19.5)),
     (("A800",), (312.0, 312.0, 156.0, 19.5)),
     (("L40S",), (362.0, 362.0, 183.0, 91.6)),
+    (("L40",), (181.0, 181.0, 90.5, 90.5)),
     (("L4",), (121.0, 121.0, 60.0, 30.3)),
     (("A10G",), None),
     (("A10",), (125.0, 125.0, 62.5, 31.2)),
@@ -40,9 +44,9 @@ _GPU_PEAKS: tuple[tuple[tuple[str, ...], tuple[float | None, float, float | None
 
 def gpu_peak_from_table(name: str, dtype: torch.dtype, tf32: bool = False) -> float | None:
     """Dense peak FLOP/s of the GPU called `name` for `dtype`, or None if it is not in the table."""
-    upper = name.upper()
+    words = set(re.findall(r"[A-Z0-9]+", name.upper()))
     for patterns, row in _GPU_PEAKS:
-        if all(p in upper for p in patterns):
+        if all(p in words for p in patterns):
             if row is None:
                 return None
             bf16, fp16, tf32_peak, fp32 = row

@@ -30,6 +30,8 @@ def test_mfu_arithmetic():
         ("NVIDIA A10", torch.bfloat16, False, 125.0),
         ("NVIDIA GeForce RTX 4090", torch.bfloat16, False, 165.2),
         ("NVIDIA GeForce RTX 3090", torch.float16, False, 71.0),
+        ("NVIDIA L40", torch.bfloat16, False, 181.0),  # was given the L4's figures
+        ("NVIDIA GH200 480GB", torch.bfloat16, False, 989.4),
     ],
 )
 def test_gpu_table(name, dtype, tf32, tflops):
@@ -39,6 +41,8 @@ def test_gpu_table(name, dtype, tf32, tflops):
 def test_unknown_gpus_and_missing_formats_fall_back_to_measurement():
     assert gpu_peak_from_table("Imaginary Accelerator 9000", torch.bfloat16) is None
     assert gpu_peak_from_table("NVIDIA A10G", torch.bfloat16) is None  # not confused with the A10
+    assert gpu_peak_from_table("NVIDIA RTX A1000", torch.bfloat16) is None  # was given the A100's figures
+    assert gpu_peak_from_table("NVIDIA RTX A4000", torch.float32) is None  # nor a 4090's, by "RTX" and "40"
     assert gpu_peak_from_table("Tesla V100-SXM2-16GB", torch.bfloat16) is None  # no bf16 on Volta
     assert gpu_peak_from_table("Tesla V100-SXM2-16GB", torch.float16) == pytest.approx(125e12)
 
