@@ -193,6 +193,12 @@ def check_train_out(config: PretrainConfig) -> Path:
         )
     if path.exists() and not path.is_dir():
         raise ConfigError(f"train.out = {out}: exists and is not a directory; choose another train.out")
+    checkpoints = path / "checkpoints"  # found only at the first save, after the training it was to keep
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise ConfigError(
+            f"train.out = {out}: holds a file named checkpoints, where the run keeps its checkpoint folders; "
+            "move it or choose another train.out"
+        )
     return path
 
 

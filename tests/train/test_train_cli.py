@@ -53,6 +53,18 @@ def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_a_file_named_checkpoints_in_the_run_folder_is_refused_before_training(tokens, tmp_path, capsys):
+    """It used to be found at the first save, after the training that save was to keep."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("notes")
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 4, "checkpoint_every": 4}), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a file named checkpoints" in err[0]
+    assert (out / "checkpoints").read_text() == "notes" and not (out / "metrics.jsonl").exists()
+
+
 def test_a_model_too_large_for_memory_is_a_one_line_error(tokens, tmp_path, capsys):
     """torch's failed allocation used to end the command with a traceback; now the training state
     is checked against the free memory before the model is built."""
