@@ -9,6 +9,7 @@ a new model field needs no change here. A `[model]` that names no preset starts 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -200,6 +201,21 @@ def check_train_out(config: PretrainConfig) -> Path:
             "move it or choose another train.out"
         )
     return path
+
+
+# Settings that name a path: the same directory however it is spelled (`tokens/` and `tokens`).
+PATH_SETTINGS = (("data", "tokens"),)
+
+
+def same_setting(setting: tuple[str, str], old: Any, new: Any) -> bool:
+    """Whether a setting kept its value; a path is the same directory however it is spelled
+    (relative or absolute, through a link), or, where one no longer exists, written alike."""
+    if setting in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+        try:
+            return os.path.samefile(old, new)
+        except (OSError, ValueError):
+            return Path(old) == Path(new)
+    return old == new
 
 
 def load_pretrain_config(

@@ -16,7 +16,7 @@ from typing import Any
 from scratchlm.config import to_dict
 from scratchlm.errors import ConfigError, TrainingStopped
 from scratchlm.fsutil import atomic_write_json, is_json_int
-from scratchlm.train.config import PretrainConfig, check_train_out
+from scratchlm.train.config import PretrainConfig, check_train_out, same_setting
 
 DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 DEFAULT_STEPS = 200
@@ -148,12 +148,13 @@ def _comparable(settings: dict[str, Any], steps: int) -> dict[str, Any]:
 
 
 def _changed_keys(before: dict[str, dict], now: dict[str, dict]) -> list[str]:
-    """`section.key` of each setting that differs between two resolved configs."""
+    """`section.key` of each setting that differs between two resolved configs (a path differs only
+    when it names another directory, as a resumed run judges it)."""
     return [
         f"{section}.{key}"
         for section in sorted(before.keys() | now.keys())
         for key in sorted(before.get(section, {}).keys() | now.get(section, {}).keys())
-        if before.get(section, {}).get(key) != now.get(section, {}).get(key)
+        if not same_setting((section, key), before.get(section, {}).get(key), now.get(section, {}).get(key))
     ]
 
 

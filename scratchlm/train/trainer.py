@@ -14,7 +14,6 @@ skip, or roll back → log, evaluate, checkpoint.
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import threading
@@ -49,7 +48,7 @@ from scratchlm.fsutil import atomic_write_json, brief, is_json_int, remove_aband
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
-from scratchlm.train.config import PretrainConfig, build_model_config, check_train_out
+from scratchlm.train.config import PretrainConfig, build_model_config, check_train_out, same_setting
 from scratchlm.train.distributed import (
     all_reduce_mean,
     barrier,
@@ -70,8 +69,6 @@ from scratchlm.train.schedule import lr_factor
 DATA_STREAM_SETTINGS = (
     ("data", "tokens"), ("data", "mode"), ("train", "seed"), ("train", "seq_len"), ("train", "batch_tokens"),
 )
-# Settings that name a path: the same directory however it is spelled (`tokens/` and `tokens`).
-PATH_SETTINGS = (("data", "tokens"),)
 # The budget the schedule is laid over: a resume with another one moves the learning rate.
 BUDGET_SETTINGS = (("train", "max_steps"), ("train", "max_tokens"), ("train", "max_seconds"))
 # Settings each optimizer's parameter groups carry; a resume takes them from this run's config.
@@ -969,7 +966,7 @@ class PretrainRun:
                 f"{section}.{key} {old!r} -> {now[section][key]!r}"
                 for section, key in settings
                 if (old := _saved_setting(saved, section, key)) is not None
-                and not _same_setting((section, key), old, now[section][key])
+                and not same_setting((section, key), old, now[section][key])
             ]
             if changed:
                 self.log.say(f"resuming with changed {kind} settings (" + ", ".join(changed) + f"): {consequence}")
@@ -1004,17 +1001,6 @@ class PretrainRun:
         self.log.close()
         if self.dist.world_size > 1:
             cleanup()
-
-
-def _same_setting(setting: tuple[str, str], old: Any, new: Any) -> bool:
-    """Whether a setting kept its value; a path is the same directory however it is spelled
-    (relative or absolute, through a link), or, where one no longer exists, written alike."""
-    if setting in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
-        try:
-            return os.path.samefile(old, new)
-        except (OSError, ValueError):
-            return Path(old) == Path(new)
-    return old == new
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:

@@ -334,6 +334,22 @@ def test_sweep_lr_needs_no_budget_in_the_config(tokens, tmp_path, capsys):
     assert [r["step"] for r in read_rows(out / "lr-0.01") if "loss" in r] == [1, 2, 3]
 
 
+def test_a_sweep_resumes_on_the_same_tokens_dir_however_it_is_spelled(tokens, tmp_path, capsys):
+    """`tokens/` against `tokens`: the trainer's resume takes them for one directory, the sweep's
+    check refused them as other settings."""
+    out = tmp_path / "sweep"
+    toml = str(write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml"))
+    sweep = ["sweep-lr", "--config", toml, "--steps", "2", "--resume"]
+    assert main([*sweep, "--lrs", "1e-2"]) == 0
+    assert main([*sweep, "--lrs", "1e-2,3e-3", "--set", f"data.tokens={tokens}/"]) == 0
+    assert [r["lr"] for r in json.loads((out / "sweep.json").read_text())["results"]] == [1e-2, 3e-3]
+    (tmp_path / "other").mkdir()
+    other = build_tokens_dir(tmp_path / "other")
+    capsys.readouterr()
+    assert main([*sweep, "--lrs", "1e-2", "--set", f"data.tokens={other}"]) == 2  # another directory still differs
+    assert "other settings (data.tokens)" in capsys.readouterr().err
+
+
 def test_a_sweep_resumes_whatever_its_runs_set_themselves_or_only_show(tokens, tmp_path, capsys):
     """Each rate's run sets its own budget, evaluation, checkpoints and (cut) warmup, and the
     display settings change no result: none of them may stop a sweep from resuming."""
