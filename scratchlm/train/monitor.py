@@ -108,6 +108,10 @@ class StabilityMonitor:
         self.loss.push(loss)
         self.grad.push(grad_norm)
 
+    def last_loss(self) -> float | None:
+        """The loss of the last applied step it holds (a checkpoint's, after a resume)."""
+        return self.loss.values[-1] if len(self.loss) else None
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "loss": list(self.loss.values),

@@ -467,7 +467,8 @@ class PretrainRun:
             "steps": self.state.step,
             "tokens": self.state.tokens,
             "elapsed_s": self.state.elapsed_s,
-            "final_loss": session.losses[-1] if session.losses else None,
+            # a resume with nothing left to train: the last loss its checkpoint recorded
+            "final_loss": session.losses[-1] if session.losses else self.monitor.last_loss(),
             "val_loss": self.state.last_val_loss,
             "val_bpb": self.state.last_val_bpb,
             "best_val_loss": self.state.best_val_loss,

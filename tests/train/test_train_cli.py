@@ -53,6 +53,17 @@ def test_pretrain_config_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_a_finished_run_resumed_reports_its_last_loss(tokens, tmp_path, capsys):
+    """With nothing left to train, the summary said final_loss null, and so did a resumed sweep's
+    report for a rate that had finished before the sweep was killed."""
+    toml = write_toml(tiny_config(tokens, tmp_path / "run", train={"max_steps": 3}), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["pretrain", "--config", str(toml), "--resume"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert first["final_loss"] is not None and again["final_loss"] == first["final_loss"]
+
+
 def test_a_file_named_checkpoints_in_the_run_folder_is_refused_before_training(tokens, tmp_path, capsys):
     """It used to be found at the first save, after the training that save was to keep."""
     out = tmp_path / "run"
