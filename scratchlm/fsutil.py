@@ -231,7 +231,9 @@ def exclusive_directory(path: str | os.PathLike, busy: str, error: type[ScratchL
     holds it, raise `error(busy)` at once. Why: a stage that changes a directory in place (an
     append) cannot tell a run that died half-way, whose leftovers it must undo, from one still
     writing, whose work undoing would destroy. The kernel drops the lock when its holder exits,
-    however it ends, so a killed run leaves nothing stale behind and no lock file is made."""
+    however it ends, so a killed run leaves nothing stale behind and no lock file is made. Where
+    the file system cannot lock a directory (some network file systems), the block runs unlocked,
+    as it did before locks were taken."""
     if fcntl is None:
         yield
         return
@@ -241,6 +243,8 @@ def exclusive_directory(path: str | os.PathLike, busy: str, error: type[ScratchL
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise error(busy) from None
+        except OSError:  # EBADF, ENOLCK, EOPNOTSUPP: no locks here
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -130,7 +130,7 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
         size = 0
         try:
             parquet = pq.ParquetFile(path)
-            prepared_columns(parquet, path)
+            prepared_columns(parquet, path)  # refuses a part without a 'text' column
             # small batches, so a chunk ends close to chunk_chars and the workers finish together
             for batch in parquet.iter_batches(batch_size=16, columns=["text"]):
                 column = batch.column(0)

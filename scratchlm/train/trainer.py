@@ -107,7 +107,6 @@ class TrainState:
     warmup_end_tokens: int | None = None
     warmup_end_s: float | None = None
 
-
     @classmethod
     def from_saved(cls, saved: dict[str, Any], where: Path) -> TrainState:
         """The position a checkpoint's train_state.json records, each field checked: a hand-edited
