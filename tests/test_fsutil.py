@@ -353,3 +353,42 @@ def test_an_output_a_killed_writer_had_moved_aside_is_put_back_not_deleted(tmp_p
     assert removed == 1  # the killed writer's new copy; the earlier output is back
     assert (final / "weights").read_text() == "step 8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000008"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="advisory directory locks are POSIX")
+def test_a_directory_lock_keeps_a_second_holder_out_and_a_file_system_without_locks_runs_unlocked(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from scratchlm.errors import DataError
+    from scratchlm.fsutil import exclusive_directory
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from scratchlm.errors import DataError
+        from scratchlm.fsutil import exclusive_directory
+        with exclusive_directory({str(tmp_path)!r}, "busy", DataError):
+            print("holding", flush=True)
+            time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(DataError, match="^busy$"):
+            with exclusive_directory(tmp_path, "busy", DataError):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_directory(tmp_path, "busy", DataError):  # the kernel dropped the dead holder's lock
+        pass
+    import fcntl
+
+    def no_locks_here(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_here)
+    ran = []
+    with exclusive_directory(tmp_path, "busy", DataError):
+        ran.append(True)
+    assert ran == [True]
