@@ -41,5 +41,8 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def soft_cap(z: torch.Tensor, cap: float) -> torch.Tensor:
-    """cap·tanh(z / cap), computed as cap·(2σ(2z / cap) − 1) (module doc)."""
-    return torch.sigmoid(z * (2.0 / cap)) * (2.0 * cap) - cap
+    """cap·tanh(z / cap), computed as cap·(2σ(2z / cap) − 1) (module doc), in float32 at least:
+    the σ form passes near ±cap before the subtraction, where bf16 keeps steps of 1/8 at cap 30
+    (bf16 logits 0.1 and 1.3 came out 0.0 and 1.375)."""
+    wide = z if z.dtype in (torch.float32, torch.float64) else z.float()
+    return (torch.sigmoid(wide * (2.0 / cap)) * (2.0 * cap) - cap).to(z.dtype)

@@ -128,11 +128,22 @@ class ModelConfig:
                 f"model.rope_scaling.original_max_len must be a whole number, got {scaling['original_max_len']!r}"
             )
         scaling["original_max_len"] = int(scaling["original_max_len"])  # a length, written as one
+        if scaling["original_max_len"] > MAX_SIZE:  # torch would fail to make its tables
+            raise ConfigError(f"model.rope_scaling.original_max_len must be ≤ {MAX_SIZE:,}, got {scaling['original_max_len']:,}")
         if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
             raise ConfigError("model.rope_scaling.high_freq_factor must exceed low_freq_factor")
 
     def replace(self, **changes) -> ModelConfig:
-        """A validated copy with some fields changed (e.g. `vocab_size` from a tokenizer)."""
+        """A validated copy with some fields changed (e.g. `vocab_size` from a tokenizer). A width
+        that was derived (`n_kv_head` = `n_head`, `d_ff` from `d_model` and `mlp`) is derived again
+        from the new values unless given: `replace(n_head=8)` of an MHA config stays MHA."""
+        derived = {
+            "n_kv_head": self.n_kv_head == self.n_head,
+            "d_ff": self.d_ff == default_d_ff(self.d_model, self.mlp),
+        }
+        for name, was_derived in derived.items():
+            if was_derived and name not in changes:
+                changes[name] = None  # __post_init__ derives it
         cfg = dataclasses.replace(self, **changes)
         cfg.validate()
         return cfg

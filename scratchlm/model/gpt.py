@@ -26,6 +26,7 @@ from scratchlm.errors import ModelError
 from scratchlm.model.activation import gelu_tanh, soft_cap
 from scratchlm.model.attention import attend
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.embedding import buffered_embedding
 from scratchlm.model.loss import IGNORE_INDEX, HeadLoss, head_cross_entropy
 from scratchlm.model.matmul import Linear
 from scratchlm.model.norm import RMSNorm
@@ -279,17 +280,19 @@ class GPT(nn.Module):
         adds a whole vocab × width matrix every step (for GPT-2 124M, 154 MB). So, when the head's
         loss is computed in this same call, a table tied to the head adds its rows into the head's
         gradient (`model/tied.py`, returned hand-off goes to the loss); an untied table sends
-        sparse rows when a gradient buffer kept between steps (`zero_grad(set_to_none=False)`)
-        will absorb them in place. Otherwise, and under torch.compile (which traces neither), the
-        gradient is dense. The `.grad` that results is the same in every case.
+        sparse rows when, at backward, a gradient buffer kept between steps
+        (`zero_grad(set_to_none=False)`) will absorb them in place (`model/embedding.py`).
+        Otherwise, and under torch.compile (which traces neither), the gradient is dense. The
+        `.grad` that results is the same in every case.
         """
         weight = self.tok_emb.weight
         training = torch.is_grad_enabled() and weight.requires_grad and not torch.compiler.is_compiling()
         if training and with_loss and self.cfg.tie_embeddings:
             handoff = GradientHandoff()
             return tied_embedding(idx, weight, handoff), handoff
-        into_buffer = weight.grad is not None and weight.grad.layout == torch.strided
-        return F.embedding(idx, weight, sparse=training and into_buffer and not self.cfg.tie_embeddings), None
+        if training and not self.cfg.tie_embeddings:
+            return buffered_embedding(idx, weight), None
+        return F.embedding(idx, weight), None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared (tied) tensors count once
@@ -387,6 +390,8 @@ class GPT(nn.Module):
             raise ModelError("start_pos > 0 needs a KV cache holding the earlier positions")
         if last_only and targets is not None:
             raise ModelError("last_only gives logits, not a loss: pass targets or last_only, not both")
+        if targets is not None and targets.shape != idx.shape:  # flattened, another shape pairs wrong rows
+            raise ModelError(f"targets must have the shape of idx, {tuple(idx.shape)}, got {tuple(targets.shape)}")
         dtype, under_autocast = self._compute_dtype()  # asked once: each query costs a dispatch
         if cache is not None:
             self._check_cache(cache, B, end, dtype, under_autocast)

@@ -284,6 +284,9 @@ def build_from_tensors(
     PyTorch's symbolic-shapes machinery (0.5 s of every `generate`'s start-up)."""
     if dtype is None:
         dtype = tensors["tok_emb.weight"].dtype if "tok_emb.weight" in tensors else torch.float32
+    if dtype not in WEIGHT_TENSOR_DTYPES:  # a float8 or integer model would load, then fail at its first forward
+        names = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_TENSOR_DTYPES)
+        raise ModelError(f"{source}: a model runs in {names}, not {str(dtype).removeprefix('torch.')}")
     with torch.device("meta"):
         model = GPT(cfg)
     expected = check_tensors(model, tensors, source)

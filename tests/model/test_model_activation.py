@@ -81,3 +81,14 @@ def test_soft_capped_loss_and_logits_never_evaluate_tanh():
         logits = model(idx)
     assert not any("tanh" in name for name in seen.names), [n for n in seen.names if "tanh" in n]
     assert logits.abs().max() <= 5.0
+
+
+def test_soft_cap_of_bf16_logits_is_computed_wide_and_rounded_once():
+    """In bf16 the σ form passed near ±cap, where bf16 keeps steps of 1/8: 0.1 and 1.3 came out
+    0.0 and 1.375, and greedy decoding of a bf16 soft-capped model went wrong from the first token."""
+    z = torch.tensor([0.1, 0.3, -0.7, 1.3, 25.0, -40.0])
+    exact = 30.0 * torch.tanh(z.double() / 30.0)
+    capped = soft_cap(z.bfloat16(), 30.0)
+    assert capped.dtype == torch.bfloat16
+    torch.testing.assert_close(capped.double(), exact.bfloat16().double(), rtol=0, atol=0)  # the exact value, rounded once
+    torch.testing.assert_close(soft_cap(z, 30.0).double(), exact, rtol=0, atol=1e-5)

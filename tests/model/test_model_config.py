@@ -164,3 +164,24 @@ def test_numpy_sizes_and_rates_are_accepted_and_stored_as_python_numbers(tmp_pat
     learned = ModelConfig(pos="learned", rope_theta=np.float32(1e4))  # unused there, stored all the same
     learned.validate()
     assert type(learned.rope_theta) is float
+
+
+def test_replace_derives_the_derived_widths_again():
+    """`replace(n_head=8)` of an MHA config kept its 4 KV heads (GQA without asking), and a new
+    d_model or mlp kept the old d_ff."""
+    base = ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=64, max_seq_len=16, mlp="swiglu")
+    assert base.replace(n_head=8).n_kv_head == 8
+    assert base.replace(d_model=256).d_ff == ModelConfig(vocab_size=64, n_layer=1, n_head=4, d_model=256,
+                                                         max_seq_len=16, mlp="swiglu").d_ff
+    assert base.replace(mlp="gelu").d_ff == 256
+    gqa = base.replace(n_kv_head=2, d_ff=96)  # given ones stay as given
+    assert gqa.n_kv_head == 2 and gqa.d_ff == 96
+    assert gqa.replace(n_head=8).n_kv_head == 2 and gqa.replace(d_model=128).d_ff == 96
+
+
+def test_a_rope_scaling_length_beyond_any_size_is_refused():
+    """1e20 passed validation, then building the model raised OverflowError in torch."""
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_len": 1e20}
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, max_seq_len=16, pos="rope", rope_scaling=scaling)
+    with pytest.raises(ConfigError, match="rope_scaling.original_max_len must be ≤ 2,147,483,647"):
+        cfg.validate()

@@ -165,3 +165,12 @@ def test_checkpoint_pointers_and_run_dirs_resolve_to_the_model_dir(tmp_path):
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000099\n")
     with pytest.raises(ModelError, match="step-000099"):
         resolve_model_dir(tmp_path / "run" / "checkpoints" / "latest")
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int32])
+def test_loading_into_a_dtype_the_model_cannot_run_in_is_one_error(tmp_path, dtype):
+    """float8 loaded, then failed at the first forward; int32 ended in a multi-line load error."""
+    save_model(GPT(small()), tmp_path / "m")
+    with pytest.raises(ModelError, match="a model runs in float32, bfloat16, float16, float64, not") as caught:
+        load_model(tmp_path / "m", dtype=dtype)
+    assert "\n" not in str(caught.value)

@@ -332,3 +332,34 @@ def test_without_grad_mode_the_loss_makes_only_the_logits_product():
     expected = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets)
     with torch.no_grad():
         torch.testing.assert_close(head_cross_entropy(hidden, weight, targets).loss, expected.detach())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradients_zeroed_between_forward_and_backward_leave_a_dense_embedding_gradient(fused):
+    """The usual loop "forward, zero_grad() (set_to_none), backward, step": the sparse choice was
+    made at the forward, where last step's buffer still existed, so from the second step on the
+    untied table's `.grad` was sparse, and AdamW and gradient clipping refused it."""
+    model = model_pair(False, "llama")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x, y = torch.randint(0, VOCAB, (2, 16), generator=g), torch.randint(0, VOCAB, (2, 16), generator=g)
+        loss = model(x, targets=y).objective if fused else F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        assert model.tok_emb.weight.grad.layout == torch.strided
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+
+def test_targets_of_another_shape_than_the_ids_are_refused():
+    """Flattened, a (2, 9) window's targets for (2, 8) ids paired the wrong rows and gave a wrong loss."""
+    from scratchlm.errors import ModelError
+
+    model = model_pair(False, "llama")
+    window = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ModelError, match=r"targets must have the shape of idx, \(2, 8\), got \(2, 9\)"):
+        model(window[:, :-1], targets=window)
+    for shape in ((4, 4), (2, 8, 1)):
+        with pytest.raises(ModelError, match="targets must have the shape of idx"):
+            model(window[:, :-1], targets=window[:, 1:].reshape(shape))
