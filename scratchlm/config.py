@@ -288,7 +288,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("--config is empty; name a TOML file")
     text = read_text_file(path, ConfigError)  # not found, a directory, not UTF-8: one line each
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix("\ufeff"))  # the BOM some editors (Notepad) put first
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 

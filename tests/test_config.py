@@ -187,3 +187,15 @@ def test_a_table_set_whole_then_one_of_its_keys():
     """`--set train={steps=3} --set train.lr=1e-3` failed: "'train' is a value, not a section"."""
     cfg = load_config(Stage, None, ["train={steps = 3}", "train.lr=1e-3"])
     assert (cfg.train.steps, cfg.train.lr) == (3, 1e-3)
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_read():
+    """Notepad puts U+FEFF first; tomllib then said "Invalid statement (at line 1, column 1)"."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        cfg_file = Path(folder) / "c.toml"
+        cfg_file.write_bytes(b"\xef\xbb\xbf" + b'name = "file"\n[train]\nsteps = 5\n')
+        cfg = load_config(Stage, cfg_file)
+    assert cfg.name == "file" and cfg.train.steps == 5

@@ -455,14 +455,27 @@ def _output_rules(config: TokenizeConfig) -> dict[str, Any]:
     return dict(what="a tokens directory", replaceable=replaceable, inputs=inputs, error=DataError)
 
 
-def _tokens_dir_in_use(out: Path) -> contextlib.AbstractContextManager[None]:
-    """Keep other `data tokenize` runs out of an existing tokens dir while this one writes it: an
-    append would otherwise take a live append's moved-aside meta.json for a dead one's and cut its
-    files back, and a replacement would move the directory from under it."""
-    if not out.is_dir():
-        return contextlib.nullcontext()
+@contextlib.contextmanager
+def _tokens_dir_in_use(out: Path) -> Iterator[None]:
+    """Keep other `data tokenize` runs out of the tokens dir while this one writes it: an append
+    would otherwise take a live append's moved-aside meta.json for a dead one's and cut its files
+    back, and a replacement would move the directory from under it, or replace a first write's
+    output with its own. A tokens dir written for the first time is made now, empty, so there is
+    something to lock; it is removed again if the run fails before filling it."""
+    try:
+        out.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
     busy = f"{out}: another `data tokenize` is writing this tokens dir now; wait for it to finish"
-    return exclusive_directory(out, busy, DataError)
+    try:
+        with exclusive_directory(out, busy, DataError):
+            yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only while empty: never another run's output
+        raise
 
 
 def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:

@@ -228,5 +228,6 @@ def _check_val_split(tokens_dir: str) -> None:
     if not has_val_split(read_meta(tokens_dir)):
         raise ConfigError(
             f"{tokens_dir}: no val split, and sweep-lr ranks learning rates by validation loss; "
-            "re-tokenize with val_every > 0 (`scratchlm data tokenize ... --val-every 100`)"
+            "re-tokenize raw inputs with val_every > 0 (`scratchlm data tokenize ... --val-every 100`), or a "
+            "prepared dataset after `scratchlm data prepare ... --val-fraction 0.01` (it keeps its own split)"
         )

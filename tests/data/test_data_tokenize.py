@@ -476,3 +476,49 @@ def test_a_second_run_into_a_tokens_dir_being_appended_to_is_refused(
     assert first.returncode == 0, err
     assert decoded(out, "train", tokenizer_dir)[-1] == "the first writer's document"
     assert TokenDataset.open(out, "train").num_documents == len(TRAIN_DOCS) + 1
+
+
+def test_a_second_run_into_a_tokens_dir_being_written_for_the_first_time_is_refused(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A first write took no lock (there was no directory yet): a second run wrote its own tokens
+    dir there first, and the first run then replaced it with its own, exit 0 both."""
+    import subprocess
+    import sys
+    import time
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs a named pipe (POSIX) to hold the first run mid-way")
+    out = tmp_path / "tokens"
+    source = tmp_path / "slow.txt"
+    os.mkfifo(source)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", "data", "tokenize", str(source), "--tokenizer", str(tokenizer_dir),
+         "--out", str(out), "--workers", "1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".tokens.*.partial")):  # the first run is writing
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        extra = write_prepared_dir(tmp_path / "extra", ["a second writer's document"], [])
+        for append in (["--append"], []):
+            argv = ["data", "tokenize", str(extra), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--workers", "1"]
+            assert main(argv + append) == 2
+            assert "another `data tokenize` is writing this tokens dir now" in capsys.readouterr().err
+        with open(source, "w") as pipe:
+            pipe.write("the first writer's document")
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert decoded(out, "train", tokenizer_dir) == ["the first writer's document"]
+
+
+def test_a_first_write_that_fails_leaves_no_directory(tmp_path: Path, tokenizer_dir: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError):
+        run([tmp_path / "bad.jsonl"], tokenizer_dir, tmp_path / "new" / "tokens", workers=1)
+    assert not (tmp_path / "new" / "tokens").exists()
