@@ -71,6 +71,10 @@ class PrepareConfig:
             raise ConfigError("batch_bytes and part_bytes must be positive, examples_per_rule not negative")
         if self.source.separator == "":  # it would silently mean one document per file
             raise ConfigError("source.separator is empty; leave it unset to read each .txt file as one document")
+        if not self.source.hf_split:  # as data tokenize and tokenizer train refuse it
+            raise ConfigError("source.hf_split must name a split, e.g. train")
+        if any(not glob for glob in (*self.source.include, *self.source.exclude)):  # matches no file at all
+            raise ConfigError("--include and --exclude take non-empty globs, e.g. '*.txt'")
         self.dedup.validate()
 
 

@@ -401,3 +401,19 @@ def test_invalid_utf8_in_a_parquet_input_is_counted_not_fatal(tmp_path):
     pq.write_table(pa.table({"text": pa.array(texts, pa.binary()).view(pa.string())}), path)
     stats = run([path], tmp_path / "out", val_fraction=0.0)
     assert stats["documents_out"] == 2 and stats["invalid_utf8_documents"] == 1
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--hf-split", ""], "source.hf_split must name a split"),
+    (["--include", ""], "--include and --exclude take non-empty globs"),
+    (["--exclude", ""], "--include and --exclude take non-empty globs"),
+])  # fmt: skip
+def test_empty_split_or_glob_is_a_one_line_error(tmp_path, capsys, flags, message):
+    """An empty --hf-split was taken (data tokenize and tokenizer train refuse it), and an empty
+    --include ended in "no files matching  in this directory"."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a document")
+    assert main(["data", "prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
