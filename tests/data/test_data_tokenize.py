@@ -436,30 +436,38 @@ def test_a_prepared_part_without_a_source_column_is_read(tmp_path: Path, tokeniz
     assert {"text": "a document with no source of its own", "source": str(part)} in rows  # named after its part
 
 
-def test_a_second_run_into_a_tokens_dir_being_appended_to_is_refused(
-    tmp_path: Path, prepared: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize("first_write", [False, True])
+def test_a_second_run_into_a_tokens_dir_being_written_is_refused(
+    tmp_path: Path, prepared: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture, first_write: bool
 ) -> None:
-    """A second append used to take the live append's moved-aside meta.json for a dead one's, cut its
-    files back while it wrote, and leave a meta.json counting tokens that were not on disk."""
+    """A second append used to take a live append's moved-aside meta.json for a dead one's, cut its
+    files back while it wrote, and leave a meta.json counting tokens that were not on disk. A first
+    write took no lock at all (there was no directory yet): a second run wrote its own tokens dir
+    there, which the first then replaced, exit 0 both."""
     import subprocess
     import sys
     import time
 
     if not hasattr(os, "mkfifo"):
-        pytest.skip("needs a named pipe (POSIX) to hold the first append mid-run")
+        pytest.skip("needs a named pipe (POSIX) to hold the first run mid-way")
     out = tmp_path / "tokens"
-    run([prepared], tokenizer_dir, out, workers=1)
+    if not first_write:
+        run([prepared], tokenizer_dir, out, workers=1)
     source = tmp_path / "slow.txt"
-    os.mkfifo(source)  # the first append waits here until the test writes its document
+    os.mkfifo(source)  # the first run waits here until the test writes its document
     first = subprocess.Popen(
         [sys.executable, "-m", "scratchlm", "data", "tokenize", str(source), "--tokenizer", str(tokenizer_dir),
-         "--out", str(out), "--append", "--workers", "1"],
+         "--out", str(out), "--workers", "1", *([] if first_write else ["--append"])],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+    def under_way() -> bool:  # the first run is writing: its temp dir, or its append marker
+        return bool(list(tmp_path.glob(".tokens.*.partial"))) if first_write else (out / APPEND_MARKER).exists()
+
     try:
         deadline = time.monotonic() + 60
-        while not (out / APPEND_MARKER).exists():  # the first append is under way
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.stderr else ""
+        while not under_way():
+            assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         extra = write_prepared_dir(tmp_path / "extra", ["a second writer's document"], [])
         busy = f"scratchlm: error: {out}: another `data tokenize` is writing this tokens dir now; wait for it to finish"
@@ -474,47 +482,8 @@ def test_a_second_run_into_a_tokens_dir_being_appended_to_is_refused(
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, err
-    assert decoded(out, "train", tokenizer_dir)[-1] == "the first writer's document"
-    assert TokenDataset.open(out, "train").num_documents == len(TRAIN_DOCS) + 1
-
-
-def test_a_second_run_into_a_tokens_dir_being_written_for_the_first_time_is_refused(
-    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """A first write took no lock (there was no directory yet): a second run wrote its own tokens
-    dir there first, and the first run then replaced it with its own, exit 0 both."""
-    import subprocess
-    import sys
-    import time
-
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("needs a named pipe (POSIX) to hold the first run mid-way")
-    out = tmp_path / "tokens"
-    source = tmp_path / "slow.txt"
-    os.mkfifo(source)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "scratchlm", "data", "tokenize", str(source), "--tokenizer", str(tokenizer_dir),
-         "--out", str(out), "--workers", "1"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".tokens.*.partial")):  # the first run is writing
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        extra = write_prepared_dir(tmp_path / "extra", ["a second writer's document"], [])
-        for append in (["--append"], []):
-            argv = ["data", "tokenize", str(extra), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--workers", "1"]
-            assert main(argv + append) == 2
-            assert "another `data tokenize` is writing this tokens dir now" in capsys.readouterr().err
-        with open(source, "w") as pipe:
-            pipe.write("the first writer's document")
-        _, err = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 0, err
-    assert decoded(out, "train", tokenizer_dir) == ["the first writer's document"]
+    documents = decoded(out, "train", tokenizer_dir)
+    assert documents == (["the first writer's document"] if first_write else [*TRAIN_DOCS, "the first writer's document"])
 
 
 def test_a_first_write_that_fails_leaves_no_directory(tmp_path: Path, tokenizer_dir: Path) -> None:
