@@ -11,7 +11,7 @@ Activations come on top and are not counted: the check never refuses a run that 
 
 Where the state lives: the model is built in float32 on the host by every process on that host,
 then moved; on a CPU the whole state stays there, on a GPU it lives in the GPU's memory (divided
-among the processes when FSDP shards it).
+among the processes when FSDP shards it, after each has held the whole float32 model there).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def check_training_fits(
         )
     if on_host or device.type != "cuda":
         return
-    device_need = n_params * per_param // shards
+    # FSDP shards the state, but each process first moves the whole float32 model to its GPU
+    device_need = max(n_params * WEIGHT_BYTES, n_params * per_param // shards)
     if device_available is None:
         device_available = torch.cuda.mem_get_info(device)[0]
     if device_need > device_available:

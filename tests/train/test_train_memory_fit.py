@@ -43,6 +43,10 @@ def test_gpu_training_needs_the_weights_on_the_host_and_the_state_on_the_gpu():
     check_training_fits(params, "adamw", cuda, shards=2, host_available=GIB, device_available=GIB // 2)
     with pytest.raises(ConfigError, match="over more GPUs"):
         check_training_fits(params, "adamw", cuda, shards=2, host_available=GIB, device_available=GIB // 2 - 1)
+    # however many shards, each GPU holds the whole float32 model once, before it is sharded
+    check_training_fits(params, "adamw", cuda, shards=8, host_available=GIB, device_available=GIB // 4)
+    with pytest.raises(ConfigError, match="per GPU"):
+        check_training_fits(params, "adamw", cuda, shards=8, host_available=GIB, device_available=GIB // 4 - 1)
 
 
 def test_host_memory_is_read_from_meminfo(tmp_path):
