@@ -487,7 +487,7 @@ def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     with _tokens_dir_in_use(out), atomic_directory(out, **_output_rules(config)) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
         _stream_into(config, tokenizer, dtype, writers, numbers)
-        tokenizer.copy_files(config.tokenizer, tmp / "tokenizer")
+        tokenizer.save(tmp / "tokenizer")
         meta = _meta(tokenizer, dtype, _split_counts(writers), numbers)
         atomic_write_json(tmp / "meta.json", meta)
     return meta

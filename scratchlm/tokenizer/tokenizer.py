@@ -320,27 +320,8 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(directory / TOKENIZER_FILE, self.to_hf_json(post_processor))
-        atomic_write_json(directory / CONFIG_FILE, {**self._own_config(), **(config or {})})
-        return directory
-
-    def _own_config(self) -> dict[str, Any]:
-        """The `tokenizer_config.json` scratchlm writes for this tokenizer (before a source's entries)."""
-        return formats.tokenizer_config(self.special_tokens, pattern_name(self.pattern))
-
-    def copy_files(self, source: str | Path, directory: str | Path) -> Path:
-        """Copy the files this tokenizer was loaded from (`source`, as given to `load`) into
-        `directory`, byte for byte: an imported tokenizer's begin-of-text template and bos/eos
-        tokens, which generation reads, stay as they were (writing it anew with `save` dropped
-        them). A source without a `tokenizer_config.json` gets the one `save` writes."""
-        file = tokenizer_file(source)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / TOKENIZER_FILE, file.read_bytes())
-        config = file.parent / CONFIG_FILE
-        if config.is_file():
-            atomic_write_bytes(directory / CONFIG_FILE, config.read_bytes())
-        else:
-            atomic_write_json(directory / CONFIG_FILE, self._own_config())
+        tokenizer_config = formats.tokenizer_config(self.special_tokens, pattern_name(self.pattern))
+        atomic_write_json(directory / CONFIG_FILE, {**tokenizer_config, **(config or {})})
         return directory
 
     def export_tiktoken(self, path: str | Path) -> Path:

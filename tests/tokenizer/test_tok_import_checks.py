@@ -332,25 +332,3 @@ def test_a_malformed_tokenizer_config_entry_is_a_one_line_error(capsys, base_doc
     code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "out"))
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
-
-
-def test_a_tokens_dir_keeps_an_imported_tokenizers_files_as_they_are(capsys, base_doc, tmp_path):
-    """`data tokenize` wrote the tokenizer anew into the tokens dir (and so into every checkpoint):
-    an imported tokenizer lost its begin-of-text template and its eos, and generation from the run
-    stopped at <|endoftext|> and prompted without the begin-of-text token."""
-    from scratchlm.infer.text import eos_ids, prefix_ids
-
-    src, tok_dir = tmp_path / "src", tmp_path / "tok"
-    _llama_like(base_doc, src)
-    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tok_dir))
-    assert code == 0, err
-    (tmp_path / "doc.txt").write_text("say hello world")
-    code, _, err = _run(capsys, "data", "tokenize", str(tmp_path / "doc.txt"), "--tokenizer", str(tok_dir),
-                        "--out", str(tmp_path / "tokens"), "--workers", "1")
-    assert code == 0, err
-    copy = tmp_path / "tokens" / "tokenizer"
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        assert (copy / name).read_bytes() == (tok_dir / name).read_bytes()
-    tok = Tokenizer.load(copy)
-    assert prefix_ids(copy / "tokenizer.json", tok) == [tok.special_tokens["<|begin_of_text|>"]]
-    assert eos_ids(tmp_path / "no_model", copy, tok) == [tok.special_tokens["<|eot_id|>"]]
