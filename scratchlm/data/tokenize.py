@@ -487,6 +487,10 @@ def _write_new(config: TokenizeConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     with _tokens_dir_in_use(out), atomic_directory(out, **_output_rules(config)) as tmp:
         writers = {split: SplitWriter(tmp, split) for split in SPLITS}
         _stream_into(config, tokenizer, dtype, writers, numbers)
+        # Written anew, not copied: the copy describes these tokens, which every run and checkpoint
+        # made from them carries. Documents here end with <|endoftext|> and start without a
+        # begin-of-text token, whatever an imported tokenizer's own template and eos say, so a
+        # model trained on them must stop at <|endoftext|> and be prompted without that token.
         tokenizer.save(tmp / "tokenizer")
         meta = _meta(tokenizer, dtype, _split_counts(writers), numbers)
         atomic_write_json(tmp / "meta.json", meta)

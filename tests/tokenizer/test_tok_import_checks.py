@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from tok_testdata import hf_byte_level_bpe, write_gpt2_pair
 from tokenizers import Tokenizer as HFTokenizer
@@ -332,3 +333,28 @@ def test_a_malformed_tokenizer_config_entry_is_a_one_line_error(capsys, base_doc
     code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "out"))
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokens_dir_describes_its_tokens_not_an_imported_tokenizers_template(capsys, base_doc, tmp_path):
+    """The tokens end each document with <|endoftext|> and add no begin-of-text token, so the
+    tokenizer copy beside them (which every run and checkpoint carries) must say so: a model
+    trained on them and generating with the source's eos (<|eot_id|>) and template would never stop
+    and would be prompted with a token it never saw. (Copying the source's files, tried once,
+    did exactly that.)"""
+    from scratchlm.infer.text import eos_ids, prefix_ids
+
+    src, tok_dir = tmp_path / "src", tmp_path / "tok"
+    _llama_like(base_doc, src)
+    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tok_dir))
+    assert code == 0, err
+    (tmp_path / "doc.txt").write_text("say hello world")
+    code, _, err = _run(capsys, "data", "tokenize", str(tmp_path / "doc.txt"), "--tokenizer", str(tok_dir),
+                        "--out", str(tmp_path / "tokens"), "--workers", "1")
+    assert code == 0, err
+    copy = tmp_path / "tokens" / "tokenizer"
+    tok = Tokenizer.load(copy)
+    assert tok.sha256 == Tokenizer.load(tok_dir).sha256  # the same tokenizer
+    assert prefix_ids(copy / "tokenizer.json", tok) == []
+    assert eos_ids(tmp_path / "no_model", copy, tok) == [tok.eot_id]
+    tokens = np.fromfile(tmp_path / "tokens" / "train.bin", dtype=np.uint16)
+    assert tokens[-1] == tok.eot_id and tok.special_tokens["<|begin_of_text|>"] not in tokens
