@@ -68,12 +68,16 @@ def temp_stem(name: str) -> str:
     if len(raw) <= _MAX_STEM_BYTES:
         return name
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    return f"{os.fsdecode(raw[: _MAX_STEM_BYTES - len(digest) - 1])}~{digest}"
+    start = name
+    while len(os.fsencode(start)) > _MAX_STEM_BYTES - len(digest) - 1:  # cut between characters
+        start = start[:-1]
+    return f"{start}~{digest}"
 
 
 def _is_hashed(stem: str) -> bool:
     """Whether a temp name's stem is a long name's start and hash (`temp_stem`), not the name."""
-    return len(os.fsencode(stem)) == _MAX_STEM_BYTES and re.search(r"~[0-9a-f]{16}$", stem) is not None
+    size = len(os.fsencode(stem))  # a cut between characters stops up to 3 bytes short
+    return _MAX_STEM_BYTES - 3 <= size <= _MAX_STEM_BYTES and re.search(r"~[0-9a-f]{16}$", stem) is not None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -292,6 +296,8 @@ def remove_abandoned_temp_dirs(parent: str | os.PathLike, name: str | None = Non
         parts = path.name[: -len(".partial")].rsplit(".", 2)  # [".NAME", "HOST-PID", random]
         writer_host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
         if writer_host != host or not pid.isdigit() or not path.is_dir():
+            continue
+        if name is not None and parts[0][1:] != temp_stem(name):  # `.model.*` also matches `.model.v2.*`
             continue
         if not _may_be_writing(int(pid), Path(parent).resolve() / parts[0][1:]):
             abandoned.append((path, parts[0][1:], parts[2]))

@@ -392,3 +392,33 @@ def test_a_directory_lock_keeps_a_second_holder_out_and_a_file_system_without_lo
     with exclusive_directory(tmp_path, "busy", DataError):
         ran.append(True)
     assert ran == [True]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the liveness probe is POSIX")
+def test_the_clean_up_for_one_output_leaves_another_outputs_temp_dirs_alone(tmp_path):
+    """`.model.*.partial` also matches `model.v2`'s temp dirs: the clean-up for `model` deleted
+    them, and once moved-aside outputs were put back, it put `model.v2`'s in place as `model`."""
+    from scratchlm.fsutil import _host
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs
+    moved_aside = tmp_path / f".model.v2.{_host()}-{dead.pid}.old.partial"
+    moved_aside.mkdir()
+    (moved_aside / "weights").write_text("model.v2's earlier output")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "model") as tmp:
+            (tmp / "weights").write_text("new model")
+            raise RuntimeError("the write of model fails")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [moved_aside.name]
+    assert remove_abandoned_temp_dirs(tmp_path, "model.v2") == 0  # its own clean-up puts it back
+    assert (tmp_path / "model.v2" / "weights").read_text() == "model.v2's earlier output"
+
+
+def test_a_long_name_is_cut_between_characters_in_temp_names():
+    from scratchlm.fsutil import _is_hashed, temp_stem
+
+    for name in ("é" * 120, "a" + "é" * 119, "漢" * 90, "o" * 300):
+        stem = temp_stem(name)
+        assert stem.encode("utf-8")  # no lone surrogate: valid UTF-8 however the cut fell
+        assert len(os.fsencode(stem)) <= 120 and _is_hashed(stem)
+    assert not _is_hashed("short~0123456789abcdef")
