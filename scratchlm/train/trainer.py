@@ -58,7 +58,7 @@ from scratchlm.train.distributed import (
     wrap_model,
 )
 from scratchlm.train.host_memory import keep_freed_memory
-from scratchlm.train.memory_fit import check_training_fits, processes_on_this_host
+from scratchlm.train.memory_fit import check_training_fits, processes_on_this_host, remember_held
 from scratchlm.train.metrics import MetricsLogger, eval_line, train_line
 from scratchlm.train.mfu import mfu, peak_flops_per_s
 from scratchlm.train.monitor import StabilityMonitor, Verdict, inject_fault
@@ -274,12 +274,13 @@ class PretrainRun:
         tc = self.tc
         self.model_cfg = build_model_config(self.config.model, int(self.meta["vocab_size"]), tc.seq_len)
         strategy = tc.strategy if self.dist.world_size > 1 else "none"
-        check_training_fits(
+        needs = check_training_fits(
             self.model_cfg.num_params(), tc.optimizer, self.device, processes_on_host=processes_on_this_host(),
             shards=self.dist.world_size if strategy == "fsdp" else 1,
         )
         _seed_everything(tc.seed)
         self.model = GPT(self.model_cfg).to(self.device)
+        remember_held(needs)
         torch.manual_seed(tc.seed + self.dist.rank)  # per-rank stream for dropout
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True

@@ -12,6 +12,14 @@ from scratchlm.train.memory_fit import available_host_bytes, check_training_fits
 GIB = 2**30
 
 
+@pytest.fixture(autouse=True)
+def nothing_held_yet(monkeypatch):
+    """Each test starts as a fresh process would: no training state held before."""
+    from scratchlm.train import memory_fit
+
+    monkeypatch.setattr(memory_fit, "_held", {"host": 0, "device": 0})
+
+
 def test_bytes_per_parameter_count_weight_gradient_and_moments():
     assert training_bytes_per_parameter("adamw") == 16
     assert training_bytes_per_parameter("muon") == 12
@@ -69,3 +77,33 @@ def test_a_layer_count_with_zeros_too_many_is_refused_before_anything_is_built()
     config = ModelConfig(vocab_size=512, n_layer=200_000, n_head=4, d_model=64, max_seq_len=128)
     with pytest.raises(ConfigError, match=f"has {config.num_params():,} parameters"):
         check_training_fits(config.num_params(), "adamw", torch.device("cpu"), host_available=64 * GIB)
+
+
+def test_a_containers_page_cache_counts_as_available(tmp_path):
+    """memory.current counts the page cache (the tokens just written), which the kernel gives up
+    on demand: a run that fits was refused in a container right after `data tokenize`."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemAvailable: {64 * GIB // 1024} kB\n")
+    (tmp_path / "memory.max").write_text(f"{8 * GIB}\n")
+    (tmp_path / "memory.current").write_text(f"{7 * GIB}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {GIB // 2}\nfile {6 * GIB}\nkernel 1234\n")
+    files = ((str(tmp_path / "memory.max"), str(tmp_path / "memory.current"), str(tmp_path / "memory.stat"), "file"),)
+    assert available_host_bytes(str(meminfo), files) == 7 * GIB  # 8 GiB limit − 1 GiB not cache
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: the host's figure
+    assert available_host_bytes(str(meminfo), files) == 64 * GIB
+
+
+def test_a_later_run_in_the_same_process_may_reuse_what_an_earlier_one_held():
+    """`sweep-lr` trains every rate in one process; the allocator keeps the first rate's memory,
+    which the machine then no longer counts as free, and the second rate was refused."""
+    from scratchlm.train.memory_fit import remember_held
+
+    params = GIB // 16
+    needs = check_training_fits(params, "adamw", torch.device("cpu"), host_available=GIB)
+    assert needs == (GIB, 0)
+    with pytest.raises(ConfigError):  # checked alone, nothing is held
+        check_training_fits(params, "adamw", torch.device("cpu"), host_available=GIB // 8)
+    remember_held(needs)  # the model was built
+    check_training_fits(params, "adamw", torch.device("cpu"), host_available=GIB // 8)  # the rest is this process's
+    with pytest.raises(ConfigError):
+        check_training_fits(4 * params, "adamw", torch.device("cpu"), host_available=GIB // 8)
