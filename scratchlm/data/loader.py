@@ -364,17 +364,28 @@ def validation_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed set of batches: the same windows for every step and every run with the same seed.
 
-    Taken from a shuffled pass over non-overlapping windows, so they spread over the whole split
-    and do not repeat until the split is exhausted.
+    Taken from a shuffled pass over non-overlapping windows, so they spread over the whole split.
+    At most one pass: a split with too few windows for `num_batches` full batches gives only the
+    batches its windows fill (one of them all, if fewer than `batch_size`), so no window is
+    counted twice in the validation loss, unevenly, as wrapping into a second pass would.
     """
-    batcher = Batcher(dataset, seq_len, batch_size, seed, mode="sequential")
-    return [batcher.batch(i) for i in range(num_batches)]
+    windows = max(1, (len(dataset) - 1) // seq_len)  # a split too short for one: Batcher says so
+    rows = min(batch_size, windows)
+    batcher = Batcher(dataset, seq_len, rows, seed, mode="sequential")
+    return [batcher.batch(i) for i in range(min(num_batches, windows // rows))]
+
+
+def has_val_windows(meta: Mapping[str, Any], seq_len: int) -> bool:
+    """Whether the validation split holds at least one window of `seq_len + 1` tokens: a split of
+    a document or two (`val_every` over a small corpus) may not."""
+    return has_val_split(meta) and meta["splits"]["val"]["tokens"] >= seq_len + 1
 
 
 __all__ = [
     "Batcher",
     "TokenDataset",
     "check_tokenizer_match",
+    "has_val_windows",
     "permute",
     "read_meta",
     "validation_batches",

@@ -70,7 +70,7 @@ def sweep_lr(
     from scratchlm.train.trainer import train
 
     rates = checked_rates(lrs)
-    _check_val_split(config.data.tokens)
+    _check_val_split(config.data.tokens, config.train.seq_len)
     check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
     out = Path(config.train.out)
     settings = _sweep_settings(config)
@@ -221,13 +221,15 @@ def _diverged_result(lr: float, reason: str, out: str) -> dict[str, Any]:
             "reason": reason, "out": out}
 
 
-def _check_val_split(tokens_dir: str) -> None:
-    """The sweep ranks by validation loss, so tokens without a val split cannot be swept."""
-    from scratchlm.data.loader import has_val_split, read_meta  # here: the CLI parser imports this module
+def _check_val_split(tokens_dir: str, seq_len: int) -> None:
+    """The sweep ranks by validation loss, so tokens without a val split (or one too short for a
+    window, which a run trains without) cannot be swept."""
+    from scratchlm.data.loader import has_val_windows, read_meta  # here: the CLI parser imports this module
 
-    if not has_val_split(read_meta(tokens_dir)):
+    if not has_val_windows(read_meta(tokens_dir), seq_len):
         raise ConfigError(
-            f"{tokens_dir}: no val split, and sweep-lr ranks learning rates by validation loss; "
+            f"{tokens_dir}: no val split of a window's length (seq_len + 1 = {seq_len + 1} tokens), and sweep-lr "
+            "ranks learning rates by validation loss; "
             "re-tokenize raw inputs with val_every > 0 (`scratchlm data tokenize ... --val-every 100`), or a "
             "prepared dataset after `scratchlm data prepare ... --val-fraction 0.01` (it keeps its own split)"
         )

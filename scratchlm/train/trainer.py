@@ -32,6 +32,7 @@ from scratchlm.data.loader import (
     TokenDataset,
     check_tokenizer_match,
     has_val_split,
+    has_val_windows,
     validation_batches,
 )
 from scratchlm.device import autocast, resolve_precision
@@ -232,11 +233,12 @@ class PretrainRun:
 
         tokens_dir = Path(self.config.data.tokens)
         self.train_data = TokenDataset.open(tokens_dir, "train")
-        self.val_data = TokenDataset.open(tokens_dir, "val") if has_val_split(self.train_data.meta) else None
+        meta, seq_len = self.train_data.meta, self.tc.seq_len
+        self.val_data = TokenDataset.open(tokens_dir, "val") if has_val_windows(meta, seq_len) else None
         if self.val_data is None:
-            self.log.say(
-                f"{tokens_dir} has no val split: training without evaluation (no val_loss, no best checkpoint)"
-            )
+            why = (f"its val split has {meta['splits']['val']['tokens']} tokens, fewer than one window of seq_len + 1 = "
+                   f"{seq_len + 1}" if has_val_split(meta) else "it has no val split")
+            self.log.say(f"{tokens_dir}: {why}: training without evaluation (no val_loss, no best checkpoint)")
         self.meta = self.train_data.meta
         self.tokenizer_dir = tokens_dir / "tokenizer"
         if not (self.tokenizer_dir / "tokenizer.json").is_file():

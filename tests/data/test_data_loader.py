@@ -263,3 +263,19 @@ def test_permute_is_a_bijection(n: int, key: int) -> None:
 def test_permute_refuses_positions_outside_its_range() -> None:
     with pytest.raises(ValueError, match="outside"):
         permute([10], 10, 0)
+
+
+@pytest.mark.parametrize(("n_tokens", "batch_size", "num_batches", "shape"), [
+    (50, 4, 5, (1, 4)),  # 6 windows: one full batch, not 5 batches counting windows 3 and 4 times
+    (50, 8, 5, (1, 6)),  # fewer windows than a batch: one batch of all of them
+    (301, 4, 5, (5, 4)),  # room for everything asked: unchanged
+])  # fmt: skip
+def test_validation_batches_never_count_a_window_twice(tmp_path: Path, n_tokens, batch_size, num_batches, shape):
+    """A val split smaller than the batches asked for was wrapped into a second shuffled pass:
+    some windows counted 3 times, others 4, one twice within a batch."""
+    path = write_tokens_dir(tmp_path / "t", {"train": position_docs(100, 10), "val": position_docs(n_tokens, 10)})
+    batches = validation_batches(TokenDataset.open(path, "val"), seq_len=8, batch_size=batch_size,
+                                 num_batches=num_batches)
+    assert (len(batches), batches[0][0].shape[0]) == shape
+    starts = [int(row[0]) for x, _ in batches for row in x]  # position ids: a window's first token is its start
+    assert len(starts) == len(set(starts))

@@ -152,6 +152,27 @@ def test_tokens_without_a_val_split_train_without_evaluation(tmp_path, capsys):
         sweep_lr(tiny_config(no_val, tmp_path / "sweep"), [1e-3], steps=2)
 
 
+def test_a_val_split_shorter_than_a_window_trains_without_evaluation(tmp_path, capsys):
+    """A corpus just past `val_every` documents has a val split of one short document: the run
+    refused to start ("split 'val' has 41 tokens; ... needs at least 129"), naming no remedy."""
+    from scratchlm.data.loader import read_meta
+    from scratchlm.train.sweep import sweep_lr
+
+    (tmp_path / "data").mkdir()
+    tokens = build_tokens_dir(tmp_path / "data", val_every=200)  # 240 documents: one goes to val
+    val_tokens = read_meta(tokens)["splits"]["val"]["tokens"]
+    assert 0 < val_tokens < 65
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, model={"max_seq_len": 64},
+                      train={"max_steps": 2, "seq_len": 64, "micro_batch": 2, "eval_every": 1, "sample_tokens": 0})
+    summary = train(cfg)
+    assert f"its val split has {val_tokens} tokens, fewer than one window of seq_len + 1 = 65" in capsys.readouterr().err
+    assert summary["steps"] == 2 and summary["val_loss"] is None
+    with pytest.raises(ConfigError, match="no val split of a window's length"):
+        sweep_lr(tiny_config(tokens, tmp_path / "sweep", model={"max_seq_len": 64},
+                             train={"seq_len": 64, "micro_batch": 2}), [1e-3], steps=2)
+
+
 def stop_after_step(monkeypatch, step: int) -> None:
     """A stop signal arriving right after `step` is applied (what the SIGINT handler records)."""
     import signal
