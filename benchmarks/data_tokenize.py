@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +118,17 @@ def loader_vs_step(tokens_dir: Path, vocab_size: int, seq_len: int, micro_batch:
     return out
 
 
+def forget_another_corpus(work: Path, corpus: dict[str, int]) -> None:
+    """A reused `--work` keeps its prepared corpus and tokenizer only if they were made from this
+    corpus: from another `--mb`, the rows would divide this corpus's bytes by the time taken on
+    that one's."""
+    record = work / "corpus.json"
+    if record.is_file() and json.loads(record.read_text()) != corpus:
+        for made in [work / "prepared", work / "tokenizer", *work.glob("prepared-quarter-x*")]:
+            shutil.rmtree(made, ignore_errors=True)
+    record.write_text(json.dumps(corpus))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="working dir (kept; reused corpus and tokenizer). Default: a temp dir")
@@ -132,6 +145,7 @@ def main() -> int:
 
     docs = stdlib_documents(int(args.mb * 1e6))
     total_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    forget_another_corpus(work, {"documents": len(docs), "bytes": total_bytes})
     if not (prepared / "stats.json").is_file():
         write_prepared(prepared, docs)
     if not (tok_dir / "tokenizer.json").is_file():
