@@ -151,14 +151,17 @@ def wait_for_train_row(metrics: Path, step: int, child: subprocess.Popen, timeou
     pytest.fail(f"no train row for step {step} in {metrics}")
 
 
-def test_signal_during_the_final_evaluation_stops_it_and_saves(tokens, tmp_path):
+def test_signal_during_the_final_evaluation_stops_it_and_saves(tmp_path):
     out = tmp_path / "run"
-    # A long final evaluation (seconds) so the signal lands in it, not before or after.
+    # A long final evaluation (seconds) so the signal lands in it, not before or after: a val split
+    # of thousands of windows (an evaluation never counts one twice), and a wider model.
+    (tmp_path / "data").mkdir()
+    tokens = build_tokens_dir(tmp_path / "data", val_every=2, documents=3000)
     cfg = tiny_config(
         tokens,
         out,
-        model={"n_layer": 2, "d_model": 128, "d_ff": 256},
-        train={"max_steps": 3, "eval_batches": 400, "eval_batch_size": 64, "sample_tokens": 0},
+        model={"n_layer": 4, "d_model": 256, "d_ff": 512},
+        train={"max_steps": 3, "eval_batches": 400, "eval_batch_size": 16, "sample_tokens": 0},
     )
     child = start_cli(["pretrain", "--config", str(write_toml(cfg, tmp_path / "run.toml"))])
     wait_for_train_row(out / "metrics.jsonl", 3, child)

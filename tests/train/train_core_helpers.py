@@ -34,13 +34,13 @@ def corpus_documents(n: int = 240, seed: int = 0) -> list[str]:
     return docs
 
 
-def build_tokens_dir(root: Path, vocab_size: int = 320, val_every: int = 8) -> Path:
+def build_tokens_dir(root: Path, vocab_size: int = 320, val_every: int = 8, documents: int = 240) -> Path:
     """Train a small BPE tokenizer and tokenize the corpus with the real pipeline (`val_every=0`:
     no val split)."""
     from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
     from scratchlm.tokenizer import Tokenizer
 
-    docs = corpus_documents()
+    docs = corpus_documents(documents)
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     tok = Tokenizer.train(docs, vocab_size=vocab_size)
