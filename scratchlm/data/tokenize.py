@@ -15,6 +15,7 @@ end; `--append` moves `meta.json` aside while it grows the files and rolls back 
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import sys
@@ -287,6 +288,7 @@ class ChunkEncoder:
             context = multiprocessing.get_context("fork" if fork else "spawn")
             initargs = (tokenizer if fork else tokenizer_dir, dtype)
             self._pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=initargs)
+            gc.freeze()  # see below
             try:
                 with ctrl_c_held():  # workers start inside this submit: Ctrl-C is this process's to handle
                     started = self._pool.submit(int)
@@ -294,6 +296,11 @@ class ChunkEncoder:
             except BaseException:
                 stop_pool_now(self._pool)
                 raise
+            finally:
+                # Forked workers share this process's memory until they write to it, and Python's
+                # garbage collector writes to every object it scans: frozen, the objects that exist
+                # at fork time are not scanned in the workers, whose pages then stay shared.
+                gc.unfreeze()
 
     def __enter__(self) -> ChunkEncoder:
         return self
