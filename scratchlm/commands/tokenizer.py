@@ -138,10 +138,10 @@ def _import(args: argparse.Namespace) -> int:
 
 def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[str]]:
     """What generation needs from a Hugging Face source besides the tokens: its post_processor
-    (the begin-of-text template) and its tokenizer_config.json's bos/eos tokens; and the files read."""
-    from scratchlm.interop.hf import CHAT_TEMPLATE_FILE
+    (the begin-of-text template) and what `formats.carried_config` keeps of its tokenizer_config.json
+    (or a chat_template.jinja beside it); and the files read."""
     from scratchlm.tokenizer import formats
-    from scratchlm.tokenizer.tokenizer import CONFIG_FILE, tokenizer_file
+    from scratchlm.tokenizer.tokenizer import CHAT_TEMPLATE_FILE, CONFIG_FILE, tokenizer_file
 
     file = tokenizer_file(source)
     doc = read_json(file, TokenizerError)  # read_hf_tokenizer has read it: a JSON object
@@ -151,7 +151,7 @@ def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[s
     if config_file.is_file():
         config = formats.carried_config(read_json(config_file, TokenizerError), tok.special_tokens, str(config_file))
         read.append(str(config_file))
-    template_file = file.parent / CHAT_TEMPLATE_FILE  # where transformers >= 4.50 saves the template
+    template_file = file.parent / CHAT_TEMPLATE_FILE
     if "chat_template" not in config and template_file.is_file():
         config["chat_template"] = read_text_file(template_file, TokenizerError)
         read.append(str(template_file))

@@ -134,7 +134,7 @@ def _prepared_chunks(files: Sequence[tuple[Path, bool]], chunk_chars: int) -> It
             prepared_columns(parquet, path)  # refuses a part without a 'text' column
             # Small batches, so a chunk ends close to chunk_chars and the workers finish together.
             # Read by this thread alone: Arrow's reading threads took the cores the workers encode
-            # on (2 cores, 2 workers: the 2-worker run went from 1.41-1.58x to 1.57-1.62x the 1-worker one).
+            # on (0.1-0.2 s of CPU each in a 24 MB run on 2 cores; benchmarks/RESULTS.md, Issue 4).
             for batch in parquet.iter_batches(batch_size=16, columns=["text"], use_threads=False):
                 column = batch.column(0)
                 check_prepared_texts(column, path)

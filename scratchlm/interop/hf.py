@@ -519,10 +519,10 @@ def generation_ids(model_dir: Path) -> tuple[int | None, int | list[int] | None]
     path = model_dir / TOKENIZER_FILE
     if not path.is_file():
         return None, None
-    doc = read_json_object(path, ModelError)
     try:
         tokenizer = Tokenizer.load(model_dir)
     except TokenizerError:
+        doc = read_json_object(path, ModelError)  # not JSON at all: damaged, refused
         added = doc.get("added_tokens") if isinstance(doc.get("added_tokens"), list) else []
         eot = next((t.get("id") for t in added if isinstance(t, dict) and t.get("content") == EOT), None)
         return (eot, eot) if is_json_int(eot) else (None, None)

@@ -120,6 +120,17 @@ class StabilityMonitor:
             "consecutive_spikes": self.consecutive_spikes,
         }
 
+    @staticmethod
+    def is_state(state: Any) -> bool:
+        """Whether `state` is what `state_dict` writes (each key optional, as in older checkpoints):
+        a damaged or hand-edited checkpoint is refused before anything is loaded from it."""
+        if not isinstance(state, dict):
+            return False
+        windows = [state.get(key, []) for key in ("loss", "grad_norm")]
+        numbers = all(isinstance(w, list) and all(_is_number(v) for v in w) for w in windows)
+        counts = [state.get(key, 0) for key in ("consecutive_nonfinite", "consecutive_spikes")]
+        return numbers and all(type(c) is int and c >= 0 for c in counts)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.values.clear()
         self.grad.values.clear()
@@ -129,6 +140,10 @@ class StabilityMonitor:
             self.grad.push(v)
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         self.consecutive_spikes = int(state.get("consecutive_spikes", 0))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def inject_fault(loss: torch.Tensor, data_step: int, debug: DebugSection) -> torch.Tensor:

@@ -124,7 +124,7 @@ class TrainState:
                 raise CheckpointError(f"{where}: '{item.name}' is {brief(value)}, not {item.type}; {ckpt.DAMAGED_ADVICE}")
             values[item.name] = value
         monitor = saved.get("monitor", {})
-        if not _is_monitor_state(monitor):
+        if not StabilityMonitor.is_state(monitor):
             raise CheckpointError(f"{where}: 'monitor' is {brief(monitor)}, not the monitor's state; {ckpt.DAMAGED_ADVICE}")
         return cls(**values)
 
@@ -135,16 +135,6 @@ def _fits(value: Any, type_name: str, name: str) -> bool:
     if type_name.startswith("int"):
         return is_json_int(value) and value >= (-1 if name.startswith("last_") else 0)
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_monitor_state(state: Any) -> bool:
-    """Whether `state` is what `StabilityMonitor.state_dict` writes (each key optional)."""
-    if not isinstance(state, dict):
-        return False
-    windows = [state.get(key, []) for key in ("loss", "grad_norm")]
-    if not all(isinstance(window, list) and all(_fits(v, "float", "") for v in window) for window in windows):
-        return False
-    return all(_fits(state.get(key, 0), "int", key) for key in ("consecutive_nonfinite", "consecutive_spikes"))
 
 
 @dataclass
