@@ -57,8 +57,10 @@ def onednn_off():
 
 @pytest.fixture
 def weight_grad_route(monkeypatch):
-    """The weight-gradient route on, whatever this CPU's probe chose (it is off where oneDNN is slow)."""
+    """The weight-gradient route on, whatever this CPU's probe chose (it is off where oneDNN is slow),
+    with the forward threshold that goes with it: the probe sets both from one measurement."""
     monkeypatch.setattr(matmul, "_WEIGHT_GRAD_ROUTE", True)
+    monkeypatch.setattr(matmul, "_MIN_MACS", matmul.ONEDNN_FAST_MIN_MACS)
 
 
 def operands(rows: int, width: int, out: int, bias: bool, seed: int = 0):

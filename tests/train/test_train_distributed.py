@@ -41,8 +41,11 @@ def loss_of(model, x, y):
 
 
 def launch(worker_fn, *args) -> None:
-    """Start WORLD processes like torchrun would; fork reuses the already-imported torch."""
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    """Start WORLD processes like torchrun would. Fork reuses the already-imported torch, but not
+    where CUDA is present: there autograd's device threads, started by any earlier backward in
+    this process, cannot cross a fork."""
+    forkable = "fork" in mp.get_all_start_methods() and not torch.cuda.is_available()
+    method = "fork" if forkable else "spawn"
     mp.start_processes(worker_fn, args=(free_port(), *args), nprocs=WORLD, join=True, start_method=method)
 
 
@@ -194,9 +197,12 @@ def sharded_muon_worker(rank: int, port: int, out_dir: str) -> None:
     # wrap_model only offers FSDP on CUDA; torch's FSDP2 also runs on gloo, which lets this CPU test
     # check that Muon orthogonalizes whole matrices and keeps only its shard.
     fully_shard = _fully_shard()
+    # A CPU mesh named outright: the default one takes CUDA wherever it is present, and a rank past
+    # the machine's GPUs then has no device.
+    mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (WORLD,))
     for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     opt = build_optimizer(model, "muon", lr=1e-2, muon_lr=0.02)
     for step in range(3):
         opt.zero_grad(set_to_none=True)
