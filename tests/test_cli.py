@@ -136,6 +136,47 @@ def test_sigterm_stops_a_stage_like_ctrl_c_and_leaves_no_partial_output(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.txt"]  # no output, no temp directory
 
 
+def test_sigterm_during_an_import_that_swallows_it_still_stops_the_stage(tmp_path, monkeypatch, capsys):
+    """Module set-up code may swallow any exception: Cython's does around `Sequence.register`, and
+    `data prepare` first imports such a module (numpy.random) mid-stage. A SIGTERM handled there
+    was lost and the stage ran to the end; it must stop the stage once the import is over."""
+    import importlib
+    import signal
+    import time
+
+    import scratchlm.data.prepare as prepare_module
+
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "swallows_sigterm.py").write_text(
+        "import signal\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGTERM)  # arrives while this module is set up\n"
+        "except BaseException:  # as Cython's generated set-up code does\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(modules))
+    monkeypatch.delitem(sys.modules, "swallows_sigterm", raising=False)
+    set_up = prepare_module._BatchWorker.__init__
+
+    def import_then_work(self, config) -> None:
+        importlib.import_module("swallows_sigterm")
+        set_up(self, config)
+        for _ in range(500):  # the stage goes on working after the import (5 s at most)
+            time.sleep(0.01)
+
+    monkeypatch.setattr(prepare_module._BatchWorker, "__init__", import_then_work)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "docs.txt").write_text("one document\n===\nanother document\n")
+    code = main([
+        "data", "prepare", str(data / "docs.txt"), "--out", str(data / "prepared"),
+        "--separator", "\n===\n", "--workers", "1", "--no-filters",
+    ])  # fmt: skip
+    assert code == 128 + signal.SIGTERM and "terminated" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["docs.txt"]  # no output, no temp directory
+
+
 def test_os_errors_are_described_in_one_line_whatever_they_name():
     import errno
 
