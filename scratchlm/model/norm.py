@@ -57,8 +57,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None = None) ->
     """x / sqrt(mean(x²) + eps) · weight over the last dimension (see the module doc); `eps`
     None means the input dtype's machine epsilon, as for `F.rms_norm`.
 
-    On CPU through the gradient above; elsewhere `F.rms_norm`, which has fused GPU kernels."""
-    if x.device.type == "cpu":
+    On CPU through the gradient above; elsewhere `F.rms_norm`, which has fused GPU kernels. Under
+    torch.compile also `F.rms_norm`: the compiler fuses it itself, and torch 2.11 traced the
+    hand-written gradient wrong (zero for x and weight, so every layer below a norm got none)."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
         if eps is None:
             eps = torch.finfo(x.dtype).eps
         return _RMSNorm.apply(x, weight, eps)

@@ -106,3 +106,16 @@ def test_default_eps_is_the_dtype_epsilon_as_in_nn_rmsnorm():
     x = torch.randn(3, 8) * 1e-4  # small enough that eps matters
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=0)
     assert not torch.allclose(ours(x), rms_norm(x, ours.weight, 1e-5), rtol=1e-3)
+
+
+def test_compiled_gradients_equal_nn_rmsnorm():
+    """Under torch.compile the norm is the compiler's: torch 2.11 traced the hand-written gradient
+    as zeros for both x and the weight, and every layer below a norm then learned nothing."""
+    ours, ref = pair(16)
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(2))
+    torch._dynamo.reset()
+    got = value_and_grads(torch.compile(ours, backend="aot_eager"), x, grad_out)
+    want = value_and_grads(ref, x, grad_out)
+    for g, w, name in zip(got, want, ("y", "x.grad", "weight.grad")):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
