@@ -491,3 +491,27 @@ def test_a_first_write_that_fails_leaves_no_directory(tmp_path: Path, tokenizer_
     with pytest.raises(DataError):
         run([tmp_path / "bad.jsonl"], tokenizer_dir, tmp_path / "new" / "tokens", workers=1)
     assert not (tmp_path / "new" / "tokens").exists()
+
+
+def test_encoding_arrow_text_counts_bytes_without_importing_pandas():
+    """Arrow's lengths made into numpy imported pandas in each worker's first chunk: 0.15 s later
+    to start and about 40 MB more per worker. Run apart: this process may hold pandas already."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import array, sys; import pyarrow as pa\n"
+        "from scratchlm.data.tokenize import encode_texts\n"
+        "from scratchlm.tokenizer import Tokenizer\n"
+        "tok = Tokenizer.train(['plain words and more words ' * 20], vocab_size=280)\n"
+        # From raw buffers, as a parquet read makes it: pa.array() of a list imports pandas itself.
+        "data = 'h\\u00e9llo' + 'w\\u00f6rld \\U0001f600'\n"
+        "offsets = pa.py_buffer(array.array('i', [0, 6, 17, 17]).tobytes())\n"
+        "texts = pa.StringArray.from_buffers(3, offsets, pa.py_buffer(data.encode()))\n"
+        "assert 'pandas' not in sys.modules\n"
+        "enc = encode_texts(tok, texts, 'uint16')\n"
+        "print(enc.nbytes.tolist(), 'pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[6,", "11,", "0]", "False"]
