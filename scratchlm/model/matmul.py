@@ -238,6 +238,13 @@ class Linear(nn.Linear):
     _packed: tuple[int, int, torch.Tensor] | None = None
     _packing_scopes = 0  # open `packed_weights` scopes around this module
 
+    def reset_parameters(self) -> None:
+        """nn.Linear's random init, except on the meta device (a model built there to be loaded):
+        there is nothing to fill, and torch 2.8 ran meta `uniform_` through Python decompositions
+        that import the symbolic-shapes machinery, 0.3–0.4 s of every `generate`'s start-up."""
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packing_scopes and uses_packed_weight(x, self.weight):
             return _KERNEL(x, self.packed_weight(), self.bias, "none", [], "")

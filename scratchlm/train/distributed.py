@@ -33,7 +33,9 @@ interfaces and the wrong one is picked.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -69,6 +71,25 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
 
+@contextlib.contextmanager
+def _native_prints_to_stderr() -> Iterator[None]:
+    """Send what native code prints to stdout to stderr instead, while the group connects.
+
+    Why: Gloo printed "[Gloo] Rank 0 is connected to 1 peer ranks ..." on stdout (torch 2.8),
+    where `scratchlm pretrain` writes its JSON summary, which then no longer parsed. C's buffered
+    output is flushed before file descriptor 1 is put back, so none of it lands there later."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError, TypeError, AttributeError):  # no C library handle (Windows)
+            ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the torchrun job described by the environment, or describe a lone process.
 
@@ -96,7 +117,8 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if not dist.is_initialized():
         # Binding NCCL to our GPU up front lets it connect eagerly and makes barrier() use the right GPU.
         extra = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **extra)
+        with _native_prints_to_stderr():
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **extra)
     return DistInfo(rank, local_rank, world_size, device, rank == 0, backend)
 
 
