@@ -122,14 +122,6 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device, rank == 0, backend)
 
 
-def _fully_shard():
-    try:
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:  # torch < 2.6 kept FSDP2 under _composable
-        from torch.distributed._composable.fsdp import fully_shard
-    return fully_shard
-
-
 def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module:
     """Make `model` data-parallel across the job; single-process runs get it back unchanged (DDP).
 
@@ -143,7 +135,8 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Mo
     if strategy == "fsdp":
         if info.device.type != "cuda":
             raise ConfigError("FSDP (strategy fsdp) needs CUDA; use strategy ddp on CPU")
-        fully_shard = _fully_shard()
+        from torch.distributed.fsdp import fully_shard
+
         for module in list(model.modules()):
             if isinstance(module, nn.ModuleList):
                 for block in module:

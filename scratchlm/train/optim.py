@@ -173,10 +173,8 @@ def _shard_like(update: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return update
     from torch.distributed.tensor import distribute_tensor
 
-    try:  # every rank computed the same full update, so each can keep its own slice without comms
-        return distribute_tensor(update, like.device_mesh, like.placements, src_data_rank=None)
-    except TypeError:  # torch < 2.6 has no src_data_rank and scatters from rank 0 instead
-        return distribute_tensor(update, like.device_mesh, like.placements)
+    # Every rank computed the same full update, so each keeps its own slice without communicating.
+    return distribute_tensor(update, like.device_mesh, like.placements, src_data_rank=None)
 
 
 class MuonAdamW(torch.optim.Optimizer):

@@ -8,11 +8,11 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.distributed.fsdp import fully_shard
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.distributed import (
     DistInfo,
-    _fully_shard,
     all_reduce_mean,
     barrier,
     cleanup,
@@ -196,7 +196,6 @@ def sharded_muon_worker(rank: int, port: int, out_dir: str) -> None:
     model = BlockLM()
     # wrap_model only offers FSDP on CUDA; torch's FSDP2 also runs on gloo, which lets this CPU test
     # check that Muon orthogonalizes whole matrices and keeps only its shard.
-    fully_shard = _fully_shard()
     # A CPU mesh named outright: the default one takes CUDA wherever it is present, and a rank past
     # the machine's GPUs then has no device.
     mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (WORLD,))
