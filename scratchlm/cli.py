@@ -119,7 +119,7 @@ def _stop_on_sigterm(main_pid: int, main_frame: FrameType | None = None) -> Call
     Not while a module imports (below `main_frame`): module set-up code may swallow any exception,
     and the signal would be lost, the stage running on to the end. Cython's does, around its
     `Sequence.register` calls, and `data prepare` first imports one (numpy.random) mid-stage. There
-    the signal comes again shortly (`interrupt_main`), until the import is over.
+    the signal is sent again shortly, until the import is over.
     """
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -128,13 +128,23 @@ def _stop_on_sigterm(main_pid: int, main_frame: FrameType | None = None) -> Call
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if _importing(frame, main_frame):
-            again = threading.Timer(_IMPORT_RECHECK_S, _thread.interrupt_main, (signum,))
+            again = threading.Timer(_IMPORT_RECHECK_S, _signal_main_thread, (signum,))
             again.daemon = True  # it must never hold the process open
             again.start()
             return
         raise Terminated
 
     return handler
+
+
+def _signal_main_thread(signum: int) -> None:
+    """Send `signum` to the main thread again: a real signal interrupts a blocking read there, as
+    the first one did; where threads cannot be signalled, the handler is called at the next
+    bytecode instead."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, signum)
+    else:
+        _thread.interrupt_main(signum)
 
 
 def _importing(frame: FrameType | None, stop: FrameType | None) -> bool:
