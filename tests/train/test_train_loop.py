@@ -56,6 +56,19 @@ def test_accumulation_is_the_same_step_as_one_big_micro_batch(tokens, tmp_path):
     for step in a:
         assert a[step] == pytest.approx(b[step], abs=1e-5)
     assert split["tokens"] == whole["tokens"] == 4 * 128
+    # Gradient norms too: AdamW's update ignores the gradient's scale, so a sum of micro-batch
+    # gradients not divided by their count would leave losses and weights alike, not the norms.
+    norms = [{r["step"]: r["grad_norm"] for r in read_rows(tmp_path / run) if "grad_norm" in r} for run in "ab"]
+    assert norms[0].keys() == {1, 2, 3, 4}
+    for step, norm in norms[0].items():
+        assert norm == pytest.approx(norms[1][step], rel=1e-4)
+    # And the weights: a loss can agree while an update that barely moves it (a small layer's) differs.
+    from scratchlm.model import load_model
+
+    split_model, whole_model = load_model(split["checkpoint"]), load_model(whole["checkpoint"])
+    whole_weights = dict(whole_model.named_parameters())
+    for name, weight in split_model.named_parameters():  # float32 sums in another order: about 1e-6 apart
+        torch.testing.assert_close(weight, whole_weights[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_token_budget_and_wall_clock_budget_finish_the_decay(tokens, tmp_path):
