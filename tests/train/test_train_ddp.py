@@ -36,6 +36,10 @@ def test_two_processes_match_one_process_with_double_accumulation(tokens, tmp_pa
     assert one.keys() == two.keys() == set(range(1, 7))
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5)
+    # Norms as well: AdamW ignores the gradient's scale, so ranks' gradients summed instead of
+    # averaged would leave the losses alike.
+    norm_one, norm_two = ({r["step"]: r["grad_norm"] for r in read_rows(run) if "grad_norm" in r} for run in (single, ddp))
+    assert norm_two == pytest.approx(norm_one, rel=1e-4) and len(norm_one) == 6
     val_one = [r["val_loss"] for r in read_rows(single) if "val_loss" in r]
     val_two = [r["val_loss"] for r in read_rows(ddp) if "val_loss" in r]
     assert val_two == pytest.approx(val_one, abs=1e-5)
