@@ -30,8 +30,13 @@ from scratchlm.train.optim import build_optimizer
 VOCAB, SEQ = 50304, 1024
 
 
-def time_loop(model: torch.nn.Module, loss_of: Callable, micro: int, sync_each: bool = False,
-              profile: bool = False) -> float:
+def time_loop(
+    model: torch.nn.Module,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    micro: int,
+    sync_each: bool = False,
+    profile: bool = False,
+) -> float:
     """Seconds per training step (best of three 20-step timings); with `profile`, print a kernel table."""
     device = torch.device("cuda")
     opt = build_optimizer(model, "adamw", lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
@@ -61,11 +66,16 @@ def time_loop(model: torch.nn.Module, loss_of: Callable, micro: int, sync_each: 
         timings.append((time.perf_counter() - start) / 20)
     if profile:
         from torch.profiler import ProfilerActivity
+
         with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for i in range(3):
                 step(i)
             torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
+        print(
+            prof.key_averages().table(
+                sort_by="self_device_time_total", row_limit=30, max_name_column_width=70
+            )
+        )
     return min(timings)
 
 
@@ -104,8 +114,17 @@ def main() -> int:
     torch.cuda.empty_cache()
 
     from transformers import GPT2Config, GPT2LMHeadModel
-    hf_cfg = GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=768, n_layer=12, n_head=12,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+    hf_cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=SEQ,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     hf = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa").cuda()
     hf_compiled = torch.compile(hf)
 
@@ -119,8 +138,10 @@ def main() -> int:
     print("| loop | micro × seq | ms/step | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |")
     for name, micro, seconds in rows:
         tokens_per_s = micro * SEQ / seconds
-        print(f"| {name} | {micro} × {SEQ} | {seconds * 1e3:.2f} | {tokens_per_s:,.0f} | "
-              f"{tokens_per_s * flops_per_token / peak:.1%} |")
+        print(
+            f"| {name} | {micro} × {SEQ} | {seconds * 1e3:.2f} | {tokens_per_s:,.0f} | "
+            f"{tokens_per_s * flops_per_token / peak:.1%} |"
+        )
     return 0
 
 

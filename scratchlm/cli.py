@@ -9,7 +9,6 @@ Ctrl-C does (exit 143 instead of 130), so every stage's clean-up and roll-back r
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import importlib
 import os
@@ -17,12 +16,12 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from types import FrameType
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchLMError, Terminated, one_line, torch_error_text
+from scratchlm.sigterm import SigtermStop
 
 # Command groups: `scratchlm data prepare`, `scratchlm tokenizer train`, ...
 GROUPS = {
@@ -107,55 +106,6 @@ def _group_help(group_parser: argparse.ArgumentParser):
     return show
 
 
-# The modules whose frames run an import; a stop is not raised inside one (see `_stop_on_sigterm`).
-_IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_external"})
-_IMPORT_RECHECK_S = 0.01  # how often a stop held back by an import tries again
-
-
-def _stop_on_sigterm(main_pid: int, main_frame: FrameType | None = None) -> Callable[[int, Any], None]:
-    """SIGTERM's handler: `Terminated` raised where the main thread is, as Ctrl-C raises
-    KeyboardInterrupt, so the stage rolls back.
-
-    Not while a module imports (below `main_frame`): module set-up code may swallow any exception,
-    and the signal would be lost, the stage running on to the end. Cython's does, around its
-    `Sequence.register` calls, and `data prepare` first imports one (numpy.random) mid-stage. There
-    the signal is sent again shortly, until the import is over.
-    """
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != main_pid:  # a forked worker: end as SIGTERM would have ended it
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if _importing(frame, main_frame):
-            again = threading.Timer(_IMPORT_RECHECK_S, _signal_main_thread, (signum,))
-            again.daemon = True  # it must never hold the process open
-            again.start()
-            return
-        raise Terminated
-
-    return handler
-
-
-def _signal_main_thread(signum: int) -> None:
-    """Send `signum` to the main thread again: a real signal interrupts a blocking read there, as
-    the first one did; where threads cannot be signalled, the handler is called at the next
-    bytecode instead."""
-    if hasattr(signal, "pthread_kill"):
-        signal.pthread_kill(threading.main_thread().ident, signum)
-    else:
-        _thread.interrupt_main(signum)
-
-
-def _importing(frame: FrameType | None, stop: FrameType | None) -> bool:
-    """Whether `frame` runs inside an import begun after `stop`, its caller's frame."""
-    while frame is not None and frame is not stop:
-        if frame.f_globals.get("__name__") in _IMPORT_MACHINERY:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def describe_os_error(e: OSError) -> str:
     """`path: reason` (or `path -> other path: reason` for a rename) for a failed file operation."""
     reason = e.strerror or str(e)
@@ -196,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be set
-    handler = _stop_on_sigterm(os.getpid(), sys._getframe())
-    previous = signal.signal(signal.SIGTERM, handler) if in_main_thread else None
+    stop = SigtermStop(sys._getframe())
+    previous = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
     try:
         result = args.func(args)
     except ScratchLMError as e:
@@ -226,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+    if stop.held:  # a SIGTERM held back by an import, and the stage ended before it could be raised
+        print("scratchlm: terminated (after the stage had finished: its output is complete)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return int(result or 0)
 
 

@@ -326,3 +326,82 @@ def test_a_library_error_spanning_lines_is_printed_as_one(tmp_path, capsys):
     assert err.endswith("\n") and err.count("\n") == 1
     assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in err)
     assert not (tmp_path / "out").exists()
+
+
+def _stage_that_imports(monkeypatch, tmp_path, module_source: str, after_import) -> list[str]:
+    """`data prepare` args whose stage (`prepare`, replaced) imports a module made of
+    `module_source`, then calls `after_import()` and returns a finished stage's stats."""
+    import importlib
+
+    import scratchlm.data.prepare as prepare_module
+
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "sigterm_in_import.py").write_text(module_source)
+    monkeypatch.syspath_prepend(str(modules))
+    monkeypatch.delitem(sys.modules, "sigterm_in_import", raising=False)
+
+    def stage(config) -> dict:
+        importlib.import_module("sigterm_in_import")
+        after_import()
+        return {"documents_in": 1, "documents_out": 1, "bytes_in": 1, "bytes_out": 1, "seconds": 0.0, "removed": {}}
+
+    monkeypatch.setattr(prepare_module, "prepare", stage)
+    (tmp_path / "docs.txt").write_text("one document\n")
+    return ["data", "prepare", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "prepared")]
+
+
+SWALLOWS_SIGTERM = (
+    "import signal\n"
+    "try:\n"
+    "    signal.raise_signal(signal.SIGTERM)  # arrives while this module is set up\n"
+    "except BaseException:  # as Cython's generated set-up code does\n"
+    "    pass\n"
+)
+
+
+def test_a_sigterm_held_by_an_import_is_reported_when_the_stage_ends_first(tmp_path, monkeypatch, capsys):
+    """The stage finished before the held-back signal was sent again: it used to exit 0, as if no
+    SIGTERM had come (and a later re-send could hit whatever handler the caller had)."""
+    import signal
+
+    args = _stage_that_imports(monkeypatch, tmp_path, SWALLOWS_SIGTERM, lambda: None)
+    assert main(args) == 128 + signal.SIGTERM
+    assert "terminated (after the stage had finished" in capsys.readouterr().err
+
+
+def test_a_held_sigterm_interrupts_a_blocking_read_after_the_import(tmp_path, monkeypatch, capsys):
+    """The signal is sent again as a real signal: a read that waits for data is interrupted, as the
+    first signal would have interrupted it (a simulated one waits for the read to return)."""
+    import signal
+    import threading
+    import time
+
+    read_end, write_end = os.pipe()
+    unblock = threading.Timer(20.0, os.write, (write_end, b"x"))  # safety: the read ends anyway
+    unblock.start()
+    try:
+        args = _stage_that_imports(monkeypatch, tmp_path, SWALLOWS_SIGTERM, lambda: os.read(read_end, 1))
+        start = time.monotonic()
+        assert main(args) == 128 + signal.SIGTERM
+        assert time.monotonic() - start < 10
+    finally:
+        unblock.cancel()
+        os.close(read_end)
+        os.close(write_end)
+    assert capsys.readouterr().err.strip() == "scratchlm: terminated"
+
+
+def test_a_sigterm_is_held_by_an_import_for_a_bounded_time(tmp_path, monkeypatch, capsys):
+    """An import that never ends must not keep SIGTERM from stopping the stage."""
+    import signal
+    import time
+
+    from scratchlm.sigterm import MAX_HOLD_S
+
+    slow = "import signal, time\nsignal.raise_signal(signal.SIGTERM)\nfor _ in range(3000):\n    time.sleep(0.01)\n"
+    args = _stage_that_imports(monkeypatch, tmp_path, slow, lambda: None)
+    start = time.monotonic()
+    assert main(args) == 128 + signal.SIGTERM
+    assert MAX_HOLD_S <= time.monotonic() - start < MAX_HOLD_S + 10  # not the import's 30 s
+    assert capsys.readouterr().err.strip() == "scratchlm: terminated"

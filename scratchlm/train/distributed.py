@@ -76,10 +76,16 @@ def _native_prints_to_stderr() -> Iterator[None]:
     """Send what native code prints to stdout to stderr instead, while the group connects.
 
     Why: Gloo printed "[Gloo] Rank 0 is connected to 1 peer ranks ..." on stdout (torch 2.8),
-    where `scratchlm pretrain` writes its JSON summary, which then no longer parsed. C's buffered
-    output is flushed before file descriptor 1 is put back, so none of it lands there later."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+    where `scratchlm pretrain` writes its JSON summary, which then no longer parsed. Where the C
+    library can be loaded, its buffered output is flushed before file descriptor 1 is put back,
+    so none of it lands there later."""
+    if sys.stdout is not None:  # None: the process was started with stdout closed
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 at all: nothing to keep clean
+        yield
+        return
     try:
         os.dup2(2, 1)
         yield

@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -225,3 +227,18 @@ def test_muon_on_fsdp2_shards_matches_one_process(tmp_path):
         opt.step()
     for name, want in model.state_dict().items():
         torch.testing.assert_close(sharded[name], want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_native_prints_while_connecting_go_to_stderr_and_a_closed_stdout_is_no_error():
+    """Gloo printed its connection lines on stdout (torch 2.8), before pretrain's JSON summary."""
+    printing = (
+        "import os\nfrom scratchlm.train.distributed import _native_prints_to_stderr\n"
+        "with _native_prints_to_stderr():\n    os.write(1, b'native\\n')\n"
+        "print('summary')\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", printing], capture_output=True, text=True, timeout=120)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "summary\n", "native\n")
+    quiet = "from scratchlm.train.distributed import _native_prints_to_stderr\nwith _native_prints_to_stderr():\n    pass\n"
+    closed = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 1>&-', sys.executable, quiet], capture_output=True,
+                            text=True, timeout=120)
+    assert closed.returncode == 0, closed.stderr
