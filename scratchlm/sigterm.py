@@ -50,9 +50,9 @@ class SigtermStop:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if _importing(frame, self.main_frame):
-            now = time.monotonic()
-            self.held_since = self.held_since if self.held_since is not None else now
-            if now - self.held_since < MAX_HOLD_S:
+            if self.held_since is None:
+                self.held_since = time.monotonic()
+            if time.monotonic() - self.held_since < MAX_HOLD_S:
                 again = threading.Timer(RESEND_S, self._send_again, (signum,))
                 again.daemon = True  # it must never hold the process open
                 again.start()

@@ -136,6 +136,25 @@ def test_sigterm_stops_a_stage_like_ctrl_c_and_leaves_no_partial_output(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.txt"]  # no output, no temp directory
 
 
+SWALLOWS_SIGTERM = (
+    "import signal\n"
+    "try:\n"
+    "    signal.raise_signal(signal.SIGTERM)  # arrives while this module is set up\n"
+    "except BaseException:  # as Cython's generated set-up code does\n"
+    "    pass\n"
+)
+
+
+def _importable_module(monkeypatch, tmp_path, source: str) -> str:
+    """A module made of `source`, importable (once, fresh) for this test; returns its name."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "sigterm_in_import.py").write_text(source)
+    monkeypatch.syspath_prepend(str(modules))
+    monkeypatch.delitem(sys.modules, "sigterm_in_import", raising=False)
+    return "sigterm_in_import"
+
+
 def test_sigterm_during_an_import_that_swallows_it_still_stops_the_stage(tmp_path, monkeypatch, capsys):
     """Module set-up code may swallow any exception: Cython's does around `Sequence.register`, and
     `data prepare` first imports such a module (numpy.random) mid-stage. A SIGTERM handled there
@@ -146,21 +165,11 @@ def test_sigterm_during_an_import_that_swallows_it_still_stops_the_stage(tmp_pat
 
     import scratchlm.data.prepare as prepare_module
 
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    (modules / "swallows_sigterm.py").write_text(
-        "import signal\n"
-        "try:\n"
-        "    signal.raise_signal(signal.SIGTERM)  # arrives while this module is set up\n"
-        "except BaseException:  # as Cython's generated set-up code does\n"
-        "    pass\n"
-    )
-    monkeypatch.syspath_prepend(str(modules))
-    monkeypatch.delitem(sys.modules, "swallows_sigterm", raising=False)
+    module = _importable_module(monkeypatch, tmp_path, SWALLOWS_SIGTERM)
     set_up = prepare_module._BatchWorker.__init__
 
     def import_then_work(self, config) -> None:
-        importlib.import_module("swallows_sigterm")
+        importlib.import_module(module)
         set_up(self, config)
         for _ in range(500):  # the stage goes on working after the import (5 s at most)
             time.sleep(0.01)
@@ -335,14 +344,10 @@ def _stage_that_imports(monkeypatch, tmp_path, module_source: str, after_import)
 
     import scratchlm.data.prepare as prepare_module
 
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    (modules / "sigterm_in_import.py").write_text(module_source)
-    monkeypatch.syspath_prepend(str(modules))
-    monkeypatch.delitem(sys.modules, "sigterm_in_import", raising=False)
+    module = _importable_module(monkeypatch, tmp_path, module_source)
 
     def stage(config) -> dict:
-        importlib.import_module("sigterm_in_import")
+        importlib.import_module(module)
         after_import()
         return {"documents_in": 1, "documents_out": 1, "bytes_in": 1, "bytes_out": 1, "seconds": 0.0, "removed": {}}
 
@@ -351,13 +356,6 @@ def _stage_that_imports(monkeypatch, tmp_path, module_source: str, after_import)
     return ["data", "prepare", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "prepared")]
 
 
-SWALLOWS_SIGTERM = (
-    "import signal\n"
-    "try:\n"
-    "    signal.raise_signal(signal.SIGTERM)  # arrives while this module is set up\n"
-    "except BaseException:  # as Cython's generated set-up code does\n"
-    "    pass\n"
-)
 
 
 def test_a_sigterm_held_by_an_import_is_reported_when_the_stage_ends_first(tmp_path, monkeypatch, capsys):
