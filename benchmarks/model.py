@@ -6,8 +6,9 @@ fp32 and under bf16 autocast, eager and with `torch.compile` (by default for the
 compiling is slow on small CPUs), in one process on the same machine. The step is each library's
 own training path: `model(x, targets=y).objective` for scratchlm (the fused head +
 cross-entropy), `model(input_ids=x, labels=y).loss` for transformers; then backward, then
-`zero_grad(set_to_none=False)` for both (gradient buffers kept between steps, as scratchlm's
-trainer does on CPU). The two take turns (robust to background load), and each turn starts with
+`zero_grad` for both, as scratchlm's trainer does on CPU: gradients freed with
+`--keep-host-memory`, kept and zeroed without it (freed memory would be page-faulted in again
+every step). The two take turns (robust to background load), and each turn starts with
 an untimed step (`--settle`, see SETTLE). Prints a Markdown table and writes it to
 benchmarks/results/model.md.
 
@@ -86,8 +87,8 @@ def hf_model(cfg: ModelConfig, family: str) -> torch.nn.Module:
     return cls(hf_cfg)
 
 
-def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool):
-    """One training step (forward with the loss, backward, gradients zeroed) as a closure."""
+def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool, free_grads: bool = False):
+    """One training step (forward with the loss, backward, gradients freed or zeroed) as a closure."""
     model.train()
     fn = torch.compile(loss_of) if compiled else loss_of
     g = torch.Generator().manual_seed(0)
@@ -98,7 +99,7 @@ def make_step(model, loss_of, shape: Shape, bf16: bool, compiled: bool):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = fn(x, y)
         loss.backward()
-        model.zero_grad(set_to_none=False)
+        model.zero_grad(set_to_none=free_grads)
 
     return step
 
@@ -212,8 +213,10 @@ def main() -> None:
                 torch._dynamo.reset()
                 started = time.perf_counter()
                 result = compare(
-                    make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, compiled),
-                    make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, compiled),
+                    make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, compiled,
+                              args.keep_host_memory),
+                    make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, compiled,
+                              args.keep_host_memory),
                     shape, warmup=2 if compiled else 1, settle=args.settle,
                 )
                 results.append(result)
@@ -232,7 +235,7 @@ def main() -> None:
         "(the machine is shared; above nproc, other processes were competing for the cores)",
         f"- torch {torch.__version__}, transformers {__import__('transformers').__version__}",
         "- step = each library's own loss path (ours: fused head + cross-entropy; transformers: labels=) + "
-        "backward + zero_grad(set_to_none=False); ours and theirs take turns, each turn "
+        f"backward + zero_grad(set_to_none={args.keep_host_memory}); ours and theirs take turns, each turn "
         + (f"{args.settle} untimed step(s) then one timed" if args.settle else "one timed step") + "; tok/s = "
         "median over steps, speedup = median of per-step time ratios; batch×seq: "
         + ", ".join(f"{s}: {SHAPES[s].batch}×{SHAPES[s].seq_len}" for s in args.sizes),

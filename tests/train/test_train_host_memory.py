@@ -1,6 +1,7 @@
 """keep_freed_memory(): a large tensor's memory stays in the process after it is freed, ready
 for the next step, where by default glibc hands it back to the kernel; a CPU pretraining run
-applies it unless `train.keep_host_memory = false`. Checked in fresh interpreters, since the
+applies it unless `train.keep_host_memory = false`, and then frees gradients between steps
+instead of zeroing kept buffers. Checked in fresh interpreters, since the
 setting is process-wide and irreversible."""
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ PROBE = """
 import json, os, resource, sys, torch
 from scratchlm.train.host_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+gradients = None
 if sys.argv[1] not in ("keep", "default"):  # a pretraining config: train first, with its settings
     from scratchlm.train.config import load_pretrain_config
-    from scratchlm.train.trainer import train
-    train(load_pretrain_config(sys.argv[1], []))
+    from scratchlm.train.trainer import PretrainRun
+    run = PretrainRun(load_pretrain_config(sys.argv[1], []))
+    try:
+        run.fit()
+    finally:
+        run.close()
     from scratchlm.train import host_memory
     applied = host_memory._applied  # what the run itself set up
+    grads = [p.grad for p in run.model.parameters()]
+    gradients = "freed" if all(g is None for g in grads) else "zeroed" if all(
+        g is not None and not g.any() for g in grads) else "other"
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -40,7 +49,7 @@ for _ in range(5):  # the same size again, as the next training steps ask: fault
     t = torch.zeros(16 * 1024 * 1024)
     refaults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     del t
-print(json.dumps({"applied": applied, "kept_mb": kept_mb, "refaults": refaults}))
+print(json.dumps({"applied": applied, "kept_mb": kept_mb, "refaults": refaults, "gradients": gradients}))
 """
 
 
@@ -71,3 +80,6 @@ def test_cpu_pretraining_keeps_freed_memory_unless_turned_off(setting, tokens, t
         assert run["refaults"] < pages // 10
     else:  # handed back to the kernel and faulted in again, page by page
         assert run["refaults"] > pages // 2
+    # Between steps the gradients are freed where freed memory is reused as it is; otherwise
+    # taking them again would page-fault, so they are kept and zeroed.
+    assert run["gradients"] == ("freed" if setting is None else "zeroed")
