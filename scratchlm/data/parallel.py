@@ -1,10 +1,12 @@
-"""The ordered parallel map that `data prepare`, `data tokenize` and `tokenizer train` share, and
-the way to stop its process pool at once."""
+"""The ordered parallel map that `data prepare`, `data tokenize` and `tokenizer train` share, the
+way to stop its process pool at once, and how the latter two start their workers."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -12,6 +14,18 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from scratchlm.errors import ScratchLMError
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    """Fork on Linux: a forked worker starts in milliseconds with the parent's objects (a
+    tokenizer, say) already in memory. Elsewhere (macOS, Windows) fork is unsafe or missing, so
+    workers are spawned and must load what they need themselves (`forks` tells which)."""
+    return multiprocessing.get_context("fork" if forks() else "spawn")
+
+
+def forks() -> bool:
+    """Whether `pool_context()` forks its workers on this platform."""
+    return sys.platform.startswith("linux")
 
 Key = TypeVar("Key")
 Argument = TypeVar("Argument")

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scratchlm.config import check_workers
-from scratchlm.data.parallel import ctrl_c_held, ordered_map, stop_pool_now
+from scratchlm.data.parallel import ctrl_c_held, forks, ordered_map, pool_context, stop_pool_now
 from scratchlm.data.sources import (
     Document,
     SourceOptions,
@@ -283,10 +281,8 @@ class ChunkEncoder:
         self.tokenizer, self.dtype, self.workers = tokenizer, dtype, workers
         self._pool: ProcessPoolExecutor | None = None
         if workers > 1:
-            fork = sys.platform.startswith("linux")
-            context = multiprocessing.get_context("fork" if fork else "spawn")
-            initargs = (tokenizer if fork else tokenizer_dir, dtype)
-            self._pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=initargs)
+            initargs = (tokenizer if forks() else tokenizer_dir, dtype)
+            self._pool = ProcessPoolExecutor(workers, pool_context(), initializer=_init_worker, initargs=initargs)
             gc.freeze()  # see below
             try:
                 with ctrl_c_held():  # workers start inside this submit: Ctrl-C is this process's to handle

@@ -23,7 +23,6 @@ depend on the number of workers, on dict order or on the machine.
 from __future__ import annotations
 
 import heapq
-import multiprocessing
 import re
 import sys
 from collections import Counter
@@ -33,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import regex
 
-from scratchlm.data.parallel import ordered_map
+from scratchlm.data.parallel import ordered_map, pool_context
 from scratchlm.errors import TokenizerError
 from scratchlm.progress import progress
 from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, encodable_text
@@ -113,13 +112,6 @@ def _add_counts(total: dict[str, int], part: dict[str, int]) -> None:
         total[word] = get(word, 0) + n
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork starts workers in milliseconds; elsewhere (macOS, Windows) spawn is the safe choice.
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
 def count_words(
     texts: Iterable[str],
     pattern: str,
@@ -144,7 +136,7 @@ def count_words(
     # A process pool, not multiprocessing.Pool: if a worker dies (the out-of-memory killer), Pool
     # waits forever for its lost chunk, deaf even to SIGTERM; this pool ends with a clear error.
     bar = None
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         jobs = ((None, (pattern, chunk)) for chunk in chunks)
         for _, counts in ordered_map(pool, _count_job, jobs, 2 * workers, "word-counting"):
             if bar is None:  # made once the workers are forked, so its helper thread is not forked along
