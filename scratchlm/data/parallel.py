@@ -15,18 +15,6 @@ from typing import TypeVar
 
 from scratchlm.errors import ScratchLMError
 
-
-def pool_context() -> multiprocessing.context.BaseContext:
-    """Fork on Linux: a forked worker starts in milliseconds with the parent's objects (a
-    tokenizer, say) already in memory. Elsewhere (macOS, Windows) fork is unsafe or missing, so
-    workers are spawned and must load what they need themselves (`forks` tells which)."""
-    return multiprocessing.get_context("fork" if forks() else "spawn")
-
-
-def forks() -> bool:
-    """Whether `pool_context()` forks its workers on this platform."""
-    return sys.platform.startswith("linux")
-
 Key = TypeVar("Key")
 Argument = TypeVar("Argument")
 Result = TypeVar("Result")
@@ -130,3 +118,15 @@ def stop_pool_now(pool: Executor) -> None:
         manager.join(timeout=_MANAGER_EXIT_S)
     if call_queue is not None and (manager is None or manager.is_alive()):
         call_queue.cancel_join_thread()  # last resort: never wait at exit for a feeder stuck for good
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    """Fork on Linux: a forked worker starts in milliseconds with the parent's objects (a
+    tokenizer, say) already in memory. Elsewhere (macOS, Windows) fork is unsafe or missing, so
+    workers are spawned and must load what they need themselves (`forks` tells which)."""
+    return multiprocessing.get_context("fork" if forks() else "spawn")
+
+
+def forks() -> bool:
+    """Whether `pool_context()` forks its workers on this platform."""
+    return sys.platform.startswith("linux")
