@@ -280,8 +280,9 @@ class GPT(nn.Module):
         adds a whole vocab × width matrix every step (for GPT-2 124M, 154 MB). So, when the head's
         loss is computed in this same call, a table tied to the head adds its rows into the head's
         gradient (`model/tied.py`, returned hand-off goes to the loss); an untied table sends
-        sparse rows when, at backward, a gradient buffer kept between steps
-        (`zero_grad(set_to_none=False)`) will absorb them in place (`model/embedding.py`).
+        sparse rows when, at backward, a dense gradient buffer will absorb them in place: one
+        kept between steps (`zero_grad(set_to_none=False)`), or made by an earlier micro-batch
+        of the same step (`model/embedding.py`).
         Otherwise, and under torch.compile (which traces neither), the gradient is dense. The
         `.grad` that results is the same in every case.
         """
