@@ -106,6 +106,17 @@ def _group_help(group_parser: argparse.ArgumentParser):
     return show
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command (and subcommand) that `args` was parsed for."""
+    for dest in ("command", "subcommand"):
+        name = getattr(args, dest, None)
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if name is None or not actions or name not in actions[0].choices:
+            break
+        parser = actions[0].choices[name]
+    return parser
+
+
 def describe_os_error(e: OSError) -> str:
     """`path: reason` (or `path -> other path: reason` for a rename) for a failed file operation."""
     reason = e.strerror or str(e)
@@ -141,7 +152,9 @@ def describe_out_of_memory(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # named by the (sub)command they were given to, whose --help lists its options
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

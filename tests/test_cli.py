@@ -278,10 +278,15 @@ def test_out_of_memory_is_recognised_in_each_of_torchs_wordings():
     (["tokenizer", "train", "x", "--vocab-size", "1e3", "--out", "t"],
      "scratchlm: error: tokenizer train: argument --vocab-size: invalid int value: '1e3' (see scratchlm tokenizer train --help)"),
     (["bogus"], "scratchlm: error: argument COMMAND: invalid choice: 'bogus'"),
-    (["data", "prepare", "x", "--out", "y", "--bogus"], "scratchlm: error: unrecognized arguments: --bogus"),
+    (["data", "prepare", "x", "--out", "y", "--bogus"],
+     "scratchlm: error: data prepare: unrecognized arguments: --bogus (see scratchlm data prepare --help)"),
+    (["pretrain", "--bogus", "1"], "scratchlm: error: pretrain: unrecognized arguments: --bogus 1 (see scratchlm pretrain --help)"),
+    (["--bogus"], "scratchlm: error: unrecognized arguments: --bogus (see scratchlm --help)"),
 ])  # fmt: skip
 def test_a_usage_mistake_is_one_error_line_like_any_other(argv, expected):
-    """argparse printed its usage block and then `scratchlm tokenizer train: error: ...`."""
+    """argparse printed its usage block and then `scratchlm tokenizer train: error: ...`. An unknown
+    option pointed at `scratchlm --help`, which does not list a command's options: it names the
+    command and its own --help."""
     proc = subprocess.run([sys.executable, "-m", "scratchlm", *argv], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(expected), proc.stderr
