@@ -408,3 +408,14 @@ def test_a_sigterm_is_held_by_an_import_for_a_bounded_time(tmp_path, monkeypatch
     assert main(args) == 128 + signal.SIGTERM
     assert MAX_HOLD_S <= time.monotonic() - start < MAX_HOLD_S + 10  # not the import's 30 s
     assert capsys.readouterr().err.strip() == "scratchlm: terminated"
+
+
+def test_sweep_lr_help_names_its_defaults(capsys):
+    """`--lrs` and `--steps` have defaults (the grid, 200 steps) that --help left out."""
+    from scratchlm.train.sweep import DEFAULT_GRID, DEFAULT_STEPS
+
+    with pytest.raises(SystemExit):
+        main(["sweep-lr", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {','.join(f'{lr:g}' for lr in DEFAULT_GRID)})" in text
+    assert f"steps per learning rate (default {DEFAULT_STEPS})" in text

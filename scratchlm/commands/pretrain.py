@@ -33,8 +33,9 @@ def register(root, groups) -> None:
     )
     add_config_args(sweep)
     sweep.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in DEFAULT_GRID), metavar="LR,LR,...",
-                       help="the grid")
-    sweep.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="steps per learning rate")
+                       help="the grid (default %(default)s)")
+    sweep.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
+                       help="steps per learning rate (default %(default)s)")
     sweep.add_argument("--resume", action="store_true",
                        help="continue a sweep into the same OUT: keep its finished rates, resume the interrupted one")
     sweep.set_defaults(func=run_sweep)
