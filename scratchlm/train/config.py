@@ -84,7 +84,9 @@ class TrainSection:
     muon_lr: float = 0.02
     z_loss: float = 0.0  # weight of the z-loss (log of the softmax normaliser, squared)
     compile: bool = False
-    keep_host_memory: bool = True  # CPU runs: glibc keeps freed memory (train/host_memory.py); false: off
+    # CPU runs: glibc keeps freed memory (train/host_memory.py), so gradients are freed between
+    # steps instead of kept and zeroed (PretrainRun._zero_grad); false: neither
+    keep_host_memory: bool = True
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # Evaluation and samples.
     eval_every: int = 250  # 0: only at the end
