@@ -151,7 +151,7 @@ def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-host-memory", action="store_true",
         help="first apply the trainer's CPU malloc setting (train.keep_host_memory, on by default) to this process: both "
-        "implementations run under it",
+        "implementations run under it, and free their gradients between steps as the trainer then does",
     )
 
 
@@ -214,9 +214,9 @@ def main() -> None:
                 started = time.perf_counter()
                 result = compare(
                     make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, compiled,
-                              args.keep_host_memory),
+                              free_grads=args.keep_host_memory),
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, compiled,
-                              args.keep_host_memory),
+                              free_grads=args.keep_host_memory),
                     shape, warmup=2 if compiled else 1, settle=args.settle,
                 )
                 results.append(result)

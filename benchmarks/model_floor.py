@@ -98,9 +98,9 @@ def main() -> None:
                 floor = step_floor(ours, shape, torch.bfloat16 if bf16 else torch.float32, args.rounds)
                 result = compare(
                     make_step(ours, lambda x, y, m=ours: m(x, targets=y).objective, shape, bf16, False,
-                              args.keep_host_memory),
+                              free_grads=args.keep_host_memory),
                     make_step(theirs, lambda x, y, m=theirs: m(input_ids=x, labels=y).loss, shape, bf16, False,
-                              args.keep_host_memory),
+                              free_grads=args.keep_host_memory),
                     shape, warmup=1,
                 )
                 a, b = result.ours_s, result.theirs_s

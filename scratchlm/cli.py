@@ -106,6 +106,21 @@ def _group_help(group_parser: argparse.ArgumentParser):
     return show
 
 
+def _parser_to_blame(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], extras: list[str]
+) -> argparse.ArgumentParser:
+    """Which parser reports the unrecognized `extras`: the chosen (sub)command's, whose --help
+    lists its options, unless they came before the command or are scratchlm's own options
+    (`--debug`) given after it, which `scratchlm --help` lists."""
+    first = extras[0]
+    own_options = {option for action in parser._actions for option in action.option_strings}
+    command = getattr(args, "command", None)
+    before_command = command in argv and first in argv and argv.index(first) < argv.index(command)
+    if before_command or first.split("=", 1)[0] in own_options:
+        return parser
+    return _chosen_parser(parser, args)
+
+
 def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the command (and subcommand) that `args` was parsed for."""
     for dest in ("command", "subcommand"):
@@ -153,8 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras:  # named by the (sub)command they were given to, whose --help lists its options
-        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+    if extras:
+        blamed = _parser_to_blame(parser, args, argv, extras)
+        hint = " (scratchlm's own options go before the command)" if blamed is parser and args.command else ""
+        blamed.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -282,11 +282,16 @@ def test_out_of_memory_is_recognised_in_each_of_torchs_wordings():
      "scratchlm: error: data prepare: unrecognized arguments: --bogus (see scratchlm data prepare --help)"),
     (["pretrain", "--bogus", "1"], "scratchlm: error: pretrain: unrecognized arguments: --bogus 1 (see scratchlm pretrain --help)"),
     (["--bogus"], "scratchlm: error: unrecognized arguments: --bogus (see scratchlm --help)"),
+    (["pretrain", "--debug"], "scratchlm: error: unrecognized arguments: --debug (scratchlm's own options go before "
+     "the command) (see scratchlm --help)"),
+    (["--bogus", "pretrain"], "scratchlm: error: unrecognized arguments: --bogus (scratchlm's own options go before "
+     "the command) (see scratchlm --help)"),
 ])  # fmt: skip
 def test_a_usage_mistake_is_one_error_line_like_any_other(argv, expected):
     """argparse printed its usage block and then `scratchlm tokenizer train: error: ...`. An unknown
     option pointed at `scratchlm --help`, which does not list a command's options: it names the
-    command and its own --help."""
+    command and its own --help, except for scratchlm's own options (`--debug`), which go before
+    the command and are listed by `scratchlm --help`."""
     proc = subprocess.run([sys.executable, "-m", "scratchlm", *argv], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(expected), proc.stderr

@@ -281,8 +281,8 @@ class GPT(nn.Module):
         loss is computed in this same call, a table tied to the head adds its rows into the head's
         gradient (`model/tied.py`, returned hand-off goes to the loss); an untied table sends
         sparse rows when, at backward, a dense gradient buffer will absorb them in place: one
-        kept between steps (`zero_grad(set_to_none=False)`), or made by an earlier micro-batch
-        of the same step (`model/embedding.py`).
+        kept between steps (`zero_grad(set_to_none=False)`), or one an earlier micro-batch of
+        the same step made (`model/embedding.py`).
         Otherwise, and under torch.compile (which traces neither), the gradient is dense. The
         `.grad` that results is the same in every case.
         """

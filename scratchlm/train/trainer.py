@@ -605,7 +605,7 @@ class PretrainRun:
         default): under glibc's defaults each freed gradient goes back to the kernel, and taking it
         again page-faults it in, so there the buffers are kept and zeroed. Measured on 2 cores
         (fused AdamW, clipping; benchmarks/RESULTS.md, twenty-first session): freeing made a 124M
-        step 5-11% faster and was never slower at the tiny and 10M shapes."""
+        step 5-11% faster, and at the tiny and 10M shapes 0.99-1.04× (within the noise)."""
         self.optimizer.zero_grad(set_to_none=self.device.type != "cpu" or self._host_memory_kept)
 
     def _clip_gradients(self) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """keep_freed_memory(): a large tensor's memory stays in the process after it is freed, ready
 for the next step, where by default glibc hands it back to the kernel; a CPU pretraining run
 applies it unless `train.keep_host_memory = false`, and then frees gradients between steps
-instead of zeroing kept buffers. Checked in fresh interpreters, since the
-setting is process-wide and irreversible."""
+instead of zeroing kept buffers. Checked in fresh interpreters, since the setting is
+process-wide and irreversible."""
 
 from __future__ import annotations
 
