@@ -386,6 +386,11 @@ def is_json_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_json_number(value: Any) -> bool:
+    """A JSON number, integer or not (never a bool, which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def brief(value: Any, limit: int = 80) -> str:
     """`repr(value)` cut short, so an error message quoting it stays one readable line."""
     text = repr(value)

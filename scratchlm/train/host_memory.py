@@ -15,10 +15,11 @@ is a one-off: the next requests reuse the new block. Measured over whole `scratc
 runs (`benchmarks/host_memory.py`: evaluation every 20 steps and a checkpoint every 40
 interleaved), the resident size stayed flat (0 MB growth from the middle to the last third of
 each run) while training ran 15–18% faster (sixth session, 150 s runs; peak 980–996 MB against
-960–976 MB with glibc's defaults); since the trainer also frees gradients between steps under
-this setting, 1.07–1.10× faster on a faster machine with a lower peak (941–949 against
-1,003–1,005 MB; twenty-first session, 120 s runs). So CPU runs apply it by default; `train.keep_host_memory = false` turns it off, e.g. for
-a run inside a process that must give memory back (a notebook doing other work afterwards).
+960–976 MB with glibc's defaults). Since the trainer also frees gradients between steps under
+this setting: 1.07–1.10× faster on a faster machine, with a lower peak (941–949 against
+1,003–1,005 MB; twenty-first session, 120 s runs). So CPU runs apply it by default;
+`train.keep_host_memory = false` turns it off, e.g. for a run inside a process that must give
+memory back (a notebook doing other work afterwards).
 
 Linux with glibc only; elsewhere this does nothing.
 """

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from scratchlm.fsutil import is_json_int, is_json_number
 from scratchlm.train.config import DebugSection, MonitorSection
 
 # A floor on the rolling std, relative to the mean: a flat stretch must not make noise a spike.
@@ -127,9 +128,9 @@ class StabilityMonitor:
         if not isinstance(state, dict):
             return False
         windows = [state.get(key, []) for key in ("loss", "grad_norm")]
-        numbers = all(isinstance(w, list) and all(_is_number(v) for v in w) for w in windows)
+        numbers = all(isinstance(w, list) and all(is_json_number(v) for v in w) for w in windows)
         counts = [state.get(key, 0) for key in ("consecutive_nonfinite", "consecutive_spikes")]
-        return numbers and all(type(c) is int and c >= 0 for c in counts)
+        return numbers and all(is_json_int(c) and c >= 0 for c in counts)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.values.clear()
@@ -140,10 +141,6 @@ class StabilityMonitor:
             self.grad.push(v)
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         self.consecutive_spikes = int(state.get("consecutive_spikes", 0))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def inject_fault(loss: torch.Tensor, data_step: int, debug: DebugSection) -> torch.Tensor:

@@ -45,7 +45,7 @@ from scratchlm.errors import (
     TrainingStopped,
 )
 from scratchlm.eval.bpb import evaluate_loss
-from scratchlm.fsutil import atomic_write_json, brief, is_json_int, remove_abandoned_temp_dirs
+from scratchlm.fsutil import atomic_write_json, brief, is_json_int, is_json_number, remove_abandoned_temp_dirs
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
@@ -134,7 +134,7 @@ def _fits(value: Any, type_name: str, name: str) -> bool:
     for the `last_*_step` fields, where −1 means never), times and losses numbers."""
     if type_name.startswith("int"):
         return is_json_int(value) and value >= (-1 if name.startswith("last_") else 0)
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_json_number(value)
 
 
 @dataclass
