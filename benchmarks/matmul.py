@@ -40,9 +40,9 @@ from scratchlm.model.matmul import (
     PROBE_MIN_SPEEDUP,
     WEIGHT_GRAD_MIN_MACS,
     onednn_available,
-    onednn_linear,
     onednn_min_macs,
     onednn_probe_speedup,
+    onednn_product,
     onednn_weight_gradient,
     set_onednn_matmul,
     uses_onednn,
@@ -118,7 +118,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     def dnn(a, w):
-        return onednn_linear(a, w, None)  # the op `linear()` calls, dispatch cost included
+        return onednn_product(a, w, None)  # what `linear()` calls, its call cost included
 
     probe = onednn_probe_speedup()
     rows = []

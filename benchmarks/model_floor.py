@@ -43,7 +43,7 @@ from model import (  # benchmarks/model.py
 )
 
 from scratchlm.model import GPT
-from scratchlm.model.matmul import onednn_available, onednn_linear
+from scratchlm.model.matmul import onednn_available, onednn_product
 
 
 def linear_shapes(model: torch.nn.Module) -> Counter[tuple[int, int]]:
@@ -59,7 +59,7 @@ def product_seconds(rows: int, n_in: int, n_out: int, dtype: torch.dtype, rounds
     x, w, grad = (torch.randn(*s, generator=g).to(dtype) for s in ((rows, n_in), (n_out, n_in), (rows, n_out)))
     both = dtype == torch.float32 and onednn_available()
     total = 0.0
-    for dnn, plain in product_pairs(lambda a, b: onednn_linear(a, b, None), x, w, grad):
+    for dnn, plain in product_pairs(lambda a, b: onednn_product(a, b, None), x, w, grad):
         total += min(min(samples) for samples in alternate([plain, dnn] if both else [plain], rounds, warmup=2))
     return total
 

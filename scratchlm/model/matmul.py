@@ -28,7 +28,11 @@ machine oneDNN was no faster for it; where the probe finds oneDNN not much faste
 
 The result is the full float32 (IEEE) product, as `F.linear`'s; only the kernel differs.
 Under autocast, for other dtypes and devices, and for tensor subclasses (DTensor) this is
-`F.linear` itself. The product is a registered custom op, so `torch.compile` keeps it too.
+`F.linear` itself. Under `torch.compile` the product is a registered custom op, which the
+compiler keeps whole. Eager calls skip the op's dispatch: an `autograd.Function` calls oneDNN
+directly, and without autograd the kernel is called bare. A custom op's Python dispatch costs
+about 20 µs a call, forward and backward alike; the tiny model's step makes about 40 such calls,
+so the direct route made the tiny float32 training step 3–4% faster (Zen 5, 2 cores).
 Only these two AMD machines were measured: on another CPU, `benchmarks/matmul.py` re-measures
 the rule, and `set_onednn_matmul(False)` gives plain `F.linear` back.
 
@@ -178,8 +182,20 @@ def onednn_weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> tor
     rows, out = grad_rows.shape
     width = x_rows.shape[1]
     if rows * out <= width * (rows + out):  # Gᵀ, contiguous, times x (passed as the "weight" xᵀ)
-        return onednn_linear(grad_rows.t().contiguous(), x_rows.t(), None)
-    return onednn_linear(x_rows.t().contiguous(), grad_rows.t(), None).t().contiguous()  # (xᵀ·G)ᵀ
+        return onednn_product(grad_rows.t().contiguous(), x_rows.t(), None)
+    return onednn_product(x_rows.t().contiguous(), grad_rows.t(), None).t().contiguous()  # (xᵀ·G)ᵀ
+
+
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x·Wᵀ + b on oneDNN, differentiable, through the entry point that costs least where it is
+    called (module doc): the registered op `onednn_linear` while torch.compile traces, the bare
+    kernel when autograd will not record it (no grad mode, as in a backward or in decoding), else
+    `_OneDNNLinear`."""
+    if torch.compiler.is_compiling():
+        return onednn_linear(x, weight, bias)
+    if not torch.is_grad_enabled():
+        return _KERNEL(x, weight, bias, "none", [], "")
+    return _OneDNNLinear.apply(x, weight, bias)
 
 
 def uses_packed_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -208,11 +224,13 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad):
+    """The gradients of x·Wᵀ + b, for the registered op and `_OneDNNLinear` alike; their products
+    on oneDNN too (`onednn_product` picks the entry point)."""
     x, weight = ctx.saved_tensors
     grad_x = grad_weight = grad_bias = None
     rows = grad.reshape(-1, grad.shape[-1])
     if ctx.needs_input_grad[0]:  # G·W: W passed transposed, as the "weight" of G·(Wᵀ)ᵀ
-        grad_x = onednn_linear(grad, weight.t(), None)
+        grad_x = onednn_product(grad, weight.t(), None)
     if ctx.needs_input_grad[1]:
         grad_weight = weight_gradient(rows, x.reshape(-1, x.shape[-1]), routed=True)
     if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -223,10 +241,22 @@ def _backward(ctx, grad):
 onednn_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _OneDNNLinear(torch.autograd.Function):
+    """`onednn_linear` for eager autograd: the same kernel, context and gradients, without the
+    registered op's dispatch (module doc)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return _KERNEL(x, weight, bias, "none", [], "")
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`: x·Wᵀ + b, through the faster CPU kernel (see module doc)."""
     if uses_onednn(x, weight):
-        return onednn_linear(x, weight, bias)
+        return onednn_product(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -30,7 +30,8 @@ from scratchlm.model.matmul import (
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN linear kernel")
 
-ONEDNN_OP = "scratchlm.onednn_linear.default"
+ONEDNN_OP = "mkldnn._linear_pointwise.default"  # the oneDNN kernel, as eager calls reach it
+REGISTERED_OP = "scratchlm.onednn_linear.default"  # what torch.compile traces instead
 WIDTH, OUT = 128, 1024
 ROWS = onednn_min_macs() // (WIDTH * OUT)  # the fewest rows whose product takes the oneDNN route here
 
@@ -90,6 +91,7 @@ def test_large_float32_product_runs_on_onednn_and_equals_f_linear(bias, batch_sh
     with OpNames() as seen:
         y, grads = grads_of(linear, x, w, b, grad_out)
     assert ONEDNN_OP in seen.names
+    assert REGISTERED_OP not in seen.names  # eager calls skip the registered op's dispatch cost
     y_ref, grads_ref = grads_of(F.linear, x, w, b, grad_out)
     assert y.shape == y_ref.shape
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -178,6 +180,24 @@ def test_linear_backward_takes_the_weight_gradient_route(weight_grad_route):
     _, grads_ref = grads_of(F.linear, x, w, b, grad_out)
     for got, want, name in zip(grads, grads_ref, ("x", "weight", "bias")):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=name)
+
+
+def test_second_derivatives_through_the_onednn_route_equal_f_linears():
+    """With create_graph the backward's own products are recorded too, so a gradient of a
+    gradient (a gradient penalty) is the same as through F.linear."""
+    x, w, b = operands(ROWS, WIDTH, OUT, True)
+    assert uses_onednn(x, w)
+
+    def penalty_grads(fn):
+        for t in (x, w, b):
+            t.grad = None
+        (grad_x,) = torch.autograd.grad(fn(x, w, b).square().sum(), x, create_graph=True)
+        grad_x.square().sum().backward()
+        return [t.grad.clone() for t in (x, w, b)]
+
+    for got, want, name in zip(penalty_grads(linear), penalty_grads(F.linear), ("x", "weight", "bias")):
+        # entries span many magnitudes (up to ~1e7 here): the error is measured against the largest
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max(), name
 
 
 def test_custom_op_registration_passes_torch_opcheck():
