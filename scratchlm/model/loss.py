@@ -176,9 +176,9 @@ def _matmul_grads(work, h, weight, slices, last_slice, need_hidden: bool, need_w
     grad_hidden = None
     grad_weight = torch.empty_like(weight) if need_weight and len(slices) > 1 else None
     for cols in reversed(slices):
-        table_slice = last_slice if cols is slices[-1] else weight[cols].to(work.dtype)
         part = work[:, cols]
-        if need_hidden:
+        if need_hidden:  # only G·W needs the table
+            table_slice = last_slice if cols is slices[-1] else weight[cols].to(work.dtype)
             product = linear(part, table_slice.t())  # G·W, written as a product with Wᵀ's transpose
             if grad_hidden is None:
                 grad_hidden = product.float()  # accumulated in float32

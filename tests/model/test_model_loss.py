@@ -173,6 +173,32 @@ def test_bf16_table_cast_in_vocab_slices_gives_the_whole_table_result(monkeypatc
     torch.testing.assert_close(sliced_grads[0], whole_grads[0], rtol=0, atol=2**-8 * scale)
 
 
+@pytest.mark.parametrize("hidden_needs_grad", [True, False])
+def test_the_table_is_cast_again_only_for_the_hidden_gradient(monkeypatch, hidden_needs_grad):
+    """G·W (the hidden state's gradient) casts the table's slices again, all but the forward's
+    last; with a frozen hidden state the gradient needs no slice of the table, so none is cast."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import scratchlm.model.loss as loss_module
+
+    class TableCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].dim() == 2 and args[0].shape[-1] == 32:
+                self.count += args[0].shape[0] <= 10  # one vocab slice of the (97, 32) table
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(loss_module, "_CAST_SLICE_BYTES", 10 * 32 * 2)
+    hidden, weight = leaves((3, 20, 32), (VOCAB, 32), seed=4)
+    hidden.requires_grad_(hidden_needs_grad)
+    targets = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(6))
+    with TableCasts() as casts, torch.autocast("cpu", dtype=torch.bfloat16):
+        head_cross_entropy(hidden, weight, targets).objective.backward()
+    assert casts.count == (19 if hidden_needs_grad else 10)  # 97 rows in slices of 10
+    assert weight.grad is not None and (hidden.grad is not None) == hidden_needs_grad
+
+
 def test_z_loss_of_a_uniform_softmax_is_log_vocab_squared():
     hidden = torch.randn(2, 5, 8)
     weight = torch.zeros(VOCAB, 8)  # every logit 0: the normaliser is log(VOCAB)
