@@ -142,13 +142,18 @@ def set_onednn_matmul(enabled: bool) -> bool:
     return previous
 
 
+def _is_plain(t: torch.Tensor) -> bool:
+    """A tensor itself, not a subclass (DTensor, or the compiler's fake and functional tensors)."""
+    return type(t) in (torch.Tensor, nn.Parameter)
+
+
 def _plain_cpu_operands(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
     """Both operands plain CPU tensors of `dtype`, outside autocast, with the oneDNN route on."""
     if not _enabled or x.device.type != "cpu" or weight.device.type != "cpu":
         return False
     if x.dtype != dtype or weight.dtype != dtype or torch.is_autocast_enabled("cpu"):
         return False
-    return type(x) in (torch.Tensor, nn.Parameter) and type(weight) in (torch.Tensor, nn.Parameter)
+    return _is_plain(x) and _is_plain(weight)
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -189,11 +194,18 @@ def onednn_weight_gradient(grad_rows: torch.Tensor, x_rows: torch.Tensor) -> tor
 def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x·Wᵀ + b on oneDNN, differentiable, through the entry point that costs least where it is
     called (module doc): the registered op `onednn_linear` while torch.compile traces, the bare
-    kernel when autograd will not record it (no grad mode, as in a backward or in decoding), else
-    `_OneDNNLinear`."""
-    if torch.compiler.is_compiling():
+    kernel when autograd will not record the call (no grad mode, as in a backward or in decoding,
+    or no operand that requires a gradient), else `_OneDNNLinear`.
+
+    "While torch.compile traces" includes the backward: torch 2.13 reports `is_compiling()` then,
+    2.8 and 2.11 only while dynamo traces the forward, but on every release the backward's
+    operands are the compiler's own tensor subclasses. Its inductor cannot lower the bare kernel
+    there (it expects constant weights), so any operand that is not a plain tensor takes the op.
+    """
+    if torch.compiler.is_compiling() or not (_is_plain(x) and _is_plain(weight)):
         return onednn_linear(x, weight, bias)
-    if not torch.is_grad_enabled():
+    operands = (x, weight) if bias is None else (x, weight, bias)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in operands)):
         return _KERNEL(x, weight, bias, "none", [], "")
     return _OneDNNLinear.apply(x, weight, bias)
 

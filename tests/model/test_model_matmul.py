@@ -286,6 +286,27 @@ def test_torch_compile_keeps_the_onednn_product_and_its_gradients():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_products_traced_outside_dynamo_keep_the_registered_op(weight_grad_route):
+    """AOTAutograd traces a compiled backward with fake tensors, and torch 2.8 and 2.11 do not
+    report `is_compiling()` there; inductor cannot lower the bare oneDNN kernel, so the compiler's
+    tensors must reach the registered op however the compile state reads. `make_fx` traces the
+    same way, without dynamo."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    rows = WEIGHT_GRAD_MIN_MACS // (WIDTH * OUT)
+    x, w, _ = operands(rows, WIDTH, OUT, False)
+    grad = torch.randn(rows, OUT)
+
+    def backward_products(x, w, grad):  # G·W and Gᵀ·x, as the op's backward makes them
+        return matmul.onednn_product(grad, w.t(), None), matmul.weight_gradient(grad, x, routed=True)
+
+    with torch.no_grad():
+        graph = make_fx(backward_products, tracing_mode="fake")(x.detach(), w.detach(), grad)
+    targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+    assert targets.count("scratchlm.onednn_linear.default") == 2, targets
+    assert not any("_linear_pointwise" in t for t in targets), targets
+
+
 def test_compiled_backward_runs_the_weight_gradient_on_onednn(weight_grad_route):
     """Under torch.compile the backward's operands are the compiler's tensors, yet Gᵀ·x still
     takes the route: the compiled backward calls the op for G·W and for Gᵀ·x."""
