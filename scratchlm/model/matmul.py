@@ -47,7 +47,8 @@ until the scope ends. Why a scope and not a cache kept for the module's lifetime
 go stale unseen and give wrong logits; one decoding run does not change its weights. Within the
 scope the copy is still remade when the weight changes in place (its version counter moves) or is
 another tensor, and dropped when the module is converted or moved (`.to()`, `.float()`, ...) and
-when a call does not qualify. float32 gained nothing from it.
+when a call does not qualify. A weight made under `torch.inference_mode()` has no version counter,
+so its copy lives to the end of the scope whatever is written to it. float32 gained nothing from it.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class Linear(nn.Linear):
     in bf16 inference, oneDNN's product with a packed copy of the weight (module doc)."""
 
     # (weight's data pointer, its version counter, the packed copy): not part of the state dict
-    _packed: tuple[int, int, torch.Tensor] | None = None
+    _packed: tuple[int, int | None, torch.Tensor] | None = None
     _packing_scopes = 0  # open `packed_weights` scopes around this module
 
     def reset_parameters(self) -> None:
@@ -306,9 +307,12 @@ class Linear(nn.Linear):
         return {key: value for key, value in self.__dict__.items() if key not in ("_packed", "_packing_scopes")}
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's layout, remade if the weight is another tensor or was changed in place."""
+        """The weight in oneDNN's layout, remade if the weight is another tensor or was changed in place.
+
+        A weight made under `torch.inference_mode()` has no version counter (reading it raises):
+        its copy is kept to the end of the scope, as for a write through `.data` (module doc)."""
         weight = self.weight
-        key = (weight.data_ptr(), weight._version)
+        key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
         if self._packed is None or self._packed[:2] != key:
             self._packed = (*key, _REORDER(weight.detach(), 1))
         return self._packed[2]

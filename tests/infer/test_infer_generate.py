@@ -266,6 +266,23 @@ def test_bf16_decoding_packs_weights_only_while_it_runs_and_sees_data_writes_bet
     assert all(layer._packed is None for layer in layers)
 
 
+def test_a_bf16_model_made_under_inference_mode_decodes_as_one_made_outside_it(model):
+    """Inference tensors have no version counter, and the packed copy's key read it: a bf16 model
+    loaded under `torch.inference_mode()` failed on CPU with a RuntimeError at the first token."""
+    plain = GPT(model.cfg)
+    plain.load_state_dict(model.state_dict())
+    plain = plain.to(torch.bfloat16)
+    with torch.inference_mode():
+        inference = GPT(model.cfg)
+        inference.load_state_dict(model.state_dict())
+        inference = inference.to(torch.bfloat16)
+    assert inference.lm_head.weight.is_inference()
+    expected = generate(plain, [3, 1], 6, temperature=0)
+    assert generate(inference, [3, 1], 6, temperature=0) == expected
+    with torch.inference_mode():
+        assert generate(inference, [3, 1], 6, temperature=0) == expected
+
+
 def test_a_stream_leaves_the_callers_grad_mode_alone_between_tokens_and_after(model):
     """Inference mode held across a `yield` leaked into the caller; two streams closed out of
     order left it switched on for good, and training afterwards would fail."""
