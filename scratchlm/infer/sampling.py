@@ -78,11 +78,14 @@ def sample_next_unchecked(
     Each row's largest logit is subtracted before dividing: the scaled logits are ≤ 0, so a tiny
     temperature can only push them to -inf (probability 0), never to +inf and NaN. Softmax is
     unchanged by the shift, and as temperature → 0 the draw tends to the argmax; below float32's
-    smallest normal number the temperature is taken as that limit, greedy.
+    smallest normal number the temperature is taken as that limit, greedy. Above float32's largest
+    number it is taken as that number: as inf in float32 it made a masked logit's -inf / inf NaN
+    and every other scaled logit 0 (no top-k cut).
     """
     logits = logits.float()
     if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)
+    temperature = min(temperature, torch.finfo(torch.float32).max)
     scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -123,6 +123,18 @@ def test_a_temperature_that_overflows_the_logits_is_greedy(model, temperature):
     assert generate(model, [3, 1], 6, temperature=temperature, seed=0) == generate(model, [3, 1], 6, temperature=0)
 
 
+def test_a_temperature_above_float32s_range_samples_without_nan(model):
+    """A finite temperature above float32's largest number was inf in float32: a masked logit's
+    -inf / inf is NaN (torch.multinomial failed with a RuntimeError, through the CLI too with a
+    tokenizer's unused ids), and every other logit became 0, so top_k cut nothing."""
+    g = torch.Generator().manual_seed(0)
+    masked = torch.tensor([[0.0, float("-inf"), 1.0, 2.0]])
+    assert {int(sample_next(masked, 1e39, generator=g)) for _ in range(100)} == {0, 2, 3}
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    assert {int(sample_next(logits, 1e300, top_k=2, generator=g)) for _ in range(100)} == {1, 2}
+    assert 3 not in generate(model, [1], 8, temperature=1e39, suppress_ids=[3], seed=0)
+
+
 def test_only_the_overflowing_row_turns_greedy():
     logits = torch.tensor([[0.0, 1e-40, 0.0], [3e38, 0.0, 2e38]])  # 1e-40 / 1e-3 stays finite
     g = torch.Generator().manual_seed(0)
