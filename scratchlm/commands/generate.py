@@ -72,8 +72,8 @@ def run_generate(args: argparse.Namespace) -> int:
     text = _prompt_text(cfg)
     if not _stdout_is_utf8() and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a terminal that cannot show a character
-    generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype)
-    prompt_ids = generator.encode_prompt(text, cfg.special)
+    generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype, load_weights=False)
+    prompt_ids = generator.encode_prompt(text, cfg.special)  # a prompt the model cannot take costs no weights read
     with packed_weights(generator.model):  # the samples share one packing of the weights (bf16 on CPU)
         for i in range(cfg.samples):
             _one_sample(args, cfg, generator, text, prompt_ids, i)

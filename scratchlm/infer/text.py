@@ -31,6 +31,7 @@ from scratchlm.fsutil import is_json_int, read_json_object
 from scratchlm.infer.generate import stream_tokens
 from scratchlm.infer.sampling import check_sampling
 from scratchlm.interop.hf import GENERATION_CONFIG
+from scratchlm.model.gpt import GPT
 from scratchlm.model.io import load_model, load_model_config, resolve_model_dir
 from scratchlm.tokenizer.tokenizer import CONFIG_FILE, EOT, TOKENIZER_FILE, Tokenizer
 
@@ -93,12 +94,15 @@ class TextGenerator:
     """A model and the tokenizer that reads and writes its ids, ready to continue text."""
 
     def __init__(self, model_dir: str | Path, tokenizer: str | Path = "", device: str = "auto",
-                 dtype: WeightDtype = "auto") -> None:
+                 dtype: WeightDtype = "auto", *, load_weights: bool = True) -> None:
+        """With `load_weights=False` the weights are read at the first use of `model`, so that a
+        front end can check its prompt (`encode_prompt`) before the slow part."""
         directory = resolve_model_dir(model_dir)
         if dtype not in ("auto", *WEIGHT_DTYPES):
             raise ConfigError(f"dtype must be one of auto, {', '.join(WEIGHT_DTYPES)}; got {dtype!r}")
         self.device = resolve_device(device)
-        vocab = load_model_config(directory).vocab_size  # a wrong directory is named before anything is read
+        self.config = load_model_config(directory)  # a wrong directory is named before anything is read
+        vocab = self.config.vocab_size
         tokenizer_dir = Path(tokenizer) if tokenizer else directory
         if not tokenizer and not (directory / TOKENIZER_FILE).is_file():
             raise TokenizerError(f"{directory} holds no {TOKENIZER_FILE}; name one with --tokenizer DIR")
@@ -114,7 +118,17 @@ class TextGenerator:
         self.start_id = start_id(directory, tokenizer_file.parent, self.tokenizer)
         self._unused = self.tokenizer.unused_ids()
         # the weights last: every cheaper mistake above is reported without reading them
-        self.model = load_model(directory, self.device, None if dtype == "auto" else WEIGHT_DTYPES[dtype])
+        self._weights = (directory, None if dtype == "auto" else WEIGHT_DTYPES[dtype])
+        self._model: GPT | None = None
+        if load_weights:
+            self._model = self.model
+
+    @property
+    def model(self) -> GPT:
+        """The model, its weights read on first use when they were not read at construction."""
+        if self._model is None:
+            self._model = load_model(self._weights[0], self.device, self._weights[1])
+        return self._model
 
     def encode_prompt(self, text: str, special: SpecialText = "refuse") -> list[int]:
         """The prompt's ids, after the tokenizer's begin-of-text token if it asks for one."""
@@ -132,7 +146,7 @@ class TextGenerator:
             ids = self._text_start_ids()
         if not ids:
             raise ConfigError("the prompt is empty and this tokenizer has no token that starts a text")
-        limit = self.model.cfg.max_seq_len
+        limit = self.config.max_seq_len
         if len(ids) >= limit:
             raise ConfigError(
                 f"the prompt is {len(ids)} tokens, which leaves no room for a new one: the model reads at most {limit}"
@@ -183,7 +197,7 @@ class TextGenerator:
     def _finish_reason(self, prompt_ids: list[int], ids: list[int], max_new_tokens: int) -> str:
         if len(ids) >= max_new_tokens:
             return "length"
-        if len(prompt_ids) + len(ids) >= self.model.cfg.max_seq_len:
+        if len(prompt_ids) + len(ids) >= self.config.max_seq_len:
             return "context"
         return "eos"
 

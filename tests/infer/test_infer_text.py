@@ -371,3 +371,16 @@ def test_a_prompt_file_is_read_exactly_line_ends_included(tmp_path, tokenizer, c
                        "--max-new-tokens", "1", "--seed", "0")
     row = json.loads(out)
     assert code == 0 and row["prompt"] == text and row["prompt_tokens"] == len(tokenizer.encode(text))
+
+
+def test_the_prompt_is_checked_before_the_weights_are_read(tmp_path, tokenizer, capsys):
+    """A prompt the model cannot take (special-token text, too many tokens) was refused only after
+    the weights were read: seconds for a large model, and a damaged weights file hid the mistake."""
+    model_dir(tmp_path / "m", tokenizer)
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not weights")
+    m = str(tmp_path / "m")
+    for prompt, message in (("x <|endoftext|>", "disallowed special token"), ("x" * 400, "the model reads at most 64")):
+        code, out, err = run(capsys, "--model", m, prompt)
+        assert code == 2 and out == "" and message in err, err
+    code, _, err = run(capsys, "--model", m, "x")
+    assert code == 2 and "not a readable safetensors file" in err
