@@ -13,6 +13,7 @@ skip, or roll back → log, evaluate, checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -45,7 +46,14 @@ from scratchlm.errors import (
     TrainingStopped,
 )
 from scratchlm.eval.bpb import evaluate_loss
-from scratchlm.fsutil import atomic_write_json, brief, is_json_int, is_json_number, remove_abandoned_temp_dirs
+from scratchlm.fsutil import (
+    atomic_write_json,
+    brief,
+    exclusive_directory,
+    is_json_int,
+    is_json_number,
+    remove_abandoned_temp_dirs,
+)
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
@@ -204,6 +212,7 @@ class PretrainRun:
         self._old_handlers: dict[int, Any] = {}
         self.diagnoses: list[str] = []
         self._diagnosed: set[str] = set()
+        self._out_lock = contextlib.ExitStack()
         try:
             self._open_data()
             self._check_batch_geometry()
@@ -212,6 +221,7 @@ class PretrainRun:
             self.state = TrainState()
             self.monitor = StabilityMonitor(config.monitor)
             self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
+            self._lock_out()
             self._start_or_resume(resume)
         except BaseException:
             self.close()
@@ -292,6 +302,23 @@ class PretrainRun:
         self.flops_per_token = self.model_cfg.flops_per_token(tc.seq_len)
         dtype = self.precision.autocast_dtype or torch.float32
         self.peak_flops = peak_flops_per_s(self.device, dtype)
+
+    def _lock_out(self) -> None:
+        """Hold train.out for this run until `close`: a second run into it (a job started twice)
+        would resume from this one's checkpoint, cut back its log and prune its newer checkpoints
+        as a dead run's. The main process holds the lock (an advisory one, dropped by the kernel
+        however the run ends), before anything in train.out is read or written."""
+        if not self.dist.is_main:
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"train.out = {self.out}: cannot write the run there ({e.strerror or e})") from None
+        busy = (
+            f"train.out = {self.out}: another pretraining run is writing there now; "
+            "wait for it to end or choose another train.out"
+        )
+        self._out_lock.enter_context(exclusive_directory(self.out, busy, ConfigError))
 
     def _start_or_resume(self, resume: bool) -> None:
         if self.dist.is_main and self.ckpt_root.is_dir():
@@ -996,6 +1023,7 @@ class PretrainRun:
 
     def close(self) -> None:
         self.log.close()
+        self._out_lock.close()
         if self.dist.world_size > 1:
             cleanup()
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, train_losses, write_toml
 
-from scratchlm.errors import CheckpointError
+from scratchlm.errors import CheckpointError, ConfigError
 from scratchlm.train.checkpoint import find_latest
 from scratchlm.train.trainer import train
 
@@ -130,6 +130,25 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tokens, reference, tmp_pa
     assert find_latest(out / "checkpoints").name == f"step-{last['step']:06d}"
     train(cfg, resume=True)
     assert_same_run(out, reference)
+
+
+def test_a_second_run_into_a_train_out_in_use_is_refused(tokens, tmp_path):
+    """A second `pretrain --resume` (a job started twice) into a run still training resumed from
+    its checkpoint, truncated its log, and pruned its newer checkpoints as a dead run's future."""
+    out = tmp_path / "busy"
+    cfg = tiny_config(tokens, out, train={"max_steps": 100_000, "checkpoint_every": 3, "sample_tokens": 0})
+    child = start_child(cfg, tmp_path)
+    try:
+        wait_for_checkpoint(out / "checkpoints", 3, child)
+        second = tiny_config(tokens, out, train={"max_steps": 4, "checkpoint_every": 3, "sample_tokens": 0})
+        with pytest.raises(ConfigError, match="another pretraining run is writing there") as caught:
+            train(second, resume=True)
+        assert "\n" not in str(caught.value)
+        assert child.poll() is None, "the first run must go on untouched"
+    finally:
+        child.kill()
+        child.communicate()
+    train(second, resume=True)  # the kernel dropped the killed run's lock
 
 
 def test_resume_with_another_optimizer_is_a_checkpoint_error(tokens, tmp_path):
