@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -36,6 +37,28 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """Flush every file and directory under `path` to disk. Why: writers such as safetensors and
+    torch.save leave their bytes in the page cache, and a directory renamed into place (and a
+    pointer naming it) can reach the disk before them: after a power loss or a kernel crash the
+    output would look whole with empty files. A failed flush is a failed write (an OSError); a file
+    system that cannot flush a file (EINVAL) is passed over, as for directories."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            file = os.path.join(folder, name)
+            if os.path.islink(file):
+                continue  # its target is not part of this output
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+                    raise
+            finally:
+                os.close(fd)
+        fsync_dir(folder)
 
 
 def current_umask() -> int:
@@ -183,7 +206,8 @@ def atomic_directory(
     inputs: Iterable[str | os.PathLike] = (),
     error: type[ScratchLMError] = ScratchLMError,
 ) -> Iterator[Path]:
-    """Yield a temp directory beside `final`; on success it replaces `final` in one rename.
+    """Yield a temp directory beside `final`; on success its files are flushed to disk and it
+    replaces `final` in one rename.
 
     `final` is first checked with `check_output_dir` (same arguments), so an existing directory
     is only replaced when `replaceable` recognises it as an earlier output of this kind. On any
@@ -202,7 +226,7 @@ def atomic_directory(
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
         _as_created(tmp, 0o777)
         yield tmp
-        fsync_dir(tmp)
+        fsync_tree(tmp)  # every byte on disk before the output can be seen whole
         if final.exists():
             # Named as a temp directory: if this process dies before the next line, the next writer's
             # `remove_abandoned_temp_dirs` deletes it instead of leaving it on disk for good.

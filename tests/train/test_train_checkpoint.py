@@ -295,3 +295,29 @@ def test_a_fault_that_is_not_a_failed_write_stays_itself(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="illegal memory access"):
         ckpt.save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {}, {}, [{}], {"step": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_file_of_a_checkpoint_is_flushed_to_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """safetensors and torch.save do not fsync, and only the directory was: after a power loss or a
+    kernel crash, `latest` (fsynced) could name a step dir whose weights or optimizer state never
+    reached the disk (empty files), with the older checkpoints already pruned. The real fsync runs;
+    each call is recorded with the file it flushed and whether the checkpoint was in place yet."""
+    import os
+
+    root = tmp_path / "checkpoints"
+    final = root / "step-000001"
+    flushed: set[tuple[int, int]] = set()
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        real_fsync(fd)
+        if not final.exists():
+            info = os.fstat(fd)
+            flushed.add((info.st_dev, info.st_ino))
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    save_step(root, 1, optimizer_state=adamw_state())
+    files = [p for p in final.rglob("*") if p.is_file()]
+    assert {"model.safetensors", "optimizer.pt", "rng.pt"} <= {p.name for p in files}
+    unflushed = [p.name for p in files if (p.stat().st_dev, p.stat().st_ino) not in flushed]
+    assert not unflushed, f"written but not flushed before the rename: {unflushed}"
