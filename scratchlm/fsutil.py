@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -251,6 +252,22 @@ def atomic_directory(
         raise
     finally:
         _WRITING.discard(writing)
+
+
+def remove_directory(path: str | os.PathLike) -> None:
+    """Delete a directory tree, renamed first to a temp name of this writer's. Why: deleting takes
+    a while (a checkpoint's gigabytes), and a kill in the middle would leave the output half gone,
+    looking like an output still; the temp name is one `remove_abandoned_temp_dirs` clears. A link
+    is left alone, as `shutil.rmtree` leaves it."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return
+    doomed = path.with_name(f".{temp_stem(path.name)}.{_writer_tag()}.{secrets.token_hex(4)}.partial")
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        doomed = path  # cannot be renamed: deleted where it is
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,13 @@ import numpy as np
 import torch
 
 from scratchlm.errors import CheckpointError, ModelError, first_line, torch_error_text
-from scratchlm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, read_json_object
+from scratchlm.fsutil import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_object,
+    remove_directory,
+)
 from scratchlm.model.io import (
     CHECKPOINT_STATE_FILE,
     CONFIG_FILE,
@@ -299,7 +304,7 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int, written: Path | Non
         newest = int(match.group(1))
         removed = [p for step, p in found if step > newest]
         for p in removed:
-            shutil.rmtree(p, ignore_errors=True)
+            remove_directory(p)
         found = [(step, p) for step, p in found if step <= newest]
     keep = {p for _, p in found[-keep_last:]}
     best = best_checkpoint(ckpt_root)
@@ -308,7 +313,7 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int, written: Path | Non
         atomic_write_text(Path(ckpt_root) / "best", best.name + "\n")
     for _, p in found:
         if p not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+            remove_directory(p)
             removed.append(p)
     return removed
 

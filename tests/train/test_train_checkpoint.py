@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from scratchlm.errors import CheckpointError
+from scratchlm.fsutil import remove_abandoned_temp_dirs
 from scratchlm.train import checkpoint as ckpt
 
 
@@ -90,6 +91,37 @@ def test_process_killed_while_saving_leaves_latest_on_the_previous_checkpoint(tm
     assert (root / "latest").read_text().strip() == "step-000001"
     assert ckpt.find_latest(root).name == "step-000001"
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [1]
+
+
+KILL_DURING_PRUNE = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from test_train_checkpoint import save_step
+from pathlib import Path
+from scratchlm.train import checkpoint as ckpt
+root = Path(sys.argv[1])
+save_step(root, 1)
+written = save_step(root, 2)
+real_unlink = os.unlink
+def die_after_one(*a, **k):
+    real_unlink(*a, **k)              # one file of step 1 goes, the rest never does
+    os.kill(os.getpid(), signal.SIGKILL)
+os.unlink = die_after_one
+ckpt.prune_checkpoints(root, keep_last=1, written=written)
+"""
+
+
+def test_a_process_killed_while_pruning_leaves_nothing_the_next_run_does_not_clear(tmp_path):
+    """A kill (or a second Ctrl-C) in the middle of deleting an old checkpoint left a step folder
+    missing some of its files: passed over as incomplete, never pruned, it kept its gigabytes for
+    good. What a resume clears first (`remove_abandoned_temp_dirs`) now takes it away."""
+    root = tmp_path / "checkpoints"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_PRUNE, str(root), str(Path(__file__).parent)], capture_output=True
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    remove_abandoned_temp_dirs(root)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002"]
 
 
 def test_stale_or_missing_pointer_falls_back_to_newest_complete(tmp_path):
@@ -250,6 +282,7 @@ FILE_SIZE_LIMITED = r"""
 import resource, sys, torch
 from pathlib import Path
 from scratchlm.errors import CheckpointError
+from scratchlm.fsutil import remove_abandoned_temp_dirs
 from scratchlm.train import checkpoint as ckpt
 
 root = Path(sys.argv[1])
