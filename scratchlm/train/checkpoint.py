@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -182,9 +182,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         model = read_weights(path / WEIGHTS_FILE)
     except (ModelError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot read checkpoint: {e}; {DAMAGED_ADVICE}") from None
+    _check_finite(((f"tensor '{name}'", t) for name, t in model.items()), path / WEIGHTS_FILE)
     optimizer = _load_tensor_file(path / "optimizer.pt")
     if not _is_optimizer_state(optimizer):
         raise CheckpointError(f"{path / 'optimizer.pt'}: holds no optimizer state; {DAMAGED_ADVICE}")
+    _check_finite(
+        (
+            (f"{name} of parameter {key}", value)
+            for key, state in optimizer["state"].items() if isinstance(state, dict)
+            for name, value in state.items()
+        ),
+        path / "optimizer.pt",
+    )
     rng = _load_tensor_file(path / "rng.pt")
     if not _is_rng_states(rng):
         raise CheckpointError(f"{path / 'rng.pt'}: holds no per-rank RNG states; {DAMAGED_ADVICE}")
@@ -211,6 +220,15 @@ def _load_tensor_file(path: Path) -> Any:
     except Exception as e:  # any other failure: see the docstring
         reason = type(e).__name__
         raise CheckpointError(f"{path}: damaged or not written by scratchlm ({reason}); {DAMAGED_ADVICE}") from None
+
+
+def _check_finite(named: Iterable[tuple[str, Any]], path: Path) -> None:
+    """One CheckpointError for a NaN or infinity among the tensors: the trainer never applies a
+    non-finite update, so one in a checkpoint is damage (a flipped bit, a hand edit), and resumed
+    it would only end in non-finite steps blamed on the learning rate."""
+    for what, value in named:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: {what} holds non-finite values (NaN or infinity); {DAMAGED_ADVICE}")
 
 
 def _is_optimizer_state(obj: Any) -> bool:

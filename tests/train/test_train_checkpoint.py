@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from scratchlm.errors import CheckpointError
 from scratchlm.fsutil import remove_abandoned_temp_dirs
@@ -185,6 +186,25 @@ def test_damaged_optimizer_or_rng_file_is_one_checkpoint_error_naming_it(tmp_pat
     with pytest.raises(CheckpointError, match=name) as caught:
         ckpt.load_checkpoint(path)
     assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["weights", "optimizer"])
+def test_a_checkpoint_holding_non_finite_values_is_one_checkpoint_error(tmp_path, where):
+    """A NaN in the weights or the optimizer's moments (a flipped bit, a hand edit; the trainer
+    never applies a non-finite update) was loaded, and the resumed run skipped five steps, then
+    stopped blaming the learning rate."""
+    optimizer = adamw_state()
+    path = save_step(tmp_path, 1, optimizer_state=optimizer)
+    if where == "weights":
+        save_file({"w": torch.tensor([[1.0, float("nan")], [0.0, 1.0]])}, str(path / "model.safetensors"))
+        expected = r"model\.safetensors: tensor 'w' holds non-finite values"
+    else:
+        optimizer["state"][0]["exp_avg_sq"][1] = float("inf")
+        torch.save(optimizer, path / "optimizer.pt")
+        expected = r"optimizer\.pt: exp_avg_sq of parameter 0 holds non-finite values"
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        ckpt.load_checkpoint(path)
+    assert ckpt.DAMAGED_ADVICE in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_file_that_cannot_be_read_is_a_read_error_not_damage(tmp_path, monkeypatch):
