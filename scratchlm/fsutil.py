@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -49,8 +50,8 @@ def fsync_tree(path: str | os.PathLike) -> None:
     for folder, _, files in os.walk(path):
         for name in files:
             file = os.path.join(folder, name)
-            if os.path.islink(file):
-                continue  # its target is not part of this output
+            if not stat.S_ISREG(os.lstat(file).st_mode):
+                continue  # a link's target is not part of this output; a FIFO would block the open
             fd = os.open(file, os.O_RDONLY)
             try:
                 os.fsync(fd)
