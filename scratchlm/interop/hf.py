@@ -477,8 +477,12 @@ def read_hf_tensors(directory: Path) -> Tensors:
         return read_weights(single)
     if index.is_file():
         tensors: Tensors = {}
+        held_by: dict[str, str] = {}  # tensor → the shard it came from
         for shard in shard_names(index):
-            tensors.update(read_weights(directory / shard))
+            for name, tensor in read_weights(directory / shard).items():
+                if name in held_by:  # which copy a loader takes is arbitrary: refused, not guessed
+                    raise ModelError(f"{index}: tensor '{name}' is in both {held_by[name]} and {shard}")
+                tensors[name], held_by[name] = tensor, shard
         return tensors
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
         raise ModelError(

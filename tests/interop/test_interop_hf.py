@@ -539,3 +539,20 @@ def test_import_refuses_a_tokenizer_scratchlm_would_split_differently(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "splits text differently" in err[0] and "splits text differently" in refused
     assert not (tmp_path / "ours").exists()
+
+
+def test_a_tensor_held_by_two_shards_is_refused(tmp_path):
+    """Shards were merged with dict.update, so a tensor stored twice silently took the copy of
+    the shard sorting last, whatever the index named: the import reported success with other weights."""
+    from safetensors.torch import load_file, save_file
+
+    hf_llama().save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    weight_map = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())["weight_map"]
+    first, last = sorted(set(weight_map.values()))[0], sorted(set(weight_map.values()))[-1]
+    name = next(iter(load_file(tmp_path / "hf" / first)))
+    stray = {**load_file(tmp_path / "hf" / last), name: torch.zeros_like(load_file(tmp_path / "hf" / first)[name])}
+    save_file(stray, tmp_path / "hf" / last, metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=rf"tensor '{name}' is in both {first} and {last}"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
