@@ -416,9 +416,17 @@ def family_of(cfg: ModelConfig) -> str:
 
 
 def _cast(tensors: Tensors, dtype: WeightDtype) -> Tensors:
+    """`tensors` in `dtype`, refusing a weight the dtype cannot hold: a value beyond its range
+    becomes infinity, and the written model would give NaN logits."""
     if dtype == "auto":
         return tensors
-    return {k: v.to(WEIGHT_DTYPES[dtype]) for k, v in tensors.items()}
+    out = {}
+    for name, tensor in tensors.items():
+        cast = tensor.to(WEIGHT_DTYPES[dtype])
+        if cast.dtype != tensor.dtype and not torch.isfinite(cast).all() and torch.isfinite(tensor).all():
+            raise ModelError(f"tensor '{name}' has values beyond {dtype}'s range; choose a wider --dtype")
+        out[name] = cast
+    return out
 
 
 # --- in-memory conversion -----------------------------------------------------------------------

@@ -556,3 +556,21 @@ def test_a_tensor_held_by_two_shards_is_refused(tmp_path):
         import_hf(tmp_path / "hf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+
+@pytest.mark.parametrize("convert", ["export", "import"])
+def test_a_dtype_too_narrow_for_a_weight_is_refused_not_turned_into_infinity(tmp_path, convert):
+    """--dtype float16 turned a weight beyond ±65504 into inf silently: the written model gave NaN logits."""
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)
+    model = GPT(cfg)
+    with torch.no_grad():
+        model.norm_f.weight[3] = 1e5
+    save_model(model, tmp_path / "m")
+    source = tmp_path / "m"
+    if convert == "import":
+        export_hf(tmp_path / "m", tmp_path / "hf")
+        source = tmp_path / "hf"
+    run = export_hf if convert == "export" else import_hf
+    with pytest.raises(ModelError, match=r"tensor '(norm_f|model\.norm)\.weight' has values beyond float16's range"):
+        run(source, tmp_path / "out", dtype="float16")
+    assert not (tmp_path / "out").exists()
+    run(source, tmp_path / "out", dtype="bfloat16")  # a wider range holds it
