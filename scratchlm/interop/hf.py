@@ -562,7 +562,7 @@ def check_carried_tokenizer(source: Path) -> None:
 def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDtype = "auto") -> Path:
     """Convert a transformers GPT-2/Llama directory into a scratchlm model directory."""
     source = Path(source)
-    check_model_output(out, inputs=[source])
+    check_model_output(out, inputs=[source], carried=TOKENIZER_FILES)
     hf_config = read_hf_config(source)
     cfg = config_from_hf(hf_config, str(source / CONFIG_FILE))
     tensors = _cast(tensors_from_hf(cfg, hf_config, read_hf_tensors(source), str(source)), dtype)
@@ -573,20 +573,20 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDt
         kept = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if hf_config.get(key) is not None}
         if kept:
             extra[GENERATION_CONFIG] = (json.dumps(kept, indent=2) + "\n").encode()
-    return save_model(model, out, extra_files=extra, inputs=[source])
+    return save_model(model, out, extra_files=extra, inputs=[source], carried=TOKENIZER_FILES)
 
 
 def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: WeightDtype = "auto") -> Path:
     """Convert a scratchlm model directory into one `AutoModelForCausalLM.from_pretrained` loads."""
     model_dir = resolve_model_dir(model_dir)
-    check_model_output(out, inputs=[model_dir])
+    check_model_output(out, inputs=[model_dir], carried=TOKENIZER_FILES)
     cfg = load_model_config(model_dir)
     ours = read_weights(model_dir / WEIGHTS_FILE)
     build_from_tensors(cfg, ours, str(model_dir / WEIGHTS_FILE))  # checks every name and shape
     hf_config, tensors = hf_from_ours(cfg, _cast(ours, dtype))
     bos, eos = generation_ids(model_dir)
     hf_config.update(bos_token_id=bos, eos_token_id=eos, pad_token_id=None)
-    with model_directory(out, inputs=[model_dir]) as tmp:
+    with model_directory(out, inputs=[model_dir], carried=TOKENIZER_FILES) as tmp:
         write_weights(tmp / WEIGHTS_FILE, {k: v.contiguous() for k, v in tensors.items()})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         copy_tokenizer_files(model_dir, tmp)

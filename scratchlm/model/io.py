@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from scratchlm.fsutil import (
     atomic_directory,
     atomic_write_json,
     check_output_dir,
+    directory_entries,
     read_json_object,
     read_text_file,
 )
@@ -58,11 +59,23 @@ def weights_for_saving(model: GPT, state_dict: Mapping[str, torch.Tensor] | None
 CHECKPOINT_STATE_FILE = "train_state.json"  # what makes a model directory a training checkpoint
 
 
-def is_model_dir(path: Path) -> bool:
+_MODEL_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, "model.safetensors.index.json"})
+_SHARD_FILE = re.compile(r"model-\d+-of-\d+\.safetensors")  # a sharded transformers checkpoint's
+
+
+def is_model_dir(path: Path, carried: Collection[str] = ()) -> bool:
     """A directory holding a model (ours or a transformers one) that a conversion may replace:
-    `config.json` beside weights, and not a training checkpoint, which belongs to its run."""
+    `config.json` beside weights, not a training checkpoint (which belongs to its run), and
+    nothing else but a model's files and the `carried` ones (hidden files aside). A clone of a
+    model's repository also holds a `.git/`, a README and more, which replacing it would delete."""
     has_weights = (path / WEIGHTS_FILE).is_file() or (path / "model.safetensors.index.json").is_file()
-    return (path / CONFIG_FILE).is_file() and has_weights and not (path / CHECKPOINT_STATE_FILE).exists()
+    if not (path / CONFIG_FILE).is_file() or not has_weights or (path / CHECKPOINT_STATE_FILE).exists():
+        return False
+    entries = directory_entries(path, hidden_dirs=True)
+    return entries is not None and all(
+        not is_dir and (name in _MODEL_FILES or name in carried or _SHARD_FILE.fullmatch(name) is not None)
+        for name, is_dir in entries.items()
+    )
 
 
 def save_model(
@@ -71,37 +84,47 @@ def save_model(
     extra_files: ExtraFiles | None = None,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     inputs: Iterable[str | os.PathLike] = (),
+    carried: Collection[str] = (),
 ) -> Path:
     """Write `model.safetensors` + `config.json` (and `extra_files`) as one atomic directory.
 
-    An existing `directory` is replaced only if it holds a model; one holding `inputs` never is.
+    An existing `directory` is replaced only if it holds a model and nothing but its files and
+    files named in `carried`; one holding `inputs` never is.
 
     `extra_files` is either a mapping {name in the directory: source path or bytes} or a list
     of paths copied under their own names (e.g. tokenizer.json). `state_dict` replaces the
     module's own (e.g. a full state dict gathered from a sharded model).
     """
-    with model_directory(directory, inputs) as tmp:
+    with model_directory(directory, inputs, carried) as tmp:
         write_model_files(model, tmp, state_dict)
         write_extra_files(tmp, extra_files)
     return Path(directory)
 
 
 def model_directory(
-    directory: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
+    directory: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), carried: Collection[str] = ()
 ) -> AbstractContextManager[Path]:
     """`atomic_directory` for a model directory: an existing `directory` is replaced only if it
-    holds a model, and never if it holds one of `inputs`."""
-    return atomic_directory(directory, **_model_output_rules(inputs))
+    holds a model and nothing but its files and the `carried` ones, and never if it holds one
+    of `inputs`."""
+    return atomic_directory(directory, **_model_output_rules(inputs, carried))
 
 
-def check_model_output(directory: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def check_model_output(
+    directory: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), carried: Collection[str] = ()
+) -> Path:
     """Refuse `directory` now, as `save_model` would at the end: for a conversion that reads and
     builds every weight first, a refused output should cost nothing."""
-    return check_output_dir(directory, **_model_output_rules(inputs))
+    return check_output_dir(directory, **_model_output_rules(inputs, carried))
 
 
-def _model_output_rules(inputs: Iterable[str | os.PathLike]) -> dict[str, Any]:
-    return {"what": "a model directory", "replaceable": is_model_dir, "inputs": list(inputs), "error": ModelError}
+def _model_output_rules(inputs: Iterable[str | os.PathLike], carried: Collection[str]) -> dict[str, Any]:
+    return {
+        "what": "a model directory holding only a model's files",
+        "replaceable": lambda path: is_model_dir(path, carried),
+        "inputs": list(inputs),
+        "error": ModelError,
+    }
 
 
 def write_model_files(
