@@ -169,8 +169,12 @@ class PretrainConfig:
         self.model = {"preset": DEFAULT_MODEL_PRESET, **self.model}
 
     def validate(self) -> None:
+        """Every section, not only [data]: `train` calls this, so a config built or changed in
+        Python (no loader to check it) cannot start a run without a budget that never ends."""
         if not self.data.tokens:
             raise ConfigError("[data] tokens is required: the tokens dir made by `scratchlm data tokenize`")
+        self.train.validate()
+        self.monitor.validate()
 
 
 def check_train_out(config: PretrainConfig) -> Path:

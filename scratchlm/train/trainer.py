@@ -193,6 +193,7 @@ class PretrainRun:
     """The state and steps of one pretraining run (one object per process)."""
 
     def __init__(self, config: PretrainConfig, resume: bool = False) -> None:
+        config.validate()  # the loader has; a config built in Python has not
         check_train_out(config)  # before anything is written, or a process group started
         self.config = config
         tc = config.train

@@ -131,6 +131,26 @@ def test_out_of_range_settings_are_refused_before_training(tokens, tmp_path, sec
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "max_steps", 0, r"\[train\] needs a budget"),  # TrainSection()'s own defaults: no budget
+        ("monitor", "min_history", 0, r"monitor\.min_history must be in"),
+    ],
+)
+def test_a_config_built_in_python_is_checked_before_training(tokens, tmp_path, section, key, value, message):
+    """The loader checks every section, but `train(config)` did not: a config changed in Python
+    (or built from the dataclasses) with no budget trained forever, and min_history 0 judged steps
+    against an empty history."""
+    import dataclasses
+
+    cfg = tiny_config(tokens, tmp_path / "run")
+    changed = dataclasses.replace(getattr(cfg, section), **{key: value})  # no loader: no validation
+    with pytest.raises(ConfigError, match=message):
+        train(dataclasses.replace(cfg, **{section: changed}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_out_naming_a_file_is_a_config_error(tokens, tmp_path):
     out = tmp_path / "run"
     out.write_text("notes\n")
