@@ -70,6 +70,8 @@ def sweep_lr(
     from scratchlm.train.trainer import train
 
     rates = checked_rates(lrs)
+    if not is_json_int(steps) or steps < 1:  # each rate's only budget: 0 would never end
+        raise ConfigError(f"the steps per learning rate must be a positive integer, got {steps!r}")
     _check_val_split(config.data.tokens, config.train.seq_len)
     check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
     out = Path(config.train.out)

@@ -375,6 +375,17 @@ def test_sweep_refuses_rates_that_cannot_train_or_share_a_folder(tokens, tmp_pat
     assert lr_label(1e-3) != lr_label(1.0000001e-3)
 
 
+@pytest.mark.parametrize("steps", [0, -5, 2.5, True])
+def test_a_sweep_refuses_a_step_count_no_run_can_train(tokens, tmp_path, steps):
+    """`sweep_lr(config, steps=0)` gave each rate no budget: its first run trained forever (the CLI
+    checks --steps, the library did not)."""
+    from scratchlm.train.sweep import sweep_lr
+
+    with pytest.raises(ConfigError, match=r"steps per learning rate must be a positive integer"):
+        sweep_lr(tiny_config(tokens, tmp_path / "sweep"), [1e-3], steps=steps)
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_samples_follow_sample_every_between_evaluations(tokens, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(tokens, out, train={"max_steps": 7, "eval_every": 2, "sample_every": 3, "sample_tokens": 4}))
