@@ -618,8 +618,11 @@ class PretrainRun:
     def _on_nonfinite(self, verdict: Verdict, loss_value: float) -> None:
         tc, st = self.tc, self.state
         self._skip_batch("nan_skip", verdict.detail)
-        if self.scaler is not None and math.isfinite(loss_value):
-            return  # fp16 overflow: the scaler has lowered its scale; move on
+        if self.scaler is not None and math.isfinite(loss_value) and self.scaler.get_scale() >= 1.0:
+            # fp16 overflow: the scaler has lowered its scale; move on. Below 1 the scale no longer
+            # magnifies the gradients, so they are non-finite on their own (a NaN gradient under a
+            # finite loss): forgiven there too, the scale fell to 0 and every batch was skipped.
+            return
         advice = diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr)
         self._diagnose("nonfinite", advice)  # said once per run
         if self.monitor.consecutive_nonfinite >= self.config.monitor.max_nonfinite:

@@ -139,6 +139,27 @@ def test_fp16_run_trains_on_after_a_rejected_step(tokens, tmp_path, fp16_with_gr
     assert all(math.isfinite(v) for v in train_losses(rows).values())
 
 
+def test_fp16_stops_on_gradients_that_stay_non_finite_whatever_the_scale(tokens, tmp_path, fp16_with_grad_scaler,
+                                                                         monkeypatch):
+    """A NaN gradient under a finite loss (here sqrt's at 0) was taken for an fp16 overflow at
+    every step: the scaler halved its scale to nothing and the run skipped batch after batch,
+    never stopping (12,000 skipped in 27 s) where fp32 stops after max_nonfinite steps."""
+
+    def nan_gradients(loss, data_step, debug):
+        return loss + (loss * 0).sqrt() if data_step >= 3 else loss
+
+    monkeypatch.setattr(trainer, "inject_fault", nan_gradients)
+    out = tmp_path / "run"
+    cfg = tiny_config(tokens, out, train={"max_steps": 10, "max_seconds": 5.0}, monitor=MONITOR)
+    with pytest.raises(TrainingStopped, match="non-finite steps in a row at step 3"):
+        train(cfg)
+    rows = read_rows(out)
+    # 2**16 halves to below 1 in 17 overflows: while the scale magnifies the gradients, an
+    # overflow may be its doing; below 1 the gradients are non-finite on their own.
+    assert len(events(rows, "nan_skip")) == 17
+    assert [d["kind"] for d in events(rows, "diagnosis")] == ["nonfinite"]
+
+
 def test_throughput_stays_positive_across_a_rollback(tokens, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(
