@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from scratchlm.config import from_dict, integer_value, load_config
+from scratchlm.config import from_dict, integer_value, load_config, require_finite_number
 from scratchlm.errors import ConfigError
 from scratchlm.fsutil import require_utf8_path
 
@@ -41,7 +41,10 @@ NON_NEGATIVE_MONITOR_KEYS = (
 
 
 def _check_ranges(section: Any, name: str, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
-    """One ConfigError naming the first setting of `[name]` out of its range."""
+    """One ConfigError naming the first setting of `[name]` out of its range. Finite first: NaN
+    passes every comparison below, and a config built in Python has not met the loader's check."""
+    for key in positive + non_negative:
+        require_finite_number(f"{name}.{key}", getattr(section, key))
     for key in positive:
         if getattr(section, key) <= 0:
             raise ConfigError(f"{name}.{key} must be positive, got {getattr(section, key)}")

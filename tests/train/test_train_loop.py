@@ -132,20 +132,24 @@ def test_out_of_range_settings_are_refused_before_training(tokens, tmp_path, sec
 
 
 @pytest.mark.parametrize(
-    ("section", "key", "value", "message"),
+    ("section", "changes", "message"),
     [
-        ("train", "max_steps", 0, r"\[train\] needs a budget"),  # TrainSection()'s own defaults: no budget
-        ("monitor", "min_history", 0, r"monitor\.min_history must be in"),
+        ("train", {"max_steps": 0}, r"\[train\] needs a budget"),  # TrainSection()'s own defaults: no budget
+        ("monitor", {"min_history": 0}, r"monitor\.min_history must be in"),
+        # NaN fails every comparison, so it passed the range checks (the loader refuses it itself)
+        ("train", {"lr": float("nan")}, r"train\.lr must be a finite number"),
+        ("monitor", {"loss_threshold": float("nan")}, r"monitor\.loss_threshold must be a finite number"),
+        ("train", {"max_steps": 0, "max_seconds": float("inf")}, r"train\.max_seconds must be a finite number"),
     ],
 )
-def test_a_config_built_in_python_is_checked_before_training(tokens, tmp_path, section, key, value, message):
+def test_a_config_built_in_python_is_checked_before_training(tokens, tmp_path, section, changes, message):
     """The loader checks every section, but `train(config)` did not: a config changed in Python
-    (or built from the dataclasses) with no budget trained forever, and min_history 0 judged steps
-    against an empty history."""
+    (or built from the dataclasses) with no budget, or an infinite one, trained forever, min_history
+    0 judged steps against an empty history, and a NaN threshold caught no spike."""
     import dataclasses
 
     cfg = tiny_config(tokens, tmp_path / "run")
-    changed = dataclasses.replace(getattr(cfg, section), **{key: value})  # no loader: no validation
+    changed = dataclasses.replace(getattr(cfg, section), **changes)  # no loader: no validation
     with pytest.raises(ConfigError, match=message):
         train(dataclasses.replace(cfg, **{section: changed}))
     assert not (tmp_path / "run").exists()
