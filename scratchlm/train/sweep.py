@@ -66,7 +66,7 @@ def sweep_lr(
     grid. `sweep.json` is rewritten after every finished rate with `finished: false`, so a process
     killed between rates (when no run's signal handlers are installed) still leaves a true partial
     report. With `resume`, the rates `sweep.json` already holds are kept, the interrupted rate
-    continues from its checkpoint and the rest start."""
+    continues from its checkpoint and the rest start; without it, a folder holding a report is refused."""
     from scratchlm.train.trainer import train
 
     rates = checked_rates(lrs)
@@ -76,6 +76,11 @@ def sweep_lr(
     check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
     out = Path(config.train.out)
     settings = _sweep_settings(config)
+    if not resume and (out / "sweep.json").exists():  # a new report would replace its results
+        raise ConfigError(
+            f"{out}: holds the report of an earlier sweep; pass --resume to continue it (its finished "
+            "rates are kept) or choose another train.out"
+        )
     done = _finished_rates(out, steps, settings) if resume else {}
     # Rates an earlier run of the sweep finished stay in the report, in or out of today's grid.
     results: list[dict[str, Any]] = [result for lr, result in done.items() if lr not in rates]

@@ -256,6 +256,21 @@ def test_an_interrupted_sweep_resumes_its_interrupted_rate_and_keeps_the_finishe
     assert len(events(read_rows(out / "lr-0.001"), "resume")) == 1
 
 
+def test_a_sweep_started_over_an_earlier_sweeps_report_is_refused_before_training(tokens, tmp_path, capsys):
+    """Without --resume, a sweep into a folder holding a report trained its first rate and then
+    replaced that report with its own: the earlier rates' results were gone from sweep.json (and a
+    rate of both grids then failed for its checkpoints, after the others had trained)."""
+    out = tmp_path / "sweep"
+    toml = str(write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml"))
+    assert main(["sweep-lr", "--config", toml, "--lrs", "1e-2", "--steps", "2"]) == 0
+    before = (out / "sweep.json").read_bytes()
+    capsys.readouterr()
+    assert main(["sweep-lr", "--config", toml, "--lrs", "3e-3,1e-2", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the report of an earlier sweep" in err[0] and "--resume" in err[0]
+    assert (out / "sweep.json").read_bytes() == before and not (out / "lr-0.003").exists()
+
+
 @pytest.mark.parametrize("report", [
     '{"steps": 8, "results": [{"lr": 0.01}]}', "[1, 2", '{"results": []}',
     '{"steps": 8, "results": [], "settings": [1]}', '{"steps": 8, "results": [], "settings": {"train": 3}}',
