@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from scratchlm.config import to_dict
+from scratchlm.config import integer_value, to_dict
 from scratchlm.errors import ConfigError, TrainingStopped
 from scratchlm.fsutil import atomic_write_json, is_json_int
 from scratchlm.train.config import PretrainConfig, check_train_out, same_setting
@@ -70,8 +70,10 @@ def sweep_lr(
     from scratchlm.train.trainer import train
 
     rates = checked_rates(lrs)
-    if not is_json_int(steps) or steps < 1:  # each rate's only budget: 0 would never end
+    count = integer_value(steps)  # each rate's only budget: 0 would never end
+    if count is None or count < 1:
         raise ConfigError(f"the steps per learning rate must be a positive integer, got {steps!r}")
+    steps = count  # a NumPy integer as a plain int: sweep.json records it
     _check_val_split(config.data.tokens, config.train.seq_len)
     check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
     out = Path(config.train.out)
