@@ -1,10 +1,13 @@
 """The ordered parallel map that `data prepare`, `data tokenize` and `tokenizer train` share, the
-way to stop its process pool at once, and how the latter two start their workers."""
+way to stop its process pool at once, how the latter two start their workers, and how every
+worker ends with the process that started it."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 from collections import deque
@@ -118,6 +121,24 @@ def stop_pool_now(pool: Executor) -> None:
         manager.join(timeout=_MANAGER_EXIT_S)
     if call_queue is not None and (manager is None or manager.is_alive()):
         call_queue.cancel_join_thread()  # last resort: never wait at exit for a feeder stuck for good
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent thread ends
+
+
+def die_with_parent() -> None:
+    """Run first in each pool worker: on Linux, have the kernel kill it when the process that
+    started it dies. Why: a stage killed outright (`kill -9`, the out-of-memory killer) runs no
+    clean-up, and its workers would wait for work for ever on pipes they hold open themselves,
+    keeping their memory and, in `data tokenize`, the output's lock, so the re-run that rolls an
+    interrupted append back was refused as busy. The pools start their workers from the main
+    thread, whose end is the process's."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request was made
+        os._exit(1)
 
 
 def pool_context() -> multiprocessing.context.BaseContext:

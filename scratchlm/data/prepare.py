@@ -27,7 +27,7 @@ from scratchlm.config import check_workers
 from scratchlm.data.clean import CleanConfig, clean_text
 from scratchlm.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_key, near_duplicate_features
 from scratchlm.data.filters import FilterConfig, first_failing_rule
-from scratchlm.data.parallel import ordered_map
+from scratchlm.data.parallel import die_with_parent, ordered_map
 from scratchlm.data.sources import (
     Document,
     SourceOptions,
@@ -129,6 +129,7 @@ _worker: _BatchWorker | None = None
 
 def _init_process(config: PrepareConfig) -> None:
     global _worker
+    die_with_parent()
     _worker = _BatchWorker(config)
 
 

@@ -29,7 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scratchlm.config import check_workers
-from scratchlm.data.parallel import ctrl_c_held, forks, ordered_map, pool_context, stop_pool_now
+from scratchlm.data.parallel import (
+    ctrl_c_held,
+    die_with_parent,
+    forks,
+    ordered_map,
+    pool_context,
+    stop_pool_now,
+)
 from scratchlm.data.sources import (
     Document,
     SourceOptions,
@@ -260,6 +267,7 @@ _worker_state: dict[str, Any] = {}
 
 def _init_worker(tokenizer: Tokenizer | str, dtype: str) -> None:
     """A forked worker inherits the parent's tokenizer; a spawned one loads it from its dir."""
+    die_with_parent()
     _worker_state["tokenizer"] = Tokenizer.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
     _worker_state["dtype"] = dtype
 

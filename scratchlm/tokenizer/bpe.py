@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import regex
 
-from scratchlm.data.parallel import ordered_map, pool_context
+from scratchlm.data.parallel import die_with_parent, ordered_map, pool_context
 from scratchlm.errors import TokenizerError
 from scratchlm.progress import progress
 from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, encodable_text
@@ -136,7 +136,7 @@ def count_words(
     # A process pool, not multiprocessing.Pool: if a worker dies (the out-of-memory killer), Pool
     # waits forever for its lost chunk, deaf even to SIGTERM; this pool ends with a clear error.
     bar = None
-    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+    with ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=die_with_parent) as pool:
         jobs = ((None, (pattern, chunk)) for chunk in chunks)
         for _, counts in ordered_map(pool, _count_job, jobs, 2 * workers, "word-counting"):
             if bar is None:  # made once the workers are forked, so its helper thread is not forked along

@@ -66,3 +66,64 @@ def test_a_signal_to_the_whole_process_group_stops_a_parallel_stage_cleanly(tmp_
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and "Exception" not in err, err
     assert set(tmp_path.iterdir()) == before  # no output, no temp directory
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_workers_of_a_run_killed_outright_end_with_it_and_free_its_tokens_dir(tmp_path):
+    """A tokenize killed with SIGKILL (`kill -9`, the out-of-memory killer) left its workers
+    waiting for work for ever on pipes they hold open themselves, keeping their memory and the
+    tokens dir's lock: the re-run that rolls an interrupted append back was refused as busy for good."""
+    train_tiny_tokenizer(tmp_path / "tok")
+    first = tmp_path / "first.txt"
+    first.write_text("a first document")
+    cli = [sys.executable, "-m", "scratchlm", "data", "tokenize", "--tokenizer", str(tmp_path / "tok"),
+           "--out", str(tmp_path / "tokens"), "--workers", "2"]
+    subprocess.run([*cli, str(first)], check=True, capture_output=True)
+    slow = tmp_path / "slow.txt"
+    os.mkfifo(slow)  # the append waits here, its workers started, until it is killed
+    proc = subprocess.Popen([*cli, str(slow), "--append"], stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the append ended before it was killed"
+            time.sleep(0.05)
+            workers = children_of(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in workers if running(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert left == []
+    again = subprocess.run([*cli, str(first), "--append"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
