@@ -164,6 +164,14 @@ def describe_out_of_memory(e: BaseException) -> str:
     return f"out of memory: {torch_error_text(e)}"
 
 
+def stdout_is_utf8() -> bool:
+    """Whether standard output encodes UTF-8. When not (a Latin-1 locale, a Windows pipe), `main`
+    escapes what it cannot encode, and JSON is printed as ASCII: Python's escapes (`\\U0001f600`)
+    are not JSON."""
+    encoding = getattr(sys.stdout, "encoding", None) or ""
+    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -175,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if not stdout_is_utf8() and hasattr(sys.stdout, "reconfigure"):
+        # Text a stage prints (a decoded sample, an --out path) must not end it in a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
     in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be set
     stop = SigtermStop(sys._getframe())
     previous = signal.signal(signal.SIGTERM, stop) if in_main_thread else None

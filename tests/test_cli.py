@@ -424,3 +424,31 @@ def test_sweep_lr_help_names_its_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default {','.join(f'{lr:g}' for lr in DEFAULT_GRID)})" in text
     assert f"steps per learning rate (default {DEFAULT_STEPS})" in text
+
+
+def test_commands_print_to_a_standard_output_that_is_not_utf8(tmp_path):
+    """Only `generate` escaped what a non-UTF-8 stdout (a Latin-1 locale, a Windows pipe) cannot
+    encode: `tokenizer decode`, `data inspect` and the stages naming their --out ended in a
+    UnicodeEncodeError traceback, exit 1, after the work was done; JSON got Python's escapes."""
+    import json
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("señor 漢字 😀 " * 40)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+
+    def cli(*argv: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "scratchlm", *argv], capture_output=True, env=env, timeout=120)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()
+        return done.stdout.decode("ascii")
+
+    prepared, tok, tokens = tmp_path / "準備", tmp_path / "tok", tmp_path / "tokens"
+    assert "\\u6e96" in cli("data", "prepare", str(text), "--out", str(prepared), "--set", "filters.enabled=false")
+    cli("tokenizer", "train", str(text), "--vocab-size", "300", "--out", str(tok))
+    ids = json.loads(cli("tokenizer", "encode", "--tokenizer", str(tok), "--text", "漢字"))
+    assert cli("tokenizer", "decode", "--tokenizer", str(tok), *map(str, ids)) == "\\u6f22\\u5b57\n"
+    cli("data", "tokenize", str(prepared), "--tokenizer", str(tok), "--out", str(tokens))
+    assert "\\U0001f600" in cli("data", "inspect", str(tokens))
+    info = json.loads(cli("data", "inspect", str(tokens), "--json"))  # JSON's own \u escapes
+    assert "漢字" in info["splits"]["train"]["sample"]
+    stats = json.loads(cli("tokenizer", "stats", "--tokenizer", str(tok), str(text), "--json"))
+    assert stats["documents"] == 1

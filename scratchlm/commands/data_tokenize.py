@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from scratchlm.cli import add_config_args, given_flags
+from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8
 from scratchlm.config import load_config
 
 
@@ -86,5 +86,5 @@ def run_inspect(args: argparse.Namespace) -> int:
     base = given_flags(path=args.path, split=args.split, sample_chars=args.sample_chars, top_tokens=args.top_tokens)
     config = load_config(InspectConfig, args.config, args.overrides, base)
     info = inspect_tokens(config)
-    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info))
+    print(json.dumps(info, indent=2, ensure_ascii=not stdout_is_utf8()) if args.json else format_report(info))
     return 0

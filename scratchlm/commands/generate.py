@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from scratchlm.cli import add_config_args, add_dtype_arg, given_flags
+from scratchlm.cli import add_config_args, add_dtype_arg, given_flags, stdout_is_utf8
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import ConfigError
@@ -70,8 +70,6 @@ def run_generate(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype,
     ))
     text = _prompt_text(cfg)
-    if not _stdout_is_utf8() and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")  # a terminal that cannot show a character
     generator = TextGenerator(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype, load_weights=False)
     prompt_ids = generator.encode_prompt(text, cfg.special)  # a prompt the model cannot take costs no weights read
     with packed_weights(generator.model):  # the samples share one packing of the weights (bf16 on CPU)
@@ -98,17 +96,11 @@ def _one_sample(
             "sample": i, "prompt": text, "text": done.text, "prompt_tokens": done.prompt_tokens,
             "completion_tokens": len(done.ids), "finish_reason": done.finish_reason,
             "seconds": round(done.seconds, 4), "seed": None if cfg.seed is None else cfg.seed + i,
-        }, ensure_ascii=not _stdout_is_utf8()), flush=True)  # JSON's \u escapes, never Python's
+        }, ensure_ascii=not stdout_is_utf8()), flush=True)  # JSON's \u escapes, never Python's
     else:
         print(flush=True)
     print(f"[{len(done.ids)} new tokens after {done.prompt_tokens} of prompt, finished by {done.finish_reason}, "
           f"{done.tokens_per_second:.1f} tokens/s]", file=sys.stderr, flush=True)
-
-
-def _stdout_is_utf8() -> bool:
-    """Whether standard output encodes UTF-8; when not, text that it cannot encode is escaped."""
-    encoding = getattr(sys.stdout, "encoding", None) or ""
-    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _prompt_text(cfg: GenerateConfig) -> str:

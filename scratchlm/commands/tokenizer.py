@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scratchlm.cli import add_config_args, given_flags
+from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
@@ -237,7 +237,7 @@ def _stats(args: argparse.Namespace) -> int:
     documents = iter_documents(args.inputs, SourceOptions(text_field=args.text_field, hf_split=args.hf_split))
     stats = tokenizer_stats(tok, (d.text for d in documents), top=args.top)
     if args.json:
-        print(json.dumps(stats, ensure_ascii=False, indent=2))
+        print(json.dumps(stats, ensure_ascii=not stdout_is_utf8(), indent=2))
         return 0
     print(f"documents        {stats['documents']}")
     print(f"bytes            {stats['bytes']}")
