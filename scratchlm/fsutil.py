@@ -41,6 +41,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+# Windows flushes only a file opened for writing (EBADF otherwise); POSIX flushes any descriptor.
+_FLUSH_OPEN_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY
+
+
 def fsync_tree(path: str | os.PathLike) -> None:
     """Flush every file and directory under `path` to disk. Why: writers such as safetensors and
     torch.save leave their bytes in the page cache, and a directory renamed into place (and a
@@ -52,7 +56,7 @@ def fsync_tree(path: str | os.PathLike) -> None:
             file = os.path.join(folder, name)
             if not stat.S_ISREG(os.lstat(file).st_mode):
                 continue  # a link's target is not part of this output; a FIFO would block the open
-            fd = os.open(file, os.O_RDONLY)
+            fd = os.open(file, _FLUSH_OPEN_FLAGS)
             try:
                 os.fsync(fd)
             except OSError as e:
@@ -381,6 +385,13 @@ def directory_entries(path: str | os.PathLike, hidden_dirs: bool = False) -> dic
             }
     except OSError:
         return None
+
+
+def holds_only_files(path: str | os.PathLike, allowed: Callable[[str], bool]) -> bool:
+    """Whether the directory holds nothing but files whose names `allowed` accepts (hidden files
+    aside; a hidden directory such as `.git/` counts, as replacing the directory would delete it)."""
+    entries = directory_entries(path, hidden_dirs=True)
+    return entries is not None and all(not is_dir and allowed(name) for name, is_dir in entries.items())
 
 
 def read_text_file(path: str | os.PathLike, error: type[ScratchLMError]) -> str:

@@ -131,8 +131,8 @@ def die_with_parent() -> None:
     started it dies. Why: a stage killed outright (`kill -9`, the out-of-memory killer) runs no
     clean-up, and its workers would wait for work for ever on pipes they hold open themselves,
     keeping their memory and, in `data tokenize`, the output's lock, so the re-run that rolls an
-    interrupted append back was refused as busy. The pools start their workers from the main
-    thread, whose end is the process's."""
+    interrupted append back was refused as busy. The signal comes when the thread that started
+    the worker ends: the one running the stage (the CLI's main thread), which outlives its pool."""
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -56,6 +56,7 @@ from scratchlm.fsutil import (
     directory_entries,
     exclusive_directory,
     fsync_dir,
+    holds_only_files,
     read_json_object,
 )
 from scratchlm.machine import usable_cores
@@ -455,8 +456,7 @@ def _is_replaceable_tokens_dir(path: Path) -> bool:
 
 def _only_tokenizer_files(path: Path) -> bool:
     """Whether the `tokenizer/` copy holds the tokenizer's files only (hidden files aside)."""
-    entries = directory_entries(path, hidden_dirs=True)
-    return entries is not None and all(not is_dir and name in _TOKENIZER_FILES for name, is_dir in entries.items())
+    return holds_only_files(path, _TOKENIZER_FILES.__contains__)
 
 
 def _output_rules(config: TokenizeConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from scratchlm.fsutil import (
     atomic_directory,
     atomic_write_json,
     check_output_dir,
-    directory_entries,
+    holds_only_files,
     read_json_object,
     read_text_file,
 )
@@ -71,10 +71,8 @@ def is_model_dir(path: Path, carried: Collection[str] = ()) -> bool:
     has_weights = (path / WEIGHTS_FILE).is_file() or (path / "model.safetensors.index.json").is_file()
     if not (path / CONFIG_FILE).is_file() or not has_weights or (path / CHECKPOINT_STATE_FILE).exists():
         return False
-    entries = directory_entries(path, hidden_dirs=True)
-    return entries is not None and all(
-        not is_dir and (name in _MODEL_FILES or name in carried or _SHARD_FILE.fullmatch(name) is not None)
-        for name, is_dir in entries.items()
+    return holds_only_files(
+        path, lambda name: name in _MODEL_FILES or name in carried or _SHARD_FILE.fullmatch(name) is not None
     )
 
 
@@ -88,14 +86,15 @@ def save_model(
 ) -> Path:
     """Write `model.safetensors` + `config.json` (and `extra_files`) as one atomic directory.
 
-    An existing `directory` is replaced only if it holds a model and nothing but its files and
-    files named in `carried`; one holding `inputs` never is.
+    An existing `directory` is replaced only if it holds a model and nothing but its files, the
+    `extra_files` and files named in `carried`; one holding `inputs` never is.
 
     `extra_files` is either a mapping {name in the directory: source path or bytes} or a list
     of paths copied under their own names (e.g. tokenizer.json). `state_dict` replaces the
     module's own (e.g. a full state dict gathered from a sharded model).
     """
-    with model_directory(directory, inputs, carried) as tmp:
+    names = extra_files.keys() if isinstance(extra_files, Mapping) else (Path(p).name for p in extra_files or ())
+    with model_directory(directory, inputs, {*carried, *names}) as tmp:  # its own extra files too
         write_model_files(model, tmp, state_dict)
         write_extra_files(tmp, extra_files)
     return Path(directory)

@@ -182,7 +182,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         model = read_weights(path / WEIGHTS_FILE)
     except (ModelError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot read checkpoint: {e}; {DAMAGED_ADVICE}") from None
-    _check_finite(((f"tensor '{name}'", t) for name, t in model.items()), path / WEIGHTS_FILE)
+    _check_finite(((f"tensor '{name}'", t) for name, t in model.items()), path / WEIGHTS_FILE, allow_inf=False)
     optimizer = _load_tensor_file(path / "optimizer.pt")
     if not _is_optimizer_state(optimizer):
         raise CheckpointError(f"{path / 'optimizer.pt'}: holds no optimizer state; {DAMAGED_ADVICE}")
@@ -193,6 +193,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             for name, value in state.items()
         ),
         path / "optimizer.pt",
+        allow_inf=True,
     )
     rng = _load_tensor_file(path / "rng.pt")
     if not _is_rng_states(rng):
@@ -222,13 +223,19 @@ def _load_tensor_file(path: Path) -> Any:
         raise CheckpointError(f"{path}: damaged or not written by scratchlm ({reason}); {DAMAGED_ADVICE}") from None
 
 
-def _check_finite(named: Iterable[tuple[str, Any]], path: Path) -> None:
-    """One CheckpointError for a NaN or infinity among the tensors: the trainer never applies a
-    non-finite update, so one in a checkpoint is damage (a flipped bit, a hand edit), and resumed
-    it would only end in non-finite steps blamed on the learning rate."""
+def _check_finite(named: Iterable[tuple[str, Any]], path: Path, allow_inf: bool) -> None:
+    """One CheckpointError for values no run can train on, which resumed would only end in
+    non-finite steps blamed on the learning rate: a NaN anywhere, and an infinity in the weights.
+    They come from damage (a flipped bit, a hand edit) or from an update that overflowed before an
+    evaluation stopped the run. An optimizer moment may be infinite in a run that trains on (an
+    infinite second moment only freezes its weight), so there it is let through (`allow_inf`)."""
     for what, value in named:
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{path}: {what} holds non-finite values (NaN or infinity); {DAMAGED_ADVICE}")
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            continue
+        bad = value.isnan().any() if allow_inf else ~torch.isfinite(value).all()
+        if bool(bad):
+            kind = "NaN" if allow_inf else "non-finite values (NaN or infinity)"
+            raise CheckpointError(f"{path}: {what} holds {kind}; {DAMAGED_ADVICE}")
 
 
 def _is_optimizer_state(obj: Any) -> bool:

@@ -214,15 +214,16 @@ class PretrainRun:
         self.diagnoses: list[str] = []
         self._diagnosed: set[str] = set()
         self._out_lock = contextlib.ExitStack()
+        self._overflows_in_a_row = 0  # fp16 loss-scaler overflows in the current run of non-finite steps
         try:
             self._open_data()
             self._check_batch_geometry()
+            self._lock_out()  # a second run is refused before the slow part: building the model
             self._build_model()
             self.sample_prompt = self._sample_prompt_ids()
             self.state = TrainState()
             self.monitor = StabilityMonitor(config.monitor)
             self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
-            self._lock_out()
             self._start_or_resume(resume)
         except BaseException:
             self.close()
@@ -618,16 +619,21 @@ class PretrainRun:
     def _on_nonfinite(self, verdict: Verdict, loss_value: float) -> None:
         tc, st = self.tc, self.state
         self._skip_batch("nan_skip", verdict.detail)
+        if self.monitor.consecutive_nonfinite == 1:
+            self._overflows_in_a_row = 0  # a new run of non-finite steps
         if self.scaler is not None and math.isfinite(loss_value) and self.scaler.get_scale() >= 1.0:
             # fp16 overflow: the scaler has lowered its scale; move on. Below 1 the scale no longer
             # magnifies the gradients, so they are non-finite on their own (a NaN gradient under a
             # finite loss): forgiven there too, the scale fell to 0 and every batch was skipped.
+            self._overflows_in_a_row += 1
             return
         advice = diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr)
         self._diagnose("nonfinite", advice)  # said once per run
-        if self.monitor.consecutive_nonfinite >= self.config.monitor.max_nonfinite:
+        # The scaler's overflows before these steps do not count: they were the scale's doing.
+        in_a_row = self.monitor.consecutive_nonfinite - self._overflows_in_a_row
+        if in_a_row >= self.config.monitor.max_nonfinite:
             # this step's advice, not the latest diagnosis (which may be about something else)
-            raise TrainingStopped(f"{self.monitor.consecutive_nonfinite} non-finite steps in a row at step {st.step}: {advice}")
+            raise TrainingStopped(f"{in_a_row} non-finite steps in a row at step {st.step}: {advice}")
 
     def _zero_grad(self) -> None:
         """Gradients are freed between steps, so the next backward hands each weight its gradient
@@ -1026,10 +1032,12 @@ class PretrainRun:
         self._old_handlers.clear()
 
     def close(self) -> None:
-        self.log.close()
-        self._out_lock.close()
-        if self.dist.world_size > 1:
-            cleanup()
+        try:
+            self.log.close()
+        finally:
+            self._out_lock.close()  # else a later run into train.out in this process is refused as busy
+            if self.dist.world_size > 1:
+                cleanup()
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:

@@ -33,6 +33,19 @@ def test_save_load_round_trip_is_exact(tmp_path, tie):
     assert ("lm_head.weight" in load_file(tmp_path / "m" / "model.safetensors")) == (not tie)
 
 
+def test_save_model_replaces_its_own_output_with_its_extra_files_and_nothing_else(tmp_path):
+    """A directory save_model wrote, extra files included, is replaced by the next save; one that
+    also holds something else (a README, a .git/) is refused, as it would be deleted with it."""
+    model = GPT(small())
+    extra = {"tokenizer.json": b"{}", "vocab.txt": b"a"}
+    for _ in range(2):
+        save_model(model, tmp_path / "m", extra_files=extra)
+    (tmp_path / "m" / "README.md").write_text("keep me")
+    with pytest.raises(ModelError, match="refusing to replace it"):
+        save_model(model, tmp_path / "m", extra_files=extra)
+    assert (tmp_path / "m" / "README.md").read_text() == "keep me"
+
+
 def test_a_loaded_model_owns_its_weights_and_loading_starts_no_compiler_machinery(tmp_path):
     """Loading builds on the meta device: no parameter or buffer may be left there, none may share
     memory with the file's tensors or another parameter, and (in a fresh interpreter) neither the

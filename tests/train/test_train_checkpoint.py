@@ -188,23 +188,34 @@ def test_damaged_optimizer_or_rng_file_is_one_checkpoint_error_naming_it(tmp_pat
     assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
 
 
-@pytest.mark.parametrize("where", ["weights", "optimizer"])
-def test_a_checkpoint_holding_non_finite_values_is_one_checkpoint_error(tmp_path, where):
-    """A NaN in the weights or the optimizer's moments (a flipped bit, a hand edit; the trainer
-    never applies a non-finite update) was loaded, and the resumed run skipped five steps, then
-    stopped blaming the learning rate."""
+@pytest.mark.parametrize("where", ["weights-nan", "weights-inf", "optimizer-nan"])
+def test_a_checkpoint_holding_values_no_run_trains_on_is_one_checkpoint_error(tmp_path, where):
+    """A NaN in the weights or the optimizer's moments, or an infinite weight (a flipped bit, a
+    hand edit, an update that overflowed before an evaluation stopped the run) was loaded, and the
+    resumed run skipped five steps, then stopped blaming the learning rate."""
     optimizer = adamw_state()
     path = save_step(tmp_path, 1, optimizer_state=optimizer)
-    if where == "weights":
-        save_file({"w": torch.tensor([[1.0, float("nan")], [0.0, 1.0]])}, str(path / "model.safetensors"))
+    if where.startswith("weights"):
+        bad = float("nan") if where == "weights-nan" else float("inf")
+        save_file({"w": torch.tensor([[1.0, bad], [0.0, 1.0]])}, str(path / "model.safetensors"))
         expected = r"model\.safetensors: tensor 'w' holds non-finite values"
     else:
-        optimizer["state"][0]["exp_avg_sq"][1] = float("inf")
+        optimizer["state"][0]["exp_avg_sq"][1] = float("nan")
         torch.save(optimizer, path / "optimizer.pt")
-        expected = r"optimizer\.pt: exp_avg_sq of parameter 0 holds non-finite values"
+        expected = r"optimizer\.pt: exp_avg_sq of parameter 0 holds NaN"
     with pytest.raises(CheckpointError, match=expected) as caught:
         ckpt.load_checkpoint(path)
     assert ckpt.DAMAGED_ADVICE in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_infinite_second_moment_is_resumed(tmp_path):
+    """An infinite second moment only freezes its weight (its update is 0), and a run can train on
+    past it: refusing the checkpoint would lose the run."""
+    optimizer = adamw_state()
+    optimizer["state"][0]["exp_avg_sq"][1] = float("inf")
+    path = save_step(tmp_path, 1, optimizer_state=optimizer)
+    loaded = ckpt.load_checkpoint(path)
+    assert torch.isinf(loaded["optimizer"]["state"][0]["exp_avg_sq"][1])
 
 
 def test_a_file_that_cannot_be_read_is_a_read_error_not_damage(tmp_path, monkeypatch):
