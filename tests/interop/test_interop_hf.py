@@ -340,13 +340,17 @@ def test_export_refuses_to_replace_a_training_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("extra", [".git/HEAD", "README.md", "notes/todo.txt"])
 def test_conversions_refuse_to_replace_a_model_directory_holding_other_files(tmp_path, capsys, extra):
     """A clone of a model's repository holds config.json and weights beside its .git/ and README:
-    replacing it whole would delete them. An earlier conversion's output is replaced as before."""
-    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), tmp_path / "m")
+    replacing it whole would delete them. An earlier conversion's output, with the tokenizer and
+    generation files it carries, is replaced as before."""
+    tokenizer = json.dumps({"added_tokens": [{"id": 5, "content": "<|endoftext|>", "special": True}]})
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_seq_len=16)), tmp_path / "m",
+               extra_files={"tokenizer.json": tokenizer.encode()})
     assert main(["export", "hf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
     for command in (["export", "hf", "--model", str(tmp_path / "m")], ["import", "hf", str(tmp_path / "hf")]):
         out = tmp_path / f"{command[0]}-out"
         assert main([*command, "--out", str(out)]) == 0
         assert main([*command, "--out", str(out)]) == 0  # its own earlier output: replaced
+        assert (out / "tokenizer.json").is_file()  # a carried file, which does not stop the replacement
         (out / extra).parent.mkdir(exist_ok=True)
         (out / extra).write_text("keep me")
         before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
