@@ -223,7 +223,7 @@ def atomic_directory(
     final = check_output_dir(final, what=what, replaceable=replaceable, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temp_dirs(final.parent, final.name)
-    prefix = f".{temp_stem(final.name)}.{_writer_tag()}."
+    prefix = _temp_prefix(final.name)
     tmp: Path | None = None
     writing = final.parent.resolve() / temp_stem(final.name)  # as `remove_abandoned_temp_dirs` names it
     _WRITING.add(writing)
@@ -267,7 +267,7 @@ def remove_directory(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         return
-    doomed = path.with_name(f".{temp_stem(path.name)}.{_writer_tag()}.{secrets.token_hex(4)}.partial")
+    doomed = path.with_name(f"{_temp_prefix(path.name)}{secrets.token_hex(4)}.partial")
     try:
         os.replace(path, doomed)
     except OSError:
@@ -304,6 +304,12 @@ def _host() -> str:
     """This host's name as temp directory names hold it: dots made underscores, so that the name
     splits on its dots unambiguously."""
     return socket.gethostname().replace(".", "_")
+
+
+def _temp_prefix(name: str) -> str:
+    """How this writer's temp directories for the output `name` begin (`remove_abandoned_temp_dirs`
+    reads the writer back from it)."""
+    return f".{temp_stem(name)}.{_writer_tag()}."
 
 
 def _writer_tag() -> str:

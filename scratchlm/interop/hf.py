@@ -37,6 +37,7 @@ from scratchlm.model.gpt import GPT
 from scratchlm.model.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
     build_from_tensors,
     check_model_output,
     check_weight,
@@ -480,7 +481,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
 def read_hf_tensors(directory: Path) -> Tensors:
     """All tensors of a single-file or sharded safetensors checkpoint."""
     single = directory / WEIGHTS_FILE
-    index = directory / "model.safetensors.index.json"
+    index = directory / WEIGHTS_INDEX_FILE
     if single.is_file():
         return read_weights(single)
     if index.is_file():

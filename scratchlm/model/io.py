@@ -34,6 +34,7 @@ from scratchlm.model.gpt import AUTOCAST_DTYPES, GPT
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # a sharded transformers checkpoint's index
 
 ExtraFiles = Mapping[str, "str | os.PathLike | bytes"] | Iterable["str | os.PathLike"]
 
@@ -59,7 +60,7 @@ def weights_for_saving(model: GPT, state_dict: Mapping[str, torch.Tensor] | None
 CHECKPOINT_STATE_FILE = "train_state.json"  # what makes a model directory a training checkpoint
 
 
-_MODEL_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, "model.safetensors.index.json"})
+_MODEL_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, WEIGHTS_INDEX_FILE})
 _SHARD_FILE = re.compile(r"model-\d+-of-\d+\.safetensors")  # a sharded transformers checkpoint's
 
 
@@ -68,7 +69,7 @@ def is_model_dir(path: Path, carried: Collection[str] = ()) -> bool:
     `config.json` beside weights, not a training checkpoint (which belongs to its run), and
     nothing else but a model's files and the `carried` ones (hidden files aside). A clone of a
     model's repository also holds a `.git/`, a README and more, which replacing it would delete."""
-    has_weights = (path / WEIGHTS_FILE).is_file() or (path / "model.safetensors.index.json").is_file()
+    has_weights = (path / WEIGHTS_FILE).is_file() or (path / WEIGHTS_INDEX_FILE).is_file()
     if not (path / CONFIG_FILE).is_file() or not has_weights or (path / CHECKPOINT_STATE_FILE).exists():
         return False
     return holds_only_files(

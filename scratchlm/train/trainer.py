@@ -315,7 +315,7 @@ class PretrainRun:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"train.out = {self.out}: cannot write the run there ({e.strerror or e})") from None
+            raise self._unwritable_out(e) from None
         busy = (
             f"train.out = {self.out}: another pretraining run is writing there now; "
             "wait for it to end or choose another train.out"
@@ -356,13 +356,17 @@ class PretrainRun:
         if self.dist.is_main:
             atomic_write_json(self.out / "run_config.json", to_dict(self.config))
 
+    def _unwritable_out(self, e: OSError) -> ConfigError:
+        """A train.out that cannot hold the run is a config mistake, said in one line."""
+        return ConfigError(f"train.out = {self.out}: cannot write the run there ({e.strerror or e})")
+
     def _start_log(self, resumed_step: int | None) -> int:
         """Open the metrics log (see `MetricsLogger.start`); a train.out that cannot hold it is a
         config mistake."""
         try:
             return self.log.start(resumed_step)
         except OSError as e:
-            raise ConfigError(f"train.out = {self.out}: cannot write the run there ({e.strerror or e})") from None
+            raise self._unwritable_out(e) from None
 
     # --- the loop --------------------------------------------------------------------------
 
