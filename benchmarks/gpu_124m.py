@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_124m.py [--steps 40] [--micro-batch 16] [--json OUT]   # on a GPU
     python benchmarks/gpu_124m.py --shape tiny --steps 1                        # CPU smoke run
+    python benchmarks/gpu_124m.py --trace trainer.json.gz                       # + a profile of 5 steps
 
 bf16 autocast, torch.compile, fused AdamW and SDPA attention (flash kernels on recent GPUs), with
 the 124M model at vocab 50,304 and context 1,024. The data is a small real tokens dir (its ids
@@ -46,6 +47,42 @@ def make_tokens(work: Path) -> Path:
     return tokens
 
 
+def train_traced(cfg, trace: str) -> dict:
+    """`train(cfg)` with 5 of its steps, after the warm-up, under torch.profiler (CPU and CUDA
+    activity); the summary's speed then includes the profiler's own cost."""
+    import gzip
+    import shutil
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from scratchlm.train.trainer import WARMUP_STEPS_FOR_SPEED, PretrainRun
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    plan = schedule(wait=WARMUP_STEPS_FOR_SPEED + 5, warmup=2, active=5, repeat=1)
+    plain = Path(trace).with_suffix("")  # the profiler writes plain JSON; gzipped below
+    run = PretrainRun(cfg)
+    untraced_step = run._step
+
+    def step() -> dict:
+        outcome = untraced_step()
+        profiler.step()
+        return outcome
+
+    run._step = step  # the benchmark's instrument only: the trainer is not changed
+    try:
+        with profile(
+            activities=activities, schedule=plan, on_trace_ready=lambda done: done.export_chrome_trace(str(plain))
+        ) as profiler:
+            summary = run.fit()
+    finally:
+        run.close()
+    with open(plain, "rb") as src, gzip.open(trace, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain.unlink()
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -61,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", metavar="OUT")
+    parser.add_argument(
+        "--trace", metavar="OUT", help="write a torch.profiler Chrome trace (gzipped) of 5 steps after the warm-up"
+    )
     args = parser.parse_args(argv)
 
     shape = SHAPES[args.shape]
@@ -93,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         },
     )
-    summary = train(cfg)
+    summary = train_traced(cfg, args.trace) if args.trace else train(cfg)
     device = torch.cuda.get_device_name() if cuda else "cpu"
     result = {
         "device": device,

@@ -1,6 +1,7 @@
 """Where a GPT-2 124M training step's time goes on a GPU, beside transformers' GPT-2 in the same run.
 
     python benchmarks/gpu_step_breakdown.py            # on a CUDA GPU, about 4 minutes
+    python benchmarks/gpu_step_breakdown.py --rows fused:64 cudagraphs:16 --trace DIR --no-hf
 
 A plain loop, no trainer: random token windows already on the GPU, bf16 autocast, `torch.compile`,
 fused AdamW, gradient clipping, `zero_grad(set_to_none=True)`; each row is the best of three
@@ -8,16 +9,22 @@ fused AdamW, gradient clipping, `zero_grad(set_to_none=True)`; each row is the b
 (`model(x, targets=y)`), the same with a host sync per step (the trainer reads loss and norm
 each step), the same with logits then `F.cross_entropy`, larger micro-batches, and
 `GPT2LMHeadModel` (SDPA attention) compiled the same way. Then a torch.profiler table of three
-steps of the first row. MFU: the trainer's FLOPs per token (6N + attention) over the GPU's dense
+steps of the first row. `--rows` picks rows as variant:micro-batch (variants: fused, sync,
+logits, and cudagraphs, the first compiled with mode="reduce-overhead"); `--trace DIR` writes a
+gzipped Chrome trace of each row's profiled steps. MFU: the trainer's FLOPs per token (6N + attention) over the GPU's dense
 bf16 peak (`scratchlm.train.mfu`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import gzip
+import shutil
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +43,10 @@ def time_loop(
     micro: int,
     sync_each: bool = False,
     profile: bool = False,
+    trace: str | None = None,
 ) -> float:
-    """Seconds per training step (best of three 20-step timings); with `profile`, print a kernel table."""
+    """Seconds per training step (best of three 20-step timings); with `profile`, print a kernel
+    table of three more steps, and with `trace` also write their gzipped Chrome trace there."""
     device = torch.device("cuda")
     opt = build_optimizer(model, "adamw", lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
     g = torch.Generator(device=device).manual_seed(0)
@@ -76,31 +85,63 @@ def time_loop(
                 sort_by="self_device_time_total", row_limit=30, max_name_column_width=70
             )
         )
+        if trace:
+            plain = Path(trace).with_suffix("")
+            prof.export_chrome_trace(str(plain))
+            with open(plain, "rb") as src, gzip.open(trace, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            plain.unlink()
     return min(timings)
 
 
-def scratchlm_rows(cfg) -> list[tuple[str, int, float]]:
-    """scratchlm's compiled model in each loop variant (see the module doc)."""
+VARIANTS = ("fused", "sync", "logits", "cudagraphs")
+DEFAULT_ROWS = ("fused:16", "sync:16", "logits:16", "fused:32", "fused:64")
+ROW_NAMES = {
+    "fused": "scratchlm, loss in the forward",
+    "sync": "scratchlm, host sync each step",
+    "logits": "scratchlm, logits then F.cross_entropy",
+    "cudagraphs": "scratchlm, loss in the forward, CUDA graphs",
+}
+
+
+def scratchlm_rows(cfg, rows: list[str], trace_dir: str | None) -> list[tuple[str, int, float]]:
+    """scratchlm's compiled model in each loop variant (see the module doc); the first row of
+    each variant is profiled."""
     torch.manual_seed(0)
     ours = GPT(cfg).cuda()
-    compiled = torch.compile(ours)
+    compiled = {"default": torch.compile(ours)}
+    results = []
+    profiled: set[str] = set()
+    for row in rows:
+        variant, micro = row.split(":")
+        mode = "reduce-overhead" if variant == "cudagraphs" else "default"
+        if mode not in compiled:
+            compiled[mode] = torch.compile(ours, mode=mode)
+        model = compiled[mode]
 
-    def fused(x, y):
-        return compiled(x, targets=y).objective
+        def loss_of(x, y, model=model, variant=variant):
+            if variant == "logits":
+                return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
+            return model(x, targets=y).objective
 
-    def logits_then_ce(x, y):
-        return F.cross_entropy(compiled(x).float().flatten(0, 1), y.flatten())
-
-    rows = [
-        ("scratchlm, loss in the forward", 16, time_loop(ours, fused, 16, profile=True)),
-        ("scratchlm, host sync each step", 16, time_loop(ours, fused, 16, sync_each=True)),
-        ("scratchlm, logits then F.cross_entropy", 16, time_loop(ours, logits_then_ce, 16)),
-    ]
-    rows += [("scratchlm, loss in the forward", micro, time_loop(ours, fused, micro)) for micro in (32, 64)]
-    return rows
+        profile = variant not in profiled
+        profiled.add(variant)
+        trace = str(Path(trace_dir) / f"{variant}-{micro}.json.gz") if trace_dir and profile else None
+        seconds = time_loop(ours, loss_of, int(micro), sync_each=variant == "sync", profile=profile, trace=trace)
+        results.append((ROW_NAMES[variant], int(micro), seconds))
+    return results
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="variant:micro-batch, e.g. fused:64")
+    parser.add_argument("--no-hf", action="store_true", help="leave out the transformers rows")
+    parser.add_argument("--trace", metavar="DIR", help="write each variant's profiled steps as a Chrome trace")
+    args = parser.parse_args(argv)
+    for row in args.rows:
+        variant, _, micro = row.partition(":")
+        if variant not in VARIANTS or not micro.isdigit():
+            parser.error(f"--rows: {row!r} is not variant:micro-batch with variant one of {', '.join(VARIANTS)}")
     if not torch.cuda.is_available():
         print("gpu_step_breakdown: needs a CUDA GPU (none found)", file=sys.stderr)
         return 2
@@ -110,8 +151,10 @@ def main() -> int:
     peak = peak_flops_per_s(torch.device("cuda"), torch.bfloat16)
     rows: list[tuple[str, int, float]] = []
 
-    rows += scratchlm_rows(cfg)
+    rows += scratchlm_rows(cfg, args.rows, args.trace)
     torch.cuda.empty_cache()
+    if args.no_hf:
+        return print_rows(rows, flops_per_token, peak)
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -133,7 +176,10 @@ def main() -> int:
 
     for micro in (16, 32):
         rows.append(("transformers GPT2LMHeadModel", micro, time_loop(hf, hf_loss, micro)))
+    return print_rows(rows, flops_per_token, peak)
 
+
+def print_rows(rows: list[tuple[str, int, float]], flops_per_token: float, peak: float) -> int:
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}\n")
     print("| loop | micro × seq | ms/step | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |")
     for name, micro, seconds in rows:
