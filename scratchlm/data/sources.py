@@ -698,13 +698,23 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
                 for batch in pf.iter_batches(columns=prepared_columns(pf, part), batch_size=1024):
                     check_prepared_texts(batch.column(0), part)
                     texts = batch.column(0).to_pylist()
-                    sources = batch.column(1).to_pylist() if batch.num_columns > 1 else [None] * len(texts)
+                    sources = _prepared_sources(batch, part) if batch.num_columns > 1 else [None] * len(texts)
                     for text, source in zip(texts, sources):
                         yield Document(text, source or _source_name(part), split=split)
             except DataError:
                 raise
             except Exception as e:
                 raise prepared_part_error(part, e) from None
+
+
+def _prepared_sources(batch, part: Path) -> list[str | None]:
+    """A prepared part's `source` values, refused unless they are strings (or null): a foreign part
+    with, say, integer ids there was read, and `data prepare` then died writing them, a traceback."""
+    column = batch.column(1)
+    sources = column.to_pylist()
+    if not all(source is None or isinstance(source, str) for source in sources):
+        raise DataError(f"{part}: the 'source' column holds {column.type}, not strings")
+    return sources
 
 
 def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:

@@ -544,3 +544,18 @@ def test_a_tokens_dir_given_as_text_is_named_as_one(tmp_path):
             texts([given])
     assert texts([tmp_path / "corpus"], exclude=["tokens"]) == ["text"]
     assert texts([tmp_path / "corpus"], include=["*.txt"]) == ["text"]  # its meta.json is never read
+
+
+def test_a_prepared_part_with_a_non_string_source_column_is_one_error(tmp_path, capsys):
+    """A hand-made prepared part whose `source` column held integers was read, and `data prepare`
+    then died with an AttributeError traceback writing them; now it is one error naming the part."""
+    from scratchlm.cli import main
+    from scratchlm.data.sources import write_prepared_dir
+
+    out = write_prepared_dir(tmp_path / "prepared", ["fine"], ["also fine"])
+    pq.write_table(pa.table({"text": ["numbered"], "source": [7]}), out / "train" / "part-00001.parquet")
+    with pytest.raises(DataError, match=r"part-00001\.parquet: the 'source' column holds int64, not strings"):
+        texts([out])
+    assert main(["data", "prepare", str(out), "--out", str(tmp_path / "again"), "--no-filters"]) != 0
+    assert "the 'source' column holds int64" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
