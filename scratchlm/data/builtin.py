@@ -58,9 +58,22 @@ def iter_builtin(name: str) -> Iterator[Document]:
     documents = _read_cache(path)
     if documents is None:  # not cached yet, or the cache is damaged: extract again
         documents = list(extract_python_docs())
-        lines = (json.dumps({"text": d.text, "source": d.source}, ensure_ascii=False) for d in documents)
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        _write_cache(path, documents)
     yield from documents
+
+
+def _write_cache(path: Path, documents: list[Document]) -> None:
+    """Cache the extracted documents; a cache that cannot be written (a read-only or missing home,
+    a full disk) is noted and skipped, since the corpus is already in hand: it used to end the run."""
+    lines = (json.dumps({"text": d.text, "source": d.source}, ensure_ascii=False) for d in documents)
+    try:
+        atomic_write_text(path, "\n".join(lines) + "\n")
+    except OSError as e:
+        print(
+            f"scratchlm: note: cannot cache the built-in corpus at {path} ({e.strerror or e}); "
+            "it is extracted again next time (set SCRATCHLM_CACHE to a writable folder)",
+            file=sys.stderr,
+        )
 
 
 def _read_cache(path: Path) -> list[Document] | None:

@@ -42,3 +42,18 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
         assert list(iter_documents(["builtin:python-docs"])) == corpus
         rewritten = [json.loads(line) for line in cache_path().read_text().splitlines()]
         assert rewritten == [{"text": d.text, "source": d.source} for d in corpus]  # whole again
+
+
+def test_a_cache_that_cannot_be_written_does_not_end_the_run(tmp_path, monkeypatch, capsys):
+    """The cache is a shortcut: when it cannot be written (here its folder would be below a file,
+    as with a read-only or missing home) the corpus is still read, with a note, not an error."""
+    import scratchlm.data.builtin as builtin
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(blocker / "cache"))
+    corpus = [Document("first document", "builtin:python-docs/a"), Document("second", "builtin:python-docs/b")]
+    monkeypatch.setattr(builtin, "extract_python_docs", lambda: iter(corpus))
+    assert list(iter_documents(["builtin:python-docs"])) == corpus
+    assert "cannot cache the built-in corpus" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
