@@ -30,12 +30,11 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-import regex
 
 from scratchlm.data.parallel import die_with_parent, ordered_map, pool_context
 from scratchlm.errors import TokenizerError
 from scratchlm.progress import progress
-from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, encodable_text
+from scratchlm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, encodable_text, word_finder
 
 
 class NoTextError(TokenizerError):
@@ -45,16 +44,11 @@ class NoTextError(TokenizerError):
 # Documents are grouped into chunks of about this many characters for the counting workers.
 CHUNK_CHARS = 1 << 20
 
-_worker_pattern: regex.Pattern | None = None
-
 
 def _count_chunk(pattern: str, texts: Sequence[str]) -> dict[str, int]:
     """Count the words of a few documents (runs in a worker process or inline), cut from the
     text that encoding cuts (`encodable_text`)."""
-    global _worker_pattern
-    if _worker_pattern is None or _worker_pattern.pattern != pattern:
-        _worker_pattern = regex.compile(pattern)
-    findall = _worker_pattern.findall
+    findall = word_finder(pattern)
     if len(texts) == 1:
         return Counter(findall(encodable_text(texts[0])))
     counts: Counter[str] = Counter()

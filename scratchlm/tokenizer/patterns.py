@@ -15,6 +15,7 @@ them gives a tokenizer whose ids depend on the tool that runs it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import regex
@@ -139,12 +140,23 @@ def skipped_text(pattern: str, text: str) -> str:
     return _first_gap(_python_words(pattern, text), text)
 
 
+@lru_cache(maxsize=16)
+def word_finder(pattern: str) -> Callable[[str], list[str]]:
+    """The words `pattern` cuts a text into: its whole matches, the words tiktoken and Hugging Face
+    take. `findall` returns a group's text instead where the regex has a group (`(\\d+)`, or tuples
+    for several), so training and the Python-side encoders would cut other words than tiktoken."""
+    compiled = regex.compile(pattern)
+    if not compiled.groups:
+        return compiled.findall  # whole matches, and the fastest way to get them
+    return lambda text: [match.group() for match in compiled.finditer(text)]
+
+
 def _python_words(pattern: str, text: str) -> list[str]:
     try:
         compiled = regex.compile(pattern)
     except (regex.error, TypeError, ValueError) as e:
         raise TokenizerError(f"pattern {pattern!r} is not a valid regex: {e}") from None
-    words = [match.group() for match in compiled.finditer(text)]
+    words = word_finder(pattern)(text)
     if compiled.match("") is not None or "" in words:
         raise TokenizerError(f"pattern {pattern!r} matches the empty string; it would lose text")
     return words

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import regex
-
-from scratchlm.tokenizer.patterns import encodable_text
+from scratchlm.tokenizer.patterns import encodable_text, word_finder
 
 
 def encode_word(word: bytes, ranks: Mapping[bytes, int]) -> list[int]:
@@ -34,6 +32,6 @@ def encode_ordinary(text: str, pattern: str, ranks: Mapping[bytes, int]) -> list
     """Encode `text` with no special tokens (their text is encoded like any other text); surrogate
     code points are first repaired as tiktoken repairs them (`encodable_text`)."""
     ids: list[int] = []
-    for word in regex.findall(pattern, encodable_text(text)):
+    for word in word_finder(pattern)(encodable_text(text)):
         ids.extend(encode_word(word.encode("utf-8"), ranks))
     return ids

@@ -35,6 +35,7 @@ from scratchlm.tokenizer.patterns import (
     resolve_pattern,
     skipped_text,
     skips_text,
+    word_finder,
 )
 
 EOT = "<|endoftext|>"
@@ -427,8 +428,13 @@ class Tokenizer:
         """`encode_ordinary` for text whose words tiktoken's regex engine cannot find (a run of
         about a million spaces overflows its backtracking stack): tiktoken's own path that cuts the
         words with Python's `regex`, whose stack is unbounded, and merges each in Rust. Both engines
-        cut alike (`check_pattern`), so the ids are those tiktoken would give."""
-        return self._encoding._encode_only_native_bpe(encodable_text(text))
+        cut alike (`check_pattern`), so the ids are those tiktoken would give. The words are the
+        regex's whole matches (`word_finder`): tiktoken's own path here, `_encode_only_native_bpe`,
+        takes `findall`'s, a group's text where the pattern has one."""
+        ids: list[int] = []
+        for word in word_finder(self.pattern)(encodable_text(text)):
+            ids += self._encoding._encode_single_piece(word)
+        return ids
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
         """`encode_ordinary` of many texts on several threads (tiktoken releases the GIL)."""

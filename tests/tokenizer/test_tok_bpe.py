@@ -15,7 +15,7 @@ from tok_testdata import MIXED, stdlib_text
 
 from scratchlm.cli import main
 from scratchlm.errors import TokenizerError
-from scratchlm.tokenizer import GPT4_PATTERN, PATTERNS, Tokenizer
+from scratchlm.tokenizer import GPT4_PATTERN, PATTERNS, Tokenizer, reference
 from scratchlm.tokenizer.bpe import NoTextError, count_words, learn_merges
 from scratchlm.tokenizer.patterns import PROBE_TEXTS, check_pattern, encodable_text
 
@@ -288,3 +288,21 @@ def test_cli_a_pattern_that_loses_text_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "U+0000" in err
     assert not (tmp_path / "tok").exists()
+
+
+# GPT-2's pattern with its contractions and letters in capturing groups: the same words.
+_GROUPED = r"""'(s|t|re|ve|m|ll|d)| ?(\p{L}+)| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def test_a_pattern_with_capturing_groups_trains_on_its_whole_matches(corpus):
+    """`findall` gave a group's text (or tuples of them) for each match: one group trained a vocab
+    of bytes alone, two ended in an AttributeError; tiktoken encodes by whole matches."""
+    docs = corpus[:3]
+    grouped = Tokenizer.train(docs, 400, pattern=_GROUPED, show_progress=False)
+    plain = Tokenizer.train(docs, 400, pattern="gpt2", show_progress=False)
+    assert grouped.ranks == plain.ranks
+    one_group = _GROUPED.replace(r"(\p{L}+)", r"\p{L}+")
+    assert count_words(docs, one_group, workers=2, show_progress=False) == count_words(docs, PATTERNS["gpt2"], show_progress=False)
+    text = MIXED[0]
+    assert reference.encode_ordinary(text, grouped.pattern, grouped.ranks) == grouped.encode_ordinary(text)
+    assert grouped._encode_by_words(text) == grouped.encode_ordinary(text)
