@@ -26,7 +26,7 @@ from typing import Any, Literal
 import tiktoken
 
 from scratchlm.errors import TokenizerError
-from scratchlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from scratchlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, holds_only_files
 from scratchlm.tokenizer import formats
 from scratchlm.tokenizer.bpe import train_bpe
 from scratchlm.tokenizer.patterns import (
@@ -51,13 +51,15 @@ _BYTE_TOKENS = frozenset(bytes([b]) for b in range(256))  # in every byte-level 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.50 saves a chat template
+_TOKENIZER_DIR_FILES = frozenset({TOKENIZER_FILE, CONFIG_FILE})  # what `save` writes
 
 
 def is_tokenizer_dir(path: Path) -> bool:
     """A directory `Tokenizer.save` wrote: its two files and nothing else. Model and checkpoint
-    directories hold a tokenizer.json too, and replacing one of those would lose the model."""
-    names = {entry.name for entry in path.iterdir()}
-    return TOKENIZER_FILE in names and names <= {TOKENIZER_FILE, CONFIG_FILE}
+    directories hold a tokenizer.json too, and replacing one of those would lose the model. Hidden
+    files are let pass (a `.DS_Store` a file browser drops in), as for tokens and model directories;
+    a hidden folder such as `.git/` is not, since replacing the directory would delete it."""
+    return (path / TOKENIZER_FILE).is_file() and holds_only_files(path, _TOKENIZER_DIR_FILES.__contains__)
 
 
 def _special_list(extra: Sequence[str] | None) -> list[str]:

@@ -257,6 +257,20 @@ def test_tokenizer_output_never_replaces_a_model_directory_holding_a_tokenizer(c
     assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(again)]) == 0  # a tokenizer dir: replaced
 
 
+def test_a_file_browsers_hidden_file_does_not_stop_a_tokenizer_dir_being_replaced(capsys, small_dir, tmp_path):
+    """A `.DS_Store` made the earlier tokenizer 'not a tokenizer directory' (tokens and model dirs
+    let hidden files pass); a hidden folder such as `.git/` still refuses, as it would be lost."""
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(out)]) == 0
+    (out / ".DS_Store").write_bytes(b"finder")
+    assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(out), "--special", "<x>"]) == 0
+    assert "<x>" in Tokenizer.load(out).special_tokens
+    (out / ".git").mkdir()
+    assert main(["tokenizer", "import", "--hf", str(small_dir), "--out", str(out)]) == 2
+    assert "is not a tokenizer directory" in capsys.readouterr().err
+    assert (out / ".git").is_dir() and "<x>" in Tokenizer.load(out).special_tokens
+
+
 @pytest.mark.parametrize("extra", [
     ["encode", "--text", "hi", "--allow-special", "--plain-special"],  # contradictory: one wins silently
     ["stats", "x.txt", "--top", "-2"],  # a negative slice bound listed nearly every token
