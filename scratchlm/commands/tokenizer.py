@@ -109,13 +109,17 @@ def _train(args: argparse.Namespace) -> int:
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
     tok = train_tokenizer(cfg)
-    short = (
-        f" (asked for {cfg.vocab_size}: no pair left seen at least {cfg.min_frequency} times; "
-        "more text or a lower --min-frequency gives more)"
-        if tok.vocab_size < cfg.vocab_size else ""
-    )
+    short = f" (asked for {cfg.vocab_size}: {_why_short(cfg.min_frequency)})" if tok.vocab_size < cfg.vocab_size else ""
     print(f"saved {cfg.out}: vocab {tok.vocab_size}{short}, sha256 {tok.sha256[:16]}", file=sys.stderr)
     return 0
+
+
+def _why_short(min_frequency: int) -> str:
+    """Why training stopped before the vocab size asked for, and what gives more. At
+    --min-frequency 1 there is no lower value to suggest."""
+    if min_frequency > 1:
+        return f"no pair left seen at least {min_frequency} times; more text or a lower --min-frequency gives more"
+    return "no pair left to merge; more text gives more"
 
 
 def _import(args: argparse.Namespace) -> int:

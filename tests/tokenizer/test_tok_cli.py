@@ -342,3 +342,15 @@ def test_a_vocabulary_smaller_than_asked_says_why(capsys, tmp_path):
     code, _, err = run(capsys, "tokenizer", "train", str(data), "--vocab-size", str(vocab), "--out",
                        str(tmp_path / "t2"), "--workers", "1")
     assert code == 0 and "asked for" not in err
+
+
+def test_a_short_vocabulary_at_min_frequency_1_suggests_no_lower_min_frequency(capsys, tmp_path):
+    """At --min-frequency 1 the note said 'no pair left seen at least 1 times; more text or a lower
+    --min-frequency gives more': there is no lower value, every word was one token already."""
+    data = tmp_path / "small.txt"
+    data.write_text("the cat sat on the mat")
+    code, _, err = run(capsys, "tokenizer", "train", str(data), "--vocab-size", "400", "--out", str(tmp_path / "t"),
+                       "--workers", "1", "--min-frequency", "1")
+    vocab = Tokenizer.load(tmp_path / "t").vocab_size
+    assert code == 0 and f"vocab {vocab} (asked for 400: no pair left to merge; more text gives more)" in err
+    assert "--min-frequency" not in err
