@@ -213,6 +213,8 @@ class Tokenizer:
         occurring at least `min_frequency` times. No merge makes a special token's text, which
         web text often holds literally: tokenizer.json cannot name two tokens alike.
         """
+        if isinstance(texts, (str, bytes)):  # iterated, it is one document per character: no merges
+            raise TokenizerError("texts must be documents (e.g. a list of str), not one str: pass [text]")
         names = _special_list(special_tokens)
         regex_text = resolve_pattern(pattern)
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(names):

@@ -306,3 +306,11 @@ def test_a_pattern_with_capturing_groups_trains_on_its_whole_matches(corpus):
     text = MIXED[0]
     assert reference.encode_ordinary(text, grouped.pattern, grouped.ranks) == grouped.encode_ordinary(text)
     assert grouped._encode_by_words(text) == grouped.encode_ordinary(text)
+
+
+def test_one_str_as_the_texts_is_refused_not_trained_char_by_char():
+    """`Tokenizer.train(text, ...)` iterated the str: each character a document, so no merge was
+    ever learned and a vocab of bytes alone came back with no error."""
+    with pytest.raises(TokenizerError, match="not one str"):
+        Tokenizer.train(TEXT, 300, show_progress=False)
+    assert Tokenizer.train([TEXT], 300, show_progress=False).vocab_size > 260
