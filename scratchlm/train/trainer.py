@@ -158,11 +158,16 @@ class Session:
     timed_s: float = 0.0  # step time after the warm-up steps
     timed_tokens: int = 0
     losses: list[float] = field(default_factory=list)
-    row_time: float = field(default_factory=time.perf_counter)
+    row_seconds: float = 0.0  # time spent in steps since the last train row
     row_applied: int = 0
 
     def elapsed(self) -> float:
         return self.base_elapsed + time.perf_counter() - self.start
+
+    def count_attempt(self, seconds: float) -> None:
+        """A step run, applied or not: a skipped batch's time was spent training too."""
+        self.attempted += 1
+        self.row_seconds += seconds
 
     def count_step(self, loss: float, seconds: float, batch_tokens: int) -> None:
         self.applied += 1
@@ -172,11 +177,13 @@ class Session:
             self.timed_tokens += batch_tokens
 
     def tokens_per_s_since_last_row(self, batch_tokens: int) -> float:
-        """Tokens trained on since the previous train row, per second. Counted from applied
-        updates rather than `TrainState.tokens`, which falls back on a rollback."""
-        now = time.perf_counter()
-        rate = (self.applied - self.row_applied) * batch_tokens / max(now - self.row_time, 1e-9)
-        self.row_time, self.row_applied = now, self.applied
+        """Tokens trained on since the previous train row, per second of step time. Counted from
+        applied updates rather than `TrainState.tokens`, which falls back on a rollback. Step time
+        only, as the summary's rate: timed by the wall clock, the row after an evaluation or a
+        checkpoint counted their seconds as training and its MFU (the one the low-throughput
+        diagnosis may judge) fell several times below the run's."""
+        rate = (self.applied - self.row_applied) * batch_tokens / max(self.row_seconds, 1e-9)
+        self.row_seconds, self.row_applied = 0.0, self.applied
         return rate
 
 
@@ -409,10 +416,11 @@ class PretrainRun:
                     self._step_seconds = (elapsed - session.base_elapsed) / session.attempted
                 t0 = time.perf_counter()
                 outcome = self._step()
-                session.attempted += 1
+                seconds = time.perf_counter() - t0
+                session.count_attempt(seconds)
                 if not outcome["applied"]:
                     continue
-                session.count_step(outcome["loss"], time.perf_counter() - t0, tc.batch_tokens)
+                session.count_step(outcome["loss"], seconds, tc.batch_tokens)
                 bar.update(1)
                 step = self.state.step
                 if step % tc.log_every == 0 or step == 1:

@@ -69,3 +69,21 @@ def test_measured_peak_matches_a_timed_matmul():
     achieved = 4 * 2 * 512**3 / (time.perf_counter() - start)
     # A smaller matmul cannot run far beyond the measured peak (slack for a machine shared while measuring).
     assert achieved < 10 * peak
+
+
+def test_a_train_rows_rate_counts_step_time_only():
+    """Whatever happens between rows (an evaluation, a checkpoint save) is not training time:
+    counted, the row after it showed a fraction of the run's MFU and could set off the
+    low-throughput diagnosis. A skipped batch's time counts, its tokens do not."""
+    from scratchlm.train.trainer import Session
+
+    session = Session(base_elapsed=0.0)
+    for applied in (True, False, True):
+        session.count_attempt(0.25)
+        if applied:
+            session.count_step(3.0, 0.25, batch_tokens=100)
+    assert session.tokens_per_s_since_last_row(100) == pytest.approx(200 / 0.75)
+    session.count_attempt(0.5)
+    session.count_step(3.0, 0.5, batch_tokens=100)
+    assert session.tokens_per_s_since_last_row(100) == pytest.approx(100 / 0.5)  # counted from the last row
+    assert session.attempted == 4 and session.applied == 3
