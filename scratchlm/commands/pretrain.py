@@ -85,8 +85,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         bpb = "-" if r["val_bpb"] is None else f"{r['val_bpb']:.4f}"
         print(f"{r['lr']:>10.2e}  {val:>10}  {bpb:>8}")
     if report["stopped"]:
+        # Of today's grid: a resumed report also keeps rates an earlier grid finished.
+        finished = sum(r["lr"] in lrs for r in report["results"])
         print(
-            f"sweep stopped by {report['stopped']} after {len(report['results'])} of {len(lrs)} learning rates; "
+            f"sweep stopped by {report['stopped']} after {finished} of {len(lrs)} learning rates; "
             "no best learning rate is named",
             file=sys.stderr,
         )

@@ -399,3 +399,15 @@ def test_a_sweep_resumes_whatever_its_runs_set_themselves_or_only_show(tokens, t
         assert main([*sweep, "--lrs", "1e-2", "--set", setting]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"other settings ({key})" in err[0]
+
+
+def test_a_resumed_sweeps_stop_counts_todays_rates_only(tokens, tmp_path, capsys, monkeypatch):
+    """A report keeps the rates an earlier grid finished; the stop message counts those of the
+    grid it was given (it said "1 of 1" when the one rate asked for had not finished)."""
+    out = tmp_path / "sweep"
+    toml = write_toml(tiny_config(tokens, out), tmp_path / "sweep.toml")
+    assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e-3", "--steps", "4"]) == 0
+    ctrl_c_after_step(monkeypatch, 2)
+    assert main(["sweep-lr", "--config", str(toml), "--lrs", "1e-2", "--steps", "4", "--resume"]) == 130
+    assert "stopped by SIGINT after 0 of 1 learning rates" in capsys.readouterr().err
+    assert [r["lr"] for r in json.loads((out / "sweep.json").read_text())["results"]] == [1e-3]
