@@ -32,6 +32,7 @@ interfaces and the wrong one is picked.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -100,6 +101,9 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the torchrun job described by the environment, or describe a lone process.
 
     On CUDA each process uses GPU `LOCAL_RANK`. Calling it again after the group is up is harmless.
+    The group lives as long as the process (left at exit): destroyed after one run and made again for
+    the next (`sweep-lr`'s rates, two `train` calls), it hung the job, because a process that
+    re-joined first read the store keys its slower peer's old group had left there.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -125,6 +129,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         extra = {"device_id": device} if backend == "nccl" else {}
         with _native_prints_to_stderr():
             dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **extra)
+        atexit.register(cleanup)
     return DistInfo(rank, local_rank, world_size, device, rank == 0, backend)
 
 
@@ -216,6 +221,7 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group so the job exits cleanly."""
+    """Leave the process group so the job exits cleanly (at exit for the group `init_distributed`
+    made; a group is never re-made in one process, see there)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -61,7 +61,6 @@ from scratchlm.train.config import PretrainConfig, build_model_config, check_tra
 from scratchlm.train.distributed import (
     all_reduce_mean,
     barrier,
-    cleanup,
     init_distributed,
     sync_gradients,
     wrap_model,
@@ -1044,12 +1043,12 @@ class PretrainRun:
         self._old_handlers.clear()
 
     def close(self) -> None:
+        """Release the log and train.out. The process group stays up for the next run in this
+        process (`sweep-lr`): `init_distributed` leaves it at exit."""
         try:
             self.log.close()
         finally:
             self._out_lock.close()  # else a later run into train.out in this process is refused as busy
-            if self.dist.world_size > 1:
-                cleanup()
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:

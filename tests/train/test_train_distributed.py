@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.distributed.fsdp import fully_shard
+from train_core_helpers import build_tokens_dir, tiny_config
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.distributed import (
@@ -227,6 +229,29 @@ def test_muon_on_fsdp2_shards_matches_one_process(tmp_path):
         opt.step()
     for name, want in model.state_dict().items():
         torch.testing.assert_close(sharded[name], want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def two_runs_worker(rank: int, port: int, tokens: str, out_dir: str) -> None:
+    from scratchlm.train.trainer import train
+
+    torchrun_env(rank, port)
+    first = train(tiny_config(Path(tokens), Path(out_dir) / "first", train={"max_steps": 2}))
+    group = torch.distributed.group.WORLD
+    # A run used to destroy the group it made, and the next run made another: a process that
+    # re-joined first read its slower peer's old keys in the store, and `sweep-lr` hung.
+    assert group is not None and torch.distributed.is_initialized(), "the first run left the process group"
+    second = train(tiny_config(Path(tokens), Path(out_dir) / "second", train={"max_steps": 2}))
+    assert torch.distributed.group.WORLD is group, "the second run made a process group of its own"
+    torch.save({"steps": (first["steps"], second["steps"])}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_runs_one_after_another_share_the_process_group(tmp_path):
+    """Runs in the same processes (`sweep-lr`'s rates) keep the group the first one joined."""
+    tokens = build_tokens_dir(tmp_path)
+    launch(two_runs_worker, str(tokens), str(tmp_path))
+    for rank in range(WORLD):
+        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) == {"steps": (2, 2)}
+    assert (tmp_path / "second" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
 
 
 def test_native_prints_while_connecting_go_to_stderr_and_a_closed_stdout_is_no_error():
