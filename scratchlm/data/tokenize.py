@@ -171,12 +171,18 @@ class RawNumbers:
 
 
 def _raw_chunks(config: TokenizeConfig, inputs: Sequence[str], numbers: RawNumbers) -> Iterator[Chunk]:
-    """Raw inputs' documents; `numbers` counts raw documents across calls for the val rule."""
+    """Raw inputs' documents; `numbers` counts raw documents across calls for the val rule.
+
+    Empty texts (an empty `.txt`, a JSON record of `""`) are left out and not numbered, as `data
+    prepare` drops them: each would be a lone `<|endoftext|>`, and inputs of nothing else made a
+    complete-looking tokens dir instead of the "no documents" error."""
     documents = iter_documents(inputs, SourceOptions(text_field=config.text_field, hf_split=config.hf_split))
     texts: list[str] = []
     flags: list[bool] = []
     size = 0
     for doc in documents:
+        if not doc.text:
+            continue
         texts.append(doc.text)
         flags.append(_goes_to_val(doc, numbers, config.val_every))
         size += len(doc.text)

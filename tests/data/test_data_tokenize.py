@@ -303,6 +303,21 @@ def test_inputs_without_a_document_are_refused_and_an_append_of_nothing_changes_
     assert read_all(tmp_path / "tokens") == before and not (tmp_path / "tokens" / APPEND_MARKER).exists()
 
 
+def test_empty_texts_are_not_documents(tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """An empty .txt made a complete-looking tokens dir of one lone <|endoftext|>, and an empty
+    JSON record a document of nothing; `data prepare` drops both."""
+    (tmp_path / "empty.txt").write_text("")
+    args = ["--tokenizer", str(tokenizer_dir), "--workers", "1", "--val-every", "2"]
+    assert main(["data", "tokenize", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "none"), *args]) == 2
+    assert "no documents found" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    texts = ["one", "", "two", "three", ""]
+    (tmp_path / "some.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert main(["data", "tokenize", str(tmp_path / "some.jsonl"), "--out", str(tmp_path / "out"), *args]) == 0
+    assert decoded(tmp_path / "out", "train", tokenizer_dir) == ["one", "three"]
+    assert decoded(tmp_path / "out", "val", tokenizer_dir) == ["two"]
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["raw_documents"] == 3
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_million_blanks_tokenize_in_a_worker_or_not(tmp_path: Path, tokenizer_dir: Path, workers: int) -> None:
     """tiktoken's regex engine overflowed on them: a Rust panic, unpicklable from a worker."""
