@@ -80,7 +80,7 @@ def current_umask() -> int:
     return mask
 
 
-def _as_created(path: str | os.PathLike, mode: int) -> None:
+def as_created(path: str | os.PathLike, mode: int) -> None:
     """Give a temp file/dir (made private by `tempfile`) the mode a plain create would have:
     without it, every output would be readable by its owner alone, whatever the umask says."""
     os.chmod(path, mode & ~current_umask())
@@ -115,7 +115,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{temp_stem(path.name)}.", suffix=".tmp", dir=path.parent)
     try:
-        _as_created(tmp, 0o666)
+        as_created(tmp, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -230,7 +230,7 @@ def atomic_directory(
     try:
         # Made inside the try: a signal between the directory's creation and the try would leave it.
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
-        _as_created(tmp, 0o777)
+        as_created(tmp, 0o777)
         yield tmp
         fsync_tree(tmp)  # every byte on disk before the output can be seen whole
         if final.exists():

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from scratchlm.config import from_dict, to_dict
 from scratchlm.errors import ConfigError, ModelError
 from scratchlm.fsutil import (
+    as_created,
     atomic_directory,
     atomic_write_json,
     check_output_dir,
@@ -149,9 +150,12 @@ def write_weights_and_config(
 
 def write_weights(path: Path, weights: Mapping[str, torch.Tensor]) -> None:
     """A safetensors file of `weights`. A failed write (a full disk) is an OSError, as for any other
-    file, not the library's own error type, so callers and the command line treat it as one."""
+    file, not the library's own error type, so callers and the command line treat it as one.
+    safetensors makes the file readable by its owner alone; it gets the umask's mode, as every
+    other output does, so a server or a colleague running as another user can load the weights."""
     try:
         save_file(dict(weights), str(path), metadata={"format": "pt"})
+        as_created(path, 0o666)
     except SafetensorError as e:
         code = re.search(r"\(os error (\d+)\)", str(e))
         if code:

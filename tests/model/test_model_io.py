@@ -1,6 +1,7 @@
 """The model directory: safetensors + config.json, exact round trips, clear errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -187,3 +188,14 @@ def test_loading_into_a_dtype_the_model_cannot_run_in_is_one_error(tmp_path, dty
     with pytest.raises(ModelError, match="a model runs in float32, bfloat16, float16, float64, not") as caught:
         load_model(tmp_path / "m", dtype=dtype)
     assert "\n" not in str(caught.value)
+
+
+def test_saved_weights_get_the_umasks_mode_like_the_other_files(tmp_path):
+    """safetensors wrote model.safetensors as 0600 beside a 0644 config.json (checkpoints, export hf)."""
+    old = os.umask(0o022)
+    try:
+        save_model(GPT(small()), tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
