@@ -7,13 +7,54 @@ prints each diagnosis once and logs it as a `diagnosis` event in `metrics.jsonl`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from scratchlm.machine import usable_cores
 
 
-def loss_not_decreasing(losses: Sequence[float], lr: float, min_steps: int = 20) -> str | None:
+@dataclass(frozen=True)
+class Rates:
+    """The learning rates a piece of advice names. The config's `train.lr` is not the rate a step
+    trained at (warmup and decay scale it), and under Muon the hidden matrices train at
+    `train.muon_lr` instead, so advice that names only `train.lr` sends a user to the wrong knob."""
+
+    lr: float  # train.lr
+    muon_lr: float | None = None  # train.muon_lr when the optimizer is Muon, else None
+    factor: float = 1.0  # the schedule's multiplier at the step the advice is about
+
+    def settings(self) -> str:
+        """The configured rates: `train.lr = 0.001` (and `train.muon_lr = 0.02` under Muon)."""
+        named = f"train.lr = {self.lr:g}"
+        return named if self.muon_lr is None else f"{named} and train.muon_lr = {self.muon_lr:g}"
+
+    def lower(self) -> str:
+        """Advice to lower the rates, naming each setting and what the schedule made of it at this step."""
+        if self.muon_lr is None:
+            return f"lower the learning rate ({self.settings()}; {self.lr * self.factor:g} at this step of the schedule)"
+        return (
+            f"lower the learning rates ({self.settings()}; {self.lr * self.factor:g} and "
+            f"{self.muon_lr * self.factor:g} at this step of the schedule)"
+        )
+
+
+def _clip_hint(clip: float) -> str:
+    return "turn on gradient clipping (train.grad_clip = 1.0)" if clip <= 0 else "clip harder (train.grad_clip)"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _fp16_hint(precision: str) -> str:
+    """Only an fp16 run gains from bf16's range; to any other run the hint would be noise."""
+    if precision != "fp16":
+        return ""
+    return "; the run is in fp16, whose range is narrow: prefer bf16 (train.precision = \"bf16\") where the device has it"
+
+
+def loss_not_decreasing(losses: Sequence[float], rates: Rates, min_steps: int = 20) -> str | None:
     """The last quarter of the losses is not clearly below the first quarter."""
     if len(losses) < min_steps:
         return None
@@ -23,28 +64,39 @@ def loss_not_decreasing(losses: Sequence[float], lr: float, min_steps: int = 20)
     if last < first * 0.98:
         return None
     direction = "rose" if last > first * 1.02 else "stayed flat"
+    subject = f"learning rate ({rates.settings()}) is" if rates.muon_lr is None else f"learning rates ({rates.settings()}) are"
     return (
         f"loss is not decreasing: it {direction} from {first:.4f} to {last:.4f} over {len(losses)} steps. "
-        f"The learning rate ({lr:g}) is probably too high or too low; run `scratchlm sweep-lr` to try "
-        "a grid (3e-4 is the usual AdamW starting point)."
+        f"The {subject} probably too high or too low; run `scratchlm sweep-lr` "
+        "to try a grid of train.lr (3e-4 is the usual AdamW starting point)."
     )
 
 
-def nonfinite_loss(step: int, loss: float, grad_norm: float, clip: float, lr: float) -> str:
-    clip_hint = "turn on gradient clipping (train.grad_clip = 1.0)" if clip <= 0 else "clip harder"
+def nonfinite_loss(step: int, loss: float, grad_norm: float, clip: float, rates: Rates, precision: str) -> str:
     return (
         f"the loss or gradient became non-finite at step {step} (loss {loss}, grad norm {grad_norm}): "
-        f"the gradients are exploding. {clip_hint[0].upper() + clip_hint[1:]} or lower the learning "
-        f"rate (now {lr:g}); in fp16, prefer bf16."
+        f"the gradients are exploding. {_capital(_clip_hint(clip))} or {rates.lower()}{_fp16_hint(precision)}."
     )
 
 
-def nonfinite_weights(step: int, found_by: str, clip: float, lr: float) -> str:
-    clip_hint = "turn on gradient clipping (train.grad_clip = 1.0)" if clip <= 0 else "clip harder"
+def nonfinite_weights(step: int, found_by: str, clip: float, rates: Rates) -> str:
     return (
         f"the model's weights are no longer finite after step {step} ({found_by}): an update overflowed "
-        f"although its loss was finite. {clip_hint[0].upper() + clip_hint[1:]} or lower the learning "
-        f"rate (now {lr:g})."
+        f"although its loss was finite. {_capital(_clip_hint(clip))} or {rates.lower()}."
+    )
+
+
+def instability(
+    step: int, rollbacks: int, loss: float, loss_mean: float, clip: float, rates: Rates, z_loss: float, precision: str
+) -> str:
+    """Spikes that rollbacks did not cure."""
+    hints = [rates.lower(), _clip_hint(clip)]
+    hints.append("add z-loss (train.z_loss = 1e-4)" if z_loss <= 0 else f"raise z-loss (train.z_loss = {z_loss:g})")
+    if precision == "fp16":
+        hints.append("use bf16 instead of fp16")
+    return (
+        f"loss spikes kept coming back after {rollbacks} rollbacks (last at step {step}, loss {loss:.4f} "
+        f"vs mean {loss_mean:.4f}): the run is unstable. {_capital(', '.join(hints[:-1]))} or {hints[-1]}."
     )
 
 

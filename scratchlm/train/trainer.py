@@ -221,6 +221,7 @@ class PretrainRun:
         self._diagnosed: set[str] = set()
         self._out_lock = contextlib.ExitStack()
         self._overflows_in_a_row = 0  # fp16 loss-scaler overflows in the current run of non-finite steps
+        self._lr_factor = 1.0  # the schedule's factor at the latest step, which diagnoses name
         try:
             self._open_data()
             self._check_batch_geometry()
@@ -561,6 +562,7 @@ class PretrainRun:
             st.step, tc.warmup_steps, self._progress(ahead=True), tc.schedule, tc.min_lr_ratio, tc.decay_fraction,
             warmup_progress=self._warmup_progress(),
         )
+        self._lr_factor = factor
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.model.train()
@@ -638,7 +640,9 @@ class PretrainRun:
             # finite loss): forgiven there too, the scale fell to 0 and every batch was skipped.
             self._overflows_in_a_row += 1
             return
-        advice = diagnosis.nonfinite_loss(st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, tc.lr)
+        advice = diagnosis.nonfinite_loss(
+            st.step, verdict.detail["loss"], verdict.detail["grad_norm"], tc.grad_clip, self._rates(), self.precision.name
+        )
         self._diagnose("nonfinite", advice)  # said once per run
         # The scaler's overflows before these steps do not count: they were the scale's doing.
         in_a_row = self.monitor.consecutive_nonfinite - self._overflows_in_a_row
@@ -679,11 +683,9 @@ class PretrainRun:
             self._skip_batch("spike", {**detail, "action": "skip", "why": "no checkpoint to roll back to"})
             return
         if self.state.rollbacks >= mc.max_rollbacks:
-            message = (
-                f"loss spikes kept coming back after {self.state.rollbacks} rollbacks (last at step "
-                f"{self.state.step}, loss {detail['loss']:.4f} vs mean {detail['loss_mean']:.4f}): the run is "
-                "unstable. Lower the learning rate, clip gradients harder (train.grad_clip), add z-loss "
-                "(train.z_loss = 1e-4) or use bf16 instead of fp16."
+            message = diagnosis.instability(
+                self.state.step, self.state.rollbacks, detail["loss"], detail["loss_mean"], self.tc.grad_clip, self._rates(),
+                self.tc.z_loss, self.precision.name,
             )
             self._diagnose("instability", message)
             raise TrainingStopped(message)
@@ -763,7 +765,7 @@ class PretrainRun:
         """An evaluation found the weights broken: training on them could only skip step after
         step, and a checkpoint of them is worth nothing, so the run stops as unstable (every
         process alike: they all see the same weights and batches)."""
-        advice = diagnosis.nonfinite_weights(step, found_by, self.tc.grad_clip, self.tc.lr)
+        advice = diagnosis.nonfinite_weights(step, found_by, self.tc.grad_clip, self._rates())
         self._diagnose("nonfinite_weights", advice)
         raise TrainingStopped(advice)
 
@@ -784,7 +786,7 @@ class PretrainRun:
         return {"val_loss": val_loss, "val_bpb": val_bpb}
 
     def _check_loss_trend(self, losses: list[float]) -> None:
-        found = diagnosis.loss_not_decreasing(losses, self.tc.lr)
+        found = diagnosis.loss_not_decreasing(losses, self._rates())
         if found:
             self._diagnose("loss_not_decreasing", found)
 
@@ -826,6 +828,12 @@ class PretrainRun:
             self._diagnose("low_throughput", found)
         else:
             self._diagnosed.add("low_throughput")  # judged once, when the run is warm
+
+    def _rates(self) -> diagnosis.Rates:
+        """The configured rates and the schedule's factor of the latest step: advice about a step
+        names what that step trained at, and the Muon rate when Muon trains the matrices."""
+        muon_lr = self.tc.muon_lr if self.tc.optimizer == "muon" else None
+        return diagnosis.Rates(self.tc.lr, muon_lr, self._lr_factor)
 
     def _diagnose(self, kind: str, message: str) -> None:
         """Say it once per run, in words, and log it as a `diagnosis` event."""

@@ -21,9 +21,9 @@ def kinds(out) -> list[str]:
 
 
 def test_checks_on_plain_numbers():
-    assert diagnosis.loss_not_decreasing([5.0] * 40, lr=1e-6)
-    assert "rose" in diagnosis.loss_not_decreasing([5.0] * 20 + [7.0] * 20, lr=1.0)
-    assert diagnosis.loss_not_decreasing([5.0 - 0.05 * i for i in range(40)], lr=3e-4) is None
+    assert diagnosis.loss_not_decreasing([5.0] * 40, diagnosis.Rates(1e-6))
+    assert "rose" in diagnosis.loss_not_decreasing([5.0] * 20 + [7.0] * 20, diagnosis.Rates(1.0))
+    assert diagnosis.loss_not_decreasing([5.0 - 0.05 * i for i in range(40)], diagnosis.Rates(3e-4)) is None
     assert diagnosis.distinct_ngram_share([1, 2, 3, 4] * 10) < 0.2
     assert diagnosis.distinct_ngram_share(list(range(40))) == 1.0
     assert diagnosis.low_throughput(0.3, 0.01, torch.device("cpu"), 1) is None
@@ -50,6 +50,33 @@ def test_exploding_run_says_clip_or_lower_the_lr(tokens, tmp_path):
     assert events(rows, "nan_skip")
     (diag,) = [e for e in events(rows, "diagnosis") if e["kind"] == "nonfinite"]
     assert "clipping" in diag["message"] and "learning rate" in diag["message"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_nonfinite_step_names_the_rates_it_trained_at(tokens, tmp_path, optimizer):
+    """The advice said "lower the learning rate (now 0.01)" at a warmup step that trained at half
+    that, never named Muon's own rate, and told an fp32 run to "prefer bf16" over fp16."""
+    cfg = tiny_config(
+        tokens, tmp_path / "run", train={"max_steps": 3, "warmup_steps": 4, "optimizer": optimizer, "muon_lr": 0.04},
+        debug={"inject_nan_at_step": 1},  # the second step: warmup has the rates at 2/4
+    )
+    train(cfg)
+    (diag,) = [e for e in events(read_rows(tmp_path / "run"), "diagnosis") if e["kind"] == "nonfinite"]
+    message = diag["message"]
+    if optimizer == "muon":
+        assert "(train.lr = 0.01 and train.muon_lr = 0.04; 0.005 and 0.02 at this step of the schedule)" in message
+    else:
+        assert "(train.lr = 0.01; 0.005 at this step of the schedule)" in message
+    assert "fp16" not in message and "bf16" not in message
+
+
+def test_only_an_fp16_run_is_told_to_prefer_bf16():
+    rates = diagnosis.Rates(1e-3)
+    assert "prefer bf16" in diagnosis.nonfinite_loss(3, float("nan"), float("nan"), 1.0, rates, "fp16")
+    for precision in ("fp32", "bf16"):
+        assert "fp16" not in diagnosis.nonfinite_loss(3, float("nan"), float("nan"), 1.0, rates, precision)
+    assert "bf16 instead of fp16" in diagnosis.instability(3, 2, 9.0, 4.0, 1.0, rates, 0.0, "fp16")
+    assert "fp16" not in diagnosis.instability(3, 2, 9.0, 4.0, 1.0, rates, 0.0, "bf16")
 
 
 def test_repetitive_samples_say_widen_the_model(tokens, tmp_path):

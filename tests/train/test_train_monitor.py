@@ -108,6 +108,7 @@ def test_too_many_rollbacks_stop_with_a_diagnosis(tokens, tmp_path):
         train(rollback_config(tokens, out, max_rollbacks=0))
     diag = events(read_rows(out), "diagnosis")
     assert diag and diag[-1]["kind"] == "instability"
+    assert "fp16" not in diag[-1]["message"]  # an fp32 run, which bf16 would not steady
 
 
 @pytest.fixture
