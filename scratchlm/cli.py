@@ -72,6 +72,11 @@ def given_flags(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None and value != []}
 
 
+def typed_flags(args: argparse.Namespace, *dests: str) -> list[str]:
+    """The flags among `dests` (argparse destinations) that the user gave, as typed: `--text-field`."""
+    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest) is not None]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage mistakes (`--vocab-size abc`, an unknown command) end like
     every other error: one `scratchlm: error:` line and exit 2, not a usage block; subcommand

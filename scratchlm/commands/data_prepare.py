@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from scratchlm.cli import add_config_args, given_flags
+from scratchlm.cli import add_config_args, given_flags, typed_flags
 from scratchlm.commands.text_input import checked_arg_text
 from scratchlm.config import load_config
 from scratchlm.errors import ConfigError
@@ -85,8 +85,10 @@ def _separator(flag: str) -> str:
 
 def _prepare(args: argparse.Namespace) -> int:
     from scratchlm.data.prepare import PrepareConfig, prepare
+    from scratchlm.data.sources import refuse_unused_flags
 
     config = load_config(PrepareConfig, args.config, args.overrides, base=_flags(args))
+    refuse_unused_flags(config.inputs, typed_flags(args, "text_field", "hf_split", "separator"), config.source)
     stats = prepare(config)
     removed = ", ".join(f"{reason} {count}" for reason, count in stats["removed"].items()) or "none"
     print(

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8
+from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_flags
 from scratchlm.config import load_config
 
 
@@ -51,6 +51,7 @@ def register(root, groups) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
+    from scratchlm.data.sources import refuse_unused_flags
     from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
 
     base = given_flags(
@@ -64,6 +65,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         hf_split=args.hf_split,
     )
     config = load_config(TokenizeConfig, args.config, args.overrides, base)
+    refuse_unused_flags(config.inputs, typed_flags(args, "text_field", "hf_split"))
     start = time.perf_counter()
     meta = tokenize_dataset(config)
     seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8
+from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_flags
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
@@ -72,8 +72,8 @@ def register(root, groups) -> None:
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--top", type=_count, default=20, help="how many common tokens to list")
-    p.add_argument("--text-field", default="text", metavar="NAME", help="JSON/parquet field holding the text")
-    p.add_argument("--hf-split", default="train", type=_split_name, metavar="NAME", help=HF_SPLIT_HELP)
+    p.add_argument("--text-field", metavar="NAME", help="JSON/parquet field holding the text (default: text)")
+    p.add_argument("--hf-split", type=_split_name, metavar="NAME", help=HF_SPLIT_HELP)
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=_stats)
 
@@ -93,6 +93,7 @@ def _count(text: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from scratchlm.data.sources import refuse_unused_flags
     from scratchlm.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
     base = given_flags(
@@ -108,6 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         hf_split=args.hf_split,
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
+    refuse_unused_flags(cfg.inputs, typed_flags(args, "split", "text_field", "hf_split"))
     tok = train_tokenizer(cfg)
     short = f" (asked for {cfg.vocab_size}: {_why_short(cfg.min_frequency)})" if tok.vocab_size < cfg.vocab_size else ""
     print(f"saved {cfg.out}: vocab {tok.vocab_size}{short}, sha256 {tok.sha256[:16]}", file=sys.stderr)
@@ -233,12 +235,14 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from scratchlm.data.sources import SourceOptions, iter_documents
+    from scratchlm.data.sources import SourceOptions, iter_documents, refuse_unused_flags
     from scratchlm.tokenizer import Tokenizer
     from scratchlm.tokenizer.stats import tokenizer_stats
 
+    refuse_unused_flags(args.inputs, typed_flags(args, "text_field", "hf_split"))
     tok = Tokenizer.load(args.tokenizer)
-    documents = iter_documents(args.inputs, SourceOptions(text_field=args.text_field, hf_split=args.hf_split))
+    options = SourceOptions(**given_flags(text_field=args.text_field, hf_split=args.hf_split))
+    documents = iter_documents(args.inputs, options)
     stats = tokenizer_stats(tok, (d.text for d in documents), top=args.top)
     if args.json:
         print(json.dumps(stats, ensure_ascii=not stdout_is_utf8(), indent=2))

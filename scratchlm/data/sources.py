@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from scratchlm.errors import DataError
+from scratchlm.errors import ConfigError, DataError
 from scratchlm.fsutil import directory_entries, parse_json
 
 BUILTIN_PREFIX = "builtin:"
@@ -292,6 +292,13 @@ def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> I
     A prepared dataset inside is read as one (its documents, not its stats or removed examples);
     `exclude` skips files and whole folders, prepared datasets included; `include` picks files only.
     """
+    for path, prepared in _directory_inputs(root, options):
+        yield from _iter_prepared(path, options) if prepared else _iter_file(path, options, stats)
+
+
+def _directory_inputs(root: Path, options: SourceOptions) -> Iterator[tuple[Path, bool]]:
+    """The files below `root` that reading takes and its prepared datasets (flagged True), in
+    reading order: shared by the reading and by `refuse_unused_flags`, so both see the same inputs."""
     include = options.include or list(DEFAULT_INCLUDE)
 
     def excluded(folder: Path) -> bool:
@@ -307,9 +314,61 @@ def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> I
         found = True
         if path.name == "meta.json":  # read as a document only if it is a text file of the corpus
             _refuse_tokens_dir(path.parent, " (or --exclude it)")
-        yield from _iter_prepared(path, options) if prepared else _iter_file(path, options, stats)
+        yield path, prepared
     if not found:
         raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
+
+
+# The reading flags and the kinds of input (a file format, "prepared", "hf") that use each.
+_FLAG_USERS: dict[str, tuple[frozenset[str], str]] = {
+    "--text-field": (
+        frozenset((".jsonl", ".json", ".parquet", "hf")),
+        "names the field of .jsonl, .json and .parquet files and hf: datasets, and no input is one",
+    ),
+    "--hf-split": (frozenset(("hf",)), "picks the split of an hf:NAME input, and there is none"),
+    "--split": (frozenset(("prepared",)), "picks the split of a prepared dataset (data prepare's output), and no input is one"),
+    "--separator": (frozenset((".txt",)), "splits .txt files into documents, and no input is one"),
+}
+_UNKNOWN = "?"  # an input the reading will refuse (missing, unsupported): its own error says more
+
+
+def refuse_unused_flags(inputs: Sequence[str], flags: Iterable[str], options: SourceOptions | None = None) -> None:
+    """Refuse a reading flag the user gave that no input can use (`--hf-split` without an `hf:`
+    input), which would be accepted and do nothing. One input that uses it is enough: a directory
+    of mixed formats takes `--text-field` for its JSON files. Every command that reads inputs calls
+    this with the flags it was given; directories are listed, not read, and only while needed."""
+    wanted = {flag: _FLAG_USERS[flag] for flag in flags}
+    if not wanted or not inputs:
+        return
+    found: set[str] = set()
+    for kind in _input_kinds(inputs, options or SourceOptions()):
+        if kind == _UNKNOWN:
+            return
+        found.add(kind)
+        if all(users & found for users, _ in wanted.values()):
+            return
+    for flag, (users, why) in wanted.items():
+        if not users & found:
+            raise ConfigError(f"{flag} {why}; leave it out")
+
+
+def _input_kinds(inputs: Sequence[str], options: SourceOptions) -> Iterator[str]:
+    """The kind of each input, and of each file and prepared dataset inside directory inputs."""
+    for spec in map(str, inputs):
+        path = Path(spec)
+        if spec.startswith(BUILTIN_PREFIX):
+            yield "builtin"
+        elif spec.startswith(HF_PREFIX):
+            yield "hf"
+        elif not path.exists():
+            yield _UNKNOWN
+        elif path.is_dir() and is_prepared_dir(path):
+            yield "prepared"
+        elif path.is_dir():
+            for inner, prepared in _directory_inputs(path, options):
+                yield "prepared" if prepared else _format_of(inner) or ".txt"  # as `_iter_file` reads it
+        else:
+            yield _format_of(path) or _UNKNOWN
 
 
 def _walk(directory: Path, seen: set[str], excluded: Callable[[Path], bool]) -> Iterator[tuple[Path, bool]]:

@@ -10,9 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from tokens_testdata import save_validation_only
+from tokens_testdata import save_validation_only, train_tiny_tokenizer
 
-from scratchlm.data.sources import SourceOptions, SourceStats, iter_documents, local_input_paths
+from scratchlm.cli import main
+from scratchlm.data.sources import (
+    SourceOptions,
+    SourceStats,
+    iter_documents,
+    local_input_paths,
+    write_prepared_dir,
+)
 from scratchlm.errors import DataError
 
 
@@ -559,3 +566,64 @@ def test_a_prepared_part_with_a_non_string_source_column_is_one_error(tmp_path, 
     assert main(["data", "prepare", str(out), "--out", str(tmp_path / "again"), "--no-filters"]) != 0
     assert "the 'source' column holds int64" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tiny_tokenizer(path)
+    return path
+
+
+def command(name: str, inputs: list[str], tmp_path: Path, tokenizer: Path) -> list[str]:
+    """The argv of one of the commands that read inputs, writing (if it writes) under `tmp_path`."""
+    out = ["--out", str(tmp_path / "out")]
+    return {
+        "prepare": ["data", "prepare", *inputs, *out],
+        "train": ["tokenizer", "train", *inputs, "--vocab-size", "300", "--workers", "1", *out],
+        "stats": ["tokenizer", "stats", "--tokenizer", str(tokenizer), *inputs],
+        "tokenize": ["data", "tokenize", *inputs, "--tokenizer", str(tokenizer), "--workers", "1", *out],
+    }[name]
+
+
+@pytest.mark.parametrize(("name", "flag", "value"), [
+    ("train", "--split", "val"),
+    ("train", "--text-field", "body"),
+    ("train", "--hf-split", "validation"),
+    ("stats", "--text-field", "body"),
+    ("stats", "--hf-split", "validation"),
+    ("prepare", "--text-field", "body"),
+    ("prepare", "--hf-split", "validation"),
+    ("tokenize", "--text-field", "body"),
+    ("tokenize", "--hf-split", "validation"),
+])  # fmt: skip
+def test_a_reading_flag_no_input_can_use_is_refused(tmp_path, capsys, tiny_tokenizer, name, flag, value):
+    """`tokenizer train x.txt --split val`, `--text-field` on plain text and `--hf-split` without
+    an hf: input exited 0 and the flag did nothing."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("plain words and more plain words", encoding="utf-8")
+    (corpus / "b.txt").write_text("other words in another file", encoding="utf-8")
+    assert main([*command(name, [str(corpus)], tmp_path, tiny_tokenizer), flag, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"scratchlm: error: {flag} ")
+    assert "leave it out" in captured.err and not captured.out
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_separator_with_no_text_file_is_refused(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "a.jsonl", [{"text": "one document"}])
+    assert main(["data", "prepare", str(data), "--out", str(tmp_path / "out"), "--separator", "\\n"]) == 2
+    assert "--separator splits .txt files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["train", "stats", "prepare", "tokenize"])
+def test_a_reading_flag_one_input_uses_is_taken(tmp_path, capsys, tiny_tokenizer, name):
+    """Inputs of mixed kinds: the flag serves those that use it, here a JSONL file and a prepared
+    dataset found in a folder with plain text beside them."""
+    corpus = tmp_path / "corpus"
+    write_prepared_dir(corpus / "prepared", ["train words in a prepared set"], ["val words in a prepared set"])
+    (corpus / "a.txt").write_text("plain words and more plain words", encoding="utf-8")
+    write_jsonl(corpus / "b.jsonl", [{"body": "json words under another key"}])
+    flags = ["--text-field", "body"] + (["--split", "val"] if name == "train" else [])
+    assert main([*command(name, [str(corpus)], tmp_path, tiny_tokenizer), *flags]) == 0, capsys.readouterr().err
