@@ -139,13 +139,10 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Mo
     "fsdp" shards every child of every nn.ModuleList (the transformer blocks), then the root,
     in place; it needs CUDA.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown parallel strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    check_strategy(strategy, info.device)
     if strategy == "none":
         return model
     if strategy == "fsdp":
-        if info.device.type != "cuda":
-            raise ConfigError("FSDP (strategy fsdp) needs CUDA; use strategy ddp on CPU")
         from torch.distributed.fsdp import fully_shard
 
         for module in list(model.modules()):
@@ -158,6 +155,25 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Mo
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def check_strategy(strategy: str, device: torch.device) -> None:
+    """One ConfigError where `strategy` cannot run on `device`: the rule `wrap_model` applies, kept
+    here once so that `run_strategy` can apply it before a run writes anything."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown parallel strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp" and device.type != "cuda":
+        raise ConfigError(f"train.strategy = fsdp (FSDP) needs CUDA, not {device.type}; use train.strategy = ddp")
+
+
+def run_strategy(strategy: str, device_name: str) -> str:
+    """The strategy a run in this process applies ("none" alone, without torchrun), checked from
+    the environment before the group starts. Why: refused only when the model was wrapped, a run
+    had already made train.out, and the empty folder it left looked like a run's."""
+    if _env_int("WORLD_SIZE", 1) <= 1:
+        return "none"
+    check_strategy(strategy, resolve_device(device_name))
+    return strategy
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -62,6 +62,7 @@ from scratchlm.train.distributed import (
     all_reduce_mean,
     barrier,
     init_distributed,
+    run_strategy,
     sync_gradients,
     wrap_model,
 )
@@ -200,7 +201,9 @@ class PretrainRun:
 
     def __init__(self, config: PretrainConfig, resume: bool = False) -> None:
         config.validate()  # the loader has; a config built in Python has not
-        check_train_out(config)  # before anything is written, or a process group started
+        # Both before anything is written, or a process group started.
+        self.strategy = run_strategy(config.train.strategy, config.train.device)
+        check_train_out(config)
         self.config = config
         tc = config.train
         self.tc = tc
@@ -285,7 +288,7 @@ class PretrainRun:
 
         tc = self.tc
         self.model_cfg = build_model_config(self.config.model, int(self.meta["vocab_size"]), tc.seq_len)
-        strategy = tc.strategy if self.dist.world_size > 1 else "none"
+        strategy = self.strategy
         needs = check_training_fits(
             self.model_cfg.num_params(), tc.optimizer, self.device, processes_on_host=processes_on_this_host(),
             shards=self.dist.world_size if strategy == "fsdp" else 1,

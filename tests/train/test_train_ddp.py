@@ -4,12 +4,17 @@ as one process with twice the gradient accumulation."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from train_core_helpers import build_tokens_dir, read_rows, tiny_config, train_losses, write_toml
+from train_core_helpers import (
+    build_tokens_dir,
+    read_rows,
+    tiny_config,
+    torchrun_cli,
+    train_losses,
+    worker_lines,
+    write_toml,
+)
 
 from scratchlm.train.trainer import train
 
@@ -25,12 +30,7 @@ def test_two_processes_match_one_process_with_double_accumulation(tokens, tmp_pa
     train(tiny_config(tokens, single, train=settings))  # 1 process x 4 micro-steps
     ddp = tmp_path / "ddp"
     toml = write_toml(tiny_config(tokens, ddp, train=settings), tmp_path / "ddp.toml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "scratchlm", "pretrain", "--config", str(toml)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+    proc = torchrun_cli("pretrain", "--config", str(toml))
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = train_losses(read_rows(single)), train_losses(read_rows(ddp))
     assert one.keys() == two.keys() == set(range(1, 7))
@@ -49,3 +49,16 @@ def test_two_processes_match_one_process_with_double_accumulation(tokens, tmp_pa
     summary = json.loads(proc.stdout)
     assert summary["steps"] == 6 and summary["world_size"] == 2
     assert (ddp / "checkpoints" / "step-000006" / "model.safetensors").is_file()
+
+
+def test_fsdp_on_cpu_is_refused_before_train_out_is_made(tokens, tmp_path):
+    """Refused only when the model was wrapped, the run had made train.out already: an empty
+    folder that looked like a run."""
+    out = tmp_path / "fsdp"
+    toml = write_toml(tiny_config(tokens, out, train={"strategy": "fsdp", "max_steps": 2}), tmp_path / "fsdp.toml")
+    proc = torchrun_cli("pretrain", "--config", str(toml), tee=True)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        said = worker_lines(proc.stderr, rank)
+        assert len(said) == 1 and "needs CUDA" in said[0], proc.stderr[-3000:]
+    assert not out.exists()

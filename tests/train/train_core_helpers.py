@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,21 @@ def write_toml(cfg: PretrainConfig, path: Path) -> Path:
                 lines.append(f"{key} = {json.dumps(value)}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def torchrun_cli(*args: str, tee: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m scratchlm ARGS` on CPU. `tee` prefixes each line
+    a worker writes with its rank (`[default1]:`), so a test can read what each one said."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               *(["--tee", "3"] if tee else []), "-m", "scratchlm", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def worker_lines(text: str, local_rank: int) -> list[str]:
+    """What one worker of `torchrun_cli(..., tee=True)` wrote to a stream, its prefix taken off."""
+    prefix = f"[default{local_rank}]:"
+    return [line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)]
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
