@@ -43,6 +43,11 @@ class TrainingStopped(ScratchLMError):
     """Training stopped on purpose (e.g. too many rollbacks); the message is the diagnosis."""
 
 
+class PeerFailed(ScratchLMError):
+    """Another process of a torchrun job failed at a step all of them take (rank 0's lock on
+    train.out, its checkpoint write); that process's own message says why."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be: code that rolls back on an interrupt does so for both,
     and the CLI exits 143 for it (130 for Ctrl-C)."""

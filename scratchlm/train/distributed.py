@@ -45,7 +45,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scratchlm.device import resolve_device
-from scratchlm.errors import ConfigError
+from scratchlm.errors import ConfigError, PeerFailed
 
 STRATEGIES = ("ddp", "fsdp", "none")
 
@@ -234,6 +234,38 @@ def barrier() -> None:
     """Wait until every process gets here (no-op for a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def failures_shared() -> Iterator[None]:
+    """Run a block that may fail on some processes alone (rank 0's lock on train.out, its
+    checkpoint write), then tell every process whether all of them got through: a process that
+    failed raises its own error, the others a one-line `PeerFailed`. Why: the others went on to
+    their next collective, and died there with a gloo "Connection reset by peer" traceback that
+    buried the one line that said why. One gather per use (it also waits like `barrier`), never
+    per step; the block must hold no collective, or a failed process would wait in this one while
+    the others wait in that."""
+    if not is_distributed():
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(RuntimeError):  # the others gone too: this error is the one to show
+            _failed_ranks(ok=False)
+        raise
+    failed = _failed_ranks(ok=True)
+    if failed:
+        names = ", ".join(map(str, failed))
+        raise PeerFailed(f"rank {names} failed: see its message" if len(failed) == 1 else
+                         f"ranks {names} failed: see their messages")
+
+
+def _failed_ranks(ok: bool) -> list[int]:
+    """The ranks that said not ok, every process saying whether it is."""
+    said: list[bool | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(said, ok)
+    return [rank for rank, fine in enumerate(said) if not fine]
 
 
 def cleanup() -> None:

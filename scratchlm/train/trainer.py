@@ -60,7 +60,7 @@ from scratchlm.train import diagnosis
 from scratchlm.train.config import PretrainConfig, build_model_config, check_train_out, same_setting
 from scratchlm.train.distributed import (
     all_reduce_mean,
-    barrier,
+    failures_shared,
     init_distributed,
     run_strategy,
     sync_gradients,
@@ -226,9 +226,10 @@ class PretrainRun:
         self._overflows_in_a_row = 0  # fp16 loss-scaler overflows in the current run of non-finite steps
         self._lr_factor = 1.0  # the schedule's factor at the latest step, which diagnoses name
         try:
-            self._open_data()
-            self._check_batch_geometry()
-            self._lock_out()  # a second run is refused before the slow part: building the model
+            with failures_shared():  # rank 0 alone takes train.out: the others must hear if it could not
+                self._open_data()
+                self._check_batch_geometry()
+                self._lock_out()  # a second run is refused before the slow part: building the model
             self._build_model()
             self.sample_prompt = self._sample_prompt_ids()
             self.state = TrainState()
@@ -854,6 +855,15 @@ class PretrainRun:
         self._last_saved = (self.state.step, has_val)
         weights, optim_state = self._full_states()
         rng_states = self._gather(ckpt.capture_rng())
+        # Also the barrier: no process goes on before the checkpoint is whole, or if it failed.
+        with failures_shared():
+            self._write_checkpoint(reason, has_val, weights, optim_state, rng_states)
+
+    def _write_checkpoint(
+        self, reason: str, has_val: bool, weights: dict[str, torch.Tensor], optim_state: dict[str, Any],
+        rng_states: list[Any],
+    ) -> None:
+        """The main process's part of `_save`: the files, pruning and the log's event."""
         if self.dist.is_main:
             from scratchlm.model.io import weights_for_saving
 
@@ -883,7 +893,6 @@ class PretrainRun:
             )
             ckpt.prune_checkpoints(self.ckpt_root, self.tc.keep_last, written=path)
             self.log.event("checkpoint", st.step, path=str(path), reason=reason)
-        barrier()
 
     def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Whole (unsharded) model and optimizer state; with FSDP every rank takes part."""

@@ -8,6 +8,7 @@ import json
 import pytest
 from train_core_helpers import (
     build_tokens_dir,
+    cli_ranks,
     read_rows,
     tiny_config,
     torchrun_cli,
@@ -16,6 +17,8 @@ from train_core_helpers import (
     write_toml,
 )
 
+from scratchlm.errors import ConfigError
+from scratchlm.fsutil import exclusive_directory
 from scratchlm.train.trainer import train
 
 
@@ -62,3 +65,18 @@ def test_fsdp_on_cpu_is_refused_before_train_out_is_made(tokens, tmp_path):
         said = worker_lines(proc.stderr, rank)
         assert len(said) == 1 and "needs CUDA" in said[0], proc.stderr[-3000:]
     assert not out.exists()
+
+
+def test_a_train_out_another_run_holds_is_one_line_on_every_rank(tokens, tmp_path):
+    """Rank 0 alone takes train.out's lock; the others went on to build the model and died in
+    their next collective with a "Connection reset by peer" traceback that buried its message."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 2}), tmp_path / "busy.toml")
+    with exclusive_directory(out, "held by the test", ConfigError):
+        ranks = cli_ranks("pretrain", "--config", str(toml))
+    said = [r.stderr.strip().splitlines() for r in ranks]
+    assert [r.returncode for r in ranks] == [2, 2], said
+    assert len(said[0]) == 1 and "another pretraining run is writing there now" in said[0][0], said
+    assert said[1] == ["scratchlm: error: rank 0 failed: see its message"]
+    assert list(out.iterdir()) == []

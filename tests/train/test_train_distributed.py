@@ -1,7 +1,6 @@
 """Data parallelism: a real 2-process gloo job on CPU against single-process arithmetic."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.distributed.fsdp import fully_shard
-from train_core_helpers import build_tokens_dir, tiny_config
+from train_core_helpers import build_tokens_dir, free_port, tiny_config
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.distributed import (
@@ -62,12 +61,6 @@ def torchrun_env(rank: int, port: int) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,38 @@ def torchrun_cli(*args: str, tee: bool = False, timeout: float = 120) -> subproc
                *(["--tee", "3"] if tee else []), "-m", "scratchlm", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_ranks(*args: str, world: int = 2, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """`python -m scratchlm ARGS` as ranks 0..world-1 of one job, each with its own stdout and
+    stderr. torchrun's agent would end the others as soon as one process fails, before they could
+    say what they make of it: here each finishes on its own."""
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "scratchlm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                 "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+        )
+        for rank in range(world)
+    ]
+    done = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
 
 
 def worker_lines(text: str, local_rank: int) -> list[str]:
