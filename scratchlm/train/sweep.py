@@ -78,6 +78,8 @@ def sweep_lr(
     check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
     out = Path(config.train.out)
     settings = _sweep_settings(config)
+    # Every rank decides alike: rank 0 writes sweep.json only after a rate trained, which needs
+    # all of them, each past this check.
     if not resume and (out / "sweep.json").exists():  # a new report would replace its results
         raise ConfigError(
             f"{out}: holds the report of an earlier sweep; pass --resume to continue it (its finished "
@@ -171,8 +173,9 @@ def _write_report(
     out: Path, steps: int, settings: dict[str, Any], results: list[dict[str, Any]], stopped: str | None,
     finished: bool,
 ) -> dict[str, Any]:
-    """`sweep.json`; a best is named only when the whole grid ran. `settings` let a resumed sweep
-    check that it continues the same experiment."""
+    """`sweep.json`, written by the main process alone (every rank returns the report); a best is
+    named only when the whole grid ran. `settings` let a resumed sweep check that it continues the
+    same experiment."""
     ranked = [r for r in results if r["val_loss"] is not None]
     best = min(ranked, key=lambda r: r["val_loss"]) if ranked and finished and not stopped else None
     report = {
@@ -183,7 +186,11 @@ def _write_report(
         "stopped": stopped,
         "finished": finished and not stopped,
     }
-    atomic_write_json(out / "sweep.json", report)
+    from scratchlm.train.distributed import failures_shared, is_main_process  # torch: not for the CLI parser
+
+    with failures_shared():  # one writer; the others hear if it failed rather than train the next rate alone
+        if is_main_process():
+            atomic_write_json(out / "sweep.json", report)
     return report
 
 

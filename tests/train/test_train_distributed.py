@@ -1,5 +1,6 @@
 """Data parallelism: a real 2-process gloo job on CPU against single-process arithmetic."""
 
+import json
 import os
 import subprocess
 import sys
@@ -260,3 +261,26 @@ def test_native_prints_while_connecting_go_to_stderr_and_a_closed_stdout_is_no_e
     closed = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 1>&-', sys.executable, quiet], capture_output=True,
                             text=True, timeout=120)
     assert closed.returncode == 0, closed.stderr
+
+
+def sweep_worker(rank: int, port: int, tokens: str, out_dir: str) -> None:
+    from scratchlm.train.sweep import sweep_lr
+
+    torchrun_env(rank, port)
+    # Rank 1 gets a train.out of its own, as on a node that does not share rank 0's storage:
+    # whatever it writes shows there.
+    out = Path(out_dir) / ("sweep" if rank == 0 else "rank1-view")
+    report = sweep_lr(tiny_config(Path(tokens), out), lrs=[1e-2], steps=2)
+    for result in report["results"]:
+        result.pop("out")  # the run folder, under each rank's own train.out
+    torch.save({"report": json.dumps(report)}, os.path.join(out_dir, f"report{rank}.pt"))
+
+
+def test_only_rank_0_writes_the_sweep_report_and_every_rank_returns_it(tmp_path):
+    """Every rank wrote sweep.json, against the rule that only rank 0 writes a run's outputs."""
+    tokens = build_tokens_dir(tmp_path)
+    launch(sweep_worker, str(tokens), str(tmp_path))
+    reports = [torch.load(tmp_path / f"report{rank}.pt", weights_only=True)["report"] for rank in range(WORLD)]
+    assert reports[0] == reports[1] and json.loads(reports[0])["finished"]
+    assert (tmp_path / "sweep" / "sweep.json").is_file()
+    assert not (tmp_path / "rank1-view" / "sweep.json").exists()
