@@ -5,6 +5,10 @@ Modules: `sources` (inputs → documents), `builtin` (the `builtin:python-docs` 
 `data prepare` run); `tokenize`, `loader` and `inspect` handle token shards.
 """
 
-from scratchlm.data.sources import Document, SourceOptions, iter_documents
+# The tokens dir format (`meta.json`'s `format_version`) that `tokenize` writes and `loader` reads.
+# Here, where both can import it: the loader pulls in torch, which tokenizing does not need.
+TOKENS_FORMAT_VERSION = 1
 
-__all__ = ["Document", "SourceOptions", "iter_documents"]
+from scratchlm.data.sources import Document, SourceOptions, iter_documents  # noqa: E402
+
+__all__ = ["TOKENS_FORMAT_VERSION", "Document", "SourceOptions", "iter_documents"]

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from scratchlm.data import TOKENS_FORMAT_VERSION
 from scratchlm.errors import DataError
 from scratchlm.fsutil import is_json_int, read_json_object
 
@@ -93,6 +94,13 @@ def check_meta(meta: Mapping[str, Any], path: Path) -> None:
             raise DataError(f"{path}: split '{split}': 'bytes' must be a count, got {counts['bytes']!r}")
     if not _is_count(meta.get("raw_documents", 0)):  # optional: tokens dirs made before it lack it
         raise DataError(f"{path}: 'raw_documents' must be a whole number >= 0, got {meta['raw_documents']!r}")
+    version = meta.get("format_version", TOKENS_FORMAT_VERSION)
+    if not is_json_int(version) or not 1 <= version <= TOKENS_FORMAT_VERSION:
+        # A newer scratchlm's layout read as this one's would give wrong tokens, not an error.
+        raise DataError(
+            f"{path}: 'format_version' {version!r} is not one this scratchlm reads (1 to {TOKENS_FORMAT_VERSION}); "
+            "tokenize again with this version, or use the scratchlm that made it"
+        )
 
 
 def has_val_split(meta: Mapping[str, Any]) -> bool:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scratchlm.config import check_workers
+from scratchlm.data import TOKENS_FORMAT_VERSION
 from scratchlm.data.parallel import (
     ctrl_c_held,
     die_with_parent,
@@ -65,7 +66,6 @@ from scratchlm.tokenizer import Tokenizer
 from scratchlm.tokenizer.patterns import encoded_length
 from scratchlm.tokenizer.tokenizer import CONFIG_FILE, TOKENIZER_FILE
 
-FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 UINT16_MAX_VOCAB = 65536
 APPEND_MARKER = ".meta.json.appending"  # the previous meta.json while an append is in progress
@@ -411,7 +411,7 @@ def _stream_into(
 
 def _meta(tokenizer: Tokenizer, dtype: str, splits: dict[str, dict[str, int]], numbers: RawNumbers) -> dict[str, Any]:
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": TOKENS_FORMAT_VERSION,
         "dtype": dtype,
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_sha256": tokenizer.sha256,

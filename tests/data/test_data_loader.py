@@ -73,6 +73,25 @@ def test_missing_meta_is_one_clear_error(tokens_dir: Path) -> None:
         TokenDataset.open(tokens_dir, "train")
 
 
+@pytest.mark.parametrize("version", [2, 0, "1", 1.5])
+def test_a_format_version_this_code_does_not_read_is_refused(tokens_dir: Path, version) -> None:
+    """A newer scratchlm's layout read as version 1 would give wrong tokens, not an error."""
+    meta_path = tokens_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format_version"] = version
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="'format_version'.*not one this scratchlm reads"):
+        TokenDataset.open(tokens_dir, "train")
+
+
+def test_a_meta_json_from_before_format_version_is_read_as_version_1(tokens_dir: Path) -> None:
+    meta_path = tokens_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("format_version", None)
+    meta_path.write_text(json.dumps(meta))
+    assert len(TokenDataset.open(tokens_dir, "train")) == 1001
+
+
 def test_truncated_bin_is_detected(tokens_dir: Path) -> None:
     data = (tokens_dir / "train.bin").read_bytes()
     (tokens_dir / "train.bin").write_bytes(data[:-8])
