@@ -126,16 +126,17 @@ def stop_pool_now(pool: Executor) -> None:
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent thread ends
 
 
-def die_with_parent() -> None:
+def die_with_parent(signal_number: int = signal.SIGKILL) -> None:
     """Run first in each pool worker: on Linux, have the kernel kill it when the process that
     started it dies. Why: a stage killed outright (`kill -9`, the out-of-memory killer) runs no
     clean-up, and its workers would wait for work for ever on pipes they hold open themselves,
     keeping their memory and, in `data tokenize`, the output's lock, so the re-run that rolls an
     interrupted append back was refused as busy. The signal comes when the thread that started
-    the worker ends: the one running the stage (the CLI's main thread), which outlives its pool."""
+    the worker ends: the one running the stage (the CLI's main thread), which outlives its pool.
+    A torchrun worker asks for SIGTERM instead (`train/distributed.py`): it then saves a checkpoint."""
     if not sys.platform.startswith("linux"):
         return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal_number, 0, 0, 0)
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # it died before the request was made
         os._exit(1)

@@ -36,6 +36,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scratchlm.data.parallel import die_with_parent
 from scratchlm.device import resolve_device
 from scratchlm.errors import ConfigError, PeerFailed
 
@@ -111,6 +113,11 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     device = resolve_device(device_name)
     if world_size <= 1:
         return DistInfo(0, 0, 1, device, True, None)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # Started by torchrun's agent: if it is killed outright, its workers trained on, unseen,
+        # writing checkpoints and holding train.out, so the job's `--resume` was refused. Now its
+        # death is a SIGTERM to every worker: they agree to stop, save a checkpoint and exit.
+        die_with_parent(signal.SIGTERM)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(

@@ -4,6 +4,12 @@ as one process with twice the gradient accumulation."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from train_core_helpers import (
@@ -19,6 +25,7 @@ from train_core_helpers import (
 
 from scratchlm.errors import ConfigError
 from scratchlm.fsutil import exclusive_directory
+from scratchlm.train.checkpoint import find_latest
 from scratchlm.train.trainer import train
 
 
@@ -80,3 +87,53 @@ def test_a_train_out_another_run_holds_is_one_line_on_every_rank(tokens, tmp_pat
     assert len(said[0]) == 1 and "another pretraining run is writing there now" in said[0][0], said
     assert said[1] == ["scratchlm: error: rank 0 failed: see its message"]
     assert list(out.iterdir()) == []
+
+
+def _job_processes(marker: str) -> list[int]:
+    """The pids of live processes whose command line holds `marker` (Linux's /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+            except (OSError, StopIteration):
+                continue  # gone meanwhile
+            if marker in command and "zombie" not in state:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_workers_of_a_killed_torchrun_save_a_checkpoint_and_exit(tokens, tmp_path):
+    """torchrun killed outright (`kill -9`, the out-of-memory killer) left its workers training
+    on, unseen, holding train.out: the job's `--resume` was refused as busy."""
+    out = tmp_path / "orphans"
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 100_000}), tmp_path / "orphans.toml")
+    log = (tmp_path / "torchrun.log").open("w")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "scratchlm", "pretrain", "--config", str(toml)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not ((out / "metrics.jsonl").is_file() and read_rows(out)):  # training has begun
+            assert agent.poll() is None and time.monotonic() < deadline, (tmp_path / "torchrun.log").read_text()
+            time.sleep(0.2)
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 60
+        while _job_processes(str(toml)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _job_processes(str(toml)), "the workers outlived torchrun"
+    finally:
+        for pid in _job_processes(str(toml)):
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+    saved = find_latest(out / "checkpoints")  # the workers saved their state on the SIGTERM
+    assert saved is not None
+    step = int(saved.name.removeprefix("step-"))
+    resumed = torchrun_cli("pretrain", "--config", str(toml), "--resume", "--set", f"train.max_steps={step + 2}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # not refused: train.out was let go
+    assert json.loads(resumed.stdout)["steps"] == step + 2
