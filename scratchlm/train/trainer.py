@@ -92,6 +92,12 @@ def _saved_setting(saved: dict[str, Any], section: str, key: str) -> Any:
     return table.get(key) if isinstance(table, dict) else None
 
 
+# A signal that repeats the first stop signal within this many seconds is the same stop, not a
+# second one (which ends the run at once, without its checkpoint). Why: a torchrun worker's
+# parent-death SIGTERM (`train/distributed.py`) comes once for each thread of the dying launcher
+# that the worker is handed to, tens of milliseconds apart, and the second one cut the checkpoint.
+REPEATED_SIGNAL_S = 1.0
+
 # Steps left out of throughput judgements while caches, allocators and compilers warm up.
 WARMUP_STEPS_FOR_SPEED = 5
 
@@ -218,6 +224,7 @@ class PretrainRun:
         self.log = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
         self._step_seconds = 0.0  # the mean step time so far, agreed by all processes
         self._stop_signal: int | None = None
+        self._stop_signal_time = 0.0  # when the stop signal came (time.monotonic)
         self._last_saved: tuple[int, bool] | None = None  # (step, with a validation loss) of the newest save
         self._old_handlers: dict[int, Any] = {}
         self.diagnoses: list[str] = []
@@ -1053,9 +1060,12 @@ class PretrainRun:
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self._stop_signal is not None:  # a second signal: stop right away, as that signal would
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        self._stop_signal = signum
+        now = time.monotonic()
+        if self._stop_signal is not None:
+            if signum == self._stop_signal and now - self._stop_signal_time < REPEATED_SIGNAL_S:
+                return  # the same stop delivered again (see REPEATED_SIGNAL_S)
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt  # stop at once
+        self._stop_signal, self._stop_signal_time = signum, now
 
     def _restore_signal_handlers(self) -> None:
         for sig, handler in self._old_handlers.items():

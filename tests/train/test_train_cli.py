@@ -14,6 +14,7 @@ import pytest
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config, write_toml
 
 from scratchlm.cli import main
+from scratchlm.train import trainer as trainer_module
 from scratchlm.train.trainer import PretrainRun
 
 
@@ -199,6 +200,7 @@ def test_pretrain_stopped_by_sigint_exits_130_after_saving(tokens, tmp_path, cap
 def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(tokens, tmp_path, monkeypatch):
     """The first signal asks for a checkpoint; a second one ends the run at once, and a scheduler
     that sent SIGTERM twice must still see 143, not Ctrl-C's 130."""
+    monkeypatch.setattr(trainer_module, "REPEATED_SIGNAL_S", 0.0)  # every repeat is a second signal
     real_step = PretrainRun._step
 
     def step_then_two_sigterms(self):
@@ -211,6 +213,27 @@ def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(tokens, tmp_path
     monkeypatch.setattr(PretrainRun, "_step", step_then_two_sigterms)
     toml = write_toml(tiny_config(tokens, tmp_path / "run", train={"max_steps": 6}), tmp_path / "run.toml")
     assert main(["pretrain", "--config", str(toml)]) == 143
+
+
+def test_a_sigterm_delivered_twice_at_once_is_one_stop_that_saves_a_checkpoint(tokens, tmp_path, capsys, monkeypatch):
+    """A torchrun worker's parent-death SIGTERM comes once per thread of the dying launcher, ms
+    apart: taken for a second signal, it ended the run before its checkpoint."""
+    real_step = PretrainRun._step
+
+    def step_then_sigterm_twice(self):
+        outcome = real_step(self)
+        if self.state.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs for the first before the second comes
+            os.kill(os.getpid(), signal.SIGTERM)
+        return outcome
+
+    monkeypatch.setattr(PretrainRun, "_step", step_then_sigterm_twice)
+    out = tmp_path / "run"
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 6}), tmp_path / "run.toml")
+    assert main(["pretrain", "--config", str(toml)]) == 143
+    assert json.loads(capsys.readouterr().out)["stopped"] == "SIGTERM"
+    assert [(e["step"], e["reason"]) for e in events(read_rows(out), "checkpoint")] == [(2, "signal")]
 
 
 def test_ctrl_c_stops_the_sweep_without_a_false_result(tokens, tmp_path, capsys, monkeypatch):
