@@ -73,8 +73,9 @@ def given_flags(**values: Any) -> dict[str, Any]:
 
 
 def typed_flags(args: argparse.Namespace, *dests: str) -> list[str]:
-    """The flags among `dests` (argparse destinations) that the user gave, as typed: `--text-field`."""
-    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest) is not None]
+    """The flags among `dests` (argparse destinations) that the user gave, as typed: `--text-field`.
+    A destination the command does not have was not given."""
+    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest, None) is not None]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -85,10 +85,10 @@ def _separator(flag: str) -> str:
 
 def _prepare(args: argparse.Namespace) -> int:
     from scratchlm.data.prepare import PrepareConfig, prepare
-    from scratchlm.data.sources import refuse_unused_flags
+    from scratchlm.data.sources import READING_SETTINGS, refuse_unused_settings
 
     config = load_config(PrepareConfig, args.config, args.overrides, base=_flags(args))
-    refuse_unused_flags(config.inputs, typed_flags(args, "text_field", "hf_split", "separator"), config.source)
+    refuse_unused_settings(config.inputs, config.source, typed_flags(args, *READING_SETTINGS), "source.")
     stats = prepare(config)
     removed = ", ".join(f"{reason} {count}" for reason, count in stats["removed"].items()) or "none"
     print(

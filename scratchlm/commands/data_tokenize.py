@@ -51,7 +51,7 @@ def register(root, groups) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from scratchlm.data.sources import refuse_unused_flags
+    from scratchlm.data.sources import READING_SETTINGS, refuse_unused_settings
     from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
 
     base = given_flags(
@@ -65,7 +65,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         hf_split=args.hf_split,
     )
     config = load_config(TokenizeConfig, args.config, args.overrides, base)
-    refuse_unused_flags(config.inputs, typed_flags(args, "text_field", "hf_split"))
+    refuse_unused_settings(config.inputs, config, typed_flags(args, *READING_SETTINGS))
     start = time.perf_counter()
     meta = tokenize_dataset(config)
     seconds = time.perf_counter() - start

@@ -93,7 +93,7 @@ def _count(text: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from scratchlm.data.sources import refuse_unused_flags
+    from scratchlm.data.sources import READING_SETTINGS, refuse_unused_settings
     from scratchlm.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
     base = given_flags(
@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         hf_split=args.hf_split,
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
-    refuse_unused_flags(cfg.inputs, typed_flags(args, "split", "text_field", "hf_split"))
+    refuse_unused_settings(cfg.inputs, cfg, typed_flags(args, *READING_SETTINGS))
     tok = train_tokenizer(cfg)
     short = f" (asked for {cfg.vocab_size}: {_why_short(cfg.min_frequency)})" if tok.vocab_size < cfg.vocab_size else ""
     print(f"saved {cfg.out}: vocab {tok.vocab_size}{short}, sha256 {tok.sha256[:16]}", file=sys.stderr)
@@ -235,13 +235,13 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from scratchlm.data.sources import SourceOptions, iter_documents, refuse_unused_flags
+    from scratchlm.data.sources import READING_SETTINGS, SourceOptions, iter_documents, refuse_unused_settings
     from scratchlm.tokenizer import Tokenizer
     from scratchlm.tokenizer.stats import tokenizer_stats
 
-    refuse_unused_flags(args.inputs, typed_flags(args, "text_field", "hf_split"))
-    tok = Tokenizer.load(args.tokenizer)
     options = SourceOptions(**given_flags(text_field=args.text_field, hf_split=args.hf_split))
+    refuse_unused_settings(args.inputs, options, typed_flags(args, *READING_SETTINGS))
+    tok = Tokenizer.load(args.tokenizer)
     documents = iter_documents(args.inputs, options)
     stats = tokenizer_stats(tok, (d.text for d in documents), top=args.top)
     if args.json:

@@ -298,7 +298,7 @@ def _iter_directory(root: Path, options: SourceOptions, stats: SourceStats) -> I
 
 def _directory_inputs(root: Path, options: SourceOptions) -> Iterator[tuple[Path, bool]]:
     """The files below `root` that reading takes and its prepared datasets (flagged True), in
-    reading order: shared by the reading and by `refuse_unused_flags`, so both see the same inputs."""
+    reading order: shared by the reading and by `refuse_unused_settings`, so both see the same inputs."""
     include = options.include or list(DEFAULT_INCLUDE)
 
     def excluded(folder: Path) -> bool:
@@ -319,37 +319,62 @@ def _directory_inputs(root: Path, options: SourceOptions) -> Iterator[tuple[Path
         raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
 
 
-# The reading flags and the kinds of input (a file format, "prepared", "hf") that use each.
-_FLAG_USERS: dict[str, tuple[frozenset[str], str]] = {
-    "--text-field": (
+# The reading settings (`SourceOptions` fields, and the config keys and flags of the same names) and
+# the kinds of input (a file format, "prepared", "hf") that use each.
+_SETTING_USERS: dict[str, tuple[frozenset[str], str]] = {
+    "text_field": (
         frozenset((".jsonl", ".json", ".parquet", "hf")),
         "names the field of .jsonl, .json and .parquet files and hf: datasets, and no input is one",
     ),
-    "--hf-split": (frozenset(("hf",)), "picks the split of an hf:NAME input, and there is none"),
-    "--split": (frozenset(("prepared",)), "picks the split of a prepared dataset (data prepare's output), and no input is one"),
-    "--separator": (frozenset((".txt",)), "splits .txt files into documents, and no input is one"),
+    "hf_split": (frozenset(("hf",)), "picks the split of an hf:NAME input, and there is none"),
+    "split": (frozenset(("prepared",)), "picks the split of a prepared dataset (data prepare's output), and no input is one"),
+    "separator": (frozenset((".txt",)), "splits .txt files into documents, and no input is one"),
 }
 _UNKNOWN = "?"  # an input the reading will refuse (missing, unsupported): its own error says more
+READING_SETTINGS = tuple(_SETTING_USERS)
 
 
-def refuse_unused_flags(inputs: Sequence[str], flags: Iterable[str], options: SourceOptions | None = None) -> None:
-    """Refuse a reading flag the user gave that no input can use (`--hf-split` without an `hf:`
-    input), which would be accepted and do nothing. One input that uses it is enough: a directory
-    of mixed formats takes `--text-field` for its JSON files. Every command that reads inputs calls
-    this with the flags it was given; directories are listed, not read, and only while needed."""
-    wanted = {flag: _FLAG_USERS[flag] for flag in flags}
+def setting_flag(name: str) -> str:
+    """The flag of a reading setting, as `cli.typed_flags` spells it: `text_field` -> `--text-field`."""
+    return f"--{name.replace('_', '-')}"
+
+
+def refuse_unused_settings(inputs: Sequence[str], config: object, typed: Iterable[str], section: str = "") -> None:
+    """Refuse a reading setting the user gave that no input can use (`--hf-split` without an `hf:`
+    input, `text_field` from a config file with only .txt inputs), which would be accepted and do
+    nothing. `config` is the stage's config or its `SourceOptions` (whose keys are under `section`),
+    `typed` the flags typed. One input that uses a setting is enough: a directory of mixed formats
+    takes `--text-field` for its JSON files. Every command that reads inputs calls this;
+    directories are listed, not read, and only while needed."""
+    wanted = {shown: _SETTING_USERS[name] for name, shown in _given_settings(config, typed, section).items()}
     if not wanted or not inputs:
         return
     found: set[str] = set()
-    for kind in _input_kinds(inputs, options or SourceOptions()):
+    options = config if isinstance(config, SourceOptions) else SourceOptions()
+    for kind in _input_kinds(inputs, options):
         if kind == _UNKNOWN:
             return
         found.add(kind)
         if all(users & found for users, _ in wanted.values()):
             return
-    for flag, (users, why) in wanted.items():
+    for shown, (users, why) in wanted.items():
         if not users & found:
-            raise ConfigError(f"{flag} {why}; leave it out")
+            raise ConfigError(f"{shown} {why}; leave it out")
+
+
+def _given_settings(config: object, typed: Iterable[str], section: str) -> dict[str, str]:
+    """The reading settings the user gave, each named as given: the flag where one was typed, else
+    the config key and value where it differs from the default (a config file, `--set`): a setting
+    from a file does nothing just as the same flag typed does."""
+    typed = set(typed)
+    defaults = type(config)()
+    given = {}
+    for name in READING_SETTINGS:
+        if setting_flag(name) in typed:
+            given[name] = setting_flag(name)
+        elif hasattr(config, name) and getattr(config, name) != getattr(defaults, name):
+            given[name] = f"{section}{name} = {getattr(config, name)!r}"
+    return given
 
 
 def _input_kinds(inputs: Sequence[str], options: SourceOptions) -> Iterator[str]:

@@ -611,6 +611,41 @@ def test_a_reading_flag_no_input_can_use_is_refused(tmp_path, capsys, tiny_token
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("name", "toml", "override", "shown"), [
+    ("prepare", '[source]\ntext_field = "body"\n', None, "source.text_field = 'body' names the field"),
+    ("prepare", '[source]\nsplit = "val"\n', None, "source.split = 'val' picks the split of a prepared"),
+    ("prepare", None, "source.hf_split=validation", "source.hf_split = 'validation' picks the split of an hf:"),
+    ("tokenize", 'text_field = "body"\n', None, "text_field = 'body' names the field"),
+    ("tokenize", None, "hf_split=validation", "hf_split = 'validation' picks the split of an hf:"),
+    ("train", 'split = "val"\n', None, "split = 'val' picks the split of a prepared"),
+    ("train", None, "text_field=body", "text_field = 'body' names the field"),
+])  # fmt: skip
+def test_a_reading_setting_from_a_config_file_or_set_no_input_can_use_is_refused(
+    tmp_path, capsys, tiny_tokenizer, name, toml, override, shown
+):
+    """The flags were refused, but the same settings from a config file or `--set` were accepted
+    and did nothing: `[source] text_field = "body"` on plain text exited 0."""
+    text = tmp_path / "a.txt"
+    text.write_text("plain words and more plain words", encoding="utf-8")
+    extra = ["--set", override] if override else ["--config", str(tmp_path / "c.toml")]
+    if toml:
+        (tmp_path / "c.toml").write_text(toml, encoding="utf-8")
+    assert main([*command(name, [str(text)], tmp_path, tiny_tokenizer), *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"scratchlm: error: {shown}")
+    assert "leave it out" in captured.err and not (tmp_path / "out").exists()
+
+
+def test_a_reading_setting_at_its_default_or_used_by_an_input_is_taken(tmp_path, capsys, tiny_tokenizer):
+    """Only a setting that changes something is checked: the default written out, or one an input uses."""
+    data = write_jsonl(tmp_path / "a.jsonl", [{"body": "json words under another key"}])
+    toml = tmp_path / "c.toml"
+    toml.write_text('[source]\ntext_field = "body"\nhf_split = "train"\n', encoding="utf-8")
+    assert main([*command("prepare", [str(data)], tmp_path, tiny_tokenizer), "--config", str(toml)]) == 0, (
+        capsys.readouterr().err
+    )
+
+
 def test_a_separator_with_no_text_file_is_refused(tmp_path, capsys):
     data = write_jsonl(tmp_path / "a.jsonl", [{"text": "one document"}])
     assert main(["data", "prepare", str(data), "--out", str(tmp_path / "out"), "--separator", "\\n"]) == 2
