@@ -582,8 +582,12 @@ def _separator_pattern(sep: bytes) -> tuple[re.Pattern[bytes], int]:
 
 
 def _text_of_record(record: object, source: str, where: str, options: SourceOptions, stats: SourceStats):
-    """The text field of one JSON record, or None (counted) when bad and skipping is on."""
+    """The text of one JSON record, or None (counted) when bad and skipping is on: its text field,
+    or the record itself when it is a bare string, whether an item of a whole-file list or a line
+    of JSON Lines (a string has no fields, so `text_field` does not apply to it)."""
     key = options.text_field
+    if isinstance(record, str):
+        return record
     if isinstance(record, dict) and isinstance(record.get(key), str):
         return record[key]
     if isinstance(record, dict) and key in record:
@@ -592,7 +596,7 @@ def _text_of_record(record: object, source: str, where: str, options: SourceOpti
         shown = ", ".join(list(record)[:8]) or "none"
         problem = f"no field '{key}' (keys: {shown}); choose one with --text-field"
     else:
-        problem = f"expected a JSON object with field '{key}', got {type(record).__name__}"
+        problem = f"expected a string or a JSON object with field '{key}', got {type(record).__name__}"
     message = f"{source}:{where}: {problem}"
     if not options.skip_bad_records:
         raise DataError(message)
@@ -633,7 +637,7 @@ def _iter_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
         return
     records = value if isinstance(value, list) else [value]
     for i, record in enumerate(records):
-        text = record if isinstance(record, str) else _text_of_record(record, source, f"item {i}", options, stats)
+        text = _text_of_record(record, source, f"item {i}", options, stats)
         if text is not None:
             yield _repaired_document(text, source)
 

@@ -496,6 +496,25 @@ def test_whole_json_files_are_still_read_whole(tmp_path):
         texts([two_pretty])
 
 
+def test_json_lines_of_bare_strings_are_documents_as_a_whole_file_list_of_them_is(tmp_path, capsys, tiny_tokenizer):
+    """A .json list of strings was read, one document each, but the same strings one per line (in
+    a .jsonl or a .json file) failed with "expected a JSON object"."""
+    strings = ["first doc", "second doc"]
+    whole = tmp_path / "whole.json"
+    whole.write_text(json.dumps(strings), encoding="utf-8")
+    jsonl = write_jsonl(tmp_path / "lines.jsonl", strings)
+    lines_json = write_jsonl(tmp_path / "lines.json", strings)
+    assert texts([whole]) == texts([jsonl]) == texts([lines_json]) == strings
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", ["bare", {"body": "keyed"}, 7, None])
+    with pytest.raises(DataError, match=r"mixed\.jsonl:3: expected a string or a JSON object with field 'body', got int"):
+        texts([mixed], text_field="body")
+    stats = SourceStats()
+    docs = iter_documents([str(mixed)], SourceOptions(text_field="body", skip_bad_records=True), stats)
+    assert [d.text for d in docs] == ["bare", "keyed"] and stats.bad_records == 2
+    assert main(["tokenizer", "stats", "--tokenizer", str(tiny_tokenizer), str(jsonl), str(lines_json), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 4
+
+
 @pytest.mark.parametrize("string_type", [pa.string(), pa.large_string()])
 def test_invalid_utf8_in_a_parquet_text_column_is_repaired_and_flagged(tmp_path, string_type):
     """pyarrow raised UnicodeDecodeError for the one bad value and the whole file failed."""
