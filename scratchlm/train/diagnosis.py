@@ -7,11 +7,17 @@ prints each diagnosis once and logs it as a `diagnosis` event in `metrics.jsonl`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from scratchlm.fsutil import is_json_int, is_json_number
 from scratchlm.machine import usable_cores
+
+# The most means a `LossHistory` keeps (even: neighbours merge in pairs). About 20 kB of
+# train_state.json; the last quarter still averages over 128 means or more.
+LOSS_HISTORY_CAP = 1024
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,61 @@ def _fp16_hint(precision: str) -> str:
     return "; the run is in fp16, whose range is narrow: prefer bf16 (train.precision = \"bf16\") where the device has it"
 
 
-def loss_not_decreasing(losses: Sequence[float], rates: Rates, min_steps: int = 20) -> str | None:
-    """The last quarter of the losses is not clearly below the first quarter."""
+@dataclass
+class LossHistory:
+    """The run's train losses across resumes, as `loss_not_decreasing` needs them: it compares the
+    mean of the first quarter with that of the last, so means of equal runs of consecutive losses
+    do as well as the losses. Saved in each checkpoint, because a resumed process that judged only
+    its own losses saw the flat tail of a run whose loss had fallen fine, and blamed the learning
+    rate. Bounded for long runs: at `LOSS_HISTORY_CAP` means, neighbours merge in pairs."""
+
+    per_mean: int = 1  # losses each mean covers
+    means: list[float] = field(default_factory=list)
+    pending: list[float] = field(default_factory=list)  # the newest losses, fewer than per_mean
+
+    @property
+    def count(self) -> int:
+        """Losses recorded (applied steps)."""
+        return self.per_mean * len(self.means) + len(self.pending)
+
+    def add(self, loss: float) -> None:
+        self.pending.append(loss)
+        if len(self.pending) < self.per_mean:
+            return
+        self.means.append(sum(self.pending) / self.per_mean)
+        self.pending = []
+        if len(self.means) >= LOSS_HISTORY_CAP:
+            self.means = [(a + b) / 2 for a, b in zip(self.means[::2], self.means[1::2])]
+            self.per_mean *= 2
+
+    def judge(self, rates: Rates) -> str | None:
+        """`loss_not_decreasing` over the whole means (the pending tail weighs less than one)."""
+        return loss_not_decreasing(self.means, rates, steps=self.per_mean * len(self.means))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"per_mean": self.per_mean, "means": list(self.means), "pending": list(self.pending)}
+
+    @classmethod
+    def from_state(cls, state: Any) -> LossHistory | None:
+        """The history `state_dict` wrote; an empty one for a checkpoint older than it (None), so
+        its resume judges the losses since; None for anything else (damaged or hand-edited)."""
+        if state is None:
+            return cls()
+        if not isinstance(state, dict):
+            return None
+        per_mean, means, pending = state.get("per_mean"), state.get("means"), state.get("pending")
+        if not (is_json_int(per_mean) and per_mean >= 1 and isinstance(means, list) and isinstance(pending, list)):
+            return None
+        if len(pending) >= per_mean or not all(is_json_number(v) for v in means + pending):
+            return None
+        return cls(per_mean, [float(v) for v in means], [float(v) for v in pending])
+
+
+def loss_not_decreasing(
+    losses: Sequence[float], rates: Rates, min_steps: int = 20, steps: int | None = None
+) -> str | None:
+    """The last quarter of the losses is not clearly below the first quarter. `steps`: how many
+    steps `losses` stands for, when each is a mean of several (`LossHistory`)."""
     if len(losses) < min_steps:
         return None
     q = max(1, len(losses) // 4)
@@ -66,7 +125,7 @@ def loss_not_decreasing(losses: Sequence[float], rates: Rates, min_steps: int = 
     direction = "rose" if last > first * 1.02 else "stayed flat"
     subject = f"learning rate ({rates.settings()}) is" if rates.muon_lr is None else f"learning rates ({rates.settings()}) are"
     return (
-        f"loss is not decreasing: it {direction} from {first:.4f} to {last:.4f} over {len(losses)} steps. "
+        f"loss is not decreasing: it {direction} from {first:.4f} to {last:.4f} over {steps or len(losses)} steps. "
         f"The {subject} probably too high or too low; run `scratchlm sweep-lr` "
         "to try a grid of train.lr (3e-4 is the usual AdamW starting point)."
     )

@@ -163,7 +163,7 @@ class Session:
     attempted: int = 0  # steps run, applied or not: the divisor of the mean step time
     timed_s: float = 0.0  # step time after the warm-up steps
     timed_tokens: int = 0
-    losses: list[float] = field(default_factory=list)
+    last_loss: float | None = None  # this session's last applied loss
     row_seconds: float = 0.0  # time spent in steps since the last train row
     row_applied: int = 0
 
@@ -177,7 +177,7 @@ class Session:
 
     def count_step(self, loss: float, seconds: float, batch_tokens: int) -> None:
         self.applied += 1
-        self.losses.append(loss)
+        self.last_loss = loss
         if self.applied > WARMUP_STEPS_FOR_SPEED:
             self.timed_s += seconds
             self.timed_tokens += batch_tokens
@@ -241,6 +241,7 @@ class PretrainRun:
             self.sample_prompt = self._sample_prompt_ids()
             self.state = TrainState()
             self.monitor = StabilityMonitor(config.monitor)
+            self.loss_history = diagnosis.LossHistory()  # the whole run's, restored with a checkpoint
             self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
             self._start_or_resume(resume)
         except BaseException:
@@ -438,7 +439,7 @@ class PretrainRun:
                     self._log_progress(outcome, session, bar)
                 eval_due, sample_due = self._evaluations_due(step)
                 if eval_due or sample_due:
-                    self._evaluate(step, session.losses, measure_val=eval_due, sample=sample_due)
+                    self._evaluate(step, measure_val=eval_due, sample=sample_due)
                 checkpoint_due = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or minutes_due
                 if checkpoint_due:
                     self._interval_checkpoint(session)
@@ -454,7 +455,7 @@ class PretrainRun:
         eval_due, sample_due = self._evaluations_due(step)
         if step == 0 or not eval_due or not self.val_batches or self.state.last_val_step == step:
             return
-        self._evaluate(step, session.losses, measure_val=True, sample=sample_due)
+        self._evaluate(step, measure_val=True, sample=sample_due)
         if self._checkpoint_has_val() and tc.checkpoint_every and step % tc.checkpoint_every == 0:
             self._save("interval")
 
@@ -491,8 +492,8 @@ class PretrainRun:
         st.elapsed_s = session.elapsed()
         if stopped is None:
             if st.last_eval_step != st.step:
-                self._evaluate(st.step, session.losses, measure_val=True, sample=True)
-            self._check_loss_trend(session.losses)
+                self._evaluate(st.step, measure_val=True, sample=True)
+            self._check_loss_trend()
             (signum,) = self._agree_max(float(self._stop_signal or 0))
             stopped = signal.Signals(int(signum)).name if signum else None
         # A step already saved with what a checkpoint now would hold (its validation loss) is not
@@ -513,7 +514,7 @@ class PretrainRun:
             "tokens": self.state.tokens,
             "elapsed_s": self.state.elapsed_s,
             # a resume with nothing left to train: the last loss its checkpoint recorded
-            "final_loss": session.losses[-1] if session.losses else self.monitor.last_loss(),
+            "final_loss": session.last_loss if session.last_loss is not None else self.monitor.last_loss(),
             "val_loss": self.state.last_val_loss,
             "val_bpb": self.state.last_val_bpb,
             "best_val_loss": self.state.best_val_loss,
@@ -619,6 +620,7 @@ class PretrainRun:
             self.optimizer.step()
         self._zero_grad()
         self.monitor.accept(loss_value, norm_value)
+        self.loss_history.add(loss_value)
         st.step += 1
         st.data_step += 1
         st.tokens += tc.batch_tokens
@@ -738,7 +740,7 @@ class PretrainRun:
             return 0.0
         return mfu(self.flops_per_token, tokens_per_s / self.dist.world_size, self.peak_flops)
 
-    def _evaluate(self, step: int, losses: list[float], measure_val: bool, sample: bool) -> None:
+    def _evaluate(self, step: int, measure_val: bool, sample: bool) -> None:
         """Validation loss (unless only a sample is due) and a sample, logged as one row. A stop
         signal cuts the evaluation short and records nothing: a loss over part of the batches
         would not compare with the others."""
@@ -769,8 +771,8 @@ class PretrainRun:
             self.log.say(eval_line(row, self.state.best_val_loss))
             if measure_val or not self.val_batches:  # without a val split, a sample is the whole evaluation
                 self.state.last_eval_step = step
-        if len(losses) >= 50:
-            self._check_loss_trend(losses)
+        if self.loss_history.count >= 50:
+            self._check_loss_trend()
 
     def _stop_diverged(self, step: int, found_by: str) -> NoReturn:
         """An evaluation found the weights broken: training on them could only skip step after
@@ -796,8 +798,10 @@ class PretrainRun:
             st.best_val_loss = val_loss
         return {"val_loss": val_loss, "val_bpb": val_bpb}
 
-    def _check_loss_trend(self, losses: list[float]) -> None:
-        found = diagnosis.loss_not_decreasing(losses, self._rates())
+    def _check_loss_trend(self) -> None:
+        """Judged over the whole run's losses, not this process's: a resumed run's tail alone
+        may be flat though the run learned fine."""
+        found = self.loss_history.judge(self._rates())
         if found:
             self._diagnose("loss_not_decreasing", found)
 
@@ -879,6 +883,7 @@ class PretrainRun:
                 **asdict(st),
                 "val_loss": st.last_val_loss if has_val else None,
                 "monitor": self.monitor.state_dict(),
+                "loss_history": self.loss_history.state_dict(),
                 "schedule": {"kind": self.tc.schedule, "progress": self._progress()},
                 "world_size": self.dist.world_size,
                 "grad_accum": self.grad_accum,
@@ -928,6 +933,12 @@ class PretrainRun:
         """Put weights, optimizer, RNG, monitor and position back as a checkpoint holds them."""
         saved = loaded["train_state"]
         position = TrainState.from_saved(saved, loaded["path"] / ckpt.CHECKPOINT_STATE_FILE)
+        history = diagnosis.LossHistory.from_state(saved.get("loss_history"))
+        if history is None:
+            raise CheckpointError(
+                f"{loaded['path'] / ckpt.CHECKPOINT_STATE_FILE}: 'loss_history' is {brief(saved['loss_history'])}, "
+                f"not the run's loss history; {ckpt.DAMAGED_ADVICE}"
+            )
         # The tokenizer first: another tokenizer's vocabulary also changes the model config, and
         # blaming [model] would send the user to the wrong section.
         if saved.get("tokenizer_sha256") != self.tokenizer.sha256:
@@ -983,6 +994,8 @@ class PretrainRun:
         else:  # a different number of processes than when it was saved
             _seed_everything(self.tc.seed + 1000 * position.step + self.dist.rank)
         self.monitor.load_state_dict(saved.get("monitor", {}))
+        # A rollback too: the losses of the steps it undoes no longer count.
+        self.loss_history = history
         before = self.state
         self.state = position
         if not resumed:  # a rollback keeps the clock and the count of rollbacks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from train_core_helpers import build_tokens_dir, events, read_rows, tiny_config
@@ -104,3 +106,19 @@ def test_cpu_advice_counts_the_threads_of_every_process(monkeypatch):
     alone = diagnosis.low_throughput(0.001, 0.01, torch.device("cpu"), 1)
     assert "uses 2 of 4 cores" in alone
     assert "cores" not in diagnosis.low_throughput(0.001, 0.01, torch.device("cpu"), 2)  # 2 processes × 2 threads
+
+
+def test_the_loss_history_stays_bounded_and_judges_as_the_losses_would():
+    """Merged in pairs at the cap, the means keep the quarters' means, so the judgement is the one
+    over every loss; a checkpoint older than the history gives an empty one, a damaged one None."""
+    steps = 3 * diagnosis.LOSS_HISTORY_CAP + 5
+    history = diagnosis.LossHistory()
+    for i in range(steps):
+        history.add(4.0 if i < steps // 2 else 4.2)
+    assert len(history.means) < diagnosis.LOSS_HISTORY_CAP and history.count == steps
+    said = history.judge(diagnosis.Rates(1e-3))
+    assert said and "rose" in said and f"over {steps - len(history.pending)} steps" in said
+    again = diagnosis.LossHistory.from_state(json.loads(json.dumps(history.state_dict())))
+    assert again == history
+    assert diagnosis.LossHistory.from_state(None) == diagnosis.LossHistory()
+    assert diagnosis.LossHistory.from_state({"per_mean": 2, "means": [1.0], "pending": [1.0, 2.0]}) is None

@@ -251,3 +251,13 @@ def test_a_run_stopped_right_after_a_rollback_keeps_the_skip(tokens, tmp_path, m
     resumed = train(cfg, resume=True)
     assert resumed["steps"] == 20 and resumed["rollbacks"] == 1 and resumed["skipped_batches"] == 3
     assert len(events(read_rows(out), "spike")) == 1  # the spike batch was not met again
+
+
+def test_the_losses_of_rolled_back_steps_leave_the_run_s_loss_history(tokens, tmp_path):
+    """The loss-trend diagnosis judges the run's losses: those of the steps a rollback undid are
+    not the run's (each step counts once, with the loss it was finally trained at)."""
+    out = tmp_path / "run"
+    train(rollback_config(tokens, out))
+    saved = json.loads((out / "checkpoints" / "step-000014" / "train_state.json").read_text())
+    losses = train_losses(read_rows(out))  # step -> its last logged loss: the redone steps' own
+    assert saved["loss_history"]["means"] == [losses[s] for s in range(1, 15)]

@@ -245,6 +245,7 @@ def _edit_state(edit):
     (_edit_state(lambda s: s.update(best_val_loss="low")), "'best_val_loss' is 'low', not float | None"),
     (_edit_state(lambda s: s.update(monitor=[1, 2])), "'monitor' is [1, 2], not the monitor's state"),
     (_edit_state(lambda s: s["monitor"].update(loss=["x"])), "'monitor' is"),
+    (_edit_state(lambda s: s.update(loss_history={"per_mean": 1, "means": ["x"], "pending": []})), "'loss_history' is"),
 ])  # fmt: skip
 def test_a_train_state_with_fields_of_the_wrong_kind_is_one_checkpoint_error(tokens, tmp_path, damage, message):
     """Valid JSON with a wrong field ended the resume with a traceback, or (no step) resumed at
@@ -301,3 +302,24 @@ def test_an_evaluation_cut_short_by_ctrl_c_is_run_on_resume(tokens, tmp_path, mo
     saved = [json.loads((tmp_path / name / "checkpoints" / "step-000008" / "train_state.json").read_text())
              for name in ("cut", "whole")]
     assert saved[0]["val_loss"] == saved[1]["val_loss"] is not None
+
+
+def test_the_loss_trend_after_a_resume_is_judged_over_the_whole_run(tokens, tmp_path):
+    """A run resumed near its end judged only the losses since the resume: their flat tail was
+    'loss is not decreasing ... run sweep-lr', though the run's loss had fallen from 5.8 to 0.7."""
+    import shutil
+
+    def config(name):
+        return tiny_config(tokens, tmp_path / name, train={"max_steps": 120, "schedule": "constant",
+                                                           "checkpoint_every": 80, "sample_tokens": 0})
+
+    whole = train(config("whole"))
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-000120")  # as if killed after step 80
+    resumed = train(config("cut"), resume=True)
+    assert resumed["steps"] == 120 and train_losses(read_rows(tmp_path / "cut"), "resume") == {
+        s: v for s, v in train_losses(read_rows(tmp_path / "whole")).items() if s > 80
+    }
+    assert resumed["diagnoses"] == whole["diagnoses"] == []
+    saved = json.loads((tmp_path / "cut" / "checkpoints" / "step-000120" / "train_state.json").read_text())
+    assert saved["loss_history"]["means"] == list(train_losses(read_rows(tmp_path / "whole")).values())
