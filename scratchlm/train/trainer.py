@@ -163,6 +163,8 @@ class Session:
     attempted: int = 0  # steps run, applied or not: the divisor of the mean step time
     timed_s: float = 0.0  # step time after the warm-up steps
     timed_tokens: int = 0
+    step_s: float = 0.0  # step time of every applied step, warm-up included
+    step_tokens: int = 0
     last_loss: float | None = None  # this session's last applied loss
     row_seconds: float = 0.0  # time spent in steps since the last train row
     row_applied: int = 0
@@ -178,9 +180,22 @@ class Session:
     def count_step(self, loss: float, seconds: float, batch_tokens: int) -> None:
         self.applied += 1
         self.last_loss = loss
+        self.step_s += seconds
+        self.step_tokens += batch_tokens
         if self.applied > WARMUP_STEPS_FOR_SPEED:
             self.timed_s += seconds
             self.timed_tokens += batch_tokens
+
+    def tokens_per_s(self) -> tuple[float | None, bool]:
+        """The session's training rate and whether it includes the warm-up steps. Past them, they
+        are left out (slow: caches, allocators, compilers warming up); a run of no more steps has
+        only them, and reported 0 tokens/s, a false number: its rate over all its steps is what was
+        measured. None when no step was trained (a resume with nothing left to train)."""
+        if self.timed_s > 0:
+            return self.timed_tokens / self.timed_s, False
+        if self.step_s > 0:
+            return self.step_tokens / self.step_s, True
+        return None, False
 
     def tokens_per_s_since_last_row(self, batch_tokens: int) -> float:
         """Tokens trained on since the previous train row, per second of step time. Counted from
@@ -403,7 +418,13 @@ class PretrainRun:
             self._restore_signal_handlers()
         if stopped:
             self.log.say(f"stopped by {stopped} at step {self.state.step}; continue with --resume")
-        return self._summary(session, stopped)
+        summary = self._summary(session, stopped)
+        if summary["speed_includes_warmup"]:
+            self.log.say(
+                f"tokens_per_s and mfu are over all {session.applied} step(s), warm-up included (too few to "
+                f"leave out the first {WARMUP_STEPS_FOR_SPEED}): the steady pace is faster"
+            )
+        return summary
 
     def _train_loop(self, session: Session) -> str | None:
         """Steps until the budget is spent (returns None) or a stop signal arrives (its name)."""
@@ -508,7 +529,7 @@ class PretrainRun:
         return self.state.last_val_step == self.state.step
 
     def _summary(self, session: Session, stopped: str | None) -> dict[str, Any]:
-        tokens_per_s = session.timed_tokens / session.timed_s if session.timed_s > 0 else 0.0
+        tokens_per_s, includes_warmup = session.tokens_per_s()
         return {
             "steps": self.state.step,
             "tokens": self.state.tokens,
@@ -519,7 +540,8 @@ class PretrainRun:
             "val_bpb": self.state.last_val_bpb,
             "best_val_loss": self.state.best_val_loss,
             "tokens_per_s": tokens_per_s,
-            "mfu": self._mfu(tokens_per_s),
+            "mfu": None if tokens_per_s is None else self._mfu(tokens_per_s),
+            "speed_includes_warmup": includes_warmup,  # a run too short to leave the warm-up out
             "precision": self.precision.name,
             "world_size": self.dist.world_size,
             "skipped_batches": self.state.skipped_batches,

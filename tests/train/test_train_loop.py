@@ -622,3 +622,22 @@ def test_resuming_on_tokens_that_grew_in_place_says_so(tokens, tmp_path, capsys)
                                     append=True, val_every=0, workers=1))
     note = next(line for line in _resumed_err(grown, out, capsys, 3).splitlines() if "tokens dir changed" in line)
     assert "the tokens dir changed since this checkpoint (train " in note and "val " not in note  # val kept
+
+
+def test_a_run_too_short_to_leave_out_the_warm_up_reports_its_speed_over_all_its_steps(tokens, tmp_path, capsys):
+    """A run of WARMUP_STEPS_FOR_SPEED steps or fewer timed none (the warm-up is left out) and
+    reported 0 tokens/s and 0 MFU, false numbers; a resume with nothing left to train, too."""
+    from scratchlm.train.trainer import WARMUP_STEPS_FOR_SPEED
+
+    def config(name, steps):
+        return tiny_config(tokens, tmp_path / name, train={"max_steps": steps, "sample_tokens": 0})
+
+    short = train(config("short", WARMUP_STEPS_FOR_SPEED))
+    assert short["tokens_per_s"] > 0 and short["mfu"] > 0 and short["speed_includes_warmup"] is True
+    assert f"over all {WARMUP_STEPS_FOR_SPEED} step(s), warm-up included" in capsys.readouterr().err
+    longer = train(config("longer", WARMUP_STEPS_FOR_SPEED + 2))
+    assert longer["tokens_per_s"] > 0 and longer["speed_includes_warmup"] is False
+    assert "warm-up included" not in capsys.readouterr().err
+    nothing_left = train(config("short", WARMUP_STEPS_FOR_SPEED), resume=True)
+    assert nothing_left["tokens_per_s"] is None and nothing_left["mfu"] is None
+    assert nothing_left["speed_includes_warmup"] is False
