@@ -319,8 +319,9 @@ def _directory_inputs(root: Path, options: SourceOptions) -> Iterator[tuple[Path
         raise DataError(f"{root}: no files matching {', '.join(include)} in this directory")
 
 
+_DIRECTORY = "directory"  # a directory input that is not a prepared dataset: what include/exclude act on
 # The reading settings (`SourceOptions` fields, and the config keys and flags of the same names) and
-# the kinds of input (a file format, "prepared", "hf") that use each.
+# the kinds of input (a file format, "prepared", "hf", a directory) that use each.
 _SETTING_USERS: dict[str, tuple[frozenset[str], str]] = {
     "text_field": (
         frozenset((".jsonl", ".json", ".parquet", "hf")),
@@ -329,6 +330,12 @@ _SETTING_USERS: dict[str, tuple[frozenset[str], str]] = {
     "hf_split": (frozenset(("hf",)), "picks the split of an hf:NAME input, and there is none"),
     "split": (frozenset(("prepared",)), "picks the split of a prepared dataset (data prepare's output), and no input is one"),
     "separator": (frozenset((".txt",)), "splits .txt files into documents, and no input is one"),
+    "include": (frozenset((_DIRECTORY,)), "picks the files read inside directory inputs, and no input is one"),
+    "exclude": (frozenset((_DIRECTORY,)), "skips files and folders inside directory inputs, and no input is one"),
+    "skip_bad_records": (
+        frozenset((".jsonl", ".json", ".parquet", "hf")),
+        "skips bad records of .jsonl, .json and .parquet files and hf: datasets, and no input is one",
+    ),
 }
 _UNKNOWN = "?"  # an input the reading will refuse (missing, unsupported): its own error says more
 READING_SETTINGS = tuple(_SETTING_USERS)
@@ -378,7 +385,8 @@ def _given_settings(config: object, typed: Iterable[str], section: str) -> dict[
 
 
 def _input_kinds(inputs: Sequence[str], options: SourceOptions) -> Iterator[str]:
-    """The kind of each input, and of each file and prepared dataset inside directory inputs."""
+    """The kind of each input, and of each file and prepared dataset inside directory inputs (after
+    the directory's own kind, which `--include`/`--exclude` need)."""
     for spec in map(str, inputs):
         path = Path(spec)
         if spec.startswith(BUILTIN_PREFIX):
@@ -390,6 +398,7 @@ def _input_kinds(inputs: Sequence[str], options: SourceOptions) -> Iterator[str]
         elif path.is_dir() and is_prepared_dir(path):
             yield "prepared"
         elif path.is_dir():
+            yield _DIRECTORY
             for inner, prepared in _directory_inputs(path, options):
                 yield "prepared" if prepared else _format_of(inner) or ".txt"  # as `_iter_file` reads it
         else:

@@ -321,7 +321,7 @@ def test_cli_reads_a_prepared_dataset_inside_a_directory_without_its_removed_exa
     run([corpus], parent / "prepared", val_fraction=0.2)
     kept = read_split(parent / "prepared", "train") + read_split(parent / "prepared", "val")
     again = tmp_path / "again"
-    assert main(["data", "prepare", str(parent), "--out", str(again), "--skip-bad-records"]) == 0
+    assert main(["data", "prepare", str(parent), "--out", str(again)]) == 0
     stats = json.loads((again / "stats.json").read_text())
     assert stats["documents_in"] == len(kept) and stats["removed"] == {}
 

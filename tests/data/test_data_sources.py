@@ -655,6 +655,35 @@ def test_a_reading_setting_from_a_config_file_or_set_no_input_can_use_is_refused
     assert "leave it out" in captured.err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("flags", "shown"), [
+    (["--include", "*.txt"], "--include picks the files read inside directory inputs"),
+    (["--exclude", "old"], "--exclude skips files and folders inside directory inputs"),
+    (["--skip-bad-records"], "--skip-bad-records skips bad records of .jsonl"),
+    (["--set", "source.include=['*.txt']"], "source.include = ['*.txt'] picks the files"),
+    (["--set", "source.skip_bad_records=true"], "source.skip_bad_records = True skips bad records"),
+])  # fmt: skip
+def test_directory_globs_and_skip_bad_records_no_input_can_use_are_refused(tmp_path, capsys, flags, shown):
+    """`data prepare a.txt --include '*.md'` (no directory input) and `--skip-bad-records` on plain
+    text exited 0 and the setting did nothing."""
+    text = tmp_path / "a.txt"
+    text.write_text("plain words and more plain words", encoding="utf-8")
+    assert main(["data", "prepare", str(text), "--out", str(tmp_path / "out"), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"scratchlm: error: {shown}")
+    assert "leave it out" in captured.err and not (tmp_path / "out").exists()
+
+
+def test_directory_globs_and_skip_bad_records_are_taken_where_an_input_uses_them(tmp_path, capsys):
+    """A directory input takes --include/--exclude; a JSONL input takes --skip-bad-records."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("plain words and more plain words", encoding="utf-8")
+    data = write_jsonl(tmp_path / "b.jsonl", [{"text": "json words in a record"}, {"body": "no text field"}])
+    flags = ["--include", "*.txt", "--exclude", "old", "--skip-bad-records"]
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["data", "prepare", str(corpus), str(data), *out, *flags]) == 0, capsys.readouterr().err
+
+
 def test_a_reading_setting_at_its_default_or_used_by_an_input_is_taken(tmp_path, capsys, tiny_tokenizer):
     """Only a setting that changes something is checked: the default written out, or one an input uses."""
     data = write_jsonl(tmp_path / "a.jsonl", [{"body": "json words under another key"}])
