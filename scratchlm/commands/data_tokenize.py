@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_flags
 from scratchlm.config import load_config
+from scratchlm.wording import counted
 
 
 def register(root, groups) -> None:
@@ -52,7 +54,7 @@ def register(root, groups) -> None:
 
 def run_tokenize(args: argparse.Namespace) -> int:
     from scratchlm.data.sources import READING_SETTINGS, refuse_unused_settings
-    from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
+    from scratchlm.data.tokenize import TokenizeConfig, is_tokens_dir, tokenize_dataset
 
     base = given_flags(
         inputs=args.inputs,
@@ -66,16 +68,20 @@ def run_tokenize(args: argparse.Namespace) -> int:
     )
     config = load_config(TokenizeConfig, args.config, args.overrides, base)
     refuse_unused_settings(config.inputs, config, typed_flags(args, *READING_SETTINGS))
+    grows = config.append and is_tokens_dir(Path(config.out))  # else an --append writes a new tokens dir
     start = time.perf_counter()
     meta = tokenize_dataset(config)
     seconds = time.perf_counter() - start
     total_bytes = sum(s.get("bytes", 0) for s in meta["splits"].values())
-    parts = [f"{name} {s['tokens']:,} tokens / {s['documents']:,} documents" for name, s in meta["splits"].items()]
+    parts = [
+        f"{name} {counted(s['tokens'], 'token')} / {counted(s['documents'], 'document')}"
+        for name, s in meta["splits"].items()
+    ]
     print(
-        f"wrote {config.out}: {'; '.join(parts)} ({meta['dtype']}) in {seconds:.1f}s",
+        f"wrote {config.out}: {'; '.join(parts) or 'no splits'} ({meta['dtype']}) in {seconds:.1f}s",
         file=sys.stderr,
     )
-    if config.append:
+    if grows:
         print("(counts include the data already there)", file=sys.stderr)
     elif total_bytes >= 1e6:
         print(f"{total_bytes / 1e6:.1f} MB of text at {total_bytes / seconds / 1e6:.1f} MB/s", file=sys.stderr)

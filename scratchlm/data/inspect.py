@@ -16,6 +16,7 @@ import numpy as np
 from scratchlm.data.loader import TokenDataset, check_tokenizer_match, read_meta
 from scratchlm.errors import ConfigError, DataError, TokenizerError
 from scratchlm.tokenizer import Tokenizer
+from scratchlm.wording import counted
 
 SCAN_CHUNK = 1 << 24  # tokens counted per step, so memory stays flat on any dataset size
 
@@ -129,10 +130,12 @@ def format_report(info: dict[str, Any]) -> str:
     ]
     if info["tokenizer_note"]:
         lines.append(f"note: {info['tokenizer_note']}")
+    if not info["splits"]:
+        lines.append("no splits")
     for name, s in info["splits"].items():
         lines.append("")
         bpt = f"  {s['bytes_per_token']:.2f} bytes/token (end-of-text left out)" if s["bytes_per_token"] else ""
-        lines.append(f"[{name}]  {s['tokens']:,} tokens  {s['documents']:,} documents{bpt}")
+        lines.append(f"[{name}]  {counted(s['tokens'], 'token')}  {counted(s['documents'], 'document')}{bpt}")
         if s["document_tokens"]:
             d = s["document_tokens"]
             lines.append(

@@ -27,6 +27,7 @@ import torch
 from scratchlm.data import TOKENS_FORMAT_VERSION
 from scratchlm.errors import DataError
 from scratchlm.fsutil import is_json_int, read_json_object
+from scratchlm.wording import counted
 
 Mode = Literal["random", "sequential", "document"]
 MODES: tuple[str, ...] = ("random", "sequential", "document")
@@ -136,7 +137,7 @@ class TokenDataset:
         meta = read_meta(tokens_dir)
         info = meta["splits"].get(split)
         if info is None:
-            raise DataError(f"{tokens_dir}: no '{split}' split (splits: {', '.join(meta['splits'])})")
+            raise DataError(f"{tokens_dir}: no '{split}' split (splits: {', '.join(meta['splits']) or 'none'})")
         n_tokens, n_docs = info["tokens"], info["documents"]  # counts: checked by read_meta
         dtype = np.dtype(DTYPES[meta["dtype"]])
         tokens = _map_checked(tokens_dir / f"{split}.bin", dtype, n_tokens, "tokens")
@@ -155,7 +156,7 @@ class TokenDataset:
     def document(self, i: int) -> np.ndarray:
         """Token ids of document `i`, ending with its end-of-text token."""
         if not -self.num_documents <= i < self.num_documents:
-            raise IndexError(f"document {i} out of range ({self.num_documents} documents)")
+            raise IndexError(f"document {i} out of range ({counted(self.num_documents, 'document')})")
         i %= self.num_documents
         start = int(self.documents[i])
         end = int(self.documents[i + 1]) if i + 1 < self.num_documents else len(self)

@@ -856,7 +856,7 @@ def _pick_split(ds, name: str, split: str):
 
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise DataError(f"hf:{name}: no split '{split}' (splits: {', '.join(ds)})")
+            raise DataError(f"hf:{name}: no split '{split}' (splits: {', '.join(ds) or 'none'})")
         return ds[split]
     if split != "train":
         raise DataError(f"hf:{name}: a saved single Dataset has no splits; cannot read split '{split}'")

@@ -436,7 +436,7 @@ def _split_counts(writers: dict[str, SplitWriter]) -> dict[str, dict[str, int]]:
     }
 
 
-def _is_tokens_dir(path: Path) -> bool:
+def is_tokens_dir(path: Path) -> bool:
     """A tokens dir, complete or left by an interrupted append: one an --append can grow."""
     return (path / "meta.json").is_file() or (path / APPEND_MARKER).is_file()
 
@@ -449,7 +449,7 @@ def _is_replaceable_tokens_dir(path: Path) -> bool:
     """A tokens dir holding nothing but what `data tokenize` writes (hidden files aside), which a
     new run may replace whole. A folder that also holds other things, a training run's
     checkpoints say, merely contains a tokens dir's files: replacing it would delete them."""
-    entries = directory_entries(path, hidden_dirs=True) if _is_tokens_dir(path) else None
+    entries = directory_entries(path, hidden_dirs=True) if is_tokens_dir(path) else None
     if entries is None:
         return False
     for name, is_dir in entries.items():
@@ -469,7 +469,7 @@ def _output_rules(config: TokenizeConfig) -> dict[str, Any]:
     """What `check_output_dir` needs to refuse an `out` whose replacement would lose something.
     An append replaces nothing, so any tokens dir will do for it."""
     inputs = local_input_paths(config.inputs)
-    replaceable = _is_tokens_dir if config.append else _is_replaceable_tokens_dir
+    replaceable = is_tokens_dir if config.append else _is_replaceable_tokens_dir
     return dict(what="a tokens directory", replaceable=replaceable, inputs=inputs, error=DataError)
 
 
@@ -581,9 +581,9 @@ def tokenize_dataset(config: TokenizeConfig) -> dict[str, Any]:
     out = Path(config.out)
     check_output_dir(out, **_output_rules(config))  # before any work, for an append too
     tokenizer = Tokenizer.load(config.tokenizer)
-    if config.append and _is_tokens_dir(out):
+    if config.append and is_tokens_dir(out):
         return _append(config, tokenizer)
     return _write_new(config, tokenizer)
 
 
-__all__ = ["TokenizeConfig", "dtype_for_vocab", "encode_texts", "tokenize_dataset"]
+__all__ = ["TokenizeConfig", "dtype_for_vocab", "encode_texts", "is_tokens_dir", "tokenize_dataset"]

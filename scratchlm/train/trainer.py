@@ -73,6 +73,7 @@ from scratchlm.train.mfu import mfu, peak_flops_per_s
 from scratchlm.train.monitor import StabilityMonitor, Verdict, inject_fault
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.schedule import lr_factor
+from scratchlm.wording import counted
 
 # The settings that decide which tokens each step reads: (section, key).
 DATA_STREAM_SETTINGS = (
@@ -737,7 +738,7 @@ class PretrainRun:
         self.state.skipped_batches += skipped
         self.log.event("spike", from_step, data_step=spike_data_step, action="rollback", **detail)
         self.log.event("rollback", from_step, to_step=self.state.step, checkpoint=latest.name, skipped_batches=skipped)
-        self.log.say(f"loss spike at step {from_step}: rolled back to {latest.name}, skipping {skipped} batches")
+        self.log.say(f"loss spike at step {from_step}: rolled back to {latest.name}, skipping {counted(skipped, 'batch', 'batches')}")
 
     # --- evaluation, logging, diagnosis ----------------------------------------------------
 

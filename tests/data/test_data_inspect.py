@@ -86,3 +86,19 @@ def test_cli_inspect_refuses_meta_fields_of_the_wrong_type(
     assert main(["data", "inspect", str(copy)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scratchlm: error: ") and message in err and err.count("\n") == 1
+
+
+def test_one_document_and_no_splits_are_worded_so(tmp_path: Path, tokens_dir: Path, capsys) -> None:
+    """`data inspect` said "1 documents"; a meta.json with no splits gave "(splits: )" and a bare header."""
+    text = tmp_path / "a.txt"
+    text.write_text("one short document", encoding="utf-8")
+    one = tmp_path / "one"
+    tokenize_dataset(TokenizeConfig(inputs=[str(text)], tokenizer=str(tokens_dir / "tokenizer"), out=str(one), workers=1))
+    meta = json.loads((one / "meta.json").read_text())
+    assert main(["data", "inspect", str(one)]) == 0
+    assert "\n[train]  9 tokens  1 document  2.25 bytes/token" in capsys.readouterr().out
+    (one / "meta.json").write_text(json.dumps({**meta, "splits": {}}))
+    assert main(["data", "inspect", str(one)]) == 0
+    assert capsys.readouterr().out.endswith("\nno splits\n")
+    assert main(["data", "inspect", str(one), "--split", "train"]) == 2
+    assert capsys.readouterr().err == f"scratchlm: error: {one}: no 'train' split (splits: none)\n"

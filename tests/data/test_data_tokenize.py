@@ -530,3 +530,23 @@ def test_encoding_arrow_text_counts_bytes_without_importing_pandas():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[6,", "11,", "0]", "False"]
+
+
+def test_counts_are_worded_for_one_and_an_append_into_a_new_dir_claims_no_earlier_data(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`data tokenize` said "1 documents", and "(counts include the data already there)" after an
+    --append that made a new tokens dir, where nothing was there."""
+    text = tmp_path / "a.txt"
+    text.write_text("one short document", encoding="utf-8")
+    out = tmp_path / "tokens"
+    argv = ["data", "tokenize", str(text), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--workers", "1",
+            "--val-every", "0", "--append"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {out}: train 9 tokens / 1 document; val 0 tokens / 0 documents (uint16) in " in err
+    assert "already there" not in err
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {out}: train 18 tokens / 2 documents; val 0 tokens / 0 documents (uint16) in " in err
+    assert err.endswith("\n(counts include the data already there)\n")
