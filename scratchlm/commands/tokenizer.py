@@ -254,5 +254,8 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"unused merges    {stats['unused_merged_tokens']} of {stats['merged_tokens']}")
     print("most common tokens:")
     for row in stats["most_common"]:
-        print(f"  {row['id']:>7}  {row['count']:>10}  {json.dumps(row['token'], ensure_ascii=False)}")
+        shown = f"{row['token']} (bytes of a partial UTF-8 character)" if row["partial_utf8"] else json.dumps(
+            row["token"], ensure_ascii=False
+        )
+        print(f"  {row['id']:>7}  {row['count']:>10}  {shown}")
     return 0

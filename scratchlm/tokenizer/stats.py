@@ -46,12 +46,18 @@ def tokenizer_stats(tok: Tokenizer, texts: Iterable[str], top: int = 20) -> dict
         "merged_tokens": int(merged.sum()),
         "unused_merged_tokens": unused,
         "most_common": [
-            {
-                "id": int(i),
-                "token": tok.decode_bytes([int(i)]).decode("utf-8", "replace"),
-                "count": int(usage[i]),
-            }
+            {"id": int(i), **_token_text(tok.decode_bytes([int(i)])), "count": int(usage[i])}
             for i in order
             if usage[i] > 0
         ],
     }
+
+
+def _token_text(raw: bytes) -> dict[str, Any]:
+    """A token's text, and whether its bytes are whole UTF-8. A byte token that is part of a
+    character is shown as `\\xNN` escapes: as U+FFFD, every such token looked the same. The
+    escapes keep the JSON valid."""
+    try:
+        return {"token": raw.decode("utf-8"), "partial_utf8": False}
+    except UnicodeDecodeError:
+        return {"token": raw.decode("utf-8", "backslashreplace"), "partial_utf8": True}

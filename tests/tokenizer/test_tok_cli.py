@@ -354,3 +354,22 @@ def test_a_short_vocabulary_at_min_frequency_1_suggests_no_lower_min_frequency(c
     vocab = Tokenizer.load(tmp_path / "t").vocab_size
     assert code == 0 and f"vocab {vocab} (asked for 400: no pair left to merge; more text gives more)" in err
     assert "--min-frequency" not in err
+
+
+def test_stats_shows_each_partial_utf8_byte_token_by_its_bytes(capsys, tmp_path):
+    """`tokenizer stats` printed every byte token that is part of a character as "\ufffd", so its
+    common-token list showed different tokens as the same one."""
+    data = tmp_path / "words.txt"
+    data.write_text(" ".join(f"plain words {i}" for i in range(30)), encoding="utf-8")
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", str(data), "--vocab-size", "300", "--workers", "1", "--out", str(out)]) == 0
+    accents = tmp_path / "accents.txt"
+    accents.write_text("é€€", encoding="utf-8")  # bytes c3 a9, then e2 82 ac twice: no merges
+    code, text, err = run(capsys, "tokenizer", "stats", "--tokenizer", str(out), str(accents))
+    assert code == 0, err
+    assert "\ufffd" not in text
+    for shown in (r"\xe2", r"\x82", r"\xac", r"\xc3", r"\xa9"):
+        assert f"  {shown} (bytes of a partial UTF-8 character)\n" in text
+    code, text, err = run(capsys, "tokenizer", "stats", "--tokenizer", str(out), str(accents), "--json")
+    rows = {row["token"]: (row["count"], row["partial_utf8"]) for row in json.loads(text)["most_common"]}
+    assert rows == {r"\xe2": (2, True), r"\x82": (2, True), r"\xac": (2, True), r"\xc3": (1, True), r"\xa9": (1, True)}
