@@ -33,6 +33,8 @@ NON_NEGATIVE_TRAIN_KEYS = (
     "eval_every", "eval_batch_size", "sample_every", "sample_tokens", "sample_temperature", "sample_top_k",
     "checkpoint_every", "checkpoint_minutes",
 )
+# Fractions range-checked in TrainSection.validate on their own bounds.
+_UNIT_RANGE_TRAIN_KEYS = ("min_lr_ratio", "decay_fraction", "beta1", "beta2")
 POSITIVE_MONITOR_KEYS = ("window", "max_nonfinite")
 NON_NEGATIVE_MONITOR_KEYS = (
     "min_history", "loss_threshold", "grad_threshold", "rollback_skip_batches", "max_rollbacks",
@@ -117,6 +119,8 @@ class TrainSection:
             raise ConfigError("[train] needs a budget: set max_steps, max_tokens or max_seconds")
         if not -(2**63) <= self.seed < 2**63:  # torch seeds take 64 bits; offsets (rank, step) must still fit
             raise ConfigError(f"train.seed must be in [-2**63, 2**63), got {self.seed}")
+        for key in _UNIT_RANGE_TRAIN_KEYS:  # finite numbers first: "0.9", None or False are no betas
+            require_finite_number(f"train.{key}", getattr(self, key))
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:

@@ -90,3 +90,15 @@ def test_a_vocab_size_that_is_not_an_integer_is_refused_even_where_it_equals_zer
     assert build_model_config({"vocab_size": 0}, 300, 16).vocab_size == 300
     with pytest.raises(ConfigError, match="vocab_size"):
         build_model_config({"vocab_size": value}, 300, 16)
+
+
+@pytest.mark.parametrize(("key", "value"), [("beta1", "0.9"), ("beta1", False), ("beta2", None), ("min_lr_ratio", "x")])
+def test_a_config_built_in_python_with_a_mistyped_fraction_is_one_config_error(key, value):
+    """`train` validates a config built in Python (no loader checked it): a beta of "0.9" was a
+    TypeError traceback, and `beta1 = False` passed as 0 to fail later inside torch's AdamW."""
+    from dataclasses import replace
+
+    config = load_pretrain_config(None, BASE)
+    config.train = replace(config.train, **{key: value})
+    with pytest.raises(ConfigError, match=rf"train\.{key} must be a finite number, got {value!r}"):
+        config.validate()
