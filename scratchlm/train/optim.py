@@ -83,8 +83,10 @@ def build_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
-    if lr <= 0 or (name == "muon" and muon_lr <= 0):
+    if not 0 < lr < math.inf or (name == "muon" and not 0 < muon_lr < math.inf):  # NaN fails both
         raise ConfigError("learning rates must be positive")
+    if not 0 <= weight_decay < math.inf:  # torch's AdamW checks only its default, not each group's
+        raise ConfigError(f"weight_decay must be finite and >= 0, got {weight_decay}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ConfigError("the model has no trainable parameters")
@@ -177,6 +179,23 @@ def _shard_like(update: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(update, like.device_mesh, like.placements, src_data_rank=None)
 
 
+def _check_group(group: dict) -> None:
+    """Refuse what torch's AdamW refuses: a beta of 1 divides by zero at the first step, and a
+    negative or NaN rate, decay or eps would train without a word, against the settings' meaning."""
+    ranges = {"lr": group["lr"], "weight_decay": group["weight_decay"]}
+    if group["kind"] == "muon":
+        checks = {"momentum": group["momentum"]}
+    else:
+        ranges["eps"] = group["eps"]
+        checks = {f"betas[{i}]": beta for i, beta in enumerate(group["betas"])}
+    for key, value in ranges.items():
+        if not 0 <= value < math.inf:
+            raise ValueError(f"MuonAdamW {key} must be finite and >= 0, got {value}")
+    for key, value in checks.items():
+        if not 0 <= value < 1:
+            raise ValueError(f"MuonAdamW {key} must be in [0, 1), got {value}")
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for groups with `kind="muon"`, AdamW for groups with `kind="adamw"`, in one object.
 
@@ -199,6 +218,7 @@ class MuonAdamW(torch.optim.Optimizer):
             else:
                 group.setdefault("betas", (0.9, 0.95))
                 group.setdefault("eps", 1e-8)
+            _check_group(group)
         super().__init__(param_groups, defaults={})
 
     @torch.no_grad()

@@ -208,3 +208,19 @@ def test_groups_of_the_real_gpt():
     adamw = build_optimizer(model, "adamw", lr=1e-3)
     decayed = {names[id(p)] for p in group_of(adamw, "decay")["params"]}
     assert decayed == {n for n, p in model.named_parameters() if p.dim() >= 2}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"betas": (1.0, 0.95)}, {"betas": (0.9, -0.1)}, {"weight_decay": -0.1}, {"eps": -1.0}, {"lr": float("nan")},
+     {"muon_lr": float("nan")}, {"muon_momentum": 1.0}],
+)
+def test_muon_refuses_the_settings_torch_adamw_refuses(settings):
+    """Muon's AdamW half took a beta of 1 (a ZeroDivisionError at the first step) and a negative
+    decay or eps or a NaN rate without a word; AdamW refuses them when it is built (torch checks
+    no group's own weight decay, so build_optimizer does)."""
+    if "muon_lr" not in settings and "muon_momentum" not in settings:
+        with pytest.raises((ValueError, ConfigError)):
+            build_optimizer(TinyLM(), "adamw", **settings)
+    with pytest.raises((ValueError, ConfigError), match="lr|betas|weight_decay|eps|momentum|learning rates"):
+        build_optimizer(TinyLM(), "muon", **settings)
