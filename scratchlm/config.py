@@ -240,12 +240,21 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(obj)
 
 
+def _loads_toml(text: str) -> dict[str, Any]:
+    """`tomllib.loads`, with nesting too deep for Python's stack read as the TOML error it is:
+    tomllib sets no depth limit, and `a = [[[...]]]` ended in a RecursionError traceback."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("nested too deeply") from None
+
+
 def parse_value(text: str) -> Any:
     """Parse the right side of `--set key=value` as a TOML value; bare words stay strings. A value
     that opens a TOML string, list or table must close it: kept as text, `"val` would silently
     name something else."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return _loads_toml(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError as e:
         if text.startswith(('"', "'", "[", "{")):
             raise ConfigError(f"--set value {text!r} is not a valid TOML value ({e})") from None
@@ -288,7 +297,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("--config is empty; name a TOML file")
     text = read_text_file(path, ConfigError)  # not found, a directory, not UTF-8: one line each
     try:
-        return tomllib.loads(text.removeprefix("\ufeff"))  # the BOM some editors (Notepad) put first
+        return _loads_toml(text.removeprefix("\ufeff"))  # the BOM some editors (Notepad) put first
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 

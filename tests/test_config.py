@@ -199,3 +199,18 @@ def test_a_config_file_saved_with_a_byte_order_mark_is_read():
         cfg_file.write_bytes(b"\xef\xbb\xbf" + b'name = "file"\n[train]\nsteps = 5\n')
         cfg = load_config(Stage, cfg_file)
     assert cfg.name == "file" and cfg.train.steps == 5
+
+
+def test_toml_nested_too_deeply_is_one_config_error(tmp_path, capsys):
+    """tomllib has no depth limit: `a = [[[...]]]` in a config file or a --set value ended in a
+    RecursionError traceback (exit 1) instead of one error line."""
+    from scratchlm.cli import main
+
+    deep = "[" * 5000 + "]" * 5000
+    config = tmp_path / "deep.toml"
+    config.write_text(f"path = {deep}\n")
+    assert main(["data", "inspect", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == f"scratchlm: error: {config}: not valid TOML: nested too deeply\n"
+    assert main(["data", "inspect", "x", "--set", f"top_tokens={deep}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchlm: error: --set value '[[[") and err.endswith("(nested too deeply)\n")
