@@ -210,6 +210,18 @@ class Block(nn.Module):
 
 # --- the model ----------------------------------------------------------------------------------
 
+TOKEN_ID_DTYPES = (torch.int64, torch.int32)  # what both the embedding lookup and the loss's gather index with
+
+
+def check_token_ids(name: str, ids: object) -> None:
+    """One ModelError for ids that are not a (batch, time) tensor of int64/int32: bool targets
+    would train silently on classes 0 and 1, and other dtypes fail deep in torch's kernels."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in TOKEN_ID_DTYPES:
+        found = type(ids).__name__
+        if isinstance(ids, torch.Tensor):
+            found = f"a {ids.dim()}-d {str(ids.dtype).removeprefix('torch.')} tensor"
+        raise ModelError(f"{name} must be a (batch, time) tensor of int64 or int32 token ids, got {found}")
+
 
 def _embedding(num: int, dim: int) -> nn.Embedding:
     """`nn.Embedding(num, dim)` without its own initialisation: `GPT.reset_parameters` fills the
@@ -381,6 +393,7 @@ class GPT(nn.Module):
         `last_only`, the logits of the last position alone, (B, 1, vocab_size): decoding's
         prefill needs no others, and a long prompt's T × vocab logits could be gigabytes.
         """
+        check_token_ids("idx", idx)
         B, T = idx.shape
         if integer_value(start_pos) is None or start_pos < 0:
             raise ModelError(f"start_pos must be an integer ≥ 0, got {start_pos!r}")
@@ -391,8 +404,10 @@ class GPT(nn.Module):
             raise ModelError("start_pos > 0 needs a KV cache holding the earlier positions")
         if last_only and targets is not None:
             raise ModelError("last_only gives logits, not a loss: pass targets or last_only, not both")
-        if targets is not None and targets.shape != idx.shape:  # flattened, another shape pairs wrong rows
-            raise ModelError(f"targets must have the shape of idx, {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        if targets is not None:
+            if targets.shape != idx.shape:  # flattened, another shape pairs wrong rows
+                raise ModelError(f"targets must have the shape of idx, {tuple(idx.shape)}, got {tuple(targets.shape)}")
+            check_token_ids("targets", targets)
         dtype, under_autocast = self._compute_dtype()  # asked once: each query costs a dispatch
         if cache is not None:
             self._check_cache(cache, B, end, dtype, under_autocast)

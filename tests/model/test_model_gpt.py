@@ -182,3 +182,19 @@ def test_bf16_autocast_forward_runs_and_stays_close():
     assert low.dtype == torch.bfloat16
     full = model(idx)
     assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
+@pytest.mark.parametrize("which, bad", [
+    ("targets", torch.zeros(1, 4, dtype=torch.bool)),  # was trained on silently, as classes 0 and 1
+    ("targets", torch.zeros(1, 4, dtype=torch.uint8)),
+    ("targets", torch.zeros(1, 4)),
+    ("idx", torch.zeros(1, 4)),
+    ("idx", torch.zeros(4, dtype=torch.long)),
+])
+def test_token_ids_of_a_wrong_dtype_or_rank_are_one_model_error(which, bad):
+    model = GPT(tiny())
+    good = torch.zeros(1, 4, dtype=torch.long)
+    args = {"idx": bad, "targets": good} if which == "idx" else {"idx": good, "targets": bad}
+    with pytest.raises(ModelError, match=f"{which} must be a \\(batch, time\\) tensor of int64 or int32"):
+        model(args["idx"], targets=args["targets"])
+    assert model(good.int(), targets=good.int()).loss.isfinite()  # int32 ids stay accepted
