@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.config import integer_value
+from scratchlm.config import integer_value, real_value
 from scratchlm.errors import ModelError
 from scratchlm.model.activation import gelu_tanh, soft_cap
 from scratchlm.model.attention import attend
@@ -408,6 +408,11 @@ class GPT(nn.Module):
             if targets.shape != idx.shape:  # flattened, another shape pairs wrong rows
                 raise ModelError(f"targets must have the shape of idx, {tuple(idx.shape)}, got {tuple(targets.shape)}")
             check_token_ids("targets", targets)
+            z = real_value(z_loss)
+            if z is None or not math.isfinite(z) or z < 0:  # a NaN weight made the objective NaN silently
+                raise ModelError(f"z_loss must be a finite number ≥ 0, got {z_loss!r}")
+            if integer_value(ignore_index) is None:  # a float one matched no target: nothing was ignored
+                raise ModelError(f"ignore_index must be an integer, got {ignore_index!r}")
         dtype, under_autocast = self._compute_dtype()  # asked once: each query costs a dispatch
         if cache is not None:
             self._check_cache(cache, B, end, dtype, under_autocast)

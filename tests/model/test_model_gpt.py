@@ -198,3 +198,16 @@ def test_token_ids_of_a_wrong_dtype_or_rank_are_one_model_error(which, bad):
     with pytest.raises(ModelError, match=f"{which} must be a \\(batch, time\\) tensor of int64 or int32"):
         model(args["idx"], targets=args["targets"])
     assert model(good.int(), targets=good.int()).loss.isfinite()  # int32 ids stay accepted
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"z_loss": float("nan")}, "z_loss must be a finite number ≥ 0, got nan"),  # was a NaN objective
+    ({"z_loss": -1.0}, "z_loss must be a finite number ≥ 0"),  # was a rewarded (negative) z-loss
+    ({"ignore_index": 0.5}, "ignore_index must be an integer"),  # was silently ignoring nothing
+])
+def test_a_bad_z_loss_or_ignore_index_is_one_model_error(bad, message):
+    model = GPT(tiny())
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ModelError, match=message):
+        model(ids, targets=ids, **bad)
+    assert model(ids, targets=ids, z_loss=1e-4, ignore_index=-1).objective.isfinite()
