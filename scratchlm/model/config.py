@@ -58,7 +58,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.d_ff is None:
+        if self.d_ff is None and integer_value(self.d_model) is not None:  # else validate() names d_model
             self.d_ff = default_d_ff(self.d_model, self.mlp)
 
     @property

@@ -185,3 +185,10 @@ def test_a_rope_scaling_length_beyond_any_size_is_refused():
     cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, max_seq_len=16, pos="rope", rope_scaling=scaling)
     with pytest.raises(ConfigError, match="rope_scaling.original_max_len must be ≤ 2,147,483,647"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("d_model", ["64", 64.0, None])
+def test_a_mistyped_d_model_built_in_python_is_one_config_error(d_model):
+    """Deriving d_ff from it raised a TypeError in the constructor, before validate could name it."""
+    with pytest.raises(ConfigError, match=f"model.d_model must be a positive integer, got {d_model!r}"):
+        GPT(ModelConfig(d_model=d_model))
