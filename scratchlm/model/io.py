@@ -311,6 +311,8 @@ def build_from_tensors(
     PyTorch's symbolic-shapes machinery (0.5 s of every `generate`'s start-up)."""
     if dtype is None:
         dtype = tensors["tok_emb.weight"].dtype if "tok_emb.weight" in tensors else torch.float32
+    if not isinstance(dtype, torch.dtype):  # else the error below read "runs in ..., float16, not float16"
+        raise ModelError(f"dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
     if dtype not in WEIGHT_TENSOR_DTYPES:  # a float8 or integer model would load, then fail at its first forward
         names = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_TENSOR_DTYPES)
         raise ModelError(f"{source}: a model runs in {names}, not {str(dtype).removeprefix('torch.')}")

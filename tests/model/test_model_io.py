@@ -190,6 +190,13 @@ def test_loading_into_a_dtype_the_model_cannot_run_in_is_one_error(tmp_path, dty
     assert "\n" not in str(caught.value)
 
 
+def test_a_dtype_given_by_name_is_one_error_that_says_so(tmp_path):
+    """dtype="float16" was refused as "a model runs in ..., float16, float64, not float16"."""
+    save_model(GPT(small()), tmp_path / "m")
+    with pytest.raises(ModelError, match="dtype must be a torch.dtype such as torch.bfloat16, got 'float16'"):
+        load_model(tmp_path / "m", dtype="float16")
+
+
 def test_saved_weights_get_the_umasks_mode_like_the_other_files(tmp_path):
     """safetensors wrote model.safetensors as 0600 beside a 0644 config.json (checkpoints, export hf)."""
     old = os.umask(0o022)
