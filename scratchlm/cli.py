@@ -72,10 +72,10 @@ def given_flags(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None and value != []}
 
 
-def typed_flags(args: argparse.Namespace, *dests: str) -> list[str]:
-    """The flags among `dests` (argparse destinations) that the user gave, as typed: `--text-field`.
-    A destination the command does not have was not given."""
-    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest, None) is not None]
+def typed_options(args: argparse.Namespace, *dests: str) -> list[str]:
+    """The options among `dests` (argparse destinations) that the user typed; one the command
+    does not have was not typed."""
+    return [dest for dest in dests if getattr(args, dest, None) is not None]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from scratchlm.cli import add_config_args, given_flags, typed_flags
+from scratchlm.cli import add_config_args, given_flags, typed_options
 from scratchlm.commands.text_input import checked_arg_text
 from scratchlm.config import load_config
 from scratchlm.errors import ConfigError
@@ -88,7 +88,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from scratchlm.data.sources import READING_SETTINGS, refuse_unused_settings
 
     config = load_config(PrepareConfig, args.config, args.overrides, base=_flags(args))
-    refuse_unused_settings(config.inputs, config.source, typed_flags(args, *READING_SETTINGS), "source.")
+    refuse_unused_settings(config.inputs, config.source, typed_options(args, *READING_SETTINGS), "source.")
     stats = prepare(config)
     removed = ", ".join(f"{reason} {count}" for reason, count in stats["removed"].items()) or "none"
     print(

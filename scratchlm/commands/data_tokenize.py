@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_flags
+from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_options
 from scratchlm.config import load_config
 from scratchlm.wording import counted
 
@@ -67,7 +67,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         hf_split=args.hf_split,
     )
     config = load_config(TokenizeConfig, args.config, args.overrides, base)
-    refuse_unused_settings(config.inputs, config, typed_flags(args, *READING_SETTINGS))
+    refuse_unused_settings(config.inputs, config, typed_options(args, *READING_SETTINGS))
     grows = config.append and is_tokens_dir(Path(config.out))  # else an --append writes a new tokens dir
     start = time.perf_counter()
     meta = tokenize_dataset(config)

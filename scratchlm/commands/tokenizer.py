@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_flags
+from scratchlm.cli import add_config_args, given_flags, stdout_is_utf8, typed_options
 from scratchlm.commands.text_input import checked_arg_text, read_stdin_text
 from scratchlm.config import load_config
 from scratchlm.errors import TokenizerError
@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         hf_split=args.hf_split,
     )
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides, base=base)
-    refuse_unused_settings(cfg.inputs, cfg, typed_flags(args, *READING_SETTINGS))
+    refuse_unused_settings(cfg.inputs, cfg, typed_options(args, *READING_SETTINGS))
     tok = train_tokenizer(cfg)
     short = f" (asked for {cfg.vocab_size}: {_why_short(cfg.min_frequency)})" if tok.vocab_size < cfg.vocab_size else ""
     print(f"saved {cfg.out}: vocab {tok.vocab_size}{short}, sha256 {tok.sha256[:16]}", file=sys.stderr)
@@ -240,7 +240,7 @@ def _stats(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer.stats import tokenizer_stats
 
     options = SourceOptions(**given_flags(text_field=args.text_field, hf_split=args.hf_split))
-    refuse_unused_settings(args.inputs, options, typed_flags(args, *READING_SETTINGS))
+    refuse_unused_settings(args.inputs, options, typed_options(args, *READING_SETTINGS))
     tok = Tokenizer.load(args.tokenizer)
     documents = iter_documents(args.inputs, options)
     stats = tokenizer_stats(tok, (d.text for d in documents), top=args.top)

@@ -341,8 +341,8 @@ _UNKNOWN = "?"  # an input the reading will refuse (missing, unsupported): its o
 READING_SETTINGS = tuple(_SETTING_USERS)
 
 
-def setting_flag(name: str) -> str:
-    """The flag of a reading setting, as `cli.typed_flags` spells it: `text_field` -> `--text-field`."""
+def _flag(name: str) -> str:
+    """The flag of a reading setting: `text_field` -> `--text-field`."""
     return f"--{name.replace('_', '-')}"
 
 
@@ -350,7 +350,7 @@ def refuse_unused_settings(inputs: Sequence[str], config: object, typed: Iterabl
     """Refuse a reading setting the user gave that no input can use (`--hf-split` without an `hf:`
     input, `text_field` from a config file with only .txt inputs), which would be accepted and do
     nothing. `config` is the stage's config or its `SourceOptions` (whose keys are under `section`),
-    `typed` the flags typed. One input that uses a setting is enough: a directory of mixed formats
+    `typed` the settings given as flags (`cli.typed_options`). One input that uses a setting is enough: a directory of mixed formats
     takes `--text-field` for its JSON files. Every command that reads inputs calls this;
     directories are listed, not read, and only while needed."""
     wanted = {shown: _SETTING_USERS[name] for name, shown in _given_settings(config, typed, section).items()}
@@ -377,8 +377,8 @@ def _given_settings(config: object, typed: Iterable[str], section: str) -> dict[
     defaults = type(config)()
     given = {}
     for name in READING_SETTINGS:
-        if setting_flag(name) in typed:
-            given[name] = setting_flag(name)
+        if name in typed:
+            given[name] = _flag(name)
         elif hasattr(config, name) and getattr(config, name) != getattr(defaults, name):
             given[name] = f"{section}{name} = {getattr(config, name)!r}"
     return given
@@ -805,13 +805,15 @@ def _iter_prepared(path: Path, options: SourceOptions) -> Iterator[Document]:
 
 
 def _prepared_sources(batch, part: Path) -> list[str | None]:
-    """A prepared part's `source` values, refused unless they are strings (or null): a foreign part
-    with, say, integer ids there was read, and `data prepare` then died writing them, a traceback."""
+    """A prepared part's `source` values, refused unless the column holds strings (or only nulls):
+    a foreign part with, say, integer ids there was read, and `data prepare` then died writing
+    them, a traceback. The column's type decides, once a batch, not each value."""
+    import pyarrow as pa
+
     column = batch.column(1)
-    sources = column.to_pylist()
-    if not all(source is None or isinstance(source, str) for source in sources):
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
         raise DataError(f"{part}: the 'source' column holds {column.type}, not strings")
-    return sources
+    return column.to_pylist()
 
 
 def _iter_hf(name: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:

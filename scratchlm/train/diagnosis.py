@@ -30,19 +30,22 @@ class Rates:
     muon_lr: float | None = None  # train.muon_lr when the optimizer is Muon, else None
     factor: float = 1.0  # the schedule's multiplier at the step the advice is about
 
+    def _named(self) -> dict[str, float]:
+        return {"train.lr": self.lr} if self.muon_lr is None else {"train.lr": self.lr, "train.muon_lr": self.muon_lr}
+
+    @property
+    def noun(self) -> str:
+        """"learning rate", or "learning rates" under Muon."""
+        return "learning rate" if self.muon_lr is None else "learning rates"
+
     def settings(self) -> str:
         """The configured rates: `train.lr = 0.001` (and `train.muon_lr = 0.02` under Muon)."""
-        named = f"train.lr = {self.lr:g}"
-        return named if self.muon_lr is None else f"{named} and train.muon_lr = {self.muon_lr:g}"
+        return " and ".join(f"{key} = {value:g}" for key, value in self._named().items())
 
     def lower(self) -> str:
         """Advice to lower the rates, naming each setting and what the schedule made of it at this step."""
-        if self.muon_lr is None:
-            return f"lower the learning rate ({self.settings()}; {self.lr * self.factor:g} at this step of the schedule)"
-        return (
-            f"lower the learning rates ({self.settings()}; {self.lr * self.factor:g} and "
-            f"{self.muon_lr * self.factor:g} at this step of the schedule)"
-        )
+        now = " and ".join(f"{value * self.factor:g}" for value in self._named().values())
+        return f"lower the {self.noun} ({self.settings()}; {now} at this step of the schedule)"
 
 
 def _clip_hint(clip: float) -> str:
@@ -123,7 +126,7 @@ def loss_not_decreasing(
     if last < first * 0.98:
         return None
     direction = "rose" if last > first * 1.02 else "stayed flat"
-    subject = f"learning rate ({rates.settings()}) is" if rates.muon_lr is None else f"learning rates ({rates.settings()}) are"
+    subject = f"{rates.noun} ({rates.settings()}) {'is' if rates.muon_lr is None else 'are'}"
     return (
         f"loss is not decreasing: it {direction} from {first:.4f} to {last:.4f} over {steps or len(losses)} steps. "
         f"The {subject} probably too high or too low; run `scratchlm sweep-lr` "

@@ -247,7 +247,6 @@ class PretrainRun:
         self._diagnosed: set[str] = set()
         self._out_lock = contextlib.ExitStack()
         self._overflows_in_a_row = 0  # fp16 loss-scaler overflows in the current run of non-finite steps
-        self._lr_factor = 1.0  # the schedule's factor at the latest step, which diagnoses name
         try:
             with failures_shared():  # rank 0 alone takes train.out: the others must hear if it could not
                 self._open_data()
@@ -597,7 +596,6 @@ class PretrainRun:
             st.step, tc.warmup_steps, self._progress(ahead=True), tc.schedule, tc.min_lr_ratio, tc.decay_fraction,
             warmup_progress=self._warmup_progress(),
         )
-        self._lr_factor = factor
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.model.train()
@@ -868,10 +866,12 @@ class PretrainRun:
             self._diagnosed.add("low_throughput")  # judged once, when the run is warm
 
     def _rates(self) -> diagnosis.Rates:
-        """The configured rates and the schedule's factor of the latest step: advice about a step
-        names what that step trained at, and the Muon rate when Muon trains the matrices."""
+        """The configured rates and the schedule's factor of the latest step (every group's rate is
+        its `base_lr` times it): advice about a step names what that step trained at, and the Muon
+        rate when Muon trains the matrices."""
         muon_lr = self.tc.muon_lr if self.tc.optimizer == "muon" else None
-        return diagnosis.Rates(self.tc.lr, muon_lr, self._lr_factor)
+        group = self.optimizer.param_groups[0]
+        return diagnosis.Rates(self.tc.lr, muon_lr, float(group["lr"]) / group["base_lr"])
 
     def _diagnose(self, kind: str, message: str) -> None:
         """Say it once per run, in words, and log it as a `diagnosis` event."""

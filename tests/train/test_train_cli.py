@@ -211,8 +211,10 @@ def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(tokens, tmp_path
         return outcome
 
     monkeypatch.setattr(PretrainRun, "_step", step_then_two_sigterms)
-    toml = write_toml(tiny_config(tokens, tmp_path / "run", train={"max_steps": 6}), tmp_path / "run.toml")
+    out = tmp_path / "run"
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 6}), tmp_path / "run.toml")
     assert main(["pretrain", "--config", str(toml)]) == 143
+    assert events(read_rows(out), "checkpoint") == []  # at once: the first signal's checkpoint was not made
 
 
 def test_a_sigterm_delivered_twice_at_once_is_one_stop_that_saves_a_checkpoint(tokens, tmp_path, capsys, monkeypatch):
