@@ -175,17 +175,26 @@ def test_signal_during_the_final_evaluation_stops_it_and_saves(tmp_path):
     assert child.returncode == 143 and json.loads(stdout)["stopped"] == "SIGTERM"
 
 
-def ctrl_c_after_step(monkeypatch, step: int) -> None:
-    """Press Ctrl-C (a real SIGINT to this process) once the run has applied `step` updates."""
+def signals_after_step(monkeypatch, step: int, *signums: int, pause: float = 0.0) -> None:
+    """Send `signums` (real signals, to this process) once the run has applied `step` updates,
+    `pause` seconds apart."""
     real_step = PretrainRun._step
 
-    def step_then_ctrl_c(self):
+    def step_then_signals(self):
         outcome = real_step(self)
         if self.state.step == step and outcome["applied"]:
-            os.kill(os.getpid(), signal.SIGINT)
+            for i, signum in enumerate(signums):
+                if i and pause:
+                    time.sleep(pause)
+                os.kill(os.getpid(), signum)
         return outcome
 
-    monkeypatch.setattr(PretrainRun, "_step", step_then_ctrl_c)
+    monkeypatch.setattr(PretrainRun, "_step", step_then_signals)
+
+
+def ctrl_c_after_step(monkeypatch, step: int) -> None:
+    """Press Ctrl-C (a real SIGINT to this process) once the run has applied `step` updates."""
+    signals_after_step(monkeypatch, step, signal.SIGINT)
 
 
 def test_pretrain_stopped_by_sigint_exits_130_after_saving(tokens, tmp_path, capsys, monkeypatch):
@@ -201,16 +210,7 @@ def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(tokens, tmp_path
     """The first signal asks for a checkpoint; a second one ends the run at once, and a scheduler
     that sent SIGTERM twice must still see 143, not Ctrl-C's 130."""
     monkeypatch.setattr(trainer_module, "REPEATED_SIGNAL_S", 0.0)  # every repeat is a second signal
-    real_step = PretrainRun._step
-
-    def step_then_two_sigterms(self):
-        outcome = real_step(self)
-        if self.state.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return outcome
-
-    monkeypatch.setattr(PretrainRun, "_step", step_then_two_sigterms)
+    signals_after_step(monkeypatch, 2, signal.SIGTERM, signal.SIGTERM)
     out = tmp_path / "run"
     toml = write_toml(tiny_config(tokens, out, train={"max_steps": 6}), tmp_path / "run.toml")
     assert main(["pretrain", "--config", str(toml)]) == 143
@@ -220,17 +220,7 @@ def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(tokens, tmp_path
 def test_a_sigterm_delivered_twice_at_once_is_one_stop_that_saves_a_checkpoint(tokens, tmp_path, capsys, monkeypatch):
     """A torchrun worker's parent-death SIGTERM comes once per thread of the dying launcher, ms
     apart: taken for a second signal, it ended the run before its checkpoint."""
-    real_step = PretrainRun._step
-
-    def step_then_sigterm_twice(self):
-        outcome = real_step(self)
-        if self.state.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # the handler runs for the first before the second comes
-            os.kill(os.getpid(), signal.SIGTERM)
-        return outcome
-
-    monkeypatch.setattr(PretrainRun, "_step", step_then_sigterm_twice)
+    signals_after_step(monkeypatch, 2, signal.SIGTERM, signal.SIGTERM, pause=0.05)  # the first handled first
     out = tmp_path / "run"
     toml = write_toml(tiny_config(tokens, out, train={"max_steps": 6}), tmp_path / "run.toml")
     assert main(["pretrain", "--config", str(toml)]) == 143
