@@ -56,17 +56,18 @@ def stopped_exit_code(stopped: str | None) -> int:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from scratchlm.train.distributed import is_main_process
+    from scratchlm.train.distributed import is_main_process, leave_process_group
     from scratchlm.train.trainer import train
 
     summary = train(_config(args), resume=args.resume)
+    leave_process_group()
     if is_main_process():  # one summary on stdout, however many processes trained
         print(json.dumps(summary, indent=2))
     return stopped_exit_code(summary["stopped"])
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from scratchlm.train.distributed import is_main_process
+    from scratchlm.train.distributed import is_main_process, leave_process_group
     from scratchlm.train.sweep import sweep_lr
 
     try:
@@ -77,6 +78,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--lrs needs at least one value and --steps must be positive")
     # Each rate's run trains --steps steps whatever [train] budgets: they need not be set.
     report = sweep_lr(_config(args, f"train.max_steps={args.steps}"), lrs, args.steps, resume=args.resume)
+    leave_process_group()  # after every rate: the runs of one sweep share the group
     if not is_main_process():  # rank 0 reports for all; the exit code is the same on every rank
         return _sweep_exit_code(report)
     print(f"{'lr':>10}  {'val_loss':>10}  {'val_bpb':>8}", file=sys.stdout)

@@ -275,6 +275,17 @@ def _failed_ranks(ok: bool) -> list[int]:
     return [rank for rank, fine in enumerate(said) if not fine]
 
 
+def leave_process_group() -> None:
+    """Leave the group together, once a command's runs have ended on every process (they agree on
+    every stop, so all of them get here): a barrier, then each destroys its group. Why not only at
+    exit: there a process may tear its group down while its peer is still using or leaving its own,
+    and once in CI a run that had finished ended with SIGABRT ("terminate called without an active
+    exception") instead of exit 0. At exit (`cleanup`) stays for the ways out that skip this."""
+    if is_distributed():
+        barrier()
+        cleanup()
+
+
 def cleanup() -> None:
     """Leave the process group so the job exits cleanly (at exit for the group `init_distributed`
     made; a group is never re-made in one process, see there)."""

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.distributed.fsdp import fully_shard
-from train_core_helpers import build_tokens_dir, free_port, tiny_config
+from train_core_helpers import build_tokens_dir, free_port, tiny_config, write_toml
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.distributed import (
@@ -246,6 +246,25 @@ def test_runs_one_after_another_share_the_process_group(tmp_path):
     for rank in range(WORLD):
         assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) == {"steps": (2, 2)}
     assert (tmp_path / "second" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+
+
+def cli_worker(rank: int, port: int, tokens: str, out_dir: str) -> None:
+    from scratchlm.cli import main
+
+    torchrun_env(rank, port)
+    config = tiny_config(Path(tokens), Path(out_dir) / "run", train={"max_steps": 2})
+    toml = write_toml(config, Path(out_dir) / f"{rank}.toml")
+    code = main(["pretrain", "--config", str(toml)])
+    torch.save({"code": code, "left": not torch.distributed.is_initialized()}, os.path.join(out_dir, f"cli{rank}.pt"))
+
+
+def test_the_pretrain_command_leaves_the_process_group_before_it_returns(tmp_path):
+    """Left at exit only, a process could tear its group down while its peer still used its own:
+    a run that had finished once ended with SIGABRT in CI."""
+    tokens = build_tokens_dir(tmp_path)
+    launch(cli_worker, str(tokens), str(tmp_path))
+    for rank in range(WORLD):
+        assert torch.load(tmp_path / f"cli{rank}.pt", weights_only=True) == {"code": 0, "left": True}
 
 
 def test_native_prints_while_connecting_go_to_stderr_and_a_closed_stdout_is_no_error():
