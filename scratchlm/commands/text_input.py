@@ -13,7 +13,10 @@ from scratchlm.errors import ScratchLMError
 
 
 def read_stdin_text(error: type[ScratchLMError]) -> str:
-    """All of stdin as UTF-8: a byte that is not UTF-8 is an `error`, never a silent U+FFFD."""
+    """All of stdin as UTF-8: a byte that is not UTF-8 is an `error`, never a silent U+FFFD.
+    A process started with stdin closed (`<&-`) has `sys.stdin` None: an `error` too, not a traceback."""
+    if sys.stdin is None:
+        raise error("stdin is closed: there is no text to read (give the text another way, or pipe it in)")
     data = sys.stdin.buffer.read()
     try:
         return data.decode("utf-8")

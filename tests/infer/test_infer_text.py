@@ -384,3 +384,14 @@ def test_the_prompt_is_checked_before_the_weights_are_read(tmp_path, tokenizer, 
         assert code == 2 and out == "" and message in err, err
     code, _, err = run(capsys, "--model", m, "x")
     assert code == 2 and "not a readable safetensors file" in err
+
+
+def test_a_closed_stdin_as_the_prompt_file_is_a_one_line_error(tmp_path, tokenizer, capsys, monkeypatch):
+    """A process started with `<&-` has sys.stdin None; reading the prompt from it was a traceback."""
+    import sys
+
+    model_dir(tmp_path / "m", tokenizer)
+    monkeypatch.setattr(sys, "stdin", None)  # what Python sets when file descriptor 0 is closed
+    code, out, err = run(capsys, "--model", str(tmp_path / "m"), "--prompt-file", "-")
+    assert code == 2 and out == ""
+    assert err.startswith("scratchlm: error: stdin is closed") and err.count("\n") == 1
