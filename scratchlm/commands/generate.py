@@ -112,5 +112,6 @@ def _prompt_text(cfg: GenerateConfig) -> str:
 
 
 def _write(piece: str) -> None:
-    sys.stdout.write(piece)
-    sys.stdout.flush()
+    """One streamed piece, shown at once. Through `print`, as the echoed prompt and the summary
+    are: with stdout closed (`>&-`, `sys.stdout` None) it writes nothing instead of raising."""
+    print(piece, end="", flush=True)

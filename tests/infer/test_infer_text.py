@@ -395,3 +395,16 @@ def test_a_closed_stdin_as_the_prompt_file_is_a_one_line_error(tmp_path, tokeniz
     code, out, err = run(capsys, "--model", str(tmp_path / "m"), "--prompt-file", "-")
     assert code == 2 and out == ""
     assert err.startswith("scratchlm: error: stdin is closed") and err.count("\n") == 1
+
+
+def test_a_closed_stdout_discards_the_streamed_text_as_it_does_the_echo(tmp_path, tokenizer, capsys, monkeypatch):
+    """A process started with `>&-` has sys.stdout None: `print` (the echo, the summary) writes
+    nothing, but each streamed piece was written to it directly, an AttributeError traceback."""
+    import sys
+
+    model_dir(tmp_path / "m", tokenizer)
+    monkeypatch.setattr(sys, "stdout", None)  # what Python sets when file descriptor 1 is closed
+    code = main(["generate", "--model", str(tmp_path / "m"), "the cat", "--max-new-tokens", "5", "--ignore-eos"])
+    monkeypatch.undo()
+    assert code == 0
+    assert "5 new tokens after" in capsys.readouterr().err
