@@ -408,3 +408,13 @@ def test_a_closed_stdout_discards_the_streamed_text_as_it_does_the_echo(tmp_path
     monkeypatch.undo()
     assert code == 0
     assert "5 new tokens after" in capsys.readouterr().err
+
+
+def test_an_empty_prompt_falls_back_to_tokenizer_configs_bos_token_before_endoftext(tmp_path, tokenizer):
+    """The order the guide gives: generation_config's bos_token_id, then tokenizer_config's
+    bos_token, then <|endoftext|>."""
+    model_dir(tmp_path / "m", tokenizer)
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|im_start|>"}))
+    assert TextGenerator(tmp_path / "m").encode_prompt("") == [tokenizer.special_tokens["<|im_start|>"]]
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"bos_token_id": 5}))
+    assert TextGenerator(tmp_path / "m").encode_prompt("") == [5]
