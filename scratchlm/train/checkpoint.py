@@ -83,7 +83,10 @@ def restore_rng(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process could see (a torchrun worker sees the node's all);
+        # a machine with fewer (another node, CUDA_VISIBLE_DEVICES) takes those of the GPUs it has.
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
 
 
 def save_checkpoint(

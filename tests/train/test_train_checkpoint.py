@@ -244,6 +244,23 @@ def test_running_out_of_memory_while_loading_is_not_blamed_on_the_file(tmp_path,
         ckpt.load_checkpoint(path)
 
 
+def test_rng_states_of_more_gpus_than_this_machine_has_restore_those_it_has(monkeypatch):
+    """A torchrun worker sees every GPU of its node and saves each one's state; resuming on a
+    machine with fewer (another node, CUDA_VISIBLE_DEVICES=0) failed with "rng.pt: holds RNG
+    states that cannot be restored (IndexError ...)", and no run could continue. This machine has
+    no GPU: a CPU generator stands in torch's own table of CUDA generators, where the real
+    `torch.cuda.set_rng_state` finds and sets it as an initialised CUDA would."""
+    state = ckpt.capture_rng()  # before CUDA is made to look present: capturing would initialise it
+    saved = [torch.Generator().manual_seed(seed).get_state() for seed in (1, 2)]  # a node of two GPUs
+    the_one_gpu = torch.Generator()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "default_generators", (the_one_gpu,))
+    monkeypatch.setattr(torch.cuda.random, "_lazy_call", lambda callback: callback())
+    ckpt.restore_rng({**state, "cuda": saved})
+    assert torch.equal(the_one_gpu.get_state(), saved[0])
+
+
 def test_a_step_dir_left_incomplete_by_a_copy_is_replaced(tmp_path):
     root = tmp_path / "checkpoints"
     save_step(root, 4)
