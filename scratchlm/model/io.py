@@ -192,8 +192,11 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     from scratchlm.train.checkpoint import find_latest  # imported here: checkpoint builds on this module
 
     p = Path(path)
-    if p.is_file() and p.name in POINTER_NAMES:
-        target = p.parent / read_text_file(p, ModelError).strip()
+    # A link to a pointer (`serve/latest` -> `run/checkpoints/latest`) names a step dir beside the
+    # pointer itself, not beside the link (realpath, not resolve: a link loop is not an error here).
+    pointer = Path(os.path.realpath(p)) if p.is_symlink() else p
+    if pointer.is_file() and pointer.name in POINTER_NAMES:
+        target = pointer.parent / read_text_file(pointer, ModelError).strip()
         if not target.is_dir():
             raise ModelError(f"{p} points to {target.name}, which does not exist")
         return target

@@ -181,6 +181,21 @@ def test_checkpoint_pointers_and_run_dirs_resolve_to_the_model_dir(tmp_path):
         resolve_model_dir(tmp_path / "run" / "checkpoints" / "latest")
 
 
+def test_a_link_to_a_pointer_names_the_step_dir_beside_the_pointer(tmp_path):
+    """`ln -s run/checkpoints/latest serve/latest`, then `--model serve/latest`, looked for the step
+    dir beside the link ("serve/latest points to step-000010, which does not exist"), and a link of
+    another name was not read as a pointer at all ("not a model directory")."""
+    model = GPT(small())
+    checkpoints = tmp_path / "run" / "checkpoints"
+    save_model(model, checkpoints / "step-000010")
+    (checkpoints / "latest").write_text("step-000010\n")
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "latest").symlink_to(checkpoints / "latest")
+    (tmp_path / "serve" / "current").symlink_to(os.path.join("..", "run", "checkpoints", "latest"))
+    for link in ("latest", "current"):
+        assert torch.equal(load_model(tmp_path / "serve" / link).tok_emb.weight, model.tok_emb.weight)
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int32])
 def test_loading_into_a_dtype_the_model_cannot_run_in_is_one_error(tmp_path, dtype):
     """float8 loaded, then failed at the first forward; int32 ended in a multi-line load error."""
