@@ -313,7 +313,10 @@ def build_from_tensors(
     the parameters are then made directly, not by `to_empty`, whose meta-tensor path imports
     PyTorch's symbolic-shapes machinery (0.5 s of every `generate`'s start-up)."""
     if dtype is None:
-        dtype = tensors["tok_emb.weight"].dtype if "tok_emb.weight" in tensors else torch.float32
+        stored = tensors["tok_emb.weight"].dtype if "tok_emb.weight" in tensors else torch.float32
+        # A stored dtype no model runs in is the file's fault, not the caller's: `check_tensors`
+        # names the tensor that holds it.
+        dtype = stored if stored in WEIGHT_TENSOR_DTYPES else torch.float32
     if not isinstance(dtype, torch.dtype):  # else the error below read "runs in ..., float16, not float16"
         raise ModelError(f"dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
     if dtype not in WEIGHT_TENSOR_DTYPES:  # a float8 or integer model would load, then fail at its first forward

@@ -205,6 +205,19 @@ def test_loading_into_a_dtype_the_model_cannot_run_in_is_one_error(tmp_path, dty
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float8_e4m3fn])
+def test_an_embedding_stored_in_a_dtype_no_model_runs_in_is_named(tmp_path, dtype):
+    """The dtype a model loads in is its embedding's; one stored as integers or float8 was refused
+    with "a model runs in float32, ..., not int64", as if the caller had asked for int64, and the
+    tensor to blame went unnamed."""
+    save_model(GPT(small()), tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    weights["tok_emb.weight"] = weights["tok_emb.weight"].to(dtype)
+    save_file(weights, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ModelError, match=r"tensor 'tok_emb.weight' is (int64|float8_e4m3fn); weights must be one of"):
+        load_model(tmp_path / "m")
+
+
 def test_a_dtype_given_by_name_is_one_error_that_says_so(tmp_path):
     """dtype="float16" was refused as "a model runs in ..., float16, float64, not float16"."""
     save_model(GPT(small()), tmp_path / "m")
