@@ -26,6 +26,7 @@ from scratchlm.fsutil import (
     atomic_directory,
     atomic_write_json,
     atomic_write_text,
+    is_json_number,
     read_json_object,
     remove_directory,
 )
@@ -347,13 +348,15 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int, written: Path | Non
 
 
 def best_checkpoint(ckpt_root: str | Path) -> Path | None:
-    """The complete checkpoint with the lowest recorded validation loss, if any has one."""
+    """The complete checkpoint with the lowest recorded validation loss, if any has one. A damaged
+    train_state.json (unreadable, or a `val_loss` that is no number) records none: it would
+    otherwise end the run at its next save with a traceback, and every resume at the one after."""
     best, best_loss = None, float("inf")
     for _, p in list_checkpoints(ckpt_root):
         try:
             val = read_json_object(p / CHECKPOINT_STATE_FILE, CheckpointError).get("val_loss")
         except CheckpointError:
             continue
-        if val is not None and val < best_loss:
+        if is_json_number(val) and val < best_loss:
             best, best_loss = p, val
     return best

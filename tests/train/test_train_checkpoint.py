@@ -162,6 +162,19 @@ def test_pruning_keeps_the_checkpoint_just_written_over_a_dead_runs_higher_steps
     assert (root / "best").read_text().strip() == "step-000005"
 
 
+def test_a_val_loss_that_is_no_number_is_not_a_candidate_for_best(tmp_path):
+    """A hand-edited or foreign train_state.json with `"val_loss": "2.5"` ended the run at its next
+    save with "TypeError: '<' not supported between instances of 'str' and 'float'" (and every resume
+    at the save after it); `true` counted as a loss of 1."""
+    root = tmp_path / "checkpoints"
+    save_step(root, 1, 2.0)
+    save_step(root, 2, "0.5")
+    written = save_step(root, 3, True)
+    ckpt.prune_checkpoints(root, keep_last=1, written=written)
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [1, 3]
+    assert (root / "best").read_text().strip() == "step-000001"
+
+
 def write_plain_pickle(path: Path) -> None:
     import pickle
 
