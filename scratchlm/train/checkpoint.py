@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scratchlm.config import to_dict
 from scratchlm.errors import CheckpointError, ModelError, first_line, torch_error_text
 from scratchlm.fsutil import (
     atomic_directory,
@@ -34,6 +35,7 @@ from scratchlm.model.io import (
     CHECKPOINT_STATE_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
+    load_model_config,
     read_weights,
     write_extra_files,
     write_weights_and_config,
@@ -173,14 +175,16 @@ def named_latest(ckpt_root: str | Path) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint dir: `model` (tensors), its `model_config`, `optimizer`, `rng` (per rank)
-    and `train_state`."""
+    and `train_state`. `model_config` is the stored config with the defaults of fields it does not
+    name filled in, as `load_model` reads it: a checkpoint written before a field existed compares
+    equal to a run that leaves that field at its default."""
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing_files(path))}")
     try:
         train_state = read_json_object(path / CHECKPOINT_STATE_FILE, CheckpointError)
-        model_config = read_json_object(path / CONFIG_FILE, CheckpointError)
-    except CheckpointError as e:
+        model_config = to_dict(load_model_config(path))
+    except (CheckpointError, ModelError) as e:
         raise CheckpointError(f"{e}; {DAMAGED_ADVICE}") from None
     try:
         model = read_weights(path / WEIGHTS_FILE)

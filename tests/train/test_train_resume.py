@@ -181,6 +181,32 @@ def test_resume_from_an_optimizer_state_that_does_not_fit_is_a_checkpoint_error(
     assert "\n" not in str(caught.value)
 
 
+def test_a_checkpoint_config_without_a_field_resumes_with_that_fields_default(tokens, tmp_path):
+    """A checkpoint saved before a model field existed names no value for it; `load_model` reads
+    the default then, and a resume must compare the same way rather than refuse '<field>: None in
+    the checkpoint'."""
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2, "checkpoint_every": 2, "sample_tokens": 0}))
+    config_file = find_latest(out / "checkpoints") / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["init_std"], config["logit_softcap"]  # both at their defaults in this run
+    config_file.write_text(json.dumps(config))
+    summary = train(tiny_config(tokens, out, train={"max_steps": 4, "sample_tokens": 0}), resume=True)
+    assert summary["steps"] == 4
+    assert events(read_rows(out), "resume")[-1]["checkpoint"] == "step-000002"
+
+
+def test_a_checkpoint_config_that_differs_still_names_the_field(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tokens, out, train={"max_steps": 2, "checkpoint_every": 2, "sample_tokens": 0}))
+    config_file = find_latest(out / "checkpoints") / "config.json"
+    config = json.loads(config_file.read_text())
+    config["qk_norm"] = not config["qk_norm"]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"differs from this run's \[model\] section \(qk_norm: "):
+        train(tiny_config(tokens, out, train={"max_steps": 4, "sample_tokens": 0}), resume=True)
+
+
 def test_resume_past_a_step_dir_left_incomplete_by_a_copy(tokens, tmp_path):
     """An interrupted copy of a run (train_state.json is the last file written) leaves the newest
     step dir without it: the resumed run starts from the one before and replaces it."""
