@@ -144,8 +144,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[str]]:
     """What generation needs from a Hugging Face source besides the tokens: its post_processor
-    (the begin-of-text template) and what `formats.carried_config` keeps of its tokenizer_config.json
-    (or a chat_template.jinja beside it); and the files read."""
+    (the begin-of-text template) and what `formats.carried_config` keeps of its tokenizer_config.json,
+    with the chat template of a chat_template.jinja beside it in place of the config's (transformers
+    reads the file over the config's entry); and the files read."""
     from scratchlm.tokenizer import formats
     from scratchlm.tokenizer.tokenizer import CHAT_TEMPLATE_FILE, CONFIG_FILE, tokenizer_file
 
@@ -158,7 +159,7 @@ def _hf_extras(source: str, tok: Tokenizer) -> tuple[Any, dict[str, Any], list[s
         config = formats.carried_config(read_json(config_file, TokenizerError), tok.special_tokens, str(config_file))
         read.append(str(config_file))
     template_file = file.parent / CHAT_TEMPLATE_FILE
-    if "chat_template" not in config and template_file.is_file():
+    if template_file.is_file():
         config["chat_template"] = read_text_file(template_file, TokenizerError)
         read.append(str(template_file))
     return processor, config, read

@@ -315,6 +315,26 @@ def test_import_keeps_the_sources_chat_template_and_pad_token_not_chatml(capsys,
     assert json.loads((tmp_path / "file" / "tokenizer_config.json").read_text())["chat_template"] == template
 
 
+def test_a_chat_template_file_wins_over_the_configs_template_as_in_transformers(capsys, base_doc, tmp_path):
+    """A source holding both used to give the import the config's template, while transformers
+    renders the source's chats with the file's (it reads chat_template.jinja over the config)."""
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path / "src"
+    _llama_like(base_doc, src)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    stale = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    (src / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": stale}))
+    (src / "chat_template.jinja").write_text("{% for m in messages %}<|begin_of_text|>{{ m['content'] }}{% endfor %}")
+    code, _, err = _run(capsys, "tokenizer", "import", "--hf", str(src), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    messages = [{"role": "user", "content": "hello"}]
+    rendered = [
+        transformers.PreTrainedTokenizerFast.from_pretrained(folder).apply_chat_template(messages, tokenize=False)
+        for folder in (src, tmp_path / "out")
+    ]
+    assert rendered == ["<|begin_of_text|>hello", "<|begin_of_text|>hello"]
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
