@@ -455,14 +455,26 @@ def _ordinary_ranks(vocab: dict[str, Any], specials: Mapping[str, int], where: s
     return ranks
 
 
-def _hf_merges(items: list[Any], ranks: Mapping[bytes, int], where: str) -> list[tuple[bytes, bytes]]:
-    """Merges written as "left right" strings or as [left, right] pairs."""
+def _hf_merges(
+    items: list[Any], ranks: Mapping[bytes, int], specials: Mapping[str, int], where: str
+) -> list[tuple[bytes, bytes]]:
+    """Merges written as "left right" strings or as [left, right] pairs.
+
+    A merge that makes or uses a special token's text is refused as such: the special left the
+    ordinary tokens, and "not in the vocab" would send the user looking for a token that is there.
+    """
     known = {token_to_text(t): t for t in ranks}
     merges: list[tuple[bytes, bytes]] = []
     for item in items:
         parts = item.split(" ") if isinstance(item, str) else item
         if not isinstance(parts, list) or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
             raise TokenizerError(f"{where}: malformed merge {brief(item)}")
+        special = next((text for text in (*parts, "".join(parts)) if text in specials), None)
+        if special is not None:
+            raise TokenizerError(
+                f"{where}: merge {brief(item)} makes or uses {brief(special)}, which added_tokens makes a special "
+                "token; scratchlm cannot have a special token that is also an ordinary one"
+            )
         left, right = known.get(parts[0]), known.get(parts[1])
         if left is None or right is None:
             raise TokenizerError(f"{where}: merge {brief(item)} uses a token that is not in the vocab")
@@ -481,7 +493,7 @@ def read_hf_tokenizer(path: str | Path, imported: bool = False) -> tuple[dict[by
     specials = _added_tokens(doc.get("added_tokens"), model["vocab"], where)
     ranks = _ordinary_ranks(model["vocab"], specials, where)
     check_ranks(ranks, where)
-    merges = _hf_merges(model["merges"], ranks, where)
+    merges = _hf_merges(model["merges"], ranks, specials, where)
     _check_merge_order(merges, ranks, where)
     if imported:
         _check_tokens_assemble(merges, ranks, bool(model.get("ignore_merges")), where)

@@ -67,6 +67,17 @@ def test_non_special_added_tokens_are_refused_even_when_they_are_ordinary_tokens
         Tokenizer.from_hf(path)
 
 
+def test_a_special_token_merges_make_or_use_is_refused_as_such(base_doc, tmp_path):
+    """tokenizers marks an ordinary token special when asked (`add_special_tokens(["lo"])`); the
+    refusal used to say that a merge makes or uses a token "not in the vocab", which it is in."""
+    vocab, text = base_doc["model"]["vocab"], "lo"
+    path = _variant(base_doc, tmp_path, lambda d: _add(d, text, vocab[text]))
+    assert HFTokenizer.from_file(path).encode(f"x{text}x").ids[1] == vocab[text]  # a file tokenizers reads
+    with pytest.raises(TokenizerError, match=rf"makes or uses '{text}', which added_tokens makes a special token") as refused:
+        Tokenizer.from_hf(path)
+    assert "not in the vocab" not in str(refused.value)
+
+
 @pytest.mark.parametrize("flag", ["lstrip", "rstrip", "single_word"])
 def test_added_token_options_that_change_ids_are_refused(base_doc, tmp_path, flag):
     plain = _variant(base_doc, tmp_path, lambda d: _add(d, "<mask>"))
