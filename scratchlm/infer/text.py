@@ -30,7 +30,7 @@ from scratchlm.errors import ConfigError, ModelError, TokenizerError
 from scratchlm.fsutil import is_json_int, read_json_object
 from scratchlm.infer.generate import stream_tokens
 from scratchlm.infer.sampling import check_sampling
-from scratchlm.interop.hf import GENERATION_CONFIG
+from scratchlm.interop.hf import GENERATION_CONFIG, GPT2_MERGES, GPT2_VOCAB
 from scratchlm.model.gpt import GPT
 from scratchlm.model.io import load_model, load_model_config, resolve_model_dir
 from scratchlm.tokenizer.tokenizer import CONFIG_FILE, EOT, TOKENIZER_FILE, Tokenizer
@@ -105,7 +105,7 @@ class TextGenerator:
         vocab = self.config.vocab_size
         tokenizer_dir = Path(tokenizer) if tokenizer else directory
         if not tokenizer and not (directory / TOKENIZER_FILE).is_file():
-            raise TokenizerError(f"{directory} holds no {TOKENIZER_FILE}; name one with --tokenizer DIR")
+            raise TokenizerError(f"{directory} holds no {TOKENIZER_FILE}; name one with --tokenizer DIR{_gpt2_hint(directory)}")
         self.tokenizer = Tokenizer.load(tokenizer_dir)
         if self.tokenizer.vocab_size > vocab:
             raise ModelError(
@@ -200,6 +200,16 @@ class TextGenerator:
         if len(prompt_ids) + len(ids) >= self.config.max_seq_len:
             return "context"
         return "eos"
+
+
+def _gpt2_hint(directory: Path) -> str:
+    """How to use the slow GPT-2 tokenizer files a directory holds instead of a tokenizer.json."""
+    if not ((directory / GPT2_VOCAB).is_file() and (directory / GPT2_MERGES).is_file()):
+        return ""
+    return (
+        f" (it holds {GPT2_VOCAB} and {GPT2_MERGES}: `scratchlm tokenizer import --gpt2 "
+        f"{directory / GPT2_VOCAB} {directory / GPT2_MERGES} --out TOKDIR` makes one)"
+    )
 
 
 def prefix_ids(tokenizer_file: Path, tokenizer: Tokenizer) -> list[int]:

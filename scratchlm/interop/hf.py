@@ -51,14 +51,15 @@ from scratchlm.model.io import (
 )
 from scratchlm.tokenizer.tokenizer import CHAT_TEMPLATE_FILE, EOT, TOKENIZER_FILE, Tokenizer
 
+GPT2_VOCAB, GPT2_MERGES = "vocab.json", "merges.txt"  # a slow GPT-2 tokenizer's files
 GENERATION_CONFIG = "generation_config.json"  # bos/eos ids for generation, carried along or made on import
 # Tokenizer (and generation) files carried along in both directions when present.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
+    GPT2_VOCAB,
+    GPT2_MERGES,
     "tokenizer.model",
     "added_tokens.json",
     CHAT_TEMPLATE_FILE,
@@ -557,6 +558,20 @@ def check_carried_tokenizer(source: Path) -> None:
     Tokenizer.from_hf(source / TOKENIZER_FILE)
 
 
+def gpt2_tokenizer_json(source: Path) -> bytes | None:
+    """A tokenizer.json made from GPT-2's `vocab.json` + `merges.txt`, for a checkpoint saved with
+    only those (transformers' slow tokenizer), so that `generate` can use the imported model as it
+    is. None where they are absent, where `added_tokens.json` adds ids they do not hold, or where
+    scratchlm cannot read them: the files are carried as they are either way."""
+    vocab, merges = source / GPT2_VOCAB, source / GPT2_MERGES
+    if not (vocab.is_file() and merges.is_file()) or (source / "added_tokens.json").exists():
+        return None
+    try:
+        return Tokenizer.from_gpt2(vocab, merges).to_hf_json()
+    except TokenizerError:
+        return None
+
+
 # --- the two commands ---------------------------------------------------------------------------
 
 
@@ -570,6 +585,10 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: WeightDt
     model = build_from_tensors(cfg, tensors, str(source))  # checks every name and shape
     check_carried_tokenizer(source)
     extra: dict[str, Path | bytes] = {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
+    if TOKENIZER_FILE not in extra and hf_config.get("model_type") == "gpt2":
+        converted = gpt2_tokenizer_json(source)
+        if converted is not None:
+            extra[TOKENIZER_FILE] = converted
     if GENERATION_CONFIG not in extra:  # transformers then takes these ids from config.json, which is replaced
         kept = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if hf_config.get(key) is not None}
         if kept:

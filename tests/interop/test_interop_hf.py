@@ -597,3 +597,47 @@ def test_a_dtype_too_narrow_for_a_weight_is_refused_not_turned_into_infinity(tmp
         run(source, tmp_path / "out", dtype="float16")
     assert not (tmp_path / "out").exists()
     run(source, tmp_path / "out", dtype="bfloat16")  # a wider range holds it
+
+
+def slow_gpt2_checkpoint(directory):
+    """A GPT-2 checkpoint as transformers' slow tokenizer saved them: vocab.json + merges.txt, no
+    tokenizer.json (made with the real `tokenizers` library), and the ids that tokenizer gives."""
+    tokenizers = pytest.importorskip("tokenizers")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    directory.mkdir()
+    bpe.save_model(str(directory))
+    eot = bpe.token_to_id("<|endoftext|>")
+    cfg = transformers.GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=48, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=eot, eos_token_id=eot)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(directory)
+    assert not (directory / "tokenizer.json").exists()
+    return bpe
+
+
+def test_import_of_a_gpt2_checkpoint_with_only_vocab_and_merges_can_generate(tmp_path):
+    """Such a checkpoint imported with its two files carried but no tokenizer.json, so `generate`
+    refused the imported model until the user converted the files by hand."""
+    from scratchlm.infer.text import TextGenerator
+
+    bpe = slow_gpt2_checkpoint(tmp_path / "src")
+    import_hf(tmp_path / "src", tmp_path / "ours")
+    assert (tmp_path / "ours" / "vocab.json").is_file() and (tmp_path / "ours" / "merges.txt").is_file()
+    ours = TextGenerator(tmp_path / "ours")
+    text = "the dog sat on the mat. naïve café ½"
+    assert ours.encode_prompt(text) == bpe.encode(text).ids
+    assert ours.tokenizer.decode(bpe.encode(text).ids) == text
+
+
+def test_generate_names_the_conversion_for_a_directory_with_only_vocab_and_merges(tmp_path, capsys):
+    """Where import cannot convert them (added_tokens.json adds ids the two files do not hold), the
+    error says how to make a tokenizer.json from them."""
+    slow_gpt2_checkpoint(tmp_path / "src")
+    (tmp_path / "src" / "added_tokens.json").write_text(json.dumps({"<|pad|>": 300}))
+    import_hf(tmp_path / "src", tmp_path / "ours")
+    assert not (tmp_path / "ours" / "tokenizer.json").exists()
+    capsys.readouterr()  # save_pretrained's progress bars
+    assert main(["generate", "--model", str(tmp_path / "ours"), "hello"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no tokenizer.json" in err[0]
+    assert f"tokenizer import --gpt2 {tmp_path / 'ours' / 'vocab.json'} {tmp_path / 'ours' / 'merges.txt'}" in err[0]
