@@ -201,7 +201,10 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
             raise ModelError(f"{p} points to {target.name}, which does not exist")
         return target
     if p.is_dir() and not (p / CONFIG_FILE).is_file():
-        return find_latest(p) or find_latest(p / "checkpoints") or p
+        found = find_latest(p) or find_latest(p / "checkpoints")
+        if found is None and (p.name == "checkpoints" or (p / "checkpoints").is_dir()):
+            raise ModelError(f"{p}: a training run with no complete checkpoint yet, so no model to load")
+        return found or p
     return p
 
 

@@ -181,6 +181,25 @@ def test_checkpoint_pointers_and_run_dirs_resolve_to_the_model_dir(tmp_path):
         resolve_model_dir(tmp_path / "run" / "checkpoints" / "latest")
 
 
+def test_a_run_with_no_complete_checkpoint_yet_says_so(tmp_path, capsys):
+    """`generate --model run/` before the first checkpoint said "not a model directory (no
+    config.json): run", as if the user had named the wrong folder."""
+    from scratchlm.cli import main
+    from scratchlm.model.io import resolve_model_dir
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "step-000002").mkdir(parents=True)  # being written: incomplete
+    for path in (tmp_path / "run", checkpoints):
+        with pytest.raises(ModelError, match=r"a training run with no complete checkpoint yet"):
+            resolve_model_dir(path)
+    assert main(["generate", "--model", str(tmp_path / "run"), "hello"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no complete checkpoint yet" in err[0]
+    (tmp_path / "other").mkdir()  # a folder that is no run at all keeps the plain message
+    with pytest.raises(ModelError, match=r"not a model directory \(no config.json\)"):
+        load_model(tmp_path / "other")
+
+
 def test_a_link_to_a_pointer_names_the_step_dir_beside_the_pointer(tmp_path):
     """`ln -s run/checkpoints/latest serve/latest`, then `--model serve/latest`, looked for the step
     dir beside the link ("serve/latest points to step-000010, which does not exist"), and a link of
