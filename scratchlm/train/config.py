@@ -184,6 +184,14 @@ class PretrainConfig:
         self.monitor.validate()
 
 
+def setting_path(value: str) -> Path:
+    """A path setting (`train.out`, `data.tokens`) as a shell would read it, a leading `~` being the
+    home directory. Every use goes through it: the checkpoint writer (`fsutil.check_output_dir`)
+    expands `~` on its own, so a run that took the path as written put its log and `latest` in a
+    folder named `~` and its checkpoints in the home directory, where `--resume` never looked."""
+    return Path(value).expanduser()
+
+
 def check_train_out(config: PretrainConfig) -> Path:
     """`train.out` as an absolute path, or one ConfigError where a run there would be lost: empty
     (a typo that would spread the run over the current directory), not a directory, or the tokens
@@ -195,8 +203,8 @@ def check_train_out(config: PretrainConfig) -> Path:
         raise ConfigError("train.out is empty; name the run's directory (e.g. runs/pretrain)")
     require_utf8_path(out, "train.out = ", ConfigError)
     try:
-        path = Path(out).expanduser().resolve()
-        tokens = Path(config.data.tokens).expanduser().resolve()
+        path = setting_path(out).resolve()
+        tokens = setting_path(config.data.tokens).resolve()
     except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
         raise ConfigError(f"train.out = {out}: cannot be resolved ({e})") from None
     if path == tokens or tokens in path.parents:
@@ -225,7 +233,7 @@ def same_setting(setting: tuple[str, str], old: Any, new: Any) -> bool:
     (relative or absolute, through a link), or, where one no longer exists, written alike."""
     if setting in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
         try:
-            return os.path.samefile(old, new)
+            return os.path.samefile(setting_path(old), setting_path(new))
         except (OSError, ValueError):
             return Path(old) == Path(new)
     return old == new

@@ -16,7 +16,7 @@ from typing import Any
 from scratchlm.config import integer_value, to_dict
 from scratchlm.errors import ConfigError, TrainingStopped
 from scratchlm.fsutil import atomic_write_json, is_json_int
-from scratchlm.train.config import PretrainConfig, check_train_out, same_setting
+from scratchlm.train.config import PretrainConfig, check_train_out, same_setting, setting_path
 
 DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 DEFAULT_STEPS = 200
@@ -76,7 +76,7 @@ def sweep_lr(
     steps = count  # a NumPy integer as a plain int: sweep.json records it
     _check_val_split(config.data.tokens, config.train.seq_len)
     check_train_out(config)  # the sweep's folder: each rate's run folder is checked again inside it
-    out = Path(config.train.out)
+    out = setting_path(config.train.out)
     settings = _sweep_settings(config)
     # Every rank decides alike: rank 0 writes sweep.json only after a rate trained, which needs
     # all of them, each past this check.
@@ -242,7 +242,7 @@ def _check_val_split(tokens_dir: str, seq_len: int) -> None:
     window, which a run trains without) cannot be swept."""
     from scratchlm.data.loader import has_val_windows, read_meta  # here: the CLI parser imports this module
 
-    if not has_val_windows(read_meta(tokens_dir), seq_len):
+    if not has_val_windows(read_meta(setting_path(tokens_dir)), seq_len):
         raise ConfigError(
             f"{tokens_dir}: no val split of a window's length (seq_len + 1 = {seq_len + 1} tokens), and sweep-lr "
             "ranks learning rates by validation loss; "

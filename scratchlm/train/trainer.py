@@ -57,7 +57,13 @@ from scratchlm.fsutil import (
 from scratchlm.progress import progress
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import diagnosis
-from scratchlm.train.config import PretrainConfig, build_model_config, check_train_out, same_setting
+from scratchlm.train.config import (
+    PretrainConfig,
+    build_model_config,
+    check_train_out,
+    same_setting,
+    setting_path,
+)
 from scratchlm.train.distributed import (
     all_reduce_mean,
     failures_shared,
@@ -235,7 +241,7 @@ class PretrainRun:
         # Whether freed host memory is reused without page faults: then gradients are freed
         # between steps rather than zeroed (`_zero_grad`).
         self._host_memory_kept = self.device.type == "cpu" and tc.keep_host_memory and keep_freed_memory()
-        self.out = Path(tc.out)
+        self.out = setting_path(tc.out)
         self.ckpt_root = self.out / "checkpoints"
         self.log = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
         self._step_seconds = 0.0  # the mean step time so far, agreed by all processes
@@ -268,7 +274,7 @@ class PretrainRun:
     def _open_data(self) -> None:
         from scratchlm.tokenizer import Tokenizer
 
-        tokens_dir = Path(self.config.data.tokens)
+        tokens_dir = setting_path(self.config.data.tokens)
         self.train_data = TokenDataset.open(tokens_dir, "train")
         meta, seq_len = self.train_data.meta, self.tc.seq_len
         self.val_data = TokenDataset.open(tokens_dir, "val") if has_val_windows(meta, seq_len) else None

@@ -437,6 +437,28 @@ def test_a_run_is_refused_where_it_would_write_into_its_tokens(tokens, tmp_path)
     assert sorted(p.relative_to(tokens) for p in tokens.rglob("*")) == before
 
 
+def test_paths_that_start_with_a_tilde_name_one_folder_in_the_home_directory(tokens, tmp_path, monkeypatch):
+    """`train.out = "~/run"` split the run: its log and `latest` went to a folder literally named
+    `~` in the working directory, its checkpoints (whose writer expands `~`) to the home directory,
+    so the summary named no checkpoint and `--resume` started over. `data.tokens = "~/..."` was
+    "not found", though `data tokenize --out ~/...` writes there."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "tokens").symlink_to(tokens, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    cfg = tiny_config(tokens, tmp_path, data={"tokens": "~/tokens"}, train={"out": "~/run", "max_steps": 2})
+    summary = train(cfg)
+    run = home / "run"
+    assert summary["checkpoint"] == str(run / "checkpoints" / "step-000002")
+    assert (run / "metrics.jsonl").is_file() and (run / "checkpoints" / "latest").is_file()
+    assert not list(work.iterdir())  # no folder named `~`
+    cfg.train.max_steps = 3
+    assert train(cfg, resume=True)["steps"] == 3
+    assert [r["step"] for r in events(read_rows(run), "resume")] == [2]
+
+
 def killed_after_step_two(tokens, out, **train_settings):
     """A 6-step run saved at steps 2, 4 and 6, then cut back to step 2 as a kill -9 right after that
     save would have left its checkpoints; metrics.jsonl still holds the 4 later steps."""
