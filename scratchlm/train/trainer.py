@@ -416,6 +416,7 @@ class PretrainRun:
         session = Session(self.state.elapsed_s)
         self._last_saved = (self.state.step, self._checkpoint_has_val())
         self._install_signal_handlers()
+        self._note_warmup_past_budget()
         try:
             self._catch_up_evaluation(session)
             stopped = self._train_loop(session)
@@ -431,6 +432,23 @@ class PretrainRun:
                 f"leave out the first {WARMUP_STEPS_FOR_SPEED}): the steady pace is faster"
             )
         return summary
+
+    def _note_warmup_past_budget(self) -> None:
+        """Say so when warmup lasts as long as a step or token budget, or longer (the default
+        warmup_steps and a short trial run): the last update is then still warming up, so the run
+        never trains at `train.lr` and its schedule never decays."""
+        tc = self.tc
+        budgets = [tc.max_steps] if tc.max_steps > 0 else []
+        if tc.max_tokens > 0:
+            budgets.append(-(-tc.max_tokens // tc.batch_tokens))  # steps that reach it
+        if not budgets or self.state.step >= tc.warmup_steps or tc.warmup_steps < min(budgets):
+            return
+        steps = min(budgets)
+        self.log.say(
+            f"train.warmup_steps = {tc.warmup_steps} is not below the budget of {counted(steps, 'step')}: the learning "
+            f"rate rises for the whole run, to {steps / tc.warmup_steps:.0%} of train.lr at its last step, and never "
+            f"decays; set train.warmup_steps below {steps}"
+        )
 
     def _train_loop(self, session: Session) -> str | None:
         """Steps until the budget is spent (returns None) or a stop signal arrives (its name)."""

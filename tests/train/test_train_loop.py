@@ -459,6 +459,18 @@ def test_paths_that_start_with_a_tilde_name_one_folder_in_the_home_directory(tok
     assert [r["step"] for r in events(read_rows(run), "resume")] == [2]
 
 
+def test_a_warmup_as_long_as_the_budget_is_named_before_training(tokens, tmp_path, capsys):
+    """With warmup_steps at or above the budget's steps (the default 100 and a short trial run), the
+    last update was still warming up: no step at train.lr, no decay, and nothing said so."""
+    train(tiny_config(tokens, tmp_path / "steps", train={"max_steps": 3, "warmup_steps": 4}))
+    assert "train.warmup_steps = 4 is not below the budget of 3 steps" in capsys.readouterr().err
+    assert [r["lr"] for r in read_rows(tmp_path / "steps") if "lr" in r][-1] == pytest.approx(0.75 * 1e-2)
+    train(tiny_config(tokens, tmp_path / "tokens", train={"max_steps": 0, "max_tokens": 3 * 128 - 1, "warmup_steps": 3}))
+    assert "train.warmup_steps = 3 is not below the budget of 3 steps" in capsys.readouterr().err
+    train(tiny_config(tokens, tmp_path / "decays", train={"max_steps": 3, "warmup_steps": 2}))
+    assert "warmup_steps" not in capsys.readouterr().err
+
+
 def killed_after_step_two(tokens, out, **train_settings):
     """A 6-step run saved at steps 2, 4 and 6, then cut back to step 2 as a kill -9 right after that
     save would have left its checkpoints; metrics.jsonl still holds the 4 later steps."""
