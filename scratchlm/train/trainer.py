@@ -706,7 +706,7 @@ class PretrainRun:
         in_a_row = self.monitor.consecutive_nonfinite - self._overflows_in_a_row
         if in_a_row >= self.config.monitor.max_nonfinite:
             # this step's advice, not the latest diagnosis (which may be about something else)
-            raise TrainingStopped(f"{in_a_row} non-finite steps in a row at step {st.step}: {advice}")
+            raise TrainingStopped(f"{counted(in_a_row, 'non-finite step')} in a row at step {st.step}: {advice}")
 
     def _zero_grad(self) -> None:
         """Gradients are freed between steps, so the next backward hands each weight its gradient

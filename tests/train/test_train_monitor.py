@@ -261,3 +261,11 @@ def test_the_losses_of_rolled_back_steps_leave_the_run_s_loss_history(tokens, tm
     saved = json.loads((out / "checkpoints" / "step-000014" / "train_state.json").read_text())
     losses = train_losses(read_rows(out))  # step -> its last logged loss: the redone steps' own
     assert saved["loss_history"]["means"] == [losses[s] for s in range(1, 15)]
+
+
+def test_one_non_finite_step_is_worded_as_one(tokens, tmp_path):
+    """With max_nonfinite = 1 the stop read "1 non-finite steps in a row"."""
+    cfg = tiny_config(tokens, tmp_path / "run", train={"max_steps": 6}, monitor={**MONITOR, "max_nonfinite": 1},
+                      debug={"inject_nan_at_step": 2})
+    with pytest.raises(TrainingStopped, match=r"^1 non-finite step in a row at step 2: "):
+        train(cfg)
