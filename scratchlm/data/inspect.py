@@ -93,8 +93,19 @@ def _split_report(ds: TokenDataset, tokenizer: Tokenizer | None, config: Inspect
         if counts[i]
     ]
     if tokenizer is not None and ds.num_documents and config.sample_chars:
-        report["sample"] = tokenizer.decode(ds.document(0).tolist())[: config.sample_chars]
+        report["sample"] = _document_head(tokenizer, ds.document(0), config.sample_chars)
     return report
+
+
+def _document_head(tokenizer: Tokenizer, ids: np.ndarray, chars: int) -> str:
+    """The first `chars` characters of a document, decoded from only the tokens that can hold them.
+
+    A .txt file is one document unless split, so the first may be a whole book or dump: decoding
+    it all to show a few hundred characters took memory and time in proportion to it. Every
+    token is at least one byte and a character at most four, so `4 * chars` bytes hold `chars`
+    characters even when the cut splits one (its replacement character falls after them).
+    """
+    return tokenizer.decode(ids[: 4 * chars + 4].tolist())[:chars]
 
 
 def inspect_tokens(config: InspectConfig) -> dict[str, Any]:

@@ -102,3 +102,31 @@ def test_one_document_and_no_splits_are_worded_so(tmp_path: Path, tokens_dir: Pa
     assert capsys.readouterr().out.endswith("\nno splits\n")
     assert main(["data", "inspect", str(one), "--split", "train"]) == 2
     assert capsys.readouterr().err == f"scratchlm: error: {one}: no 'train' split (splits: none)\n"
+
+
+def test_the_sample_decodes_only_the_head_of_a_long_first_document(tmp_path: Path, tokens_dir: Path) -> None:
+    """A .txt input is one document: the whole of it was decoded to show `sample_chars` of it,
+    memory and time in proportion to a book or a dump (here about 50 bytes a token)."""
+    import tracemalloc
+
+    from scratchlm.tokenizer import Tokenizer
+
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copytree(tokens_dir / "tokenizer", one / "tokenizer")
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    n = 1_000_000
+    ids = (np.arange(n) % 50 + 257).astype(np.uint16)  # merged tokens: many bytes, ints Python allocates
+    ids[-1] = meta["eot_id"]
+    ids.tofile(one / "train.bin")
+    np.zeros(1, dtype=np.int64).tofile(one / "train.idx")
+    (one / "meta.json").write_text(json.dumps({**meta, "splits": {"train": {"tokens": n, "documents": 1}}}))
+    expected = Tokenizer.load(one / "tokenizer").decode(ids[:1000].tolist())[:50]
+    tracemalloc.start()
+    try:
+        info = inspect_tokens(InspectConfig(path=str(one), sample_chars=50, top_tokens=3))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info["splits"]["train"]["sample"] == expected and len(expected) == 50
+    assert peak < 16 * n  # the token count's chunk, not a list and a string of the whole document
