@@ -16,6 +16,7 @@ import numpy as np
 from scratchlm.data.loader import TokenDataset, check_tokenizer_match, read_meta
 from scratchlm.errors import ConfigError, DataError, TokenizerError
 from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer.stats import token_text
 from scratchlm.wording import counted
 
 SCAN_CHUNK = 1 << 24  # tokens counted per step, so memory stays flat on any dataset size
@@ -88,13 +89,20 @@ def _split_report(ds: TokenDataset, tokenizer: Tokenizer | None, config: Inspect
     report["distinct_tokens"] = int(np.count_nonzero(counts))
     top = np.argsort(-counts, kind="stable")[: config.top_tokens]
     report["top_tokens"] = [
-        {"id": int(i), "count": int(counts[i]), "text": tokenizer.decode([int(i)]) if tokenizer else None}
-        for i in top
-        if counts[i]
+        {"id": int(i), "count": int(counts[i]), **_shown_token(tokenizer, int(i))} for i in top if counts[i]
     ]
     if tokenizer is not None and ds.num_documents and config.sample_chars:
         report["sample"] = _document_head(tokenizer, ds.document(0), config.sample_chars)
     return report
+
+
+def _shown_token(tokenizer: Tokenizer | None, token_id: int) -> dict[str, Any]:
+    """A token's text as `tokenizer stats` shows it: a byte that is part of a character as a
+    `\\xNN` escape, since as U+FFFD every such token read the same."""
+    if tokenizer is None:
+        return {"text": None, "partial_utf8": None}
+    shown = token_text(tokenizer.decode_bytes([token_id]))
+    return {"text": shown["token"], "partial_utf8": shown["partial_utf8"]}
 
 
 def _document_head(tokenizer: Tokenizer, ids: np.ndarray, chars: int) -> str:
@@ -132,6 +140,13 @@ def inspect_tokens(config: InspectConfig) -> dict[str, Any]:
     }
 
 
+def _token_label(token: dict[str, Any]) -> str:
+    """How the text report names a token: its text quoted, a partial character's bytes as escapes."""
+    if token["text"] is None:
+        return ""
+    return f"{token['text']} (partial UTF-8) " if token["partial_utf8"] else f"{token['text']!r} "
+
+
 def format_report(info: dict[str, Any]) -> str:
     """The inspection as text for a terminal."""
     lines = [
@@ -159,10 +174,7 @@ def format_report(info: dict[str, Any]) -> str:
                 lines.append(f"  {low:>7}-{high:<7} {count:>10,}  {bar}")
         lines.append(f"distinct token ids: {s['distinct_tokens']:,} of {info['vocab_size']:,}")
         if s["top_tokens"]:
-            shown = ", ".join(
-                f"{t['id']} {t['text']!r} ×{t['count']:,}" if t["text"] is not None else f"{t['id']} ×{t['count']:,}"
-                for t in s["top_tokens"]
-            )
+            shown = ", ".join(f"{t['id']} {_token_label(t)}×{t['count']:,}" for t in s["top_tokens"])
             lines.append(f"most frequent: {shown}")
         if s.get("sample") is not None:
             lines.append("first document:")

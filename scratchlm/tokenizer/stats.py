@@ -46,14 +46,14 @@ def tokenizer_stats(tok: Tokenizer, texts: Iterable[str], top: int = 20) -> dict
         "merged_tokens": int(merged.sum()),
         "unused_merged_tokens": unused,
         "most_common": [
-            {"id": int(i), **_token_text(tok.decode_bytes([int(i)])), "count": int(usage[i])}
+            {"id": int(i), **token_text(tok.decode_bytes([int(i)])), "count": int(usage[i])}
             for i in order
             if usage[i] > 0
         ],
     }
 
 
-def _token_text(raw: bytes) -> dict[str, Any]:
+def token_text(raw: bytes) -> dict[str, Any]:
     """A token's text, and whether its bytes are whole UTF-8. A byte token that is part of a
     character is shown as `\\xNN` escapes: as U+FFFD, every such token looked the same. The
     escapes keep the JSON valid."""

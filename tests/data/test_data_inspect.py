@@ -130,3 +130,16 @@ def test_the_sample_decodes_only_the_head_of_a_long_first_document(tmp_path: Pat
         tracemalloc.stop()
     assert info["splits"]["train"]["sample"] == expected and len(expected) == 50
     assert peak < 16 * n  # the token count's chunk, not a list and a string of the whole document
+
+
+def test_tokens_that_are_part_of_a_character_are_told_apart(tokens_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Byte tokens of multi-byte characters (the CJK and emoji of TRAIN_DOCS) all read '\ufffd'."""
+    info = inspect_tokens(InspectConfig(path=str(tokens_dir), split="train", top_tokens=320))
+    partial = [t for t in info["splits"]["train"]["top_tokens"] if t["partial_utf8"]]
+    assert len(partial) > 1 and len({t["text"] for t in partial}) == len(partial)
+    lead = next(t for t in partial if t["id"] == 0xC3)  # a lone byte token is its byte: the lead of é, ü, ö
+    assert lead["text"] == "\\xc3"
+    assert main(["data", "inspect", str(tokens_dir), "--split", "train", "--top-tokens", "320"]) == 0
+    out = capsys.readouterr().out
+    assert "195 \\xc3 (partial UTF-8) ×" in out and "\ufffd" not in out.split("first document:")[0]
+    assert "32 ' ' ×" in out
