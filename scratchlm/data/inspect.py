@@ -165,7 +165,7 @@ def format_report(info: dict[str, Any]) -> str:
         if s["document_tokens"]:
             d = s["document_tokens"]
             lines.append(
-                f"document tokens: min {d['min']}  median {d['median']:g}  mean {d['mean']:.1f}  max {d['max']}"
+                f"document tokens: min {d['min']}  median {d['median']:.12g}  mean {d['mean']:.1f}  max {d['max']}"
             )
         if s["histogram"]:
             widest = max(c for _, _, c in s["histogram"])

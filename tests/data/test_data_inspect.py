@@ -143,3 +143,16 @@ def test_tokens_that_are_part_of_a_character_are_told_apart(tokens_dir: Path, ca
     out = capsys.readouterr().out
     assert "195 \\xc3 (partial UTF-8) ×" in out and "\ufffd" not in out.split("first document:")[0]
     assert "32 ' ' ×" in out
+
+
+def test_a_median_document_length_of_millions_is_shown_exactly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The median was formatted with `:g`, six digits: 1000001.5 tokens read "median 1e+06"."""
+    lengths = [1_000_001, 1_000_002]
+    (tmp_path / "meta.json").write_text(json.dumps({
+        "dtype": "uint16", "vocab_size": 256, "tokenizer_sha256": "ab" * 32, "eot_id": 0,
+        "splits": {"train": {"tokens": sum(lengths), "documents": 2}},
+    }))
+    np.ones(sum(lengths), dtype=np.uint16).tofile(tmp_path / "train.bin")
+    np.array([0, lengths[0]], dtype=np.int64).tofile(tmp_path / "train.idx")
+    assert main(["data", "inspect", str(tmp_path)]) == 0
+    assert "document tokens: min 1000001  median 1000001.5  mean 1000001.5  max 1000002" in capsys.readouterr().out
