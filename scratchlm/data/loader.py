@@ -38,6 +38,8 @@ REQUIRED_META_KEYS = ("dtype", "vocab_size", "tokenizer_sha256", "eot_id", "spli
 def read_meta(tokens_dir: str | Path) -> dict[str, Any]:
     """Load and check `meta.json`; a dir without one is not a (complete) tokens dir."""
     tokens_dir = Path(tokens_dir)
+    if tokens_dir.exists() and not tokens_dir.is_dir():  # e.g. its meta.json or train.bin given
+        raise DataError(f"{tokens_dir}: not a directory; give the tokens dir that `scratchlm data tokenize` wrote")
     if not tokens_dir.is_dir():
         raise DataError(f"tokens dir not found: {tokens_dir}")
     path = tokens_dir / "meta.json"

@@ -73,6 +73,14 @@ def test_missing_meta_is_one_clear_error(tokens_dir: Path) -> None:
         TokenDataset.open(tokens_dir, "train")
 
 
+
+def test_a_file_given_as_the_tokens_dir_is_not_called_missing(tokens_dir: Path) -> None:
+    """Its meta.json given for the dir was refused as "tokens dir not found", a file that exists."""
+    with pytest.raises(DataError, match=r"meta\.json: not a directory; give the tokens dir"):
+        TokenDataset.open(tokens_dir / "meta.json", "train")
+    with pytest.raises(DataError, match="tokens dir not found"):
+        TokenDataset.open(tokens_dir / "absent", "train")
+
 @pytest.mark.parametrize("version", [2, 0, "1", 1.5])
 def test_a_format_version_this_code_does_not_read_is_refused(tokens_dir: Path, version) -> None:
     """A newer scratchlm's layout read as version 1 would give wrong tokens, not an error."""
