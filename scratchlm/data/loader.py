@@ -144,7 +144,10 @@ class TokenDataset:
         dtype = np.dtype(DTYPES[meta["dtype"]])
         tokens = _map_checked(tokens_dir / f"{split}.bin", dtype, n_tokens, "tokens")
         documents = _map_checked(tokens_dir / f"{split}.idx", np.dtype(np.int64), n_docs, "document offsets")
-        if n_docs and (documents[0] != 0 or not 0 <= documents[-1] < n_tokens or np.any(np.diff(documents) < 0)):
+        # Every document ends with an end-of-text token, so its start is past the one before:
+        # offsets that repeat (an .idx of zeros) made every document-mode window the same one.
+        increasing = not np.any(documents[1:] <= documents[:-1])
+        if n_docs and (documents[0] != 0 or not 0 <= documents[-1] < n_tokens or not increasing):
             raise DataError(f"{tokens_dir / f'{split}.idx'}: document offsets do not fit {split}.bin (damaged?)")
         return cls(tokens, documents, meta, split, tokens_dir)
 

@@ -133,6 +133,15 @@ def test_offsets_that_go_backwards_are_a_damaged_idx(tokens_dir: Path) -> None:
         TokenDataset.open(tokens_dir, "train")
 
 
+
+def test_offsets_that_repeat_are_a_damaged_idx(tokens_dir: Path) -> None:
+    """An .idx of zeros (the right size, its data never written) passed: document mode then gave
+    the window at token 0 for every sequence, and inspect documents of no tokens."""
+    documents = len(np.fromfile(tokens_dir / "train.idx", dtype=np.int64))
+    np.zeros(documents, dtype=np.int64).tofile(tokens_dir / "train.idx")
+    with pytest.raises(DataError, match=r"train\.idx: document offsets do not fit train\.bin"):
+        TokenDataset.open(tokens_dir, "train")
+
 @pytest.mark.parametrize("mode", ["random", "sequential", "document"])
 def test_ids_the_vocabulary_lacks_are_refused_before_they_reach_a_model(tokens_dir: Path, mode: str) -> None:
     """One damaged id used to end in the embedding's IndexError (on a GPU: a device-side assert)."""
