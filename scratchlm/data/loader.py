@@ -91,6 +91,9 @@ def check_meta(meta: Mapping[str, Any], path: Path) -> None:
     if not isinstance(meta["splits"], dict):
         raise DataError(f"{path}: 'splits' must be an object")
     for split, counts in meta["splits"].items():
+        if split in ("", ".", "..") or split.startswith(".") or "/" in split or "\\" in split:
+            # names the split's .bin/.idx beside meta.json: never a path that leaves the tokens dir
+            raise DataError(f"{path}: split name {split!r} is not a plain file name")
         if not isinstance(counts, dict) or not all(_is_count(counts.get(k)) for k in ("tokens", "documents")):
             raise DataError(f"{path}: split '{split}' needs 'tokens' and 'documents' counts")
         if not _is_count(counts.get("bytes", 0)):

@@ -92,6 +92,22 @@ def test_a_format_version_this_code_does_not_read_is_refused(tokens_dir: Path, v
         TokenDataset.open(tokens_dir, "train")
 
 
+@pytest.mark.parametrize("name", ["../outside", "/tmp/outside", "..", ".hidden", ""])
+def test_a_split_named_as_a_path_is_refused(tokens_dir: Path, name: str) -> None:
+    """A split's files are named after it beside meta.json: "../outside" read a .bin and .idx
+    outside the tokens dir as if they were its own."""
+    import shutil
+
+    for suffix in (".bin", ".idx"):
+        shutil.copyfile(tokens_dir / f"train{suffix}", tokens_dir.parent / f"outside{suffix}")
+    meta_path = tokens_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["splits"][name] = meta["splits"]["train"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="is not a plain file name"):
+        TokenDataset.open(tokens_dir, name)
+
+
 def test_a_meta_json_from_before_format_version_is_read_as_version_1(tokens_dir: Path) -> None:
     meta_path = tokens_dir / "meta.json"
     meta = json.loads(meta_path.read_text())
