@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import resource
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from scratchlm.machine import describe_machine
@@ -71,3 +73,17 @@ def publish(lines: list[str], out: str | Path) -> None:
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def work_dir(given: str | None, prefix: str) -> Iterator[Path]:
+    """The folder a benchmark builds its tokens and runs in: `given` (made if missing, and kept),
+    else a temporary one removed when the block ends, on an error too. Runs hold checkpoints
+    (gigabytes for host_memory.py), which left in /tmp would pile up run after run."""
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as temp:
+        yield Path(temp)

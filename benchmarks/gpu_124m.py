@@ -17,8 +17,9 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 from pathlib import Path
+
+from bench_report import work_dir  # benchmarks/bench_report.py
 
 SHAPES = {
     "124m": {"model": {"preset": "gpt2-124m", "vocab_size": 50304}, "seq_len": 1024, "micro_batch": 16},
@@ -107,33 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     micro = args.micro_batch or shape["micro_batch"]
     seq = shape["seq_len"]
     cuda = torch.cuda.is_available()
-    work = Path(tempfile.mkdtemp(prefix="scratchlm-gpu124m-"))
-    tokens = make_tokens(work)
-    cfg = from_dict(
-        PretrainConfig,
-        {
-            "data": {"tokens": str(tokens)},
-            "model": shape["model"],
-            "train": {
-                "out": str(work / "run"),
-                "precision": args.precision,
-                "compile": cuda and not args.no_compile,
-                "max_steps": args.steps + WARMUP_STEPS_FOR_SPEED,
-                "batch_tokens": micro * seq * args.grad_accum,
-                "micro_batch": micro,
-                "seq_len": seq,
-                "lr": 6e-4,
-                "warmup_steps": 10,
-                "eval_every": 0,
-                "eval_batches": 1,
-                "sample_tokens": 0,
-                "log_every": 10,
-                "progress_bar": False,
-                "tensorboard": False,
+    with work_dir(None, "scratchlm-gpu124m-") as work:  # tokens and run (its checkpoint: 1.5 GB) removed after
+        tokens = make_tokens(work)
+        cfg = from_dict(
+            PretrainConfig,
+            {
+                "data": {"tokens": str(tokens)},
+                "model": shape["model"],
+                "train": {
+                    "out": str(work / "run"),
+                    "precision": args.precision,
+                    "compile": cuda and not args.no_compile,
+                    "max_steps": args.steps + WARMUP_STEPS_FOR_SPEED,
+                    "batch_tokens": micro * seq * args.grad_accum,
+                    "micro_batch": micro,
+                    "seq_len": seq,
+                    "lr": 6e-4,
+                    "warmup_steps": 10,
+                    "eval_every": 0,
+                    "eval_batches": 1,
+                    "sample_tokens": 0,
+                    "log_every": 10,
+                    "progress_bar": False,
+                    "tensorboard": False,
+                },
             },
-        },
-    )
-    summary = train_traced(cfg, args.trace) if args.trace else train(cfg)
+        )
+        summary = train_traced(cfg, args.trace) if args.trace else train(cfg)
     device = torch.cuda.get_device_name() if cuda else "cpu"
     result = {
         "device": device,

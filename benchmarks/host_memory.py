@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_report import header_lines, publish, table  # benchmarks/bench_report.py
+from bench_report import header_lines, publish, table, work_dir  # benchmarks/bench_report.py
 from shakespeare import build_tokens  # benchmarks/shakespeare.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,16 +98,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "host-memory.md"))
     args = parser.parse_args()
 
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="scratchlm-host-memory-"))
     text = Path(args.data).read_text(encoding="utf-8")
-    tokens, _ = build_tokens(text, work / "bpe", 8192)
     rows = []
-    for r in range(args.rounds):
-        for keep in (False, True):
-            label = ("keep_host_memory" if keep else "glibc defaults") + f", run {r + 1}"
-            result = train_once(tokens, work / f"run-{r}-{int(keep)}", keep, args.seconds, args.precision)
-            rows.append(row(label, result))
-            print(" | ".join(rows[-1]), flush=True)
+    with work_dir(args.work, "scratchlm-host-memory-") as work:
+        tokens, _ = build_tokens(text, work / "bpe", 8192)
+        for r in range(args.rounds):
+            for keep in (False, True):
+                label = ("keep_host_memory" if keep else "glibc defaults") + f", run {r + 1}"
+                result = train_once(tokens, work / f"run-{r}-{int(keep)}", keep, args.seconds, args.precision)
+                rows.append(row(label, result))
+                print(" | ".join(rows[-1]), flush=True)
 
     header = ("setting", "steps", "tokens/s", "peak RSS MB", "max RSS, middle third", "max RSS, last third", "growth MB")
     lines = [

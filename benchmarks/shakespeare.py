@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench_report import work_dir  # benchmarks/bench_report.py
 
 from scratchlm.data.sources import write_prepared_dir
 from scratchlm.machine import cpu_model, usable_cores
@@ -105,14 +106,17 @@ REFERENCE_SETTINGS = [
 
 
 def run(args: argparse.Namespace) -> dict:
+    """The BPE run (and the char-level reference if asked), in `--work` or a temp dir removed after."""
     text = Path(args.data).read_text(encoding="utf-8")
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="scratchlm-shakespeare-"))
-    tokens, info = build_tokens(text, work / "bpe", args.vocab_size)
-    result = train_on(tokens, info, work / "run", args.config, args.overrides, args.seconds)
-    result.update(vocab_size=args.vocab_size, work=str(work))
-    if args.reference:
-        char_tokens, char_info = build_tokens(text, work / "char", 256 + 4)
-        result["reference"] = train_on(char_tokens, char_info, work / "char-run", None, REFERENCE_SETTINGS, args.seconds)
+    with work_dir(args.work, "scratchlm-shakespeare-") as work:
+        tokens, info = build_tokens(text, work / "bpe", args.vocab_size)
+        result = train_on(tokens, info, work / "run", args.config, args.overrides, args.seconds)
+        result.update(vocab_size=args.vocab_size, work=args.work)  # None: nothing was kept
+        if args.reference:
+            char_tokens, char_info = build_tokens(text, work / "char", 256 + 4)
+            result["reference"] = train_on(
+                char_tokens, char_info, work / "char-run", None, REFERENCE_SETTINGS, args.seconds
+            )
     return result
 
 

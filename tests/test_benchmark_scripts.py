@@ -1,0 +1,73 @@
+"""The benchmark scripts' own behaviour (not their timings): work dirs, arguments, written files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from scratchlm.train.trainer import WARMUP_STEPS_FOR_SPEED
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Import a benchmark script as the scripts import each other (their folder on sys.path), with
+    temp dirs made under this test's own folder so that what a script leaves behind can be seen."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def load(name: str) -> ModuleType:
+        return importlib.import_module(name)
+
+    return load
+
+
+def small_corpus(path: Path) -> Path:
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 7))) for _ in range(200)]
+    path.write_text("\n\n".join(" ".join(rng.choices(words, k=60)) for _ in range(120)), encoding="utf-8")
+    return path
+
+
+def left_in_temp(tmp_path: Path) -> list[str]:
+    """What the scripts left in the temp folder (torch's own compile cache aside)."""
+    return sorted(p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor"))
+
+
+TINY_RUN = [
+    "--set", "train.max_steps=2", "--set", "train.micro_batch=2", "--set", "train.seq_len=32",
+    "--set", "train.batch_tokens=64", "--set", "model.max_seq_len=32", "--set", "model.n_layer=1", "--set", "train.warmup_steps=0",
+]  # fmt: skip
+
+
+def test_shakespeare_removes_its_temp_work_dir(bench, tmp_path: Path) -> None:
+    shakespeare = bench("shakespeare")
+    data = small_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "result.json"
+    assert shakespeare.main(["--data", str(data), "--vocab-size", "300", "--json", str(out), *TINY_RUN]) == 0
+    assert out.is_file()
+    assert left_in_temp(tmp_path) == []  # tokens, tokenizer and the run's checkpoint are gone
+
+
+def test_shakespeare_keeps_a_given_work_dir(bench, tmp_path: Path) -> None:
+    shakespeare = bench("shakespeare")
+    data = small_corpus(tmp_path / "corpus.txt")
+    work = tmp_path / "work"
+    assert shakespeare.main(["--data", str(data), "--vocab-size", "300", "--work", str(work), *TINY_RUN]) == 0
+    assert (work / "bpe" / "tokens" / "meta.json").is_file() and (work / "run").is_dir()
+
+
+def test_gpu_124m_smoke_run_removes_its_temp_work_dir(bench, tmp_path: Path) -> None:
+    gpu_124m = bench("gpu_124m")
+    out = tmp_path / "result.json"
+    assert gpu_124m.main(["--shape", "tiny", "--steps", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["steps"] == 1 + WARMUP_STEPS_FOR_SPEED
+    assert left_in_temp(tmp_path) == []  # its tokens dir and the run's checkpoint are gone
