@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gzip
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+from scratchlm.fsutil import atomic_write_bytes
 from scratchlm.machine import describe_machine
 
 
@@ -87,3 +90,13 @@ def work_dir(given: str | None, prefix: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=prefix) as temp:
         yield Path(temp)
+
+
+def export_gzipped_trace(profiler: Any, trace: str | Path) -> None:
+    """A torch.profiler run's Chrome trace, gzipped, written whole at `trace` (its folder made if
+    missing). The plain JSON goes to a temp folder: named after `trace` minus its suffix, it was
+    `trace` itself when that had none, and gzipping the file onto itself lost the trace."""
+    with tempfile.TemporaryDirectory(prefix="scratchlm-trace-") as temp:
+        plain = Path(temp) / "trace.json"
+        profiler.export_chrome_trace(str(plain))
+        atomic_write_bytes(trace, gzip.compress(plain.read_bytes()))

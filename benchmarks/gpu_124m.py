@@ -48,20 +48,23 @@ def make_tokens(work: Path) -> Path:
     return tokens
 
 
+# The traced steps: after the speed warm-up and 5 more, 2 of the profiler's warm-up, then 5 recorded;
+# the trace is written after the last of them, so --trace needs that many timed steps at least.
+TRACE_WAIT, TRACE_WARMUP, TRACE_ACTIVE = 5, 2, 5
+TRACE_MIN_STEPS = TRACE_WAIT + TRACE_WARMUP + TRACE_ACTIVE
+
+
 def train_traced(cfg, trace: str) -> dict:
     """`train(cfg)` with 5 of its steps, after the warm-up, under torch.profiler (CPU and CUDA
     activity); the summary's speed then includes the profiler's own cost."""
-    import gzip
-    import shutil
-
     import torch
+    from bench_report import export_gzipped_trace  # benchmarks/bench_report.py
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from scratchlm.train.trainer import WARMUP_STEPS_FOR_SPEED, PretrainRun
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    plan = schedule(wait=WARMUP_STEPS_FOR_SPEED + 5, warmup=2, active=5, repeat=1)
-    plain = Path(trace).with_suffix("")  # the profiler writes plain JSON; gzipped below
+    plan = schedule(wait=WARMUP_STEPS_FOR_SPEED + TRACE_WAIT, warmup=TRACE_WARMUP, active=TRACE_ACTIVE, repeat=1)
     run = PretrainRun(cfg)
     untraced_step = run._step
 
@@ -73,14 +76,11 @@ def train_traced(cfg, trace: str) -> dict:
     run._step = step  # the benchmark's instrument only: the trainer is not changed
     try:
         with profile(
-            activities=activities, schedule=plan, on_trace_ready=lambda done: done.export_chrome_trace(str(plain))
+            activities=activities, schedule=plan, on_trace_ready=lambda done: export_gzipped_trace(done, trace)
         ) as profiler:
             summary = run.fit()
     finally:
         run.close()
-    with open(plain, "rb") as src, gzip.open(trace, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    plain.unlink()
     return summary
 
 
@@ -100,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", metavar="OUT")
     parser.add_argument(
-        "--trace", metavar="OUT", help="write a torch.profiler Chrome trace (gzipped) of 5 steps after the warm-up"
+        "--trace", metavar="OUT",
+        help=f"write a torch.profiler Chrome trace (gzipped) of 5 steps after the warm-up (--steps {TRACE_MIN_STEPS} or more)",
     )
     args = parser.parse_args(argv)
+    if args.trace and args.steps < TRACE_MIN_STEPS:
+        first = WARMUP_STEPS_FOR_SPEED + TRACE_WAIT + TRACE_WARMUP + 1
+        parser.error(f"--trace needs --steps {TRACE_MIN_STEPS} or more: it records steps {first}-{first + TRACE_ACTIVE - 1} of the run")
 
     shape = SHAPES[args.shape]
     micro = args.micro_batch or shape["micro_batch"]

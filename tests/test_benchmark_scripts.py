@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import json
 import random
@@ -71,3 +72,24 @@ def test_gpu_124m_smoke_run_removes_its_temp_work_dir(bench, tmp_path: Path) -> 
     assert gpu_124m.main(["--shape", "tiny", "--steps", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["steps"] == 1 + WARMUP_STEPS_FOR_SPEED
     assert left_in_temp(tmp_path) == []  # its tokens dir and the run's checkpoint are gone
+
+
+def test_gpu_124m_trace_with_too_few_steps_is_refused_before_the_run(bench, tmp_path: Path, capsys) -> None:
+    gpu_124m = bench("gpu_124m")
+    with pytest.raises(SystemExit) as stop:
+        gpu_124m.main(["--shape", "tiny", "--steps", "1", "--trace", str(tmp_path / "t.json.gz")])
+    assert stop.value.code == 2
+    assert f"--trace needs --steps {gpu_124m.TRACE_MIN_STEPS} or more" in capsys.readouterr().err
+    assert left_in_temp(tmp_path) == []  # refused before any tokens were made
+
+
+@pytest.mark.parametrize("name", ["trace", "trace.json.gz"])
+def test_gpu_124m_trace_is_written_whatever_its_name(bench, tmp_path: Path, name: str) -> None:
+    gpu_124m = bench("gpu_124m")
+    trace = tmp_path / name
+    steps = str(gpu_124m.TRACE_MIN_STEPS)
+    assert gpu_124m.main(["--shape", "tiny", "--steps", steps, "--trace", str(trace)]) == 0
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert any(event.get("name", "").startswith("ProfilerStep#") for event in events)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tmp", name])  # no plain JSON beside it
+    assert left_in_temp(tmp_path) == []
