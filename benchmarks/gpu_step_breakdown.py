@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_report import export_gzipped_trace  # benchmarks/bench_report.py
 
 from scratchlm.model import GPT
 from scratchlm.model.config import get_preset
@@ -86,11 +85,7 @@ def time_loop(
             )
         )
         if trace:
-            plain = Path(trace).with_suffix("")
-            prof.export_chrome_trace(str(plain))
-            with open(plain, "rb") as src, gzip.open(trace, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            plain.unlink()
+            export_gzipped_trace(prof, trace)
     return min(timings)
 
 
@@ -136,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="variant:micro-batch, e.g. fused:64")
     parser.add_argument("--no-hf", action="store_true", help="leave out the transformers rows")
-    parser.add_argument("--trace", metavar="DIR", help="write each variant's profiled steps as a Chrome trace")
+    parser.add_argument(
+        "--trace", metavar="DIR", help="write each variant's profiled steps as a Chrome trace here (made if missing)"
+    )
     args = parser.parse_args(argv)
     for row in args.rows:
         variant, _, micro = row.partition(":")
-        if variant not in VARIANTS or not micro.isdigit():
-            parser.error(f"--rows: {row!r} is not variant:micro-batch with variant one of {', '.join(VARIANTS)}")
+        if variant not in VARIANTS or not micro.isdigit() or int(micro) == 0:
+            parser.error(
+                f"--rows: {row!r} is not variant:micro-batch with variant one of {', '.join(VARIANTS)} "
+                "and a micro-batch of 1 or more"
+            )
+    if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
+        parser.error(f"--trace: {args.trace} is a file; give a folder for the traces (made if missing)")
     if not torch.cuda.is_available():
         print("gpu_step_breakdown: needs a CUDA GPU (none found)", file=sys.stderr)
         return 2

@@ -93,3 +93,36 @@ def test_gpu_124m_trace_is_written_whatever_its_name(bench, tmp_path: Path, name
     assert any(event.get("name", "").startswith("ProfilerStep#") for event in events)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tmp", name])  # no plain JSON beside it
     assert left_in_temp(tmp_path) == []
+
+
+@pytest.mark.parametrize("row", ["fused:0", "fused:", "fast:16"])
+def test_gpu_step_breakdown_refuses_a_bad_row_before_looking_for_a_gpu(bench, row: str, capsys) -> None:
+    breakdown = bench("gpu_step_breakdown")
+    with pytest.raises(SystemExit) as stop:
+        breakdown.main(["--rows", row])
+    assert stop.value.code == 2
+    assert f"--rows: {row!r} is not variant:micro-batch" in capsys.readouterr().err
+
+
+def test_gpu_step_breakdown_refuses_a_file_as_the_trace_folder(bench, tmp_path: Path, capsys) -> None:
+    breakdown = bench("gpu_step_breakdown")
+    (tmp_path / "traces").write_text("not a folder")
+    with pytest.raises(SystemExit) as stop:
+        breakdown.main(["--trace", str(tmp_path / "traces")])
+    assert stop.value.code == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_a_trace_goes_into_a_folder_not_yet_made(bench, tmp_path: Path) -> None:
+    """gpu_step_breakdown's --trace DIR: the traces are written after minutes of GPU work, so a
+    folder not made beforehand must not lose them."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    bench_report = bench("bench_report")
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        torch.ones(4, 4).matmul(torch.ones(4, 4))
+    trace = tmp_path / "traces" / "fused-16.json.gz"
+    bench_report.export_gzipped_trace(profiler, trace)
+    assert json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert left_in_temp(tmp_path) == []
