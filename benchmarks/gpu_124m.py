@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     micro = args.micro_batch or shape["micro_batch"]
     seq = shape["seq_len"]
     cuda = torch.cuda.is_available()
+    if args.shape == "124m" and not cuda:
+        # 45 steps of 16 x 1,024 tokens: about 20 minutes on 2 CPU cores, for a figure with no target there
+        print("gpu_124m: --shape 124m needs a CUDA GPU (none found); --shape tiny is the CPU smoke run", file=sys.stderr)
+        return 2
     with work_dir(None, "scratchlm-gpu124m-") as work:  # tokens and run (its checkpoint: 1.5 GB) removed after
         tokens = make_tokens(work)
         cfg = from_dict(

@@ -126,3 +126,14 @@ def test_a_trace_goes_into_a_folder_not_yet_made(bench, tmp_path: Path) -> None:
     bench_report.export_gzipped_trace(profiler, trace)
     assert json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
     assert left_in_temp(tmp_path) == []
+
+
+def test_gpu_124m_default_shape_without_a_gpu_is_refused(bench, tmp_path: Path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: the 124M run would start")
+    gpu_124m = bench("gpu_124m")
+    assert gpu_124m.main(["--steps", "1"]) == 2
+    assert "--shape 124m needs a CUDA GPU" in capsys.readouterr().err
+    assert left_in_temp(tmp_path) == []
