@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scratchlm.fsutil import atomic_write_bytes
+from scratchlm.fsutil import atomic_write_bytes, atomic_write_text
 from scratchlm.machine import describe_machine
 
 
@@ -71,11 +71,11 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def publish(lines: list[str], out: str | Path) -> None:
-    """Print the report and write it to `out` (its folder made if missing)."""
+    """Print the report and write it to `out` (its folder made if missing) whole: a run stopped
+    while writing leaves the earlier report, not a truncated one."""
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(text, encoding="utf-8")
+    atomic_write_text(out, text)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench_report import cpu_seconds  # benchmarks/bench_report.py
 
+from scratchlm.fsutil import atomic_write_text
 from scratchlm.machine import cpu_model, usable_cores
 
 MIN_DOC_CHARS = 200
@@ -334,10 +335,8 @@ def main() -> None:
         say("Targets: near-dup recall >= 0.95 at Jaccard >= 0.85, precision >= 0.99 (scratchlm row).")
         say()
         say(NOTES)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"\nwritten to {out}")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"\nwritten to {args.out}")
 
 
 if __name__ == "__main__":

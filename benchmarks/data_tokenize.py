@@ -37,6 +37,7 @@ from tokenizer import load_corpus  # benchmarks/tokenizer.py
 from scratchlm.data.loader import Batcher, TokenDataset
 from scratchlm.data.sources import write_prepared_dir
 from scratchlm.data.tokenize import TokenizeConfig, tokenize_dataset
+from scratchlm.fsutil import atomic_write_text
 from scratchlm.machine import cpu_model, usable_cores
 from scratchlm.model.config import get_preset
 from scratchlm.model.gpt import GPT
@@ -240,8 +241,7 @@ def main() -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(report)
+        atomic_write_text(RESULTS, report)
     if temp is not None:
         temp.cleanup()
     return 0

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from scratchlm.config import from_dict
+    from scratchlm.fsutil import atomic_write_json
     from scratchlm.train.config import PretrainConfig
     from scratchlm.train.trainer import WARMUP_STEPS_FOR_SPEED, train
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape == "124m" and cuda:
         print(f"target >= {TARGET_MFU:.0%} MFU on an H100: {'met' if result['mfu'] >= TARGET_MFU else 'MISSED'}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.json, result)
     return 0
 
 

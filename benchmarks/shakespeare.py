@@ -25,6 +25,7 @@ from pathlib import Path
 from bench_report import work_dir  # benchmarks/bench_report.py
 
 from scratchlm.data.sources import write_prepared_dir
+from scratchlm.fsutil import atomic_write_json
 from scratchlm.machine import cpu_model, usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print_table(result, args.seconds)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.json, result)
     return 0
 
 

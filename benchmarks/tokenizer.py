@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench_report import cpu_seconds  # benchmarks/bench_report.py
 
+from scratchlm.fsutil import atomic_write_text
 from scratchlm.machine import cpu_model, usable_cores
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -209,8 +210,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+        atomic_write_text(args.out, table)
 
 
 if __name__ == "__main__":

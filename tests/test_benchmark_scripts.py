@@ -137,3 +137,27 @@ def test_gpu_124m_default_shape_without_a_gpu_is_refused(bench, tmp_path: Path, 
     assert gpu_124m.main(["--steps", "1"]) == 2
     assert "--shape 124m needs a CUDA GPU" in capsys.readouterr().err
     assert left_in_temp(tmp_path) == []
+
+
+def test_a_report_replaces_the_old_one_whole(bench, tmp_path: Path) -> None:
+    """A reader of the earlier report (or a run stopped mid-write) never sees a half-written file:
+    the new report is a new file renamed over the old, not the old one truncated and rewritten."""
+    bench_report = bench("bench_report")
+    out = tmp_path / "results" / "model.md"
+    bench_report.publish(["# earlier run"], out)
+    with open(out, encoding="utf-8") as earlier:
+        bench_report.publish(["# this run", "| a | b |"], out)
+        assert earlier.read() == "# earlier run\n"
+    assert out.read_text(encoding="utf-8") == "# this run\n| a | b |\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.md"]
+
+
+def test_shakespeare_json_replaces_the_old_one_whole(bench, tmp_path: Path) -> None:
+    shakespeare = bench("shakespeare")
+    data = small_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "result.json"
+    out.write_text('{"val_bpb": 9.0}\n')
+    with open(out, encoding="utf-8") as earlier:
+        assert shakespeare.main(["--data", str(data), "--vocab-size", "300", "--json", str(out), *TINY_RUN]) == 0
+        assert earlier.read() == '{"val_bpb": 9.0}\n'
+    assert json.loads(out.read_text())["steps"] == 2
