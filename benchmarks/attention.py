@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_report import header_lines, medians, publish, table  # benchmarks/bench_report.py
+from bench_report import at_least, header_lines, medians, publish, table  # benchmarks/bench_report.py
 
 from scratchlm.model.attention import choose_kernel, float32_attention, scores_attention
 from scratchlm.train.host_memory import keep_freed_memory
@@ -50,7 +50,7 @@ def training_step(attention, qkv: torch.Tensor, grad: torch.Tensor, n_kv_head: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=at_least(1), default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention.md"))
     args = parser.parse_args()
     kept = keep_freed_memory()

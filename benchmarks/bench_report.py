@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import gzip
@@ -15,6 +16,32 @@ from typing import Any
 
 from scratchlm.fsutil import atomic_write_bytes, atomic_write_text
 from scratchlm.machine import describe_machine
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`. A count of rounds, steps or repeats
+    of 0 otherwise ran the benchmark and then failed on an empty list of timings (or wrote an empty
+    table), and a thread count of 0 was quietly taken as torch's default."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError: argparse's own "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0 (seconds, megabytes)."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
+positive_number.__name__ = "float"
 
 
 def alternate(

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import torch
-from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
+from bench_report import alternate, at_least, header_lines, publish, table  # benchmarks/bench_report.py
 from model import SHAPES, make_step, our_config  # benchmarks/model.py
 
 from scratchlm.model import GPT
@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--malloc", nargs="+", default=["defaults", "kept"], choices=["defaults", "kept"])
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per mode (after 2 warm-up steps)")
+    parser.add_argument("--steps", type=at_least(1), default=6, help="timed steps per mode (after 2 warm-up steps)")
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile-modes.md"))
     args = parser.parse_args()

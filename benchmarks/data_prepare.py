@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_report import cpu_seconds  # benchmarks/bench_report.py
+from bench_report import at_least, cpu_seconds, positive_number  # benchmarks/bench_report.py
 
 from scratchlm.fsutil import atomic_write_text
 from scratchlm.machine import cpu_model, usable_cores
@@ -249,11 +249,11 @@ NOTES = """Notes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--mb", type=float, default=24.0, help="corpus size in MB (at least 20 for the target)"
+        "--mb", type=positive_number, default=24.0, help="corpus size in MB (at least 20 for the target)"
     )
-    parser.add_argument("--base", type=int, default=1500, help="dissimilar real documents in the dedup set")
-    parser.add_argument("--positives", type=int, default=600)
-    parser.add_argument("--negatives", type=int, default=300)
+    parser.add_argument("--base", type=at_least(1), default=1500, help="dissimilar real documents in the dedup set")
+    parser.add_argument("--positives", type=at_least(1), default=600)
+    parser.add_argument("--negatives", type=at_least(0), default=300)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data-prepare.md"))
     args = parser.parse_args()
 

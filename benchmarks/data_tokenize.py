@@ -31,7 +31,7 @@ from pathlib import Path
 
 import tiktoken
 import torch
-from bench_report import cpu_seconds  # benchmarks/bench_report.py
+from bench_report import at_least, cpu_seconds, positive_number  # benchmarks/bench_report.py
 from tokenizer import load_corpus  # benchmarks/tokenizer.py
 
 from scratchlm.data.loader import Batcher, TokenDataset
@@ -133,9 +133,9 @@ def forget_another_corpus(work: Path, corpus: dict[str, int]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="working dir (kept; reused corpus and tokenizer). Default: a temp dir")
-    parser.add_argument("--mb", type=float, default=24.0, help="corpus size in MB (>= 20 for the record)")
+    parser.add_argument("--mb", type=positive_number, default=24.0, help="corpus size in MB (>= 20 for the record)")
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=at_least(1), default=2)
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args()
 

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
+from bench_report import alternate, at_least, header_lines, publish, table  # benchmarks/bench_report.py
 from model import SHAPES, hf_model, our_config  # benchmarks/model.py: the same shapes and configs
 
 from scratchlm.infer import generate
@@ -75,12 +75,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["10m", "124m"], choices=list(SHAPES))
     parser.add_argument("--families", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--prompt-tokens", type=at_least(1), default=32)
+    parser.add_argument("--new-tokens", type=at_least(1), default=64)
+    parser.add_argument("--rounds", type=at_least(1), default=5)
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.md"))
     args = parser.parse_args()
+    for size in args.sizes:
+        for family in args.families:
+            context = our_config(SHAPES[size], family).max_seq_len
+            if args.prompt_tokens + args.new_tokens > context:
+                parser.error(f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} exceed the "
+                             f"{size} {family} model's context of {context} tokens")
     if args.threads:
         torch.set_num_threads(args.threads)
 

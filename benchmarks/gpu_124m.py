@@ -19,7 +19,7 @@ import random
 import sys
 from pathlib import Path
 
-from bench_report import work_dir  # benchmarks/bench_report.py
+from bench_report import at_least, export_gzipped_trace, work_dir  # benchmarks/bench_report.py
 
 SHAPES = {
     "124m": {"model": {"preset": "gpt2-124m", "vocab_size": 50304}, "seq_len": 1024, "micro_batch": 16},
@@ -58,7 +58,6 @@ def train_traced(cfg, trace: str) -> dict:
     """`train(cfg)` with 5 of its steps, after the warm-up, under torch.profiler (CPU and CUDA
     activity); the summary's speed then includes the profiler's own cost."""
     import torch
-    from bench_report import export_gzipped_trace  # benchmarks/bench_report.py
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from scratchlm.train.trainer import WARMUP_STEPS_FOR_SPEED, PretrainRun
@@ -94,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="124m")
-    parser.add_argument("--steps", type=int, default=40, help=f"timed after the first {WARMUP_STEPS_FOR_SPEED}")
-    parser.add_argument("--micro-batch", type=int)
-    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--steps", type=at_least(1), default=40, help=f"timed after the first {WARMUP_STEPS_FOR_SPEED}")
+    parser.add_argument("--micro-batch", type=at_least(1))
+    parser.add_argument("--grad-accum", type=at_least(1), default=1)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", metavar="OUT")

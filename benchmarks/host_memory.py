@@ -23,7 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_report import header_lines, publish, table, work_dir  # benchmarks/bench_report.py
+from bench_report import (  # benchmarks/bench_report.py
+    at_least,
+    header_lines,
+    positive_number,
+    publish,
+    table,
+    work_dir,
+)
 from shakespeare import build_tokens  # benchmarks/shakespeare.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,12 +98,14 @@ def row(label: str, result: dict) -> tuple[str, ...]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="tinyshakespeare.txt")
-    parser.add_argument("--seconds", type=float, default=150.0, help="training wall clock per process")
-    parser.add_argument("--rounds", type=int, default=2, help="processes per setting, taking turns")
+    parser.add_argument("--seconds", type=positive_number, default=150.0, help="training wall clock per process")
+    parser.add_argument("--rounds", type=at_least(1), default=2, help="processes per setting, taking turns")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--work", metavar="DIR", help="keep tokens and runs here (default: a temp dir)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "host-memory.md"))
     args = parser.parse_args()
+    if not Path(args.data).is_file():
+        parser.error(f"--data {args.data}: no such file")
 
     text = Path(args.data).read_text(encoding="utf-8")
     rows = []

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_report import header_lines, medians, publish, table  # benchmarks/bench_report.py
+from bench_report import at_least, header_lines, medians, publish, table  # benchmarks/bench_report.py
 from model import SHAPES, compare, make_step, our_config  # benchmarks/model.py
 
 from scratchlm.infer.generate import generate
@@ -107,8 +107,8 @@ def model_rows(rounds: int) -> list[tuple[str, ...]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--rounds", type=at_least(1), default=15)
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-model", action="store_true", help="skip the end-to-end table")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matmul.md"))
     args = parser.parse_args()

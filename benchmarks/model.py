@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
+from bench_report import alternate, at_least, header_lines, publish, table  # benchmarks/bench_report.py
 
 from scratchlm.model import GPT, ModelConfig
 from scratchlm.train.host_memory import keep_freed_memory
@@ -184,9 +184,9 @@ def main() -> None:
         help="shapes that also get torch.compile rows (each costs ~1 min of compiling on 2 cores)",
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
-        "--settle", type=int, default=SETTLE,
+        "--settle", type=at_least(0), default=SETTLE,
         help="untimed steps at the start of each side's turn (0: strict step-by-step alternation, as before "
         "the eighteenth session)",
     )

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from bench_report import alternate, header_lines, publish, table  # benchmarks/bench_report.py
+from bench_report import alternate, at_least, header_lines, publish, table  # benchmarks/bench_report.py
 from matmul import product_pairs  # benchmarks/matmul.py
 from model import (  # benchmarks/model.py
     SHAPES,
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
     parser.add_argument("--no-fp32", action="store_true", help="only the bf16 autocast rows")
     parser.add_argument("--no-bf16", action="store_true", help="only the float32 rows")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per product (steps: the shape's own count)")
+    parser.add_argument("--rounds", type=at_least(1), default=15, help="timed rounds per product (steps: the shape's own count)")
     add_host_memory_flag(parser)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model-floor.md"))
     args = parser.parse_args()

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_report import work_dir  # benchmarks/bench_report.py
+from bench_report import positive_number, work_dir  # benchmarks/bench_report.py
 
 from scratchlm.data.sources import write_prepared_dir
 from scratchlm.fsutil import atomic_write_json
@@ -142,7 +142,7 @@ def print_table(result: dict, seconds: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="tinyshakespeare.txt")
-    parser.add_argument("--seconds", type=float, default=110.0, help="training wall-clock budget")
+    parser.add_argument("--seconds", type=positive_number, default=110.0, help="training wall-clock budget")
     parser.add_argument("--json", metavar="OUT", help="write the result as JSON here")
     parser.add_argument("--config", default=str(REPO / "configs" / "shakespeare.toml"))
     parser.add_argument("--vocab-size", type=int, default=1024)
@@ -150,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true", help="also train the char-level reference here")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
-    result = run(args)
+    if not Path(args.data).is_file():
+        parser.error(f"--data {args.data}: no such file")
+    from scratchlm.errors import ScratchLMError, one_line
+    from scratchlm.train.config import load_pretrain_config
+
+    try:  # a wrong --set or --config is reported now, not after the tokenizer is trained
+        load_pretrain_config(args.config, ['data.tokens="tokens"', *args.overrides])
+        result = run(args)
+    except ScratchLMError as e:
+        parser.exit(2, f"{parser.prog}: error: {one_line(str(e))}\n")
     print_table(result, args.seconds)
     if args.json:
         atomic_write_json(args.json, result)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_report import cpu_seconds  # benchmarks/bench_report.py
+from bench_report import at_least, cpu_seconds, positive_number  # benchmarks/bench_report.py
 
 from scratchlm.fsutil import atomic_write_text
 from scratchlm.machine import cpu_model, usable_cores
@@ -138,11 +138,11 @@ def run_child(kind: str, args: argparse.Namespace, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, default=10.0, help="training corpus size in MB")
-    parser.add_argument("--heldout-mb", type=float, default=1.0)
+    parser.add_argument("--mb", type=positive_number, default=10.0, help="training corpus size in MB")
+    parser.add_argument("--heldout-mb", type=positive_number, default=1.0)
     parser.add_argument("--vocab", type=int, nargs="+", default=[8192, 32768])
-    parser.add_argument("--workers", type=int, default=usable_cores(), help="processes/threads for both")
-    parser.add_argument("--repeats", type=int, default=1, help="training runs per trainer (best is kept)")
+    parser.add_argument("--workers", type=at_least(1), default=usable_cores(), help="processes/threads for both")
+    parser.add_argument("--repeats", type=at_least(1), default=1, help="training runs per trainer (best is kept)")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
     parser.add_argument("--child", choices=["ours", "hf", "encode"], help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)

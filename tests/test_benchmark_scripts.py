@@ -161,3 +161,36 @@ def test_shakespeare_json_replaces_the_old_one_whole(bench, tmp_path: Path) -> N
         assert shakespeare.main(["--data", str(data), "--vocab-size", "300", "--json", str(out), *TINY_RUN]) == 0
         assert earlier.read() == '{"val_bpb": 9.0}\n'
     assert json.loads(out.read_text())["steps"] == 2
+
+
+BAD_ARGUMENTS = [
+    ("generate", ["--sizes", "tiny", "--families", "gpt2", "--new-tokens", "2", "--rounds", "0"],
+     "argument --rounds: must be 1 or more, not 0"),
+    ("generate", ["--sizes", "tiny", "--families", "llama", "--new-tokens", "100"],
+     "--new-tokens 100 exceed the tiny llama model's context of 128 tokens"),
+    ("model", ["--sizes", "tiny", "--families", "gpt2", "--compile-sizes", "--no-bf16", "--threads", "0"],
+     "argument --threads: must be 1 or more, not 0"),
+    ("matmul", ["--no-model", "--rounds", "0"], "argument --rounds: must be 1 or more, not 0"),
+    ("tokenizer", ["--mb", "0"], "argument --mb: must be a number above 0, not 0"),
+    ("shakespeare", ["--data", "missing.txt"], "--data missing.txt: no such file"),
+    ("shakespeare", ["--data", "CORPUS", "--vocab-size", "300", "--set", "train.no_such_key=1"],
+     "unknown config key 'train.no_such_key'"),
+    ("host_memory", ["--data", "CORPUS", "--rounds", "0"], "argument --rounds: must be 1 or more, not 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), BAD_ARGUMENTS)
+def test_bad_arguments_are_one_line_errors_before_any_work(
+    bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, script: str, argv: list[str], message: str
+) -> None:
+    module = bench(script)
+    corpus = str(small_corpus(tmp_path / "corpus.txt"))
+    argv = [corpus if arg == "CORPUS" else arg for arg in argv]
+    out = ["--out", str(tmp_path / "report.md")] if script not in ("shakespeare", "tokenizer") else []
+    monkeypatch.setattr("sys.argv", [f"{script}.py", *argv, *out])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.strip().splitlines()[-1].startswith(f"{script}.py: error: ") and message in err
+    assert not (tmp_path / "report.md").exists() and left_in_temp(tmp_path) == []
