@@ -194,3 +194,12 @@ def test_bad_arguments_are_one_line_errors_before_any_work(
     assert stop.value.code == 2
     assert err.strip().splitlines()[-1].startswith(f"{script}.py: error: ") and message in err
     assert not (tmp_path / "report.md").exists() and left_in_temp(tmp_path) == []
+
+
+def test_compile_modes_shows_why_a_case_failed(bench) -> None:
+    """Each case runs in a child process; its failure must carry the child's own error."""
+    compile_modes = bench("compile_modes")
+    with pytest.raises(SystemExit) as stop:
+        compile_modes.run_case("no-such-case", "defaults", 1)
+    assert "no-such-case with malloc defaults failed" in str(stop.value.code)
+    assert "invalid choice: 'no-such-case'" in str(stop.value.code)
