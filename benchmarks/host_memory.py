@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=positive_number, default=150.0, help="training wall clock per process")
     parser.add_argument("--rounds", type=at_least(1), default=2, help="processes per setting, taking turns")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--work", metavar="DIR", help="keep tokens and runs here (default: a temp dir)")
+    parser.add_argument("--work", metavar="DIR", help="keep tokens and runs here (default: a temp dir, removed at the end)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "host-memory.md"))
     args = parser.parse_args()
     if not Path(args.data).is_file():

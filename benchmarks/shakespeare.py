@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="write the result as JSON here")
     parser.add_argument("--config", default=str(REPO / "configs" / "shakespeare.toml"))
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--work", metavar="DIR", help="keep tokenizer, tokens and run here (default: a temp dir)")
+    parser.add_argument("--work", metavar="DIR", help="keep tokenizer, tokens and run here (default: a temp dir, removed at the end)")
     parser.add_argument("--reference", action="store_true", help="also train the char-level reference here")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
