@@ -393,20 +393,24 @@ class PretrainRun:
         if self.dist.is_main and self.log.path.exists():
             self.log.say(f"{self.log.path} is from a run that saved no checkpoint; starting a new log")
         self._start_log(None)
-        if self.dist.is_main:
-            atomic_write_json(self.out / "run_config.json", to_dict(self.config))
 
     def _unwritable_out(self, e: OSError) -> ConfigError:
         """A train.out that cannot hold the run is a config mistake, said in one line."""
         return ConfigError(f"train.out = {self.out}: cannot write the run there ({e.strerror or e})")
 
     def _start_log(self, resumed_step: int | None) -> int:
-        """Open the metrics log (see `MetricsLogger.start`); a train.out that cannot hold it is a
-        config mistake."""
-        try:
-            return self.log.start(resumed_step)
-        except OSError as e:
-            raise self._unwritable_out(e) from None
+        """Open the metrics log (see `MetricsLogger.start`) and, for a fresh run, write
+        run_config.json; a train.out that cannot hold them is a config mistake. Rank 0 alone
+        writes them, so every process hears whether it could: the others went on to their first
+        step and died there with a gloo "Connection closed by peer" traceback."""
+        with failures_shared():
+            try:
+                dropped = self.log.start(resumed_step)
+                if resumed_step is None and self.dist.is_main:
+                    atomic_write_json(self.out / "run_config.json", to_dict(self.config))
+            except OSError as e:
+                raise self._unwritable_out(e) from None
+        return dropped
 
     # --- the loop --------------------------------------------------------------------------
 

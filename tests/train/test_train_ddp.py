@@ -89,6 +89,19 @@ def test_a_train_out_another_run_holds_is_one_line_on_every_rank(tokens, tmp_pat
     assert list(out.iterdir()) == []
 
 
+def test_a_log_rank_0_cannot_open_is_one_line_on_every_rank(tokens, tmp_path):
+    """Rank 0 alone opens metrics.jsonl and writes run_config.json; when it could not, the others
+    went on to their first step and died in its all-reduce with a gloo traceback."""
+    out = tmp_path / "unwritable-log"
+    (out / "metrics.jsonl").mkdir(parents=True)  # a folder where the log goes: no file opens there
+    toml = write_toml(tiny_config(tokens, out, train={"max_steps": 2}), tmp_path / "log.toml")
+    ranks = cli_ranks("pretrain", "--config", str(toml))
+    said = [r.stderr.strip().splitlines() for r in ranks]
+    assert [r.returncode for r in ranks] == [2, 2], said
+    assert said[0][-1].startswith("scratchlm: error: train.out = ") and "cannot write the run there" in said[0][-1]
+    assert said[1] == ["scratchlm: error: rank 0 failed: see its message"]
+
+
 def _job_processes(marker: str) -> list[int]:
     """The pids of live processes whose command line holds `marker` (Linux's /proc)."""
     pids = []
