@@ -74,6 +74,36 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
 
+# What env:// rendezvous reads besides WORLD_SIZE: torchrun sets them all for every worker.
+_JOB_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def job_position() -> tuple[int, int, int]:
+    """(world_size, rank, local_rank) of this process as the environment describes it, checked.
+
+    WORLD_SIZE unset or 1 is a lone process, whatever RANK says. Why checked here: a WORLD_SIZE
+    left in a shell without the rest ended in torch's traceback about MASTER_ADDR, and a RANK not
+    below WORLD_SIZE waited for a peer that never comes (torch's 30 minutes), deaf to SIGTERM; a RANK
+    with no WORLD_SIZE trained as the only process but printed no summary, as if another spoke for it."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size < 1:
+        raise ConfigError(f"environment variable WORLD_SIZE={world_size} is not a number of processes")
+    if world_size == 1:
+        return 1, 0, 0
+    missing = [name for name in _JOB_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"WORLD_SIZE={world_size} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+            "start several processes with torchrun (it sets them all), or unset WORLD_SIZE for one"
+        )
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"RANK={rank} but WORLD_SIZE={world_size}: a rank runs from 0 to {world_size - 1}")
+    if not 0 <= local_rank <= rank:
+        raise ConfigError(f"LOCAL_RANK={local_rank} with RANK={rank}: a local rank runs from 0 to the rank")
+    return world_size, rank, local_rank
+
+
 @contextlib.contextmanager
 def _native_prints_to_stderr() -> Iterator[None]:
     """Send what native code prints to stdout to stderr instead, while the group connects.
@@ -107,9 +137,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     the next (`sweep-lr`'s rates, two `train` calls), it hung the job, because a process that
     re-joined first read the store keys its slower peer's old group had left there.
     """
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    world_size, rank, local_rank = job_position()
     device = resolve_device(device_name)
     if world_size <= 1:
         return DistInfo(0, 0, 1, device, True, None)
@@ -177,7 +205,7 @@ def run_strategy(strategy: str, device_name: str) -> str:
     """The strategy a run in this process applies ("none" alone, without torchrun), checked from
     the environment before the group starts. Why: refused only when the model was wrapped, a run
     had already made train.out, and the empty folder it left looked like a run's."""
-    if _env_int("WORLD_SIZE", 1) <= 1:
+    if job_position()[0] == 1:
         return "none"
     check_strategy(strategy, resolve_device(device_name))
     return strategy
@@ -220,7 +248,7 @@ def is_distributed() -> bool:
 def is_main_process() -> bool:
     """True for the process that speaks for the run (rank 0, or a run without torchrun): the
     others train alongside it, and their summaries would repeat its own on standard output."""
-    return _env_int("RANK", 0) == 0
+    return job_position()[1] == 0
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

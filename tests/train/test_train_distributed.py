@@ -21,6 +21,7 @@ from scratchlm.train.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    is_main_process,
     sync_gradients,
     unwrap_model,
     wrap_model,
@@ -157,6 +158,46 @@ def test_bad_torchrun_environment_is_a_config_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="WORLD_SIZE"):
         init_distributed("cpu")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"}, "MASTER_ADDR is not"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 is not a number of processes"),
+    ],
+)
+def test_a_torchrun_environment_without_its_rendezvous_is_a_config_error(monkeypatch, env, message):
+    """A WORLD_SIZE left in a shell ended in torch's ValueError traceback about MASTER_ADDR."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        init_distributed("cpu")
+
+
+def test_a_rank_outside_the_world_is_one_line_not_a_wait(tmp_path):
+    """RANK not below WORLD_SIZE joined the rendezvous as a peer no one waits for, and sat there for
+    torch's 30 minutes, not even stopped by SIGTERM; it is refused before train.out is made."""
+    out = tmp_path / "run"
+    toml = write_toml(tiny_config(tmp_path / "no-tokens", out), tmp_path / "run.toml")
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    ran = subprocess.run([sys.executable, "-m", "scratchlm", "pretrain", "--config", str(toml)], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert ran.returncode == 2
+    assert ran.stderr.strip().splitlines() == ["scratchlm: error: RANK=2 but WORLD_SIZE=2: a rank runs from 0 to 1"]
+    assert not out.exists()
+
+
+def test_a_rank_without_a_world_size_is_the_one_process_that_speaks(monkeypatch):
+    """init_distributed makes RANK=1 without WORLD_SIZE a lone process, but `is_main_process` read
+    RANK alone, so `pretrain` printed no summary and `sweep-lr` no table: no process spoke."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert init_distributed("cpu").is_main and is_main_process()
 
 
 class BlockLM(nn.Module):
