@@ -81,6 +81,7 @@ def test_a_file_given_as_the_tokens_dir_is_not_called_missing(tokens_dir: Path) 
     with pytest.raises(DataError, match="tokens dir not found"):
         TokenDataset.open(tokens_dir / "absent", "train")
 
+
 @pytest.mark.parametrize("version", [2, 0, "1", 1.5])
 def test_a_format_version_this_code_does_not_read_is_refused(tokens_dir: Path, version) -> None:
     """A newer scratchlm's layout read as version 1 would give wrong tokens, not an error."""
