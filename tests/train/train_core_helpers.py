@@ -140,12 +140,6 @@ def cli_ranks(*args: str, world: int = 2, timeout: float = 120) -> list[subproce
     return done
 
 
-def worker_lines(text: str, local_rank: int) -> list[str]:
-    """What one worker of `torchrun_cli(..., tee=True)` wrote to a stream, its prefix taken off."""
-    prefix = f"[default{local_rank}]:"
-    return [line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)]
-
-
 def read_rows(out: Path) -> list[dict[str, Any]]:
     from scratchlm.train.metrics import read_metrics
 
