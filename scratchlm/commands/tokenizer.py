@@ -238,7 +238,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from scratchlm.data.sources import READING_SETTINGS, SourceOptions, iter_documents, refuse_unused_settings
     from scratchlm.tokenizer import Tokenizer
-    from scratchlm.tokenizer.stats import tokenizer_stats
+    from scratchlm.tokenizer.stats import token_label, tokenizer_stats
 
     options = SourceOptions(**given_flags(text_field=args.text_field, hf_split=args.hf_split))
     refuse_unused_settings(args.inputs, options, typed_options(args, *READING_SETTINGS))
@@ -255,8 +255,5 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"unused merges    {stats['unused_merged_tokens']} of {stats['merged_tokens']}")
     print("most common tokens:")
     for row in stats["most_common"]:
-        shown = f"{row['token']} (bytes of a partial UTF-8 character)" if row["partial_utf8"] else json.dumps(
-            row["token"], ensure_ascii=False
-        )
-        print(f"  {row['id']:>7}  {row['count']:>10}  {shown}")
+        print(f"  {row['id']:>7}  {row['count']:>10}  {token_label(row['token'], row['partial_utf8'])}")
     return 0

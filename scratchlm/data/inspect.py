@@ -16,7 +16,7 @@ import numpy as np
 from scratchlm.data.loader import TokenDataset, check_tokenizer_match, read_meta
 from scratchlm.errors import ConfigError, DataError, TokenizerError
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.tokenizer.stats import token_text
+from scratchlm.tokenizer.stats import token_label, token_text
 from scratchlm.wording import counted
 
 SCAN_CHUNK = 1 << 24  # tokens counted per step, so memory stays flat on any dataset size
@@ -140,13 +140,6 @@ def inspect_tokens(config: InspectConfig) -> dict[str, Any]:
     }
 
 
-def _token_label(token: dict[str, Any]) -> str:
-    """How the text report names a token: its text quoted, a partial character's bytes as escapes."""
-    if token["text"] is None:
-        return ""
-    return f"{token['text']} (partial UTF-8) " if token["partial_utf8"] else f"{token['text']!r} "
-
-
 def format_report(info: dict[str, Any]) -> str:
     """The inspection as text for a terminal."""
     lines = [
@@ -174,7 +167,11 @@ def format_report(info: dict[str, Any]) -> str:
                 lines.append(f"  {low:>7}-{high:<7} {count:>10,}  {bar}")
         lines.append(f"distinct token ids: {s['distinct_tokens']:,} of {info['vocab_size']:,}")
         if s["top_tokens"]:
-            shown = ", ".join(f"{t['id']} {_token_label(t)}×{t['count']:,}" for t in s["top_tokens"])
+            shown = ", ".join(
+                f"{t['id']} {token_label(t['text'], t['partial_utf8'])} ×{t['count']:,}" if t["text"] is not None
+                else f"{t['id']} ×{t['count']:,}"
+                for t in s["top_tokens"]
+            )
             lines.append(f"most frequent: {shown}")
         if s.get("sample") is not None:
             lines.append("first document:")

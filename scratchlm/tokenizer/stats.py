@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -61,3 +62,9 @@ def token_text(raw: bytes) -> dict[str, Any]:
         return {"token": raw.decode("utf-8"), "partial_utf8": False}
     except UnicodeDecodeError:
         return {"token": raw.decode("utf-8", "backslashreplace"), "partial_utf8": True}
+
+
+def token_label(token: str, partial_utf8: bool) -> str:
+    """How a terminal report names a token (`token_text`'s two fields): its text as a JSON string,
+    or a partial character's `\\xNN` escapes marked as such, so they do not read as that text."""
+    return f"{token} (bytes of a partial UTF-8 character)" if partial_utf8 else json.dumps(token, ensure_ascii=False)

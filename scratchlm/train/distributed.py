@@ -309,7 +309,7 @@ def _let_gloo_release_its_work() -> None:
     takes the GIL; a process that went straight from the gather to exit (its one error line, then
     interpreter shutdown within the 5 ms it may keep the GIL) had that thread take the GIL while
     the interpreter was finalizing, and died of SIGABRT ("terminate called without an active
-    exception", exit -6 for a 2) in about one failed job in fifteen."""
+    exception", exit -6 for a 2) in about one failed job in twenty (6 of 121 two-rank runs)."""
     time.sleep(GLOO_RELEASE_S)
 
 

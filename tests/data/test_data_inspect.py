@@ -141,8 +141,8 @@ def test_tokens_that_are_part_of_a_character_are_told_apart(tokens_dir: Path, ca
     assert lead["text"] == "\\xc3"
     assert main(["data", "inspect", str(tokens_dir), "--split", "train", "--top-tokens", "320"]) == 0
     out = capsys.readouterr().out
-    assert "195 \\xc3 (partial UTF-8) ×" in out and "\ufffd" not in out.split("first document:")[0]
-    assert "32 ' ' ×" in out
+    assert "195 \\xc3 (bytes of a partial UTF-8 character) ×" in out and "\ufffd" not in out.split("first document:")[0]
+    assert '32 " " ×' in out
 
 
 def test_a_median_document_length_of_millions_is_shown_exactly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
